@@ -1,0 +1,358 @@
+//! The command line: clap definitions and what each command prints. `main.rs` only calls [`main`].
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Pipeline;
+use crate::error::{Error, Result};
+use crate::lake::{Lake, bronze_dir, watermark};
+use crate::seed;
+use crate::stages::ingest::{Ingest, IngestReport};
+use crate::stages::{Status, new_run_id};
+
+/// tunelake: a serverless lakehouse pipeline for music-streaming data.
+#[derive(Debug, Parser)]
+#[command(version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The pipeline file (default: ./pipeline.toml if present, else the built-in one).
+    #[arg(long, global = true, env = "TUNELAKE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The source: sqlite:PATH, files:DIR, files:https://..., or an ADO connection string.
+    #[arg(
+        long,
+        global = true,
+        env = "TUNELAKE_SOURCE",
+        default_value = "sqlite:source.db",
+        hide_env_values = true
+    )]
+    pub source: String,
+    /// The lake: a folder, file://, abfss://container@account.dfs.core.windows.net/path or az://container/path.
+    #[arg(long, global = true, env = "TUNELAKE_LAKE", default_value = "lake")]
+    pub lake: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Print only errors.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The stages `run` can be limited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Stage {
+    /// Source tables to bronze parquet, by watermark.
+    Ingest,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Seed a fresh sample source, run the pipeline, apply a change batch, run again, summarize.
+    Demo {
+        /// Folder for the demo's source database and lake (recreated).
+        #[arg(long, default_value = "tunelake-demo")]
+        dir: PathBuf,
+        /// Data size: 1 = 100k users, 10k artists, 100k tracks, 1M streams.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Random seed of the sample data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Create the sample source database (sqlite:PATH), or apply one change batch to it.
+    Seed {
+        /// Data size: 1 = 100k users, 10k artists, 100k tracks, 1M streams.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Random seed of the sample data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Apply one batch of updates, new rows and new streams with newer timestamps.
+        #[arg(long)]
+        incremental: bool,
+    },
+    /// Run the pipeline, or one stage of it, for all tables or some.
+    Run {
+        /// Only this stage.
+        #[arg(long, value_enum)]
+        stage: Option<Stage>,
+        /// Only these tables (repeatable).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
+    /// Ingest source tables to bronze; with --from, backfill without moving watermarks back.
+    Ingest {
+        /// Only these tables (repeatable).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// Backfill: re-extract rows with watermark > FROM (a date, timestamp or integer).
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Show watermarks and bronze files per table.
+    Status,
+}
+
+/// Parses the command line, runs it, and turns the outcome into the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let default = if cli.quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Runs a parsed command; `Ok(false)` means some table failed (already reported).
+pub async fn run(cli: Cli) -> Result<bool> {
+    match cli.command {
+        Command::Demo {
+            ref dir,
+            scale,
+            seed,
+        } => demo(&cli, dir, scale, seed).await,
+        Command::Seed {
+            scale,
+            seed,
+            incremental,
+        } => {
+            let path = sqlite_path(&cli.source)?;
+            let report = if incremental {
+                seed::apply_changes(&path, seed)?
+            } else {
+                seed::create(&path, scale, seed)?
+            };
+            if !cli.quiet {
+                print_seed(&report, &cli.source, incremental);
+            }
+            Ok(true)
+        }
+        Command::Run {
+            stage: _,
+            ref tables,
+        } => {
+            let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+            let tables = pipeline.select(tables)?;
+            let report = ingest(&cli.source, &cli.lake, &pipeline, &tables, None).await?;
+            if !cli.quiet {
+                print_ingest(&report);
+            }
+            Ok(report_errors(&report))
+        }
+        Command::Ingest {
+            ref tables,
+            ref from,
+        } => {
+            let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+            let tables = pipeline.select(tables)?;
+            let report = ingest(&cli.source, &cli.lake, &pipeline, &tables, from.clone()).await?;
+            if !cli.quiet {
+                print_ingest(&report);
+            }
+            Ok(report_errors(&report))
+        }
+        Command::Status => status(&cli).await,
+    }
+}
+
+async fn ingest(
+    source_url: &str,
+    lake_url: &str,
+    pipeline: &Pipeline,
+    tables: &[crate::config::TableSpec],
+    from: Option<String>,
+) -> Result<IngestReport> {
+    let source = crate::source::open(source_url).await?;
+    let lake = Lake::open(lake_url)?;
+    let run_id = new_run_id();
+    Ok(
+        Ingest::new(Arc::clone(&source), lake, pipeline.settings.clone(), run_id)
+            .with_from(from)
+            .run(tables)
+            .await,
+    )
+}
+
+fn sqlite_path(source: &str) -> Result<PathBuf> {
+    source
+        .strip_prefix("sqlite:")
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::BadArgument {
+            what: "--source".into(),
+            message: format!("seed writes a SQLite sample source: use sqlite:PATH, not {source:?}"),
+        })
+}
+
+fn report_errors(report: &IngestReport) -> bool {
+    for t in report.tables.iter().filter(|t| t.status == Status::Failed) {
+        eprintln!(
+            "error: ingest of {} failed: {}",
+            t.table,
+            t.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    !report.failed()
+}
+
+fn print_seed(report: &seed::SeedReport, source: &str, incremental: bool) {
+    println!(
+        "{} {source} in {:.1} s",
+        if incremental {
+            "Applied one change batch to"
+        } else {
+            "Seeded"
+        },
+        report.seconds
+    );
+    println!("  {:<12} {:>10} {:>10}", "table", "inserted", "updated");
+    for (table, inserted, updated) in &report.tables {
+        println!("  {table:<12} {inserted:>10} {updated:>10}");
+    }
+}
+
+fn print_ingest(report: &IngestReport) {
+    println!("ingest run {}", report.run_id);
+    println!(
+        "  {:<12} {:<7} {:>10} {:>5} {:>8} {:>7}  window (low, high]",
+        "table", "status", "rows", "files", "MB", "seconds"
+    );
+    for t in &report.tables {
+        let window = t
+            .window
+            .as_ref()
+            .map(|(low, high)| format!("({}, {high}]", low.as_deref().unwrap_or("start")))
+            .unwrap_or_else(|| "-".to_string());
+        println!(
+            "  {:<12} {:<7} {:>10} {:>5} {:>8.1} {:>7.2}  {window}",
+            t.table,
+            t.status.to_string(),
+            t.rows,
+            t.files.len(),
+            t.bytes as f64 / 1_048_576.0,
+            t.seconds
+        );
+    }
+    let seconds = report.tables.iter().map(|t| t.seconds).fold(0.0, f64::max);
+    println!(
+        "  {:<12} {:<7} {:>10} {:>5} {:>8.1}",
+        "total",
+        if report.failed() { "FAILED" } else { "ok" },
+        report.rows(),
+        report.tables.iter().map(|t| t.files.len()).sum::<usize>(),
+        report.tables.iter().map(|t| t.bytes).sum::<u64>() as f64 / 1_048_576.0,
+    );
+    let _ = seconds;
+}
+
+async fn status(cli: &Cli) -> Result<bool> {
+    let lake = Lake::open(&cli.lake)?;
+    let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+    println!("lake {}", lake.url());
+    println!(
+        "  {:<12} {:<18} {:<28} {:>6} {:>10}  last run",
+        "table", "watermark column", "watermark", "files", "bronze MB"
+    );
+    let stored = watermark::read_all(&lake).await?;
+    let mut ok = true;
+    for table in &pipeline.tables {
+        let files = lake.list(&bronze_dir(&table.name)).await?;
+        let parquet: Vec<_> = files
+            .iter()
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
+            .collect();
+        let bytes: u64 = parquet.iter().map(|m| m.size).sum();
+        let (value, run) = match stored.iter().find(|(t, _)| t == &table.name) {
+            None => ("(never extracted)".to_string(), String::new()),
+            Some((_, Ok(w))) => (
+                w.value.clone(),
+                format!(
+                    "{} ({} rows, {})",
+                    w.run_id,
+                    w.rows,
+                    w.at.format("%Y-%m-%d %H:%M:%S")
+                ),
+            ),
+            Some((_, Err(e))) => {
+                ok = false;
+                ("UNREADABLE".to_string(), e.clone())
+            }
+        };
+        println!(
+            "  {:<12} {:<18} {:<28} {:>6} {:>10.1}  {run}",
+            table.name,
+            table.cdc_column,
+            value,
+            parquet.len(),
+            bytes as f64 / 1_048_576.0
+        );
+    }
+    Ok(ok)
+}
+
+async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool> {
+    let started = Instant::now();
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let db = dir.join("source.db");
+    let source = format!("sqlite:{}", db.display());
+    let lake = dir.join("lake").display().to_string();
+    let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+
+    println!("== 1. Seed a sample source (scale {scale})");
+    print_seed(&seed::create(&db, scale, seed_value)?, &source, false);
+    println!("\n== 2. First run: everything up to the current high watermark");
+    let first = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
+    print_ingest(&first);
+    println!("\n== 3. The source changes: updates, new users, new streams");
+    print_seed(&seed::apply_changes(&db, seed_value)?, &source, true);
+    println!("\n== 4. Second run: only the rows past each watermark");
+    let second = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
+    print_ingest(&second);
+    println!("\n== 5. A rerun with nothing new writes nothing and moves no watermark");
+    let third = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
+    print_ingest(&third);
+    println!(
+        "\nDone in {:.1} s. Source: {source}  Lake: {lake}\nLook around: tunelake --lake {lake} status",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(report_errors(&first) & report_errors(&second) & report_errors(&third))
+}

@@ -1,0 +1,341 @@
+//! The pipeline file (`pipeline.toml`): parsed, validated with every problem reported at once,
+//! and turned into typed specs that the stages read.
+
+pub mod ident;
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{ConfigProblem, Error, Result};
+
+/// The pipeline file shipped at the repository root, built in so that `demo` runs anywhere.
+pub const DEFAULT_PIPELINE: &str = include_str!("../../pipeline.toml");
+
+/// Run-wide settings (`[settings]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// How many tables a stage works on at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Rows per Arrow record batch read from a source; bounds memory per table.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// A bronze parquet file is closed and the next part started past this size.
+    #[serde(default = "default_max_file_mb")]
+    pub max_file_mb: u64,
+}
+
+fn default_max_concurrency() -> usize {
+    4
+}
+fn default_batch_rows() -> usize {
+    65_536
+}
+fn default_max_file_mb() -> u64 {
+    128
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_concurrency: default_max_concurrency(),
+            batch_rows: default_batch_rows(),
+            max_file_mb: default_max_file_mb(),
+        }
+    }
+}
+
+/// One source table (`[[tables]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// The table's name in the source, e.g. `DimUser`; also its bronze folder.
+    pub name: String,
+    /// The source schema (SQL Server); SQLite ignores it.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// The watermark column: integer, date or timestamp, rising with every insert or update.
+    pub cdc_column: String,
+    /// The business key columns.
+    pub keys: Vec<String>,
+    /// For the `files:` source: the table's file names relative to the base (default: the
+    /// `<name>/` folder, or `<name>.parquet|csv|json`).
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+fn default_schema() -> String {
+    "dbo".to_string()
+}
+
+/// The validated pipeline file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    pub settings: Settings,
+    pub tables: Vec<TableSpec>,
+}
+
+impl Pipeline {
+    /// Reads and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates pipeline text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self> {
+        let fail = |problems: Vec<ConfigProblem>| Error::Config {
+            file: file.to_string(),
+            problems,
+        };
+        let doc: toml::Table = toml::from_str(text).map_err(|e| {
+            fail(vec![ConfigProblem {
+                location: e
+                    .span()
+                    .map(|s| line_col(text, s.start))
+                    .unwrap_or_else(|| "document".to_string()),
+                message: e.message().to_string(),
+            }])
+        })?;
+        let mut problems = Vec::new();
+        let mut problem =
+            |location: String, message: String| problems.push(ConfigProblem { location, message });
+
+        for key in doc.keys() {
+            if key != "settings" && key != "tables" {
+                problem(
+                    key.clone(),
+                    "unknown section (expected [settings] or [[tables]])".to_string(),
+                );
+            }
+        }
+        let settings = match doc.get("settings") {
+            None => Settings::default(),
+            Some(v) => match v.clone().try_into::<Settings>() {
+                Ok(s) => s,
+                Err(e) => {
+                    problem("settings".to_string(), e.message().to_string());
+                    Settings::default()
+                }
+            },
+        };
+        if settings.max_concurrency == 0 {
+            problem(
+                "settings.max_concurrency".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if !(1..=1_048_576).contains(&settings.batch_rows) {
+            problem(
+                "settings.batch_rows".into(),
+                "must be between 1 and 1048576".into(),
+            );
+        }
+        if settings.max_file_mb == 0 {
+            problem("settings.max_file_mb".into(), "must be at least 1".into());
+        }
+
+        let raw_tables = match doc.get("tables") {
+            Some(toml::Value::Array(a)) => a.clone(),
+            Some(_) => {
+                problem(
+                    "tables".into(),
+                    "must be an array of tables ([[tables]])".into(),
+                );
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        if raw_tables.is_empty() {
+            problem("tables".into(), "no tables are listed".into());
+        }
+        let mut tables = Vec::new();
+        for (i, raw) in raw_tables.into_iter().enumerate() {
+            let name = raw
+                .get("name")
+                .and_then(|v| v.as_str())
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            let at = format!("tables[{i}]{name}");
+            match raw.try_into::<TableSpec>() {
+                Ok(t) => {
+                    for (field, value) in [
+                        ("name", &t.name),
+                        ("schema", &t.schema),
+                        ("cdc_column", &t.cdc_column),
+                    ] {
+                        if let Some(p) = ident::problem(value) {
+                            problem(format!("{at}.{field}"), p);
+                        }
+                    }
+                    if t.keys.is_empty() {
+                        problem(
+                            format!("{at}.keys"),
+                            "at least one key column is needed".into(),
+                        );
+                    }
+                    for (k, key) in t.keys.iter().enumerate() {
+                        if let Some(p) = ident::problem(key) {
+                            problem(format!("{at}.keys[{k}]"), p);
+                        } else if t.keys[..k].contains(key) {
+                            problem(
+                                format!("{at}.keys[{k}]"),
+                                format!("{key:?} is listed twice"),
+                            );
+                        }
+                    }
+                    for (f, file) in t.files.iter().enumerate() {
+                        if file.is_empty() || file.split('/').any(|s| s == ".." || s.is_empty()) {
+                            problem(
+                                format!("{at}.files[{f}]"),
+                                format!("{file:?} must be a relative path without '..'"),
+                            );
+                        }
+                    }
+                    tables.push(t);
+                }
+                Err(e) => problem(at, e.message().to_string()),
+            }
+        }
+        for (i, t) in tables.iter().enumerate() {
+            if tables[..i]
+                .iter()
+                .any(|o| o.name.eq_ignore_ascii_case(&t.name))
+            {
+                problem(
+                    format!("tables[{i}] ({})", t.name),
+                    "this table is listed twice".into(),
+                );
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(Pipeline { settings, tables })
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Loads `path` if given or if `pipeline.toml` exists here; otherwise the built-in default.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self> {
+        match path {
+            Some(p) => Self::load(p),
+            None if Path::new("pipeline.toml").exists() => Self::load(Path::new("pipeline.toml")),
+            None => Self::parse(DEFAULT_PIPELINE, "built-in pipeline.toml"),
+        }
+    }
+
+    /// The tables named in `only` (case-insensitive), or all of them when `only` is empty.
+    pub fn select(&self, only: &[String]) -> Result<Vec<TableSpec>> {
+        if only.is_empty() {
+            return Ok(self.tables.clone());
+        }
+        only.iter()
+            .map(|name| {
+                self.tables
+                    .iter()
+                    .find(|t| t.name.eq_ignore_ascii_case(name))
+                    .cloned()
+                    .ok_or_else(|| Error::BadArgument {
+                        what: format!("--table {name}"),
+                        message: format!(
+                            "no such table in the pipeline file (it lists: {})",
+                            self.tables
+                                .iter()
+                                .map(|t| t.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })
+            })
+            .collect()
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |n| offset - n - 1) + 1;
+    format!("line {line}, column {col}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_pipeline_file_is_valid() {
+        let p = Pipeline::parse(DEFAULT_PIPELINE, "pipeline.toml").unwrap();
+        let names: Vec<_> = p.tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["DimUser", "DimArtist", "DimTrack", "DimDate", "FactStream"]
+        );
+        let fact = &p.tables[4];
+        assert_eq!(fact.cdc_column, "stream_timestamp");
+        assert_eq!(fact.keys, ["stream_id"]);
+        assert_eq!(p.tables[3].cdc_column, "date");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_location() {
+        let text = r#"
+[settings]
+max_concurrency = 0
+
+[[tables]]
+name = "Users; DROP TABLE x"
+cdc_column = "updated_at"
+keys = ["id", "id"]
+
+[[tables]]
+name = "B"
+cdc_column = "x y"
+keys = []
+
+[[tables]]
+name = "C"
+cdc_column = "c"
+keys = ["k"]
+colour = "blue"
+"#;
+        let err = Pipeline::parse(text, "p.toml").unwrap_err();
+        let Error::Config { file, problems } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(file, "p.toml");
+        let locations: Vec<_> = problems.iter().map(|p| p.location.as_str()).collect();
+        assert_eq!(
+            locations,
+            [
+                "settings.max_concurrency",
+                "tables[0] (Users; DROP TABLE x).name",
+                "tables[0] (Users; DROP TABLE x).keys[1]",
+                "tables[1] (B).cdc_column",
+                "tables[1] (B).keys",
+                "tables[2] (C)",
+            ]
+        );
+        assert!(problems[5].message.contains("colour"), "{}", problems[5]);
+        assert!(err.to_string().contains("6 problem(s)"));
+    }
+
+    #[test]
+    fn toml_syntax_errors_give_line_and_column() {
+        let err = Pipeline::parse("[[tables]]\nname = \n", "p.toml").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn selecting_an_unknown_table_names_the_known_ones() {
+        let p = Pipeline::parse(DEFAULT_PIPELINE, "pipeline.toml").unwrap();
+        assert_eq!(
+            p.select(&["factstream".into()]).unwrap()[0].name,
+            "FactStream"
+        );
+        let err = p.select(&["Nope".into()]).unwrap_err().to_string();
+        assert!(err.contains("Nope") && err.contains("DimUser"), "{err}");
+    }
+}

@@ -1,0 +1,193 @@
+//! The lake: one object store (local folder, Azure Blob / ADLS Gen2, Azurite) and the layout
+//! of DESIGN.md §5. All lake I/O goes through here.
+
+pub mod watermark;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::error::{Error, Result};
+
+/// Where bronze files of a table live: `bronze/<Table>/`.
+pub fn bronze_dir(table: &str) -> String {
+    format!("bronze/{table}")
+}
+
+/// A lake root.
+#[derive(Clone)]
+pub struct Lake {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+    /// The folder behind a local lake, for fsync (object_store renames but does not sync).
+    local_root: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Lake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lake({})", self.url)
+    }
+}
+
+impl Lake {
+    /// Opens a lake: a local path or `file://` URL (created if missing), or
+    /// `abfss://container@account.dfs.core.windows.net/path` / `az://container/path`, with the
+    /// usual `AZURE_STORAGE_*` settings (including `AZURE_STORAGE_USE_EMULATOR` for Azurite).
+    pub fn open(url: &str) -> Result<Self> {
+        let bad = |reason: String| Error::LakeUrl {
+            url: url.to_string(),
+            reason,
+        };
+        if url.starts_with("abfss://") || url.starts_with("az://") || url.starts_with("abfs://") {
+            let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+            let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url)
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            let prefix = parsed.path().trim_matches('/');
+            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                Arc::new(store)
+            } else {
+                Arc::new(PrefixStore::new(store, prefix))
+            };
+            return Ok(Lake {
+                store,
+                url: url.to_string(),
+                local_root: None,
+            });
+        }
+        if url.contains("://") && !url.starts_with("file://") {
+            return Err(bad(
+                "use a local path, file://, abfss://container@account.dfs.core.windows.net/path or az://container/path"
+                    .to_string(),
+            ));
+        }
+        let root = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        let root = root.canonicalize().map_err(|e| Error::io(&root, e))?;
+        let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| bad(e.to_string()))?;
+        Ok(Lake {
+            store: Arc::new(store),
+            url: url.to_string(),
+            local_root: Some(root),
+        })
+    }
+
+    /// The URL the lake was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The object store, rooted at the lake.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// The local folder of a lake path, when the lake is local.
+    pub fn local_path(&self, path: &str) -> Option<PathBuf> {
+        self.local_root.as_ref().map(|r| r.join(path))
+    }
+
+    /// Reads an object, or `None` when it does not exist.
+    pub async fn get_opt(&self, path: &str) -> Result<Option<Bytes>> {
+        let location = Path::from(path);
+        match self.store.get(&location).await {
+            Ok(r) => r.bytes().await.map(Some).map_err(|e| Error::lake(path, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::lake(path, e)),
+        }
+    }
+
+    /// Writes an object whole and makes it durable before returning.
+    pub async fn put(&self, path: &str, bytes: Bytes) -> Result<()> {
+        self.store
+            .put(&Path::from(path), PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| Error::lake(path, e))?;
+        self.make_durable(path).await
+    }
+
+    /// Lists the objects under a prefix (recursively).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.store
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(|e| Error::lake(prefix, e))
+    }
+
+    /// Deletes an object; a missing object is not an error.
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        match self.store.delete(&Path::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::lake(path, e)),
+        }
+    }
+
+    /// A streaming parquet sink for an object (multipart upload; atomic on completion).
+    pub fn parquet_sink(&self, path: &str) -> BufWriter {
+        BufWriter::new(self.store.clone(), Path::from(path))
+    }
+
+    /// Flushes a completed object and its folder to disk on a local lake, so that a crash or
+    /// power loss after this call cannot lose it. Cloud stores are durable on completion.
+    pub async fn make_durable(&self, path: &str) -> Result<()> {
+        let Some(file) = self.local_path(path) else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&file, e))?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| Error::io(dir, e))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_local_lake_round_trips_lists_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().join("lake").to_str().unwrap()).unwrap();
+        assert_eq!(lake.get_opt("bronze/x.json").await.unwrap(), None);
+        lake.put("bronze/x.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            lake.get_opt("bronze/x.json").await.unwrap().unwrap(),
+            Bytes::from_static(b"{}")
+        );
+        assert!(dir.path().join("lake/bronze/x.json").is_file());
+        let listed = lake.list("bronze").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        lake.delete("bronze/x.json").await.unwrap();
+        lake.delete("bronze/x.json").await.unwrap();
+        assert!(lake.list("bronze").await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused_with_the_supported_ones() {
+        let err = Lake::open("s3://bucket/lake").unwrap_err().to_string();
+        assert!(
+            err.contains("abfss://") && err.contains("s3://bucket/lake"),
+            "{err}"
+        );
+    }
+}

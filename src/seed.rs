@@ -1,0 +1,644 @@
+//! The sample source: the five tables of DESIGN.md §4 in a SQLite file, with realistic,
+//! deterministic data and the dirt real sources have, plus incremental change batches.
+//!
+//! Randomness is a SplitMix64 stream seeded from `--seed` (and, for a change batch, the
+//! source's current high timestamps), so the same command on the same file always gives the
+//! same rows on every platform and version.
+
+use std::path::Path;
+use std::time::Instant;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use rusqlite::{Connection, params};
+
+use crate::error::{Error, Result};
+use crate::source::sqlite::open_for_write;
+
+/// Rows per table at scale 1.
+pub const USERS_PER_SCALE: f64 = 100_000.0;
+pub const ARTISTS_PER_SCALE: f64 = 10_000.0;
+pub const TRACKS_PER_SCALE: f64 = 100_000.0;
+pub const STREAMS_PER_SCALE: f64 = 1_000_000.0;
+/// The user id that streams of unknown users point to.
+pub const UNKNOWN_USER_ID: i64 = 999_999_999;
+
+const DDL: &str = "
+CREATE TABLE DimUser (user_id INT PRIMARY KEY, user_name NVARCHAR(100), country NVARCHAR(50),
+  subscription_type NVARCHAR(20), start_date DATE, end_date DATE NULL, updated_at DATETIME2);
+CREATE TABLE DimArtist (artist_id INT PRIMARY KEY, artist_name NVARCHAR(200), genre NVARCHAR(50),
+  country NVARCHAR(50), updated_at DATETIME2);
+CREATE TABLE DimTrack (track_id INT PRIMARY KEY, track_name NVARCHAR(200), artist_id INT,
+  album_name NVARCHAR(200), duration_sec INT, release_date DATE, updated_at DATETIME2);
+CREATE TABLE DimDate (date_key INT PRIMARY KEY, date DATE, day INT, month INT, year INT,
+  weekday NVARCHAR(10));
+CREATE TABLE FactStream (stream_id BIGINT PRIMARY KEY, user_id INT, track_id INT, date_key INT,
+  listen_duration INT, device_type NVARCHAR(20), stream_timestamp DATETIME2);
+";
+
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS ix_dim_user_updated_at ON DimUser(updated_at);
+CREATE INDEX IF NOT EXISTS ix_dim_artist_updated_at ON DimArtist(updated_at);
+CREATE INDEX IF NOT EXISTS ix_dim_track_updated_at ON DimTrack(updated_at);
+CREATE INDEX IF NOT EXISTS ix_dim_date_date ON DimDate(date);
+CREATE INDEX IF NOT EXISTS ix_fact_stream_timestamp ON FactStream(stream_timestamp);
+";
+
+const FIRST: &[&str] = &[
+    "olivia", "liam", "emma", "noah", "ava", "elijah", "sophia", "james", "mia", "lucas", "amelia",
+    "mateo", "harper", "levi", "evelyn", "ethan", "luna", "henry", "José", "Zoë", "Søren",
+    "Łukasz", "Ángel", "Chloé", "Björn", "Yūki", "İlkay", "Nguyễn", "Даша", "美咲",
+];
+const LAST: &[&str] = &[
+    "smith",
+    "johnson",
+    "garcia",
+    "müller",
+    "martin",
+    "rossi",
+    "silva",
+    "kim",
+    "sato",
+    "nowak",
+    "larsen",
+    "dubois",
+    "lópez",
+    "khan",
+    "brown",
+    "wilson",
+    "moreau",
+    "berg",
+    "costa",
+    "novák",
+    "yılmaz",
+    "singh",
+    "tanaka",
+    "fischer",
+    "jensen",
+    "Ødegaard",
+    "Çelik",
+    "Иванова",
+];
+const WORDS: &[&str] = &[
+    "blue", "night", "fire", "dream", "river", "golden", "echo", "wild", "electric", "silent",
+    "neon", "summer", "broken", "heart", "city", "ocean", "shadow", "light", "paper", "stone",
+    "velvet", "crystal", "midnight", "sugar", "thunder", "glass", "honey", "storm", "lunar",
+    "café", "señor", "über",
+];
+const COUNTRIES: &[&str] = &[
+    "US", "GB", "DE", "FR", "SE", "NO", "ES", "IT", "NL", "BR", "MX", "CA", "AU", "JP", "IN", "PL",
+    "TR", "AR", "ZA", "KR",
+];
+const SUBSCRIPTIONS: &[&str] = &["free", "premium", "family", "student"];
+const GENRES: &[&str] = &[
+    "pop",
+    "rock",
+    "hip hop",
+    "electronic",
+    "jazz",
+    "classical",
+    "r&b",
+    "country",
+    "metal",
+    "folk",
+    "latin",
+    "reggae",
+    "blues",
+    "indie",
+    "k-pop",
+];
+const DEVICES: &[&str] = &["mobile", "desktop", "tablet", "smart_speaker", "tv", "web"];
+const WEEKDAYS: &[&str] = &[
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+/// A SplitMix64 stream: tiny, fast, and the same everywhere forever.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64, tag: &str) -> Self {
+        let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+        for b in tag.bytes() {
+            state = (state ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
+        }
+        Rng(state)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n.max(1))) >> 64) as u64
+    }
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.below((hi - lo + 1).max(1) as u64) as i64
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64) / ((1u64 << 53) as f64) < p
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+    /// A value from `items`, dirtied.
+    fn dirty_pick(&mut self, items: &[&str]) -> String {
+        let v = self.pick(items);
+        dirty(self, v)
+    }
+    /// A person's name, dirtied.
+    fn person(&mut self) -> String {
+        let name = format!("{} {}", self.pick(FIRST), self.pick(LAST));
+        dirty(self, &name)
+    }
+}
+
+/// Mixed case and stray spaces, as hand-entered data has.
+fn dirty(rng: &mut Rng, text: &str) -> String {
+    let cased = match rng.below(4) {
+        0 => text.to_uppercase(),
+        1 => text.to_lowercase(),
+        2 => title_case(text),
+        _ => text.to_string(),
+    };
+    if rng.chance(0.1) {
+        format!(
+            "{}{cased}{}",
+            " ".repeat(rng.range(1, 2) as usize),
+            " ".repeat(rng.range(0, 2) as usize)
+        )
+    } else {
+        cased
+    }
+}
+
+fn title_case(text: &str) -> String {
+    text.split(' ')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn micros(date: NaiveDate) -> i64 {
+    date.and_hms_opt(0, 0, 0)
+        .map_or(0, |d| d.and_utc().timestamp_micros())
+}
+
+fn ts_text(us: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(us)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+        .unwrap_or_default()
+}
+
+fn date_of(us: i64) -> NaiveDate {
+    DateTime::<Utc>::from_timestamp_micros(us).map_or(NaiveDate::MIN, |d| d.date_naive())
+}
+
+fn date_key(d: NaiveDate) -> i64 {
+    i64::from(d.year()) * 10_000 + i64::from(d.month()) * 100 + i64::from(d.day())
+}
+
+fn ymd(y: i32, m: u32, d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, d).unwrap_or(NaiveDate::MIN)
+}
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// Rows written per table by a seed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SeedReport {
+    /// `(table, rows inserted, rows updated)`.
+    pub tables: Vec<(String, u64, u64)>,
+    pub seconds: f64,
+}
+
+impl SeedReport {
+    fn add(&mut self, table: &str, inserted: u64, updated: u64) {
+        self.tables.push((table.to_string(), inserted, updated));
+    }
+}
+
+fn sql(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::sqlite(context, e)
+}
+
+/// Creates (or recreates) the sample source at `path` with `scale` × the scale-1 row counts.
+pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
+    if !(scale > 0.0 && scale <= 1000.0) {
+        return Err(Error::BadArgument {
+            what: "--scale".into(),
+            message: format!("{scale} must be above 0 and at most 1000"),
+        });
+    }
+    let start = Instant::now();
+    if path.exists() {
+        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+    }
+    let mut conn = open_for_write(path)?;
+    fast_writes(&conn)?;
+    conn.execute_batch(DDL)
+        .map_err(sql("creating the sample tables"))?;
+    let n = |per: f64| ((per * scale).round() as i64).max(1);
+    let (users, artists, tracks, streams) = (
+        n(USERS_PER_SCALE),
+        n(ARTISTS_PER_SCALE),
+        n(TRACKS_PER_SCALE),
+        n(STREAMS_PER_SCALE),
+    );
+    let as_of = micros(ymd(2025, 7, 1)) - 1;
+    let mut report = SeedReport::default();
+    let tx = conn.transaction().map_err(sql("seeding"))?;
+    {
+        let mut rng = Rng::new(seed, "DimUser");
+        let mut stmt = tx
+            .prepare("INSERT INTO DimUser VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+            .map_err(sql("DimUser"))?;
+        let mut previous = String::new();
+        for id in 1..=users {
+            let name = if id > 1 && rng.chance(0.01) {
+                // A different person whose name looks like the one before: case and spaces only.
+                dirty(&mut rng, previous.trim())
+            } else {
+                rng.person()
+            };
+            let start_day = micros(ymd(2023, 1, 1)) + rng.range(0, 900) * DAY_US;
+            let updated = (start_day + rng.range(0, 90 * DAY_US)).min(as_of);
+            let end = rng
+                .chance(0.05)
+                .then(|| date_of(updated + rng.range(1, 60) * DAY_US).to_string());
+            stmt.execute(params![
+                id,
+                name,
+                (!rng.chance(0.01)).then(|| rng.dirty_pick(COUNTRIES)),
+                rng.dirty_pick(SUBSCRIPTIONS),
+                date_of(start_day).to_string(),
+                end,
+                ts_text(updated)
+            ])
+            .map_err(sql("DimUser"))?;
+            previous = name;
+        }
+        report.add("DimUser", users as u64, 0);
+
+        let mut rng = Rng::new(seed, "DimArtist");
+        let mut stmt = tx
+            .prepare("INSERT INTO DimArtist VALUES (?1, ?2, ?3, ?4, ?5)")
+            .map_err(sql("DimArtist"))?;
+        for id in 1..=artists {
+            let name = match rng.below(3) {
+                0 => format!(
+                    "The {} {}",
+                    title_case(rng.pick(WORDS)),
+                    title_case(rng.pick(WORDS))
+                ),
+                1 => format!(
+                    "{} {}",
+                    title_case(rng.pick(FIRST)),
+                    title_case(rng.pick(LAST))
+                ),
+                _ => format!("DJ {}", title_case(rng.pick(WORDS))),
+            };
+            stmt.execute(params![
+                id,
+                dirty(&mut rng, &name),
+                rng.dirty_pick(GENRES),
+                (!rng.chance(0.02)).then(|| rng.dirty_pick(COUNTRIES)),
+                ts_text(
+                    micros(ymd(2023, 1, 1))
+                        + rng
+                            .range(0, 900 * DAY_US)
+                            .min(as_of - micros(ymd(2023, 1, 1)))
+                )
+            ])
+            .map_err(sql("DimArtist"))?;
+        }
+        report.add("DimArtist", artists as u64, 0);
+
+        let mut rng = Rng::new(seed, "DimTrack");
+        let mut stmt = tx
+            .prepare("INSERT INTO DimTrack VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+            .map_err(sql("DimTrack"))?;
+        for id in 1..=tracks {
+            stmt.execute(params![
+                id,
+                track_name(&mut rng),
+                rng.range(1, artists),
+                {
+                    let album = format!("{} {}", rng.pick(WORDS), rng.pick(WORDS));
+                    dirty(&mut rng, &album)
+                },
+                rng.range(45, 540),
+                date_of(micros(ymd(2000, 1, 1)) + rng.range(0, 9_300) * DAY_US).to_string(),
+                ts_text(
+                    micros(ymd(2023, 1, 1))
+                        + rng
+                            .range(0, 900 * DAY_US)
+                            .min(as_of - micros(ymd(2023, 1, 1)))
+                )
+            ])
+            .map_err(sql("DimTrack"))?;
+        }
+        report.add("DimTrack", tracks as u64, 0);
+
+        let mut stmt = tx
+            .prepare("INSERT INTO DimDate VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+            .map_err(sql("DimDate"))?;
+        let mut day = ymd(2023, 1, 1);
+        let mut days = 0;
+        while day <= ymd(2025, 12, 31) {
+            stmt.execute(params![
+                date_key(day),
+                day.to_string(),
+                day.day(),
+                day.month(),
+                day.year(),
+                WEEKDAYS[day.weekday().num_days_from_monday() as usize]
+            ])
+            .map_err(sql("DimDate"))?;
+            days += 1;
+            day = day.succ_opt().unwrap_or(NaiveDate::MAX);
+        }
+        report.add("DimDate", days, 0);
+
+        let first = micros(ymd(2024, 1, 1));
+        insert_streams(
+            &tx,
+            &mut Rng::new(seed, "FactStream"),
+            1,
+            streams,
+            users,
+            tracks,
+            first,
+            as_of,
+        )?;
+        report.add("FactStream", streams as u64, 0);
+    }
+    tx.commit().map_err(sql("seeding"))?;
+    conn.execute_batch(INDEXES).map_err(sql("indexing"))?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn fast_writes(conn: &Connection) -> Result<()> {
+    // A seed is rebuilt from scratch if it dies, so durability per statement buys nothing.
+    conn.execute_batch("PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF;")
+        .map_err(sql("preparing the sample database"))
+}
+
+fn track_name(rng: &mut Rng) -> String {
+    let words: Vec<_> = (0..rng.range(1, 3)).map(|_| rng.pick(WORDS)).collect();
+    // The reference stack's silver replaces these hyphens with spaces.
+    let sep = if rng.chance(0.3) { "-" } else { " " };
+    dirty(rng, &words.join(sep))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_streams(
+    tx: &Connection,
+    rng: &mut Rng,
+    first_id: i64,
+    count: i64,
+    users: i64,
+    tracks: i64,
+    from_us: i64,
+    to_us: i64,
+) -> Result<()> {
+    let mut stmt = tx
+        .prepare("INSERT INTO FactStream VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+        .map_err(sql("FactStream"))?;
+    let mut last: Option<(i64, i64, i64, i64)> = None;
+    for id in first_id..first_id + count {
+        let (user, track, at, duration) = match last {
+            // A double-logged play: same user, track, time and duration under a new id.
+            Some(prev) if rng.chance(0.01) => prev,
+            _ => (
+                if rng.chance(0.0005) {
+                    UNKNOWN_USER_ID
+                } else {
+                    rng.range(1, users)
+                },
+                rng.range(1, tracks),
+                rng.range(from_us, to_us),
+                if rng.chance(0.001) {
+                    -rng.range(1, 300)
+                } else {
+                    rng.range(5, 540)
+                },
+            ),
+        };
+        stmt.execute(params![
+            id,
+            user,
+            track,
+            date_key(date_of(at)),
+            duration,
+            rng.dirty_pick(DEVICES),
+            ts_text(at)
+        ])
+        .map_err(sql("FactStream"))?;
+        last = Some((user, track, at, duration));
+    }
+    Ok(())
+}
+
+/// Applies one batch of changes with timestamps after everything already in the source:
+/// ~10% of users updated (a tenth of them touching only `updated_at`), ~5% new users,
+/// ~1% of tracks and artists changed, and ~10% more streams.
+pub fn apply_changes(path: &Path, seed: u64) -> Result<SeedReport> {
+    let start = Instant::now();
+    if !path.is_file() {
+        return Err(Error::SourceUnreachable {
+            url: format!("sqlite:{}", path.display()),
+            reason: "no such file: run `tunelake seed` first".into(),
+        });
+    }
+    let mut conn = open_for_write(path)?;
+    fast_writes(&conn)?;
+    let one = |sql_text: &str| -> Result<(i64, String)> {
+        conn.query_row(sql_text, [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(sql("reading the source's current state"))
+    };
+    let (max_user, user_hwm) = one("SELECT MAX(user_id), MAX(updated_at) FROM DimUser")?;
+    let (max_track, track_hwm) = one("SELECT MAX(track_id), MAX(updated_at) FROM DimTrack")?;
+    let (max_artist, artist_hwm) = one("SELECT MAX(artist_id), MAX(updated_at) FROM DimArtist")?;
+    let (max_stream, stream_hwm) =
+        one("SELECT MAX(stream_id), MAX(stream_timestamp) FROM FactStream")?;
+    let parse = |t: &str| crate::source::columns::parse_timestamp_micros(t).unwrap_or(0);
+    // Every change is newer than anything the source holds, as an OLTP clock would make it.
+    let base = [&user_hwm, &track_hwm, &artist_hwm, &stream_hwm]
+        .iter()
+        .map(|t| parse(t))
+        .max()
+        .unwrap_or(0)
+        + 1_000_000;
+    let batch_seed = seed ^ (base as u64).rotate_left(17);
+    let stream_count = (max_stream / 10).max(1);
+    let window = 30 * DAY_US;
+    let mut report = SeedReport::default();
+    let tx = conn.transaction().map_err(sql("applying changes"))?;
+    {
+        let mut rng = Rng::new(batch_seed, "DimUser+");
+        let mut updated = 0u64;
+        let mut update = tx
+            .prepare(
+                "UPDATE DimUser SET
+                   subscription_type = CASE WHEN ?7 = 1 THEN ?3 ELSE subscription_type END,
+                   country = CASE WHEN ?7 = 2 THEN ?4 ELSE country END,
+                   end_date = CASE WHEN ?7 = 3 THEN ?5 ELSE end_date END,
+                   user_name = CASE WHEN ?7 = 4 THEN ?6 ELSE user_name END,
+                   updated_at = ?2
+                 WHERE user_id = ?1",
+            )
+            .map_err(sql("DimUser"))?;
+        for id in 1..=max_user {
+            if !rng.chance(0.10) {
+                continue;
+            }
+            let at = ts_text(base + rng.range(0, window));
+            // 10% touch only updated_at; then subscription 45%, country 25%, churn 15%, rename 5%.
+            let change = match rng.below(100) {
+                0..10 => 0,
+                10..55 => 1,
+                55..80 => 2,
+                80..95 => 3,
+                _ => 4,
+            };
+            let subscription = rng.dirty_pick(SUBSCRIPTIONS);
+            let country = rng.dirty_pick(COUNTRIES);
+            let name = rng.person();
+            update
+                .execute(params![
+                    id,
+                    at,
+                    subscription,
+                    country,
+                    date_of(base + window).to_string(),
+                    name,
+                    change
+                ])
+                .map_err(sql("DimUser"))?;
+            updated += 1;
+        }
+        let new_users = (max_user / 20).max(1);
+        let mut stmt = tx
+            .prepare("INSERT INTO DimUser VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)")
+            .map_err(sql("DimUser"))?;
+        for id in max_user + 1..=max_user + new_users {
+            let at = base + rng.range(0, window);
+            stmt.execute(params![
+                id,
+                rng.person(),
+                (!rng.chance(0.01)).then(|| rng.dirty_pick(COUNTRIES)),
+                rng.dirty_pick(SUBSCRIPTIONS),
+                date_of(at).to_string(),
+                ts_text(at)
+            ])
+            .map_err(sql("DimUser"))?;
+        }
+        report.add("DimUser", new_users as u64, updated);
+
+        let mut rng = Rng::new(batch_seed, "DimTrack+");
+        let mut changed = 0;
+        let mut stmt = tx
+            .prepare("UPDATE DimTrack SET track_name = ?2, album_name = ?3, updated_at = ?4 WHERE track_id = ?1")
+            .map_err(sql("DimTrack"))?;
+        for id in 1..=max_track {
+            if rng.chance(0.01) {
+                let name = track_name(&mut rng);
+                let album = format!("{} {} (Remastered)", rng.pick(WORDS), rng.pick(WORDS));
+                let album = dirty(&mut rng, &album);
+                stmt.execute(params![
+                    id,
+                    name,
+                    album,
+                    ts_text(base + rng.range(0, window))
+                ])
+                .map_err(sql("DimTrack"))?;
+                changed += 1;
+            }
+        }
+        report.add("DimTrack", 0, changed);
+
+        let mut rng = Rng::new(batch_seed, "DimArtist+");
+        let mut changed = 0;
+        let mut stmt = tx
+            .prepare("UPDATE DimArtist SET genre = ?2, updated_at = ?3 WHERE artist_id = ?1")
+            .map_err(sql("DimArtist"))?;
+        for id in 1..=max_artist {
+            if rng.chance(0.01) {
+                stmt.execute(params![
+                    id,
+                    rng.dirty_pick(GENRES),
+                    ts_text(base + rng.range(0, window))
+                ])
+                .map_err(sql("DimArtist"))?;
+                changed += 1;
+            }
+        }
+        report.add("DimArtist", 0, changed);
+        report.add("DimDate", 0, 0);
+
+        let users = max_user + new_users;
+        insert_streams(
+            &tx,
+            &mut Rng::new(batch_seed, "FactStream+"),
+            max_stream + 1,
+            stream_count,
+            users,
+            max_track,
+            base,
+            base + window,
+        )?;
+        report.add("FactStream", stream_count as u64, 0);
+    }
+    tx.commit().map_err(sql("applying changes"))?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generator_is_deterministic_and_roughly_uniform() {
+        let a: Vec<u64> = (0..5)
+            .scan(Rng::new(42, "t"), |r, _| Some(r.next()))
+            .collect();
+        let b: Vec<u64> = (0..5)
+            .scan(Rng::new(42, "t"), |r, _| Some(r.next()))
+            .collect();
+        let c: Vec<u64> = (0..5)
+            .scan(Rng::new(42, "u"), |r, _| Some(r.next()))
+            .collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mut rng = Rng::new(1, "x");
+        let hits = (0..100_000).filter(|_| rng.chance(0.1)).count();
+        assert!((9_000..11_000).contains(&hits), "{hits}");
+        assert!((0..1000).all(|_| (3..=7).contains(&rng.range(3, 7))));
+    }
+
+    #[test]
+    fn dates_and_keys() {
+        assert_eq!(date_key(ymd(2024, 3, 1)), 20240301);
+        assert_eq!(
+            ts_text(micros(ymd(2024, 3, 1)) + 1),
+            "2024-03-01 00:00:00.000001"
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! Ingest: source tables to bronze parquet, incrementally by watermark (DESIGN.md §6).
+//!
+//! Per table: read the stored watermark, read `high = MAX(cdc)` *before* copying, stream the
+//! `(low, high]` window into parquet parts with deterministic names, make them durable, and
+//! only then move the watermark. Files left by a run that died before its watermark moved are
+//! removed before the window is written again, so bronze never holds a row twice.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tracing::{Instrument, info, warn};
+
+use super::Status;
+use crate::config::{Settings, TableSpec};
+use crate::error::{Error, Result};
+use crate::lake::{Lake, bronze_dir, watermark};
+use crate::source::{self, Source};
+use crate::window::{self, Bound, BoundKind, Window};
+
+/// What one table's ingest did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub table: String,
+    pub status: Status,
+    /// The extracted window, `(low, high]`, in canonical text.
+    pub window: Option<(Option<String>, String)>,
+    pub rows: u64,
+    /// Lake paths of the parquet files written.
+    pub files: Vec<String>,
+    pub bytes: u64,
+    /// The watermark after the run.
+    pub watermark: Option<String>,
+    pub seconds: f64,
+    pub error: Option<String>,
+}
+
+/// What a whole ingest did, table by table in pipeline order.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestReport {
+    pub run_id: String,
+    pub tables: Vec<TableReport>,
+}
+
+impl IngestReport {
+    /// True when any table failed (the run's exit code is then non-zero).
+    pub fn failed(&self) -> bool {
+        self.tables.iter().any(|t| t.status == Status::Failed)
+    }
+
+    /// Rows written across tables.
+    pub fn rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+}
+
+/// An ingest of some tables.
+pub struct Ingest {
+    source: Arc<dyn Source>,
+    lake: Lake,
+    settings: Settings,
+    run_id: String,
+    from: Option<String>,
+}
+
+impl Ingest {
+    pub fn new(
+        source: Arc<dyn Source>,
+        lake: Lake,
+        settings: Settings,
+        run_id: impl Into<String>,
+    ) -> Self {
+        Ingest {
+            source,
+            lake,
+            settings,
+            run_id: run_id.into(),
+            from: None,
+        }
+    }
+
+    /// Backfill: extract `(from, high]` instead of `(watermark, high]`.
+    pub fn with_from(mut self, from: Option<String>) -> Self {
+        self.from = from;
+        self
+    }
+
+    /// Ingests the tables, at most `max_concurrency` at once; a table's failure is reported
+    /// in its row and does not stop the others.
+    pub async fn run(self, tables: &[TableSpec]) -> IngestReport {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(this.settings.max_concurrency.max(1)));
+        let handles: Vec<_> = tables
+            .iter()
+            .cloned()
+            .map(|table| {
+                let this = this.clone();
+                let permits = permits.clone();
+                let span = tracing::info_span!("table", run_id = %this.run_id, stage = "ingest", table = %table.name);
+                tokio::spawn(
+                    async move {
+                        let _permit = permits.acquire_owned().await;
+                        let start = Instant::now();
+                        let result = this.table(&table, start).await;
+                        match result {
+                            Ok(report) => report,
+                            Err(e) => {
+                                warn!(error = %e, "The table failed; its watermark was not moved.");
+                                TableReport {
+                                    table: table.name.clone(),
+                                    status: Status::Failed,
+                                    window: None,
+                                    rows: 0,
+                                    files: Vec::new(),
+                                    bytes: 0,
+                                    watermark: None,
+                                    seconds: start.elapsed().as_secs_f64(),
+                                    error: Some(e.to_string()),
+                                }
+                            }
+                        }
+                    }
+                    .instrument(span),
+                )
+            })
+            .collect();
+        let mut reports = Vec::with_capacity(handles.len());
+        for (handle, table) in handles.into_iter().zip(tables) {
+            reports.push(handle.await.unwrap_or_else(|e| TableReport {
+                table: table.name.clone(),
+                status: Status::Failed,
+                window: None,
+                rows: 0,
+                files: Vec::new(),
+                bytes: 0,
+                watermark: None,
+                seconds: 0.0,
+                error: Some(format!("the table's task failed: {e}")),
+            }));
+        }
+        IngestReport {
+            run_id: this.run_id.clone(),
+            tables: reports,
+        }
+    }
+
+    async fn table(&self, table: &TableSpec, start: Instant) -> Result<TableReport> {
+        let schema = self.source.schema(table).await?;
+        let kind = source::check_columns(table, &schema)?;
+        let stored = watermark::read(&self.lake, &table.name, &table.cdc_column, kind).await?;
+        let stored_bound = stored.as_ref().map(|w| w.bound()).transpose()?;
+        let from = self.from.as_deref().map(|f| kind.parse(f)).transpose()?;
+        let high = self.source.high_watermark(table, kind).await?;
+        let plan = window::plan(stored_bound, high, from);
+        let mut report = TableReport {
+            table: table.name.clone(),
+            status: Status::Empty,
+            window: None,
+            rows: 0,
+            files: Vec::new(),
+            bytes: 0,
+            watermark: stored_bound.map(|b| b.to_string()),
+            seconds: 0.0,
+            error: None,
+        };
+        let Some(window) = plan.window else {
+            info!("No rows past the watermark; nothing written.");
+            report.seconds = start.elapsed().as_secs_f64();
+            return Ok(report);
+        };
+        report.window = Some((window.low.map(|b| b.to_string()), window.high.to_string()));
+
+        self.remove_uncommitted(table, kind, &window, stored_bound)
+            .await?;
+        let written = self.write_window(table, schema, window).await?;
+        self.remove_extra_parts(table, &window, written.files.len())
+            .await?;
+
+        report.rows = written.rows;
+        report.bytes = written.bytes;
+        report.files = written.files;
+        if written.rows > 0 {
+            report.status = Status::Ok;
+            if let Some(next) = plan.next_watermark.filter(|n| Some(*n) != stored_bound) {
+                watermark::write(
+                    &self.lake,
+                    &table.name,
+                    &watermark::Watermark {
+                        column: table.cdc_column.clone(),
+                        kind,
+                        value: next.to_string(),
+                        run_id: self.run_id.clone(),
+                        rows: written.rows,
+                        at: chrono::Utc::now(),
+                    },
+                )
+                .await?;
+                report.watermark = Some(next.to_string());
+            }
+        }
+        report.seconds = start.elapsed().as_secs_f64();
+        info!(
+            rows = report.rows,
+            files = report.files.len(),
+            seconds = report.seconds,
+            "Extracted window {}.",
+            window.file_stem(&table.name)
+        );
+        Ok(report)
+    }
+
+    /// Deletes files a crashed run left for a window that starts where this one does but
+    /// was never committed (its high is past the stored watermark).
+    async fn remove_uncommitted(
+        &self,
+        table: &TableSpec,
+        kind: BoundKind,
+        window: &Window,
+        stored: Option<Bound>,
+    ) -> Result<()> {
+        let low = window
+            .low
+            .map_or_else(|| "0".to_string(), |b| b.file_token());
+        for meta in self.lake.list(&bronze_dir(&table.name)).await? {
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            let Some((file_low, file_high, _)) = Window::parse_file_name(&table.name, name) else {
+                continue;
+            };
+            let uncommitted = match (kind.parse_file_token(file_high), stored) {
+                (Some(h), Some(s)) => h > s,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if file_low == low
+                && uncommitted
+                && kind.parse_file_token(file_high) != Some(window.high)
+            {
+                warn!(file = %meta.location, "Removing a file of a run that never committed its watermark.");
+                self.lake.delete(meta.location.as_ref()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a rerun of the same window wrote fewer parts, the surplus parts are stale.
+    async fn remove_extra_parts(
+        &self,
+        table: &TableSpec,
+        window: &Window,
+        parts: usize,
+    ) -> Result<()> {
+        let stem = window.file_stem(&table.name);
+        for meta in self.lake.list(&bronze_dir(&table.name)).await? {
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            if let Some((_, _, part)) = Window::parse_file_name(&table.name, name)
+                && name.starts_with(&format!("{stem}_"))
+                && part >= parts
+            {
+                self.lake.delete(meta.location.as_ref()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_window(
+        &self,
+        table: &TableSpec,
+        schema: arrow::datatypes::SchemaRef,
+        window: Window,
+    ) -> Result<Written> {
+        let mut batches = self
+            .source
+            .extract(table, schema.clone(), window, self.settings.batch_rows)
+            .await?;
+        let max_bytes = (self.settings.max_file_mb * 1024 * 1024) as usize;
+        let mut written = Written::default();
+        let mut open: Option<(String, AsyncArrowWriter<_>)> = None;
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            if open.is_none() {
+                let path = format!(
+                    "{}/{}",
+                    bronze_dir(&table.name),
+                    window.file_name(&table.name, written.files.len())
+                );
+                let writer = AsyncArrowWriter::try_new(
+                    self.lake.parquet_sink(&path),
+                    schema.clone(),
+                    Some(self.writer_properties(table, &window)),
+                )
+                .map_err(|e| Error::Parquet {
+                    file: path.clone(),
+                    source: e,
+                })?;
+                open = Some((path, writer));
+            }
+            if let Some((path, writer)) = open.as_mut() {
+                writer.write(&batch).await.map_err(|e| Error::Parquet {
+                    file: path.clone(),
+                    source: e,
+                })?;
+                written.rows += batch.num_rows() as u64;
+                if writer.bytes_written() + writer.in_progress_size() >= max_bytes
+                    && let Some((path, writer)) = open.take()
+                {
+                    self.close(path, writer, &mut written).await?;
+                }
+            }
+        }
+        if let Some((path, writer)) = open.take() {
+            self.close(path, writer, &mut written).await?;
+        }
+        Ok(written)
+    }
+
+    async fn close(
+        &self,
+        path: String,
+        writer: AsyncArrowWriter<object_store::buffered::BufWriter>,
+        written: &mut Written,
+    ) -> Result<()> {
+        let bytes = writer.bytes_written();
+        writer.close().await.map_err(|e| Error::Parquet {
+            file: path.clone(),
+            source: e,
+        })?;
+        self.lake.make_durable(&path).await?;
+        written.bytes += bytes as u64;
+        written.files.push(path);
+        Ok(())
+    }
+
+    fn writer_properties(&self, table: &TableSpec, window: &Window) -> WriterProperties {
+        let meta = |k: &str, v: String| KeyValue::new(format!("tunelake.{k}"), v);
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_created_by(format!("tunelake {}", env!("CARGO_PKG_VERSION")))
+            .set_key_value_metadata(Some(vec![
+                meta("table", table.name.clone()),
+                meta("cdc_column", table.cdc_column.clone()),
+                meta(
+                    "window_low",
+                    window.low.map(|b| b.to_string()).unwrap_or_default(),
+                ),
+                meta("window_high", window.high.to_string()),
+                meta("run_id", self.run_id.clone()),
+            ]))
+            .build()
+    }
+}
+
+#[derive(Default)]
+struct Written {
+    rows: u64,
+    bytes: u64,
+    files: Vec<String>,
+}
