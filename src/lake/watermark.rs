@@ -110,7 +110,7 @@ mod tests {
             value: "2024-06-30T12:00:00.000000Z".into(),
             run_id: "r1".into(),
             rows: 10,
-            at: Utc::now(),
+            at: DateTime::from_timestamp(1_750_000_000, 0).unwrap(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
 use arrow::compute::kernels::cmp::{gt, lt_eq};
 use arrow::compute::{and, cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -301,7 +301,11 @@ fn conform(file: &str, batch: RecordBatch, target: &SchemaRef) -> Result<RecordB
                     batch.num_rows(),
                 ));
             };
-            let casted = cast(column, field.data_type()).map_err(|e| Error::ValueDoesNotFit {
+            let casted = match (column.data_type(), field.data_type()) {
+                (DataType::Timestamp(_, _), DataType::Timestamp(_, _)) => to_utc_micros(column),
+                _ => cast(column, field.data_type()),
+            }
+            .map_err(|e| Error::ValueDoesNotFit {
                 table: file.to_string(),
                 column: field.name().clone(),
                 row: "(cast of the file's column)".to_string(),
@@ -322,6 +326,25 @@ fn conform(file: &str, batch: RecordBatch, target: &SchemaRef) -> Result<RecordB
         .collect::<Result<Vec<ArrayRef>>>()?;
     RecordBatch::try_new(target.clone(), columns)
         .map_err(|e| Error::arrow(format!("file {file}"), e))
+}
+
+/// A timestamp column as microsecond UTC instants. Zone-less values are read as UTC, the
+/// same rule as for SQL `datetime2`; zoned values are instants already, so only the unit
+/// changes (which needs no time-zone database).
+fn to_utc_micros(column: &ArrayRef) -> Result<ArrayRef, arrow::error::ArrowError> {
+    let DataType::Timestamp(_, tz) = column.data_type() else {
+        return cast(column, &columns::utc_micros());
+    };
+    let micros = cast(
+        column,
+        &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, tz.clone()),
+    )?;
+    Ok(Arc::new(
+        micros
+            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+            .clone()
+            .with_timezone("UTC"),
+    ))
 }
 
 /// The watermark column as comparable i64s (integers, days, or microseconds).

@@ -658,7 +658,7 @@ mod tests {
             .downcast_ref::<arrow::array::Decimal128Array>()
             .unwrap();
         assert_eq!(array.value(0), 1230);
-        assert!(array.is_null(1));
+        assert!(arrow::array::Array::is_null(array, 1));
         let mut i = ColumnBuilder::new(&DataType::Int32, 1).unwrap();
         assert!(append(&mut i, &ColumnData::String(Some("x".into()))).is_err());
     }

@@ -1,0 +1,116 @@
+//! The binary as a user runs it: exit codes, messages, and the seed → ingest round trip.
+
+use std::process::Command;
+
+fn tunelake(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tunelake"))
+        .current_dir(dir)
+        .env_remove("TUNELAKE_SOURCE")
+        .env_remove("TUNELAKE_LAKE")
+        .env_remove("TUNELAKE_CONFIG")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn seed_run_status_and_incremental_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, out, err) = tunelake(
+        d,
+        &["seed", "--source", "sqlite:src.db", "--scale", "0.002"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("FactStream") && out.contains("2000"), "{out}");
+    let (code, out, err) = tunelake(
+        d,
+        &["--source", "sqlite:src.db", "run", "--stage", "ingest"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("FactStream") && out.contains("ok"), "{out}");
+    assert!(d.join("lake/bronze/_watermarks/FactStream.json").is_file());
+    let (code, out, _) = tunelake(d, &["seed", "--source", "sqlite:src.db", "--incremental"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("change batch"), "{out}");
+    let (code, out, _) = tunelake(
+        d,
+        &[
+            "ingest",
+            "--source",
+            "sqlite:src.db",
+            "--table",
+            "FactStream",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("      200 "),
+        "the incremental window holds the 10% new streams: {out}"
+    );
+    let (code, out, _) = tunelake(d, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("stream_timestamp") && !out.contains("(never extracted)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_bad_pipeline_file_reports_every_problem_and_moves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("pipeline.toml"),
+        "[[tables]]\nname = \"Users; DROP TABLE x\"\ncdc_column = \"updated_at\"\nkeys = []\n",
+    )
+    .unwrap();
+    tunelake(
+        d,
+        &["seed", "--source", "sqlite:src.db", "--scale", "0.001"],
+    );
+    let (code, _, err) = tunelake(d, &["--source", "sqlite:src.db", "run"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("pipeline.toml") && err.contains("2 problem(s)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("tables[0] (Users; DROP TABLE x).name")
+            && err.contains("tables[0] (Users; DROP TABLE x).keys"),
+        "{err}"
+    );
+    assert!(!d.join("lake/bronze").exists());
+}
+
+#[test]
+fn a_failed_table_makes_the_exit_code_non_zero_while_the_others_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut pipeline = tunelake::config::DEFAULT_PIPELINE.to_string();
+    pipeline.push_str("\n[[tables]]\nname = \"DimPodcast\"\ncdc_column = \"updated_at\"\nkeys = [\"podcast_id\"]\n");
+    std::fs::write(d.join("pipeline.toml"), pipeline).unwrap();
+    tunelake(
+        d,
+        &["seed", "--source", "sqlite:src.db", "--scale", "0.001"],
+    );
+    let (code, out, err) = tunelake(d, &["--source", "sqlite:src.db", "run"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("DimPodcast") && err.contains("not found"),
+        "{err}"
+    );
+    assert!(out.contains("FAILED"), "{out}");
+    assert!(d.join("lake/bronze/_watermarks/FactStream.json").is_file());
+    let (code, _, err) = tunelake(
+        d,
+        &["--source", "sqlite:src.db", "ingest", "--table", "Nope"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("Nope") && err.contains("DimUser"), "{err}");
+}

@@ -1,0 +1,151 @@
+//! The `files:` source: CSV and parquet files per table, with the same watermark windows.
+
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use tunelake::config::{Pipeline, Settings};
+use tunelake::lake::Lake;
+use tunelake::stages::Status;
+use tunelake::stages::ingest::Ingest;
+
+use crate::common::*;
+
+fn streams(ids: std::ops::Range<i64>, base_us: i64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("stream_id", DataType::Int64, false),
+        Field::new(
+            "stream_timestamp",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
+    ]));
+    let ts: Vec<i64> = ids.clone().map(|i| base_us + i * 1_000_000).collect();
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(ids.collect::<Vec<_>>())),
+            Arc::new(TimestampMicrosecondArray::from(ts)),
+        ],
+    )
+    .unwrap()
+}
+
+fn write_parquet(path: &std::path::Path, batch: &RecordBatch) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
+async fn ingest(
+    source: &str,
+    lake: &std::path::Path,
+    tables: &[&str],
+) -> tunelake::stages::ingest::IngestReport {
+    let pipeline = Pipeline::parse(tunelake::config::DEFAULT_PIPELINE, "pipeline.toml").unwrap();
+    let specs = pipeline
+        .select(&tables.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+        .unwrap();
+    let source = tunelake::source::open(source).await.unwrap();
+    Ingest::new(
+        source,
+        Lake::open(lake.to_str().unwrap()).unwrap(),
+        Settings::default(),
+        "test-run",
+    )
+    .run(&specs)
+    .await
+}
+
+#[tokio::test]
+async fn csv_and_parquet_folders_ingest_by_watermark_like_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("DimArtist.csv"),
+        "artist_id,artist_name,genre,country,updated_at\n\
+         1,  Sigur Rós ,post-rock,IS,2024-01-01 10:00:00\n\
+         2,Björk,electronic,,2024-02-01 10:00:00.5\n\
+         3,ABBA,pop,SE,2024-03-01 10:00:00\n",
+    )
+    .unwrap();
+    let base = 1_700_000_000_000_000;
+    write_parquet(
+        &src.join("FactStream/part-00001.parquet"),
+        &streams(0..100, base),
+    );
+    let lake = dir.path().join("lake");
+    let url = format!("files:{}", src.display());
+
+    let report = ingest(&url, &lake, &["DimArtist", "FactStream"]).await;
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!(report.tables[0].rows, 3);
+    assert_eq!(report.tables[1].rows, 100);
+    let artists = read_parquet(&parquet_files(&lake.join("bronze/DimArtist"))[0]);
+    let schema = artists[0].schema();
+    assert_eq!(
+        schema.field_with_name("updated_at").unwrap().data_type(),
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    );
+    let names = artists[0].column_by_name("artist_name").unwrap();
+    let names = names
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap();
+    assert_eq!(names.value(0), "  Sigur Rós ", "values arrive untouched");
+    assert_eq!(
+        artists[0].column_by_name("country").unwrap().null_count(),
+        1
+    );
+
+    // A new file with 50 newer streams and 10 old ones that are already in bronze.
+    write_parquet(
+        &src.join("FactStream/part-00002.parquet"),
+        &streams(90..150, base),
+    );
+    let report = ingest(&url, &lake, &["DimArtist", "FactStream"]).await;
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!(report.tables[0].status, Status::Empty);
+    assert_eq!(
+        report.tables[1].rows, 50,
+        "only the rows past the watermark"
+    );
+    let counts = key_counts(&parquet_files(&lake.join("bronze/FactStream")), "stream_id");
+    assert_eq!(counts.len(), 150);
+    assert!(
+        counts
+            .iter()
+            .filter(|(k, _)| **k >= 90 && **k < 100)
+            .all(|(_, c)| *c == 1)
+    );
+}
+
+#[tokio::test]
+async fn a_missing_table_or_folder_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let report = ingest(
+        &format!("files:{}", dir.path().display()),
+        &lake,
+        &["DimUser"],
+    )
+    .await;
+    let err = report.tables[0].error.clone().unwrap();
+    assert!(
+        err.contains("DimUser") && err.contains("not found"),
+        "{err}"
+    );
+    let err = tunelake::source::open("files:/no/such/folder")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("/no/such/folder"), "{err}");
+}

@@ -1,0 +1,10 @@
+//! Integration tests: one binary, a module per area.
+
+// Helpers outside #[test] functions panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod common;
+mod files;
+mod ingest;
+mod mssql;
