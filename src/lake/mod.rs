@@ -136,6 +136,36 @@ impl Lake {
         BufWriter::new(self.store.clone(), Path::from(path))
     }
 
+    /// Removes the staging files (`name#n`) that a local upload killed mid-way leaves behind.
+    /// They are invisible to listings, so they can never be read as data, but they use disk.
+    /// Cloud stores discard uncommitted multipart uploads themselves.
+    pub async fn remove_staging_leftovers(&self, dir: &str) -> Result<usize> {
+        let Some(folder) = self.local_path(dir) else {
+            return Ok(0);
+        };
+        tokio::task::spawn_blocking(move || {
+            let entries = match std::fs::read_dir(&folder) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(Error::io(&folder, e)),
+            };
+            let mut removed = 0;
+            for entry in entries {
+                let path = entry.map_err(|e| Error::io(&folder, e))?.path();
+                if path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains('#'))
+                {
+                    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+    }
+
     /// Flushes a completed object and its folder to disk on a local lake, so that a crash or
     /// power loss after this call cannot lose it. Cloud stores are durable on completion.
     pub async fn make_durable(&self, path: &str) -> Result<()> {
@@ -180,6 +210,24 @@ mod tests {
         lake.delete("bronze/x.json").await.unwrap();
         lake.delete("bronze/x.json").await.unwrap();
         assert!(lake.list("bronze").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn partial_uploads_are_invisible_and_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        lake.put("bronze/T/a.parquet", Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        std::fs::write(dir.path().join("bronze/T/b.parquet#7"), b"half").unwrap();
+        assert_eq!(lake.list("bronze/T").await.unwrap().len(), 1);
+        assert_eq!(lake.remove_staging_leftovers("bronze/T").await.unwrap(), 1);
+        assert!(!dir.path().join("bronze/T/b.parquet#7").exists());
+        assert!(dir.path().join("bronze/T/a.parquet").exists());
+        assert_eq!(
+            lake.remove_staging_leftovers("bronze/none").await.unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -176,6 +176,16 @@ impl Ingest {
         };
         report.window = Some((window.low.map(|b| b.to_string()), window.high.to_string()));
 
+        let leftovers = self
+            .lake
+            .remove_staging_leftovers(&bronze_dir(&table.name))
+            .await?;
+        if leftovers > 0 {
+            warn!(
+                leftovers,
+                "Removed partial uploads of a run that was killed."
+            );
+        }
         self.remove_uncommitted(table, kind, &window, stored_bound)
             .await?;
         let written = self.write_window(table, schema, window).await?;
@@ -329,16 +339,15 @@ impl Ingest {
     async fn close(
         &self,
         path: String,
-        writer: AsyncArrowWriter<object_store::buffered::BufWriter>,
+        mut writer: AsyncArrowWriter<object_store::buffered::BufWriter>,
         written: &mut Written,
     ) -> Result<()> {
-        let bytes = writer.bytes_written();
-        writer.close().await.map_err(|e| Error::Parquet {
+        writer.finish().await.map_err(|e| Error::Parquet {
             file: path.clone(),
             source: e,
         })?;
         self.lake.make_durable(&path).await?;
-        written.bytes += bytes as u64;
+        written.bytes += writer.bytes_written() as u64;
         written.files.push(path);
         Ok(())
     }
