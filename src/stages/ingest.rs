@@ -356,6 +356,7 @@ impl Ingest {
         let meta = |k: &str, v: String| KeyValue::new(format!("tunelake.{k}"), v);
         WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_created_by(format!("tunelake {}", env!("CARGO_PKG_VERSION")))
             .set_key_value_metadata(Some(vec![
                 meta("table", table.name.clone()),
@@ -377,3 +378,7 @@ struct Written {
     bytes: u64,
     files: Vec<String>,
 }
+
+/// Rows per parquet row group: large enough for efficient scans, small enough that the
+/// writer's buffered row group stays a few MB whatever the table's size.
+const ROW_GROUP_ROWS: usize = 256 * 1024;
