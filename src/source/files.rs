@@ -56,6 +56,10 @@ impl FilesSource {
             let url = format!("{}/", location.trim_end_matches('/'));
             let store = object_store::http::HttpBuilder::new()
                 .with_url(&url)
+                .with_client_options(
+                    object_store::ClientOptions::new()
+                        .with_allow_http(location.starts_with("http://")),
+                )
                 .build()
                 .map_err(|e| Error::SourceUnreachable {
                     url: format!("files:{location}"),

@@ -149,3 +149,88 @@ async fn a_missing_table_or_folder_is_named() {
         .to_string();
     assert!(err.contains("/no/such/folder"), "{err}");
 }
+
+/// Serves the files of `dir` over plain HTTP on loopback: HEAD and GET, 404 when missing,
+/// the headers object_store reads (length, last-modified, etag). Returns the base URL.
+async fn serve_folder(dir: std::path::PathBuf) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let request = String::from_utf8_lossy(&buf).to_string();
+                let mut words = request.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or("/"));
+                let file = dir.join(path.trim_start_matches('/'));
+                let response = match std::fs::read(&file) {
+                    Ok(body) => {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Tue, 01 Oct 2024 10:00:00 GMT\r\nETag: \"{}\"\r\nConnection: close\r\n\r\n",
+                            body.len(),
+                            body.len()
+                        );
+                        let mut out = head.into_bytes();
+                        if method == "GET" {
+                            out.extend_from_slice(&body);
+                        }
+                        out
+                    }
+                    Err(_) => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = sock.write_all(&response).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}/data")
+}
+
+#[tokio::test]
+async fn files_over_http_are_found_by_table_name_and_ingested() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("www");
+    std::fs::create_dir_all(served.join("data")).unwrap();
+    std::fs::write(
+        served.join("data/DimDate.csv"),
+        "date_key,date,day,month,year,weekday\n20240101,2024-01-01,1,1,2024,Monday\n20240102,2024-01-02,2,1,2024,Tuesday\n",
+    )
+    .unwrap();
+    write_parquet(
+        &served.join("data/FactStream.parquet"),
+        &streams(0..10, 1_700_000_000_000_000),
+    );
+    let base = serve_folder(served).await;
+    let lake = dir.path().join("lake");
+    let report = ingest(
+        &format!("files:{base}"),
+        &lake,
+        &["DimDate", "FactStream", "DimUser"],
+    )
+    .await;
+    assert_eq!(report.tables[0].rows, 2, "{report:?}");
+    assert_eq!(report.tables[1].rows, 10, "{report:?}");
+    let err = report.tables[2].error.clone().unwrap();
+    assert!(
+        err.contains("DimUser") && err.contains("not found"),
+        "{err}"
+    );
+    let wm = std::fs::read_to_string(lake.join("bronze/_watermarks/DimDate.json")).unwrap();
+    assert!(wm.contains("\"2024-01-02\""), "{wm}");
+}
