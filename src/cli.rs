@@ -270,7 +270,6 @@ fn print_ingest(report: &IngestReport) {
             t.seconds
         );
     }
-    let seconds = report.tables.iter().map(|t| t.seconds).fold(0.0, f64::max);
     println!(
         "  {:<12} {:<7} {:>10} {:>5} {:>8.1}",
         "total",
@@ -279,7 +278,6 @@ fn print_ingest(report: &IngestReport) {
         report.tables.iter().map(|t| t.files.len()).sum::<usize>(),
         report.tables.iter().map(|t| t.bytes).sum::<u64>() as f64 / 1_048_576.0,
     );
-    let _ = seconds;
 }
 
 async fn status(cli: &Cli) -> Result<bool> {

@@ -164,20 +164,16 @@ pub fn map_type(declared: &str) -> Option<DataType> {
 fn read_schema(conn: &Connection, table: &str, source: &str) -> Result<SchemaRef> {
     let context = || format!("table {table}: reading its columns");
     let mut stmt = conn
-        .prepare("SELECT name, type, \"notnull\" FROM pragma_table_info(?1)")
+        .prepare("SELECT name, type FROM pragma_table_info(?1)")
         .map_err(|e| Error::sqlite(context(), e))?;
     let rows = stmt
         .query_map([table], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, bool>(2)?,
-            ))
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
         })
         .map_err(|e| Error::sqlite(context(), e))?;
     let mut fields = Vec::new();
     for row in rows {
-        let (name, declared, not_null) = row.map_err(|e| Error::sqlite(context(), e))?;
+        let (name, declared) = row.map_err(|e| Error::sqlite(context(), e))?;
         let data_type = map_type(&declared).ok_or_else(|| Error::UnsupportedType {
             table: table.to_string(),
             column: name.clone(),
@@ -188,7 +184,6 @@ fn read_schema(conn: &Connection, table: &str, source: &str) -> Result<SchemaRef
             },
         })?;
         // Sources are dirty: bronze keeps every column nullable so a NULL never fails a load.
-        let _ = not_null;
         fields.push(Field::new(name, data_type, true));
     }
     if fields.is_empty() {

@@ -41,6 +41,22 @@ pub struct TableReport {
     pub error: Option<String>,
 }
 
+impl TableReport {
+    fn failed(table: &str, error: String, start: Instant) -> Self {
+        TableReport {
+            table: table.to_string(),
+            status: Status::Failed,
+            window: None,
+            rows: 0,
+            files: Vec::new(),
+            bytes: 0,
+            watermark: None,
+            seconds: start.elapsed().as_secs_f64(),
+            error: Some(error),
+        }
+    }
+}
+
 /// What a whole ingest did, table by table in pipeline order.
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestReport {
@@ -112,17 +128,7 @@ impl Ingest {
                             Ok(report) => report,
                             Err(e) => {
                                 warn!(error = %e, "The table failed; its watermark was not moved.");
-                                TableReport {
-                                    table: table.name.clone(),
-                                    status: Status::Failed,
-                                    window: None,
-                                    rows: 0,
-                                    files: Vec::new(),
-                                    bytes: 0,
-                                    watermark: None,
-                                    seconds: start.elapsed().as_secs_f64(),
-                                    error: Some(e.to_string()),
-                                }
+                                TableReport::failed(&table.name, e.to_string(), start)
                             }
                         }
                     }
@@ -132,16 +138,9 @@ impl Ingest {
             .collect();
         let mut reports = Vec::with_capacity(handles.len());
         for (handle, table) in handles.into_iter().zip(tables) {
-            reports.push(handle.await.unwrap_or_else(|e| TableReport {
-                table: table.name.clone(),
-                status: Status::Failed,
-                window: None,
-                rows: 0,
-                files: Vec::new(),
-                bytes: 0,
-                watermark: None,
-                seconds: 0.0,
-                error: Some(format!("the table's task failed: {e}")),
+            let start = Instant::now();
+            reports.push(handle.await.unwrap_or_else(|e| {
+                TableReport::failed(&table.name, format!("the table's task failed: {e}"), start)
             }));
         }
         IngestReport {
