@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::lake::{Lake, bronze_dir, watermark};
 use crate::seed;
 use crate::stages::ingest::{Ingest, IngestReport};
+use crate::stages::silver::{Silver, SilverReport};
 use crate::stages::{Status, new_run_id};
 
 /// tunelake: a serverless lakehouse pipeline for music-streaming data.
@@ -54,6 +55,8 @@ pub enum LogFormat {
 pub enum Stage {
     /// Source tables to bronze parquet, by watermark.
     Ingest,
+    /// Bronze files to cleaned silver Delta change logs, each file once.
+    Silver,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,7 +132,13 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) {
-    let default = if cli.quiet { "error" } else { "warn" };
+    // The Delta kernel logs an ERROR for every table that does not exist yet; that is
+    // the normal first run, not an error of ours.
+    let default = if cli.quiet {
+        "error,buoyant_kernel::snapshot=off"
+    } else {
+        "warn,buoyant_kernel::snapshot=off"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
@@ -165,17 +174,25 @@ pub async fn run(cli: Cli) -> Result<bool> {
             }
             Ok(true)
         }
-        Command::Run {
-            stage: _,
-            ref tables,
-        } => {
+        Command::Run { stage, ref tables } => {
             let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
             let tables = pipeline.select(tables)?;
-            let report = ingest(&cli.source, &cli.lake, &pipeline, &tables, None).await?;
-            if !cli.quiet {
-                print_ingest(&report);
+            let mut ok = true;
+            if stage.is_none_or(|s| s == Stage::Ingest) {
+                let report = ingest(&cli.source, &cli.lake, &pipeline, &tables, None).await?;
+                if !cli.quiet {
+                    print_ingest(&report);
+                }
+                ok &= report_errors(&report);
             }
-            Ok(report_errors(&report))
+            if stage.is_none_or(|s| s == Stage::Silver) {
+                let report = silver(&cli.lake, &pipeline, &tables).await?;
+                if !cli.quiet {
+                    print_silver(&report);
+                }
+                ok &= report_silver_errors(&report);
+            }
+            Ok(ok)
         }
         Command::Ingest {
             ref tables,
@@ -209,6 +226,66 @@ async fn ingest(
             .run(tables)
             .await,
     )
+}
+
+async fn silver(
+    lake_url: &str,
+    pipeline: &Pipeline,
+    tables: &[crate::config::TableSpec],
+) -> Result<SilverReport> {
+    let lake = Lake::open(lake_url)?;
+    Ok(Silver::new(lake, pipeline.settings.clone(), new_run_id())
+        .run(tables)
+        .await)
+}
+
+fn report_silver_errors(report: &SilverReport) -> bool {
+    for t in &report.tables {
+        if let Some(e) = &t.error {
+            eprintln!("error: silver of {} failed: {e}", t.table);
+        }
+        for (file, reason) in &t.quarantined_files {
+            eprintln!(
+                "error: {file} is not readable parquet and was moved to bronze/_quarantine/: {reason}"
+            );
+        }
+    }
+    !report.failed()
+}
+
+fn print_silver(report: &SilverReport) {
+    println!("silver run {}", report.run_id);
+    println!(
+        "  {:<10} {:<7} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7}",
+        "table",
+        "status",
+        "files",
+        "rows in",
+        "rows out",
+        "dropped",
+        "dupes",
+        "rescued",
+        "version",
+        "seconds"
+    );
+    for t in &report.tables {
+        println!(
+            "  {:<10} {:<7} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7.2}",
+            t.table,
+            t.status.to_string(),
+            t.files,
+            t.counts.rows_in,
+            t.counts.rows_out,
+            t.counts.rows_dropped,
+            t.counts.rows_duplicate,
+            t.counts.rows_rescued,
+            t.version.map_or_else(|| "-".to_string(), |v| v.to_string()),
+            t.seconds
+        );
+        for (rule, rows) in &t.counts.expectations {
+            println!("  {:<10}   expectation {rule}: {rows} row(s) broke it", "");
+        }
+    }
 }
 
 fn sqlite_path(source: &str) -> Result<PathBuf> {
@@ -340,17 +417,28 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
     println!("\n== 2. First run: everything up to the current high watermark");
     let first = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
     print_ingest(&first);
+    let first_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
+    print_silver(&first_silver);
     println!("\n== 3. The source changes: updates, new users, new streams");
     print_seed(&seed::apply_changes(&db, seed_value)?, &source, true);
-    println!("\n== 4. Second run: only the rows past each watermark");
+    println!("\n== 4. Second run: only the rows past each watermark, only the new bronze files");
     let second = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
     print_ingest(&second);
+    let second_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
+    print_silver(&second_silver);
     println!("\n== 5. A rerun with nothing new writes nothing and moves no watermark");
     let third = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
     print_ingest(&third);
+    let third_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
+    print_silver(&third_silver);
     println!(
         "\nDone in {:.1} s. Source: {source}  Lake: {lake}\nLook around: tunelake --lake {lake} status",
         started.elapsed().as_secs_f64()
     );
-    Ok(report_errors(&first) & report_errors(&second) & report_errors(&third))
+    Ok(report_errors(&first)
+        & report_errors(&second)
+        & report_errors(&third)
+        & report_silver_errors(&first_silver)
+        & report_silver_errors(&second_silver)
+        & report_silver_errors(&third_silver))
 }

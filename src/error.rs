@@ -117,6 +117,32 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("silver table {table}: {source}")]
+    Delta {
+        table: String,
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+
+    #[error("table {table}, file {file}: {context}: {source}")]
+    DataFusion {
+        table: String,
+        file: String,
+        context: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+
+    #[error(
+        "table {table}, file {file}: expectation {rule} (action fail) is broken by {rows} row(s); nothing of the file was committed"
+    )]
+    ExpectationFailed {
+        table: String,
+        file: String,
+        rule: String,
+        rows: u64,
+    },
+
     #[error("a background task failed: {0}")]
     Task(String),
 }

@@ -64,6 +64,119 @@ pub struct TableSpec {
     /// `<name>/` folder, or `<name>.parquet|csv|json`).
     #[serde(default)]
     pub files: Vec<String>,
+    /// How the table is cleaned into silver (`[tables.silver]`).
+    #[serde(default)]
+    pub silver: SilverSpec,
+}
+
+/// Silver rules for one table: transforms as SQL expressions, then expectations.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilverSpec {
+    /// The silver table's name, `silver/<name>/` (default: the source name in snake_case).
+    pub name: Option<String>,
+    /// Derived or replaced columns, in order: `{ name, expr }`, `expr` a SQL expression
+    /// (DataFusion dialect) over the bronze columns. A name that exists replaces that column.
+    #[serde(default)]
+    pub columns: Vec<ColumnSpec>,
+    /// Renames applied after the expressions: `{ from, to }`.
+    #[serde(default)]
+    pub rename: Vec<RenameSpec>,
+    /// Columns removed from silver.
+    #[serde(default)]
+    pub drop: Vec<String>,
+    /// Columns removed from a file's rows when they are NULL in every row of it (the
+    /// reference stack's "drop columns" utility); `_rescued_data` is always treated so.
+    #[serde(default)]
+    pub drop_if_empty: Vec<String>,
+    /// Quality rules, Delta Live Tables style. A rule that every key is non-NULL is added
+    /// unless one named `keys_not_null` is given.
+    #[serde(default)]
+    pub expect: Vec<Expectation>,
+}
+
+/// A derived or replaced column.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    pub name: String,
+    pub expr: String,
+}
+
+/// A column rename.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameSpec {
+    pub from: String,
+    pub to: String,
+}
+
+/// What happens to rows that break a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Count them and keep them.
+    Warn,
+    /// Quarantine them (with the rule's name) and keep the rest.
+    Drop,
+    /// Stop the table: nothing of the file is committed.
+    Fail,
+}
+
+/// A quality rule: a SQL boolean over the transformed row; NULL counts as broken.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    pub name: String,
+    pub rule: String,
+    pub action: Action,
+}
+
+impl TableSpec {
+    /// The silver table's name.
+    pub fn silver_name(&self) -> String {
+        self.silver
+            .name
+            .clone()
+            .unwrap_or_else(|| ident::snake_case(&self.name))
+    }
+
+    /// The expectations in force: the configured ones, plus non-NULL keys unless overridden.
+    pub fn expectations(&self) -> Vec<Expectation> {
+        let mut rules = Vec::new();
+        if !self.silver.expect.iter().any(|e| e.name == "keys_not_null") {
+            rules.push(Expectation {
+                name: "keys_not_null".to_string(),
+                rule: self
+                    .keys
+                    .iter()
+                    .map(|k| format!("{} IS NOT NULL", ident::quote_ansi(k)))
+                    .collect::<Vec<_>>()
+                    .join(" AND "),
+                action: Action::Drop,
+            });
+        }
+        rules.extend(self.silver.expect.iter().cloned());
+        rules
+    }
+}
+
+/// Why a text is not a single SQL expression, or `None` when it is one.
+pub fn expression_problem(text: &str) -> Option<String> {
+    use datafusion::sql::sqlparser::{dialect::GenericDialect, parser::Parser, tokenizer::Token};
+    let mut parser = match Parser::new(&GenericDialect {}).try_with_sql(text) {
+        Ok(p) => p,
+        Err(e) => return Some(format!("{text:?} is not SQL: {e}")),
+    };
+    if let Err(e) = parser.parse_expr() {
+        return Some(format!("{text:?} is not a SQL expression: {e}"));
+    }
+    match parser.peek_token().token {
+        Token::EOF => None,
+        other => Some(format!(
+            "{text:?} must be one SQL expression; it goes on at {other}"
+        )),
+    }
 }
 
 fn default_schema() -> String {
@@ -186,6 +299,7 @@ impl Pipeline {
                             );
                         }
                     }
+                    validate_silver(&t, &at, &mut problem);
                     for (f, file) in t.files.iter().enumerate() {
                         if file.is_empty() || file.split('/').any(|s| s == ".." || s.is_empty()) {
                             problem(
@@ -251,6 +365,61 @@ impl Pipeline {
                     })
             })
             .collect()
+    }
+}
+
+fn validate_silver(t: &TableSpec, at: &str, problem: &mut impl FnMut(String, String)) {
+    let at = format!("{at}.silver");
+    if let Some(p) = t.silver.name.as_deref().and_then(ident::problem) {
+        problem(format!("{at}.name"), p);
+    }
+    for (i, c) in t.silver.columns.iter().enumerate() {
+        if let Some(p) = ident::problem(&c.name) {
+            problem(format!("{at}.columns[{i}].name"), p);
+        }
+        if let Some(p) = expression_problem(&c.expr) {
+            problem(format!("{at}.columns[{i}] ({}).expr", c.name), p);
+        }
+    }
+    for (i, r) in t.silver.rename.iter().enumerate() {
+        for (field, name) in [("from", &r.from), ("to", &r.to)] {
+            if let Some(p) = ident::problem(name) {
+                problem(format!("{at}.rename[{i}].{field}"), p);
+            }
+        }
+        if t.keys.contains(&r.from) || r.from == t.cdc_column {
+            problem(
+                format!("{at}.rename[{i}].from"),
+                format!(
+                    "{:?} is a key or the watermark column; silver keeps their names",
+                    r.from
+                ),
+            );
+        }
+    }
+    for (i, d) in t
+        .silver
+        .drop
+        .iter()
+        .chain(&t.silver.drop_if_empty)
+        .enumerate()
+    {
+        if let Some(p) = ident::problem(d) {
+            problem(format!("{at}.drop[{i}]"), p);
+        } else if t.keys.contains(d) || *d == t.cdc_column {
+            problem(
+                format!("{at}.drop[{i}]"),
+                format!("{d:?} is a key or the watermark column; silver needs it"),
+            );
+        }
+    }
+    for (i, e) in t.silver.expect.iter().enumerate() {
+        if let Some(p) = ident::problem(&e.name) {
+            problem(format!("{at}.expect[{i}].name"), p);
+        }
+        if let Some(p) = expression_problem(&e.rule) {
+            problem(format!("{at}.expect[{i}] ({}).rule", e.name), p);
+        }
     }
 }
 
@@ -320,6 +489,52 @@ colour = "blue"
         );
         assert!(problems[5].message.contains("colour"), "{}", problems[5]);
         assert!(err.to_string().contains("6 problem(s)"));
+    }
+
+    #[test]
+    fn silver_rules_are_checked_as_sql_expressions() {
+        let text = r#"
+[[tables]]
+name = "T"
+cdc_column = "c"
+keys = ["k"]
+[tables.silver]
+columns = [
+  { name = "ok", expr = "upper(trim(x))" },
+  { name = "bad", expr = "1; DROP TABLE t" },
+  { name = "worse", expr = "SELECT 1" },
+]
+drop = ["k"]
+expect = [{ name = "positive", rule = "x >", action = "drop" }]
+"#;
+        let Error::Config { problems, .. } = Pipeline::parse(text, "p.toml").unwrap_err() else {
+            panic!()
+        };
+        let locations: Vec<_> = problems.iter().map(|p| p.location.as_str()).collect();
+        assert_eq!(
+            locations,
+            [
+                "tables[0] (T).silver.columns[1] (bad).expr",
+                "tables[0] (T).silver.columns[2] (worse).expr",
+                "tables[0] (T).silver.drop[0]",
+                "tables[0] (T).silver.expect[0] (positive).rule",
+            ]
+        );
+    }
+
+    #[test]
+    fn keys_get_a_non_null_rule_unless_one_is_given() {
+        let p = Pipeline::parse(DEFAULT_PIPELINE, "pipeline.toml").unwrap();
+        let streams = &p.tables[4];
+        assert_eq!(streams.silver_name(), "streams");
+        let rules = streams.expectations();
+        assert_eq!(rules[0].name, "keys_not_null");
+        assert_eq!(rules[0].rule, "\"stream_id\" IS NOT NULL");
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.rule.contains("listen_duration >= 0"))
+        );
     }
 
     #[test]

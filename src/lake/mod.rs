@@ -85,6 +85,20 @@ impl Lake {
         &self.url
     }
 
+    /// The URL of a Delta table at a lake path, as delta-rs opens it.
+    pub fn table_url(&self, path: &str) -> Result<url::Url> {
+        let bad = |reason: String| Error::LakeUrl {
+            url: format!("{}/{path}", self.url),
+            reason,
+        };
+        match &self.local_root {
+            Some(root) => url::Url::from_directory_path(root.join(path))
+                .map_err(|_| bad("not an absolute path".to_string())),
+            None => url::Url::parse(&format!("{}/{path}", self.url.trim_end_matches('/')))
+                .map_err(|e| bad(e.to_string())),
+        }
+    }
+
     /// The object store, rooted at the lake.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()

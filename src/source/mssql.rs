@@ -543,6 +543,7 @@ mod tests {
             cdc_column: "stream_timestamp".into(),
             keys: vec!["stream_id".into()],
             files: vec![],
+            silver: Default::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! returns a per-table report; a table's failure is in its report, never a panic of the run.
 
 pub mod ingest;
+pub mod silver;
 
 /// A run id: UTC start time plus a random suffix, sortable and unique enough per lake.
 pub fn new_run_id() -> String {

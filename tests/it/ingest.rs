@@ -238,6 +238,7 @@ fn spec(name: &str, cdc: &str, key: &str) -> TableSpec {
         cdc_column: cdc.into(),
         keys: vec![key.into()],
         files: vec![],
+        silver: Default::default(),
     }
 }
 

@@ -1,0 +1,916 @@
+//! Silver: bronze parquet files into cleaned Delta change logs, every file exactly once
+//! (DESIGN.md §6, Auto Loader semantics).
+//!
+//! A file is processed in one Delta commit that also records it as an application
+//! transaction (`txn`, app id = the bronze path, version = the file's last-modified time), so a
+//! retry, a second process or a crash between write and checkpoint can never load it twice: the
+//! record and the rows land together or not at all. Commits are made with no automatic retry;
+//! on a conflict the file is re-read against the new table version (optimistic concurrency).
+//!
+//! Per file: read (a file that is not parquet is quarantined), fit values to the table's types
+//! (misfits go to `_rescued_data`), apply the pipeline file's SQL transforms, check the
+//! expectations (warn / drop to quarantine / fail), keep one row per (key, watermark value) —
+//! within the file and against what silver already holds in the file's watermark range — and
+//! append with lineage columns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, new_null_array};
+use arrow::compute::kernels::cast::{CastOptions, cast_with_options};
+use arrow::compute::{and, filter_record_batch, not};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use bytes::Bytes;
+use datafusion::common::{Column, JoinType, ScalarValue};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{DataFrame, Expr, SessionConfig, SessionContext, lit};
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tracing::{Instrument, info, warn};
+
+use super::Status;
+use crate::config::{Action, Settings, TableSpec};
+use crate::error::{Error, Result};
+use crate::lake::{Lake, bronze_dir};
+
+/// Lineage: the bronze file a silver row came from.
+pub const SOURCE_FILE: &str = "_source_file";
+/// Lineage: when silver loaded the row (UTC).
+pub const INGESTED_AT: &str = "_ingested_at";
+/// Values that did not fit their column's type, as a JSON object per row.
+pub const RESCUED: &str = "_rescued_data";
+/// Names of the broken rules, on quarantined rows.
+pub const FAILED_RULES: &str = "_failed_rules";
+/// Tries per file when another writer commits to the same table first.
+const COMMIT_TRIES: usize = 5;
+
+/// The lake path of a silver table.
+pub fn table_path(name: &str) -> String {
+    format!("silver/{name}")
+}
+
+/// The unit of work the gold stage receives after a silver commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct GoldWorkItem {
+    /// The silver table name, e.g. `users`.
+    pub table: String,
+    /// The Delta version that commit produced.
+    pub version: u64,
+}
+
+/// How one bronze file ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileStatus {
+    /// Its rows are in silver, recorded in the same commit.
+    Committed,
+    /// An earlier commit already recorded this file (this version of it).
+    AlreadyLoaded,
+    /// Not readable as parquet: moved to `bronze/_quarantine/` with a reason file.
+    Quarantined,
+    /// Listed but gone before it could be read; nothing to load.
+    Vanished,
+}
+
+/// Row counts of one file or table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counts {
+    /// Rows read from bronze.
+    pub rows_in: u64,
+    /// Rows appended to silver.
+    pub rows_out: u64,
+    /// Rows quarantined by `drop` expectations.
+    pub rows_dropped: u64,
+    /// Rows whose (key, watermark value) was already in the file or in silver.
+    pub rows_duplicate: u64,
+    /// Rows with at least one value moved to `_rescued_data`.
+    pub rows_rescued: u64,
+    /// Rows breaking each rule, by rule name (all actions).
+    pub expectations: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.rows_in += other.rows_in;
+        self.rows_out += other.rows_out;
+        self.rows_dropped += other.rows_dropped;
+        self.rows_duplicate += other.rows_duplicate;
+        self.rows_rescued += other.rows_rescued;
+        for (rule, n) in &other.expectations {
+            *self.expectations.entry(rule.clone()).or_default() += n;
+        }
+    }
+}
+
+/// What happened to one bronze file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileOutcome {
+    pub file: String,
+    pub status: FileStatus,
+    pub counts: Counts,
+    /// The silver version of the commit, when committed.
+    pub version: Option<u64>,
+    /// Why a file was quarantined.
+    pub reason: Option<String>,
+}
+
+/// What a silver run did to one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// The silver table name.
+    pub table: String,
+    /// The bronze (source) table name.
+    pub source_table: String,
+    pub status: Status,
+    /// Files committed by this run.
+    pub files: u64,
+    /// Files already loaded or vanished.
+    pub skipped: u64,
+    /// Bronze files moved to quarantine, with the reason.
+    pub quarantined_files: Vec<(String, String)>,
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// The table's version after the run.
+    pub version: Option<u64>,
+    /// Rows quarantined by expectations, where they went.
+    pub quarantined_rows: Vec<String>,
+    pub seconds: f64,
+    pub error: Option<String>,
+}
+
+/// What a silver run did, table by table in pipeline order.
+#[derive(Debug, Clone, Serialize)]
+pub struct SilverReport {
+    pub run_id: String,
+    pub tables: Vec<TableReport>,
+}
+
+impl SilverReport {
+    /// True when a table failed or a file had to be quarantined.
+    pub fn failed(&self) -> bool {
+        self.tables
+            .iter()
+            .any(|t| t.status == Status::Failed || !t.quarantined_files.is_empty())
+    }
+
+    /// One gold work item per table that received commits.
+    pub fn gold_work(&self) -> Vec<GoldWorkItem> {
+        self.tables
+            .iter()
+            .filter(|t| t.files > 0)
+            .filter_map(|t| {
+                t.version.map(|version| GoldWorkItem {
+                    table: t.table.clone(),
+                    version,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The silver stage over one lake.
+pub struct Silver {
+    lake: Lake,
+    settings: Settings,
+    run_id: String,
+}
+
+impl Silver {
+    pub fn new(lake: Lake, settings: Settings, run_id: impl Into<String>) -> Self {
+        Silver {
+            lake,
+            settings,
+            run_id: run_id.into(),
+        }
+    }
+
+    /// Catch-up: processes every bronze file of each table that silver has not recorded yet.
+    pub async fn run(self, tables: &[TableSpec]) -> SilverReport {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(this.settings.max_concurrency.max(1)));
+        let handles: Vec<_> = tables
+            .iter()
+            .cloned()
+            .map(|table| {
+                let this = this.clone();
+                let permits = permits.clone();
+                let span = tracing::info_span!("table", run_id = %this.run_id, stage = "silver", table = %table.name);
+                tokio::spawn(
+                    async move {
+                        let _permit = permits.acquire_owned().await;
+                        let start = Instant::now();
+                        let mut report = TableReport {
+                            table: table.silver_name(),
+                            source_table: table.name.clone(),
+                            status: Status::Empty,
+                            files: 0,
+                            skipped: 0,
+                            quarantined_files: Vec::new(),
+                            counts: Counts::default(),
+                            version: None,
+                            quarantined_rows: Vec::new(),
+                            seconds: 0.0,
+                            error: None,
+                        };
+                        if let Err(e) = this.catch_up(&table, &mut report).await {
+                            warn!(error = %e, "The table failed; the files before the failure stay committed.");
+                            report.status = Status::Failed;
+                            report.error = Some(e.to_string());
+                        }
+                        report.seconds = start.elapsed().as_secs_f64();
+                        report
+                    }
+                    .instrument(span),
+                )
+            })
+            .collect();
+        let mut reports = Vec::with_capacity(handles.len());
+        for (handle, table) in handles.into_iter().zip(tables) {
+            reports.push(handle.await.unwrap_or_else(|e| TableReport {
+                table: table.silver_name(),
+                source_table: table.name.clone(),
+                status: Status::Failed,
+                files: 0,
+                skipped: 0,
+                quarantined_files: Vec::new(),
+                counts: Counts::default(),
+                version: None,
+                quarantined_rows: Vec::new(),
+                seconds: 0.0,
+                error: Some(format!("the table's task failed: {e}")),
+            }));
+        }
+        SilverReport {
+            run_id: this.run_id.clone(),
+            tables: reports,
+        }
+    }
+
+    async fn catch_up(&self, table: &TableSpec, report: &mut TableReport) -> Result<()> {
+        let mut files: Vec<String> = self
+            .lake
+            .list(&bronze_dir(&table.name))
+            .await?
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .filter(|p| p.ends_with(".parquet"))
+            .collect();
+        files.sort();
+        for file in files {
+            let outcome = self.process_file(table, &file).await?;
+            report.counts.add(&outcome.counts);
+            match outcome.status {
+                FileStatus::Committed => {
+                    report.files += 1;
+                    report.status = Status::Ok;
+                    report.version = outcome.version;
+                    if outcome.counts.rows_dropped > 0 {
+                        report
+                            .quarantined_rows
+                            .push(rows_quarantine_path(table, &file));
+                    }
+                }
+                FileStatus::AlreadyLoaded | FileStatus::Vanished => report.skipped += 1,
+                FileStatus::Quarantined => report
+                    .quarantined_files
+                    .push((file.clone(), outcome.reason.unwrap_or_default())),
+            }
+        }
+        if report.version.is_none() {
+            report.version = self.open(table).await?.version();
+        }
+        Ok(())
+    }
+
+    async fn open(&self, table: &TableSpec) -> Result<DeltaTable> {
+        let path = table_path(&table.silver_name());
+        // delta-rs refuses a local table location that does not exist yet.
+        if let Some(dir) = self.lake.local_path(&path) {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        let url = self.lake.table_url(&path)?;
+        DeltaTable::try_from_url(url)
+            .await
+            .map_err(|e| Error::Delta {
+                table: table.silver_name(),
+                source: e,
+            })
+    }
+
+    /// Processes one bronze file (what the blob trigger calls), retrying when another
+    /// writer commits to the same table first.
+    pub async fn process_file(&self, table: &TableSpec, path: &str) -> Result<FileOutcome> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.try_file(table, path).await {
+                Err(Error::Delta { source, .. })
+                    if is_conflict(&source) && tries < COMMIT_TRIES =>
+                {
+                    info!(
+                        file = path,
+                        tries, "Another writer committed first; reading the table again."
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_file(&self, table: &TableSpec, path: &str) -> Result<FileOutcome> {
+        let name = table.silver_name();
+        let delta_err = |e: DeltaTableError| Error::Delta {
+            table: name.clone(),
+            source: e,
+        };
+        let outcome = |status, counts, version, reason| FileOutcome {
+            file: path.to_string(),
+            status,
+            counts,
+            version,
+            reason,
+        };
+        let location = Path::from(path);
+        let meta = match self.lake.store().head(&location).await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => {
+                warn!(
+                    file = path,
+                    "The file was listed but is gone; nothing to load."
+                );
+                return Ok(outcome(FileStatus::Vanished, Counts::default(), None, None));
+            }
+            Err(e) => return Err(Error::lake(path, e)),
+        };
+        let file_version = meta.last_modified.timestamp_millis();
+        let app_id = format!("tunelake.silver:{path}");
+        let delta = self.open(table).await?;
+        if delta.version().is_some() {
+            let loaded = delta
+                .snapshot()
+                .map_err(delta_err)?
+                .transaction_version(delta.log_store().as_ref(), &app_id)
+                .await
+                .map_err(delta_err)?;
+            if loaded.is_some_and(|v| v >= file_version) {
+                return Ok(outcome(
+                    FileStatus::AlreadyLoaded,
+                    Counts::default(),
+                    None,
+                    None,
+                ));
+            }
+        }
+        let Some(bytes) = self.lake.get_opt(path).await? else {
+            return Ok(outcome(FileStatus::Vanished, Counts::default(), None, None));
+        };
+        let batches = match read_parquet(bytes) {
+            Ok(b) => b,
+            Err(reason) => {
+                self.quarantine_file(table, path, &reason).await?;
+                return Ok(outcome(
+                    FileStatus::Quarantined,
+                    Counts::default(),
+                    None,
+                    Some(reason),
+                ));
+            }
+        };
+        let existing_schema = match delta.version() {
+            Some(_) => Some(
+                delta
+                    .snapshot()
+                    .map_err(delta_err)?
+                    .snapshot()
+                    .arrow_schema(),
+            ),
+            None => None,
+        };
+        let mut counts = Counts {
+            rows_in: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            ..Counts::default()
+        };
+        let (batches, rescued) = rescue(batches, existing_schema.as_ref(), &table.name, path)?;
+        counts.rows_rescued = rescued;
+
+        let ctx = session();
+        let df_err = |context: &'static str| {
+            let table = table.name.clone();
+            move |e: datafusion::error::DataFusionError| Error::DataFusion {
+                table: table.clone(),
+                file: path.to_string(),
+                context: context.to_string(),
+                source: e,
+            }
+        };
+        let transformed = transform(&ctx, table, batches, path)
+            .map_err(df_err("applying the silver columns"))?
+            .collect()
+            .await
+            .map_err(df_err("applying the silver columns"))?;
+        let rules = table.expectations();
+        let checked = check_expectations(transformed, &rules, &table.name, path, &mut counts)?;
+        if let Some(dropped) = checked.dropped {
+            self.quarantine_rows(table, path, dropped).await?;
+        }
+
+        let kept_rows: u64 = checked.kept.iter().map(|b| b.num_rows() as u64).sum();
+        let schema = checked.schema.clone();
+        let unique = if kept_rows == 0 {
+            Vec::new()
+        } else {
+            let mem = MemTable::try_new(schema.clone(), vec![checked.kept])
+                .map_err(df_err("staging the clean rows"))?;
+            let df = ctx
+                .read_table(Arc::new(mem))
+                .map_err(df_err("staging the clean rows"))?;
+            let df =
+                first_per_version(df, table).map_err(df_err("removing duplicates in the file"))?;
+            let df = match &existing_schema {
+                Some(existing) if existing.field_with_name(&table.cdc_column).is_ok() => {
+                    without_loaded(&ctx, df, &delta, table)
+                        .await
+                        .map_err(df_err("removing versions silver already holds"))?
+                }
+                _ => df,
+            };
+            df.collect().await.map_err(df_err("removing duplicates"))?
+        };
+        counts.rows_out = unique.iter().map(|b| b.num_rows() as u64).sum();
+        counts.rows_duplicate = kept_rows - counts.rows_out;
+
+        let mut drop_if_empty = table.silver.drop_if_empty.clone();
+        drop_if_empty.push(RESCUED.to_string());
+        let (schema, unique) =
+            finalize(schema, unique, &drop_if_empty).map_err(|e| Error::arrow(path, e))?;
+        let batches = if unique.is_empty() {
+            vec![RecordBatch::new_empty(schema)]
+        } else {
+            unique
+        };
+        let props = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&app_id, file_version))
+            .with_max_retries(0);
+        let written = delta
+            .write(batches)
+            .with_save_mode(SaveMode::Append)
+            .with_schema_mode(SchemaMode::Merge)
+            .with_commit_properties(props)
+            .await
+            .map_err(delta_err)?;
+        let version = written.version();
+        info!(
+            file = path,
+            rows_in = counts.rows_in,
+            rows_out = counts.rows_out,
+            dropped = counts.rows_dropped,
+            duplicates = counts.rows_duplicate,
+            rescued = counts.rows_rescued,
+            version,
+            "Loaded a bronze file."
+        );
+        Ok(outcome(FileStatus::Committed, counts, version, None))
+    }
+
+    async fn quarantine_file(&self, table: &TableSpec, path: &str, reason: &str) -> Result<()> {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let target = format!("bronze/_quarantine/{}/{name}", table.name);
+        warn!(file = path, to = %target, reason, "The file is not readable parquet; moving it to quarantine.");
+        let store = self.lake.store();
+        store
+            .copy(&Path::from(path), &Path::from(target.as_str()))
+            .await
+            .map_err(|e| Error::lake(path, e))?;
+        self.lake
+            .put(
+                &format!("{target}.reason.txt"),
+                Bytes::from(format!(
+                    "file: {path}\ntable: {}\nrun: {}\nat: {}\nreason: {reason}\n",
+                    table.name,
+                    self.run_id,
+                    chrono::Utc::now().to_rfc3339()
+                )),
+            )
+            .await?;
+        self.lake.delete(path).await
+    }
+
+    async fn quarantine_rows(
+        &self,
+        table: &TableSpec,
+        file: &str,
+        batch: RecordBatch,
+    ) -> Result<()> {
+        let path = rows_quarantine_path(table, file);
+        let mut buffer = Vec::new();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut buffer, batch.schema(), None)
+            .map_err(|e| Error::Parquet {
+                file: path.clone(),
+                source: e,
+            })?;
+        writer.write(&batch).map_err(|e| Error::Parquet {
+            file: path.clone(),
+            source: e,
+        })?;
+        writer.close().map_err(|e| Error::Parquet {
+            file: path.clone(),
+            source: e,
+        })?;
+        info!(rows = batch.num_rows(), to = %path, "Rows broke drop expectations; quarantined.");
+        self.lake.put(&path, Bytes::from(buffer)).await
+    }
+}
+
+/// Where the rows of a bronze file that broke `drop` rules go (deterministic: a retry replaces).
+pub fn rows_quarantine_path(table: &TableSpec, file: &str) -> String {
+    let name = file.rsplit('/').next().unwrap_or(file);
+    format!("bronze/_quarantine/{}/rows/{name}", table.name)
+}
+
+fn is_conflict(e: &DeltaTableError) -> bool {
+    matches!(
+        e,
+        DeltaTableError::VersionAlreadyExists(_) | DeltaTableError::Transaction { .. }
+    )
+}
+
+fn session() -> SessionContext {
+    // Names are case-sensitive, as the pipeline file and the source spell them.
+    let config = SessionConfig::new()
+        .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
+        .with_target_partitions(2);
+    SessionContext::new_with_config(config)
+}
+
+fn read_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.with_batch_size(65_536).build())
+        .map_err(|e| e.to_string())?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
+}
+
+fn same_type(a: &DataType, b: &DataType) -> bool {
+    match (a, b) {
+        (
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8,
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8,
+        ) => true,
+        (DataType::Timestamp(u1, _), DataType::Timestamp(u2, _)) => u1 == u2,
+        _ => a == b,
+    }
+}
+
+/// Fits each column to the silver table's type of the same name. Values the cast cannot
+/// carry become NULL there and are kept, as text, in `_rescued_data` (a JSON object per row).
+/// Returns the batches (always with a `_rescued_data` column) and the rows rescued.
+fn rescue(
+    batches: Vec<RecordBatch>,
+    target: Option<&SchemaRef>,
+    table: &str,
+    file: &str,
+) -> Result<(Vec<RecordBatch>, u64)> {
+    let mut rescued_rows = 0;
+    let mut out = Vec::with_capacity(batches.len());
+    let options = CastOptions {
+        safe: true,
+        format_options: FormatOptions::default(),
+    };
+    for batch in batches {
+        let rows = batch.num_rows();
+        let mut rescued: Vec<serde_json::Map<String, serde_json::Value>> =
+            vec![serde_json::Map::new(); rows];
+        let mut fields = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+            if field.name() == RESCUED {
+                continue;
+            }
+            let wanted = target
+                .and_then(|t| t.field_with_name(field.name()).ok())
+                .map(|f| f.data_type().clone())
+                .filter(|t| !same_type(t, field.data_type()));
+            let Some(wanted) = wanted else {
+                fields.push(Field::new(field.name(), field.data_type().clone(), true));
+                columns.push(column.clone());
+                continue;
+            };
+            let cast = cast_with_options(column, &wanted, &options)
+                .unwrap_or_else(|_| new_null_array(&wanted, rows));
+            let formatter = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
+                .map_err(|e| Error::arrow(format!("table {table}, file {file}"), e))?;
+            for (row, map) in rescued.iter_mut().enumerate() {
+                if column.is_valid(row) && cast.is_null(row) {
+                    map.insert(
+                        field.name().clone(),
+                        serde_json::Value::String(formatter.value(row).to_string()),
+                    );
+                }
+            }
+            fields.push(Field::new(field.name(), wanted, true));
+            columns.push(cast);
+        }
+        let texts: StringArray = rescued
+            .into_iter()
+            .map(|m| {
+                (!m.is_empty()).then(|| {
+                    rescued_rows += 1;
+                    serde_json::Value::Object(m).to_string()
+                })
+            })
+            .collect();
+        fields.push(Field::new(RESCUED, DataType::Utf8, true));
+        columns.push(Arc::new(texts));
+        out.push(
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+                .map_err(|e| Error::arrow(format!("table {table}, file {file}"), e))?,
+        );
+    }
+    Ok((out, rescued_rows))
+}
+
+fn column(name: &str) -> Expr {
+    Expr::Column(Column::new_unqualified(name))
+}
+
+/// The pipeline file's columns, renames and drops, plus lineage, as a DataFusion plan.
+fn transform(
+    ctx: &SessionContext,
+    table: &TableSpec,
+    batches: Vec<RecordBatch>,
+    file: &str,
+) -> datafusion::error::Result<DataFrame> {
+    let df = ctx.read_batches(batches)?;
+    let schema = df.schema().clone();
+    let spec = &table.silver;
+    let parse = |name: &str, sql: &str| -> datafusion::error::Result<Expr> {
+        Ok(ctx.parse_sql_expr(sql, &schema)?.alias(name))
+    };
+    let mut select = Vec::new();
+    for field in schema.fields() {
+        match spec.columns.iter().find(|c| &c.name == field.name()) {
+            Some(c) => select.push(parse(&c.name, &c.expr)?),
+            None => select.push(column(field.name())),
+        }
+    }
+    for c in spec
+        .columns
+        .iter()
+        .filter(|c| schema.field_with_unqualified_name(&c.name).is_err())
+    {
+        select.push(parse(&c.name, &c.expr)?);
+    }
+    select.push(lit(file.to_string()).alias(SOURCE_FILE));
+    let now = chrono::Utc::now().timestamp_micros();
+    select.push(
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(now),
+            Some("UTC".into()),
+        ))
+        .alias(INGESTED_AT),
+    );
+    let mut df = df.select(select)?;
+    for r in &spec.rename {
+        df = df.with_column_renamed(&r.from, &r.to)?;
+    }
+    if !spec.drop.is_empty() {
+        let names: Vec<&str> = spec.drop.iter().map(String::as_str).collect();
+        df = df.drop_columns(&names)?;
+    }
+    let rules = table.expectations();
+    for (i, rule) in rules.iter().enumerate() {
+        let expr = ctx.parse_sql_expr(&rule.rule, df.schema())?;
+        df = df.with_column(&format!("__expect_{i}"), expr)?;
+    }
+    Ok(df)
+}
+
+struct Checked {
+    schema: SchemaRef,
+    kept: Vec<RecordBatch>,
+    dropped: Option<RecordBatch>,
+}
+
+/// Counts broken rules, fails the file on a broken `fail` rule, and splits off the rows
+/// that broke `drop` rules (with the rules' names). NULL counts as broken.
+fn check_expectations(
+    batches: Vec<RecordBatch>,
+    rules: &[crate::config::Expectation],
+    table: &str,
+    file: &str,
+    counts: &mut Counts,
+) -> Result<Checked> {
+    let ctx = |e| {
+        Error::arrow(
+            format!("table {table}, file {file}: checking expectations"),
+            e,
+        )
+    };
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    let mut schema = None;
+    for batch in batches {
+        let data_columns: Vec<usize> = (0..batch.num_columns())
+            .filter(|&i| !batch.schema().field(i).name().starts_with("__expect_"))
+            .collect();
+        let data = batch.project(&data_columns).map_err(ctx)?;
+        let rows = batch.num_rows();
+        let mut keep = BooleanArray::from(vec![true; rows]);
+        let mut failed: Vec<Vec<&str>> = vec![Vec::new(); rows];
+        for (i, rule) in rules.iter().enumerate() {
+            let Some(result) = batch
+                .column_by_name(&format!("__expect_{i}"))
+                .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+            else {
+                return Err(Error::BadArgument {
+                    what: format!("expectation {} of table {table}", rule.name),
+                    message: format!("{:?} is not a boolean expression", rule.rule),
+                });
+            };
+            let passed = BooleanArray::from_iter(result.iter().map(|v| Some(v == Some(true))));
+            let broken = rows - passed.true_count();
+            if broken == 0 {
+                continue;
+            }
+            *counts.expectations.entry(rule.name.clone()).or_default() += broken as u64;
+            match rule.action {
+                Action::Warn => {}
+                Action::Fail => {
+                    return Err(Error::ExpectationFailed {
+                        table: table.to_string(),
+                        file: file.to_string(),
+                        rule: rule.name.clone(),
+                        rows: broken as u64,
+                    });
+                }
+                Action::Drop => {
+                    for (row, names) in failed.iter_mut().enumerate() {
+                        if !passed.value(row) {
+                            names.push(&rule.name);
+                        }
+                    }
+                    keep = and(&keep, &passed).map_err(ctx)?;
+                }
+            }
+        }
+        schema.get_or_insert_with(|| data.schema());
+        let drop_mask = not(&keep).map_err(ctx)?;
+        if drop_mask.true_count() > 0 {
+            let rows_out = filter_record_batch(&data, &drop_mask).map_err(ctx)?;
+            let names: StringArray = failed
+                .iter()
+                .zip(drop_mask.iter())
+                .filter(|(_, d)| *d == Some(true))
+                .map(|(n, _)| Some(n.join(",")))
+                .collect();
+            let mut fields: Vec<Field> = rows_out
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new(FAILED_RULES, DataType::Utf8, false));
+            let mut columns = rows_out.columns().to_vec();
+            columns.push(Arc::new(names));
+            dropped
+                .push(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(ctx)?);
+        }
+        kept.push(filter_record_batch(&data, &keep).map_err(ctx)?);
+    }
+    counts.rows_dropped = dropped.iter().map(|b| b.num_rows() as u64).sum();
+    let dropped = match dropped.first() {
+        Some(first) => {
+            Some(arrow::compute::concat_batches(&first.schema(), &dropped).map_err(ctx)?)
+        }
+        None => None,
+    };
+    Ok(Checked {
+        schema: schema.unwrap_or_else(|| Arc::new(Schema::empty())),
+        kept,
+        dropped,
+    })
+}
+
+/// Keeps one row per (keys, watermark value) within the file.
+fn first_per_version(df: DataFrame, table: &TableSpec) -> datafusion::error::Result<DataFrame> {
+    let on: Vec<Expr> = table
+        .keys
+        .iter()
+        .chain(std::iter::once(&table.cdc_column))
+        .map(|c| column(c))
+        .collect();
+    let select: Vec<Expr> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| column(f.name()))
+        .collect();
+    df.distinct_on(on, select, None)
+}
+
+/// Removes rows whose (keys, watermark value) silver already holds, reading only silver's
+/// rows in the file's watermark range (file statistics prune the rest).
+async fn without_loaded(
+    ctx: &SessionContext,
+    df: DataFrame,
+    delta: &DeltaTable,
+    table: &TableSpec,
+) -> datafusion::error::Result<DataFrame> {
+    let cdc = column(&table.cdc_column);
+    let bounds = df
+        .clone()
+        .aggregate(
+            vec![],
+            vec![
+                datafusion::functions_aggregate::min_max::min(cdc.clone()).alias("lo"),
+                datafusion::functions_aggregate::min_max::max(cdc.clone()).alias("hi"),
+            ],
+        )?
+        .collect()
+        .await?;
+    let Some(b) = bounds.first().filter(|b| b.num_rows() == 1) else {
+        return Ok(df);
+    };
+    let lo = ScalarValue::try_from_array(b.column(0), 0)?;
+    let hi = ScalarValue::try_from_array(b.column(1), 0)?;
+    delta
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let provider = delta
+        .table_provider()
+        .await
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let names: Vec<&String> = table
+        .keys
+        .iter()
+        .chain(std::iter::once(&table.cdc_column))
+        .collect();
+    let existing = ctx
+        .read_table(provider)?
+        .filter(cdc.clone().between(lit(lo), lit(hi)))?
+        .select(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| column(n).alias(format!("__loaded_{i}")))
+                .collect::<Vec<_>>(),
+        )?;
+    let left: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    let right: Vec<String> = (0..names.len()).map(|i| format!("__loaded_{i}")).collect();
+    let right: Vec<&str> = right.iter().map(String::as_str).collect();
+    df.join(existing, JoinType::LeftAnti, &left, &right, None)
+}
+
+/// Makes every column nullable (so later files with NULLs always fit) and drops the
+/// `drop_if_empty` columns that are NULL in every row of this file.
+fn finalize(
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    drop_if_empty: &[String],
+) -> std::result::Result<(SchemaRef, Vec<RecordBatch>), arrow::error::ArrowError> {
+    let schema = batches.first().map(|b| b.schema()).unwrap_or(schema);
+    let keep: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| {
+            let name = schema.field(i).name();
+            !(drop_if_empty.contains(name)
+                && batches
+                    .iter()
+                    .all(|b| b.column(i).null_count() == b.num_rows()))
+        })
+        .collect();
+    let fields: Vec<Field> = keep
+        .iter()
+        .map(|&i| {
+            let f = schema.field(i);
+            let data_type = match f.data_type() {
+                DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+                other => other.clone(),
+            };
+            Field::new(f.name(), data_type, true)
+        })
+        .collect();
+    let out_schema = Arc::new(Schema::new(fields));
+    let out = batches
+        .iter()
+        .map(|b| {
+            let columns = keep
+                .iter()
+                .zip(out_schema.fields())
+                .map(|(&i, f)| arrow::compute::cast(b.column(i), f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(out_schema.clone(), columns)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((out_schema, out))
+}
