@@ -621,6 +621,21 @@ fn rescue(
             fields.push(Field::new(field.name(), wanted, true));
             columns.push(cast);
         }
+        // Columns silver has but this file lacks (dropped at the source, or an older file):
+        // NULL, so the transforms see the table's full shape.
+        for field in target
+            .map(|t| t.fields().iter().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let name = field.name();
+            if [RESCUED, SOURCE_FILE, INGESTED_AT].contains(&name.as_str())
+                || fields.iter().any(|f| f.name() == name)
+            {
+                continue;
+            }
+            fields.push(Field::new(name, field.data_type().clone(), true));
+            columns.push(new_null_array(field.data_type(), rows));
+        }
         let texts: StringArray = rescued
             .into_iter()
             .map(|m| {

@@ -8,3 +8,4 @@ mod common;
 mod files;
 mod ingest;
 mod mssql;
+mod silver;

@@ -1,0 +1,466 @@
+//! Silver over real bronze files and real Delta tables: exactly once, cleaning, schema
+//! evolution, rescued data, quarantine, expectations, and concurrent writers.
+
+use std::sync::Arc;
+
+use arrow::array::{Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::prelude::SessionContext;
+use tunelake::config::{Action, Expectation, Pipeline, Settings, TableSpec};
+use tunelake::lake::Lake;
+use tunelake::stages::Status;
+use tunelake::stages::silver::{FileStatus, Silver, SilverReport};
+
+use crate::common::*;
+
+fn pipeline() -> Pipeline {
+    Pipeline::parse(tunelake::config::DEFAULT_PIPELINE, "pipeline.toml").unwrap()
+}
+
+fn spec(name: &str) -> TableSpec {
+    pipeline().select(&[name.to_string()]).unwrap().remove(0)
+}
+
+async fn silver(fx: &Fixture, tables: &[TableSpec]) -> SilverReport {
+    let lake = Lake::open(fx.lake.to_str().unwrap()).unwrap();
+    Silver::new(lake, Settings::default(), "test")
+        .run(tables)
+        .await
+}
+
+/// Runs SQL over a silver table registered as `t`; returns the first column of the first row as text.
+async fn query(fx: &Fixture, table: &str, sql: &str) -> String {
+    let url =
+        url::Url::from_directory_path(fx.lake.join("silver").join(table).canonicalize().unwrap())
+            .unwrap();
+    let delta = deltalake::DeltaTable::try_from_url(url).await.unwrap();
+    let ctx = SessionContext::new();
+    delta.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("t", delta.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let formatter = arrow::util::display::ArrayFormatter::try_new(
+        batches[0].column(0).as_ref(),
+        &Default::default(),
+    )
+    .unwrap();
+    formatter.value(0).to_string()
+}
+
+fn all() -> Vec<TableSpec> {
+    pipeline().tables
+}
+
+#[tokio::test]
+async fn silver_holds_every_extracted_version_once_and_cleaned() {
+    let fx = Fixture::seeded(0.01);
+    let names: Vec<&str> = vec!["DimUser", "DimArtist", "DimTrack", "DimDate", "FactStream"];
+    assert!(!fx.ingest(&names, None).await.failed());
+    let first = silver(&fx, &all()).await;
+    assert!(!first.failed(), "{first:?}");
+    tunelake::seed::apply_changes(&fx.db, 7).unwrap();
+    assert!(!fx.ingest(&names, None).await.failed());
+    let second = silver(&fx, &all()).await;
+    assert!(!second.failed(), "{second:?}");
+    assert_eq!(second.gold_work().len(), 4, "dates had no new file");
+
+    // Streams: append-only, so silver = the source minus the negative durations.
+    let expected = fx.count("SELECT COUNT(*) FROM FactStream WHERE listen_duration >= 0");
+    assert_eq!(
+        query(&fx, "streams", "SELECT count(*) FROM t").await,
+        expected.to_string()
+    );
+    assert_eq!(
+        query(&fx, "streams", "SELECT count(*) FROM t WHERE listen_duration_min <> round(listen_duration / 60.0, 2) OR device_type <> lower(trim(device_type))").await,
+        "0"
+    );
+    // Users: one row per (user_id, updated_at) ever extracted: the first versions of the
+    // users that changed, plus every current version.
+    let bronze_users = rows(&fx.bronze_files("DimUser"));
+    assert_eq!(
+        query(&fx, "users", "SELECT count(*) FROM t").await,
+        bronze_users.to_string()
+    );
+    assert_eq!(
+        query(&fx, "users", "SELECT count(*) - count(DISTINCT concat(CAST(user_id AS VARCHAR), '|', CAST(updated_at AS VARCHAR))) FROM t").await,
+        "0"
+    );
+    assert_eq!(
+        query(
+            &fx,
+            "users",
+            "SELECT count(*) FROM t WHERE user_name <> upper(trim(user_name)) OR country IS NULL"
+        )
+        .await,
+        "0"
+    );
+    assert!(
+        query(
+            &fx,
+            "users",
+            "SELECT count(*) FROM t WHERE country = 'UNKNOWN'"
+        )
+        .await
+            != "0"
+    );
+    assert_eq!(
+        query(
+            &fx,
+            "tracks",
+            "SELECT count(*) FROM t WHERE strpos(track_name, '-') > 0"
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        query(&fx, "tracks", "SELECT count(*) FROM t WHERE duration_flag NOT IN ('low', 'medium', 'high') OR (duration_sec < 150) <> (duration_flag = 'low')").await,
+        "0"
+    );
+    let weekend = fx.count("SELECT COUNT(*) FROM DimDate WHERE weekday IN ('Saturday', 'Sunday')");
+    assert_eq!(
+        query(&fx, "dates", "SELECT count(*) FROM t WHERE is_weekend").await,
+        weekend.to_string()
+    );
+    assert_eq!(
+        query(
+            &fx,
+            "users",
+            "SELECT count(*) FROM t WHERE _source_file NOT LIKE 'bronze/DimUser/DimUser_%'"
+        )
+        .await,
+        "0"
+    );
+    // The dropped streams are quarantined with the rule's name.
+    let quarantined = parquet_files(&fx.lake.join("bronze/_quarantine/FactStream/rows"));
+    assert_eq!(quarantined.len(), 2);
+    let dropped: u64 = rows(&quarantined);
+    assert_eq!(
+        dropped,
+        fx.count("SELECT COUNT(*) FROM FactStream WHERE listen_duration < 0")
+    );
+    let batch = &read_parquet(&quarantined[0])[0];
+    let rules = batch
+        .column_by_name("_failed_rules")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert_eq!(rules.value(0), "non_negative_duration");
+}
+
+#[tokio::test]
+async fn reruns_reprocessed_files_and_overlapping_backfills_add_nothing() {
+    let fx = Fixture::seeded(0.01);
+    assert!(!fx.ingest(&["FactStream"], None).await.failed());
+    let tables = [spec("FactStream")];
+    let first = silver(&fx, &tables).await;
+    let count = query(&fx, "streams", "SELECT count(*) FROM t").await;
+    let version = first.tables[0].version;
+
+    let again = silver(&fx, &tables).await;
+    assert_eq!(again.tables[0].status, Status::Empty);
+    assert_eq!(again.tables[0].skipped, 1);
+    assert_eq!(again.tables[0].version, version, "a rerun made a commit");
+
+    // The library entry point (the blob trigger's) on a loaded file is a no-op.
+    let lake = Lake::open(fx.lake.to_str().unwrap()).unwrap();
+    let stage = Silver::new(lake.clone(), Settings::default(), "t");
+    let file = first.tables[0].source_table.clone();
+    let bronze = format!(
+        "bronze/{file}/{}",
+        fx.bronze_files(&file)[0]
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    assert_eq!(
+        stage
+            .process_file(&tables[0], &bronze)
+            .await
+            .unwrap()
+            .status,
+        FileStatus::AlreadyLoaded
+    );
+
+    // A backfill re-extracts rows silver holds: a new file, nothing new in silver.
+    let backfill = fx.ingest(&["FactStream"], Some("2025-03-01")).await;
+    assert!(backfill.tables[0].rows > 0);
+    let after = silver(&fx, &tables).await;
+    assert_eq!(after.tables[0].files, 1);
+    assert_eq!(after.tables[0].counts.rows_out, 0);
+    assert!(after.tables[0].counts.rows_duplicate > 0);
+    assert_eq!(query(&fx, "streams", "SELECT count(*) FROM t").await, count);
+
+    // The same backfill again rewrites its file (newer mtime): processed again, still nothing new.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fx.ingest(&["FactStream"], Some("2025-03-01")).await;
+    let again = silver(&fx, &tables).await;
+    assert_eq!(again.tables[0].files, 1);
+    assert_eq!(again.tables[0].counts.rows_out, 0);
+    assert_eq!(query(&fx, "streams", "SELECT count(*) FROM t").await, count);
+
+    // A file that is listed but gone before it is read loads nothing and fails nothing.
+    let gone = stage
+        .process_file(&tables[0], "bronze/FactStream/FactStream_1_2_00000.parquet")
+        .await
+        .unwrap();
+    assert_eq!(gone.status, FileStatus::Vanished);
+}
+
+#[tokio::test]
+async fn a_new_source_column_is_added_and_older_rows_are_null() {
+    let fx = Fixture::seeded(0.005);
+    assert!(!fx.ingest(&["DimUser"], None).await.failed());
+    let tables = [spec("DimUser")];
+    assert!(!silver(&fx, &tables).await.failed());
+    let conn = fx.sql();
+    conn.execute_batch(
+        "ALTER TABLE DimUser ADD COLUMN loyalty_tier NVARCHAR(20);
+         UPDATE DimUser SET loyalty_tier = 'gold', updated_at = '2026-01-01 00:00:00.000000' WHERE user_id <= 10;",
+    )
+    .unwrap();
+    assert!(!fx.ingest(&["DimUser"], None).await.failed());
+    let report = silver(&fx, &tables).await;
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!(report.tables[0].counts.rows_out, 10);
+    assert_eq!(
+        query(
+            &fx,
+            "users",
+            "SELECT count(*) FROM t WHERE loyalty_tier = 'gold'"
+        )
+        .await,
+        "10"
+    );
+    let total: u64 = query(&fx, "users", "SELECT count(*) FROM t")
+        .await
+        .parse()
+        .unwrap();
+    assert_eq!(
+        query(
+            &fx,
+            "users",
+            "SELECT count(*) FROM t WHERE loyalty_tier IS NULL"
+        )
+        .await,
+        (total - 10).to_string()
+    );
+}
+
+fn write_bronze(fx: &Fixture, table: &str, name: &str, batch: &RecordBatch) -> String {
+    let dir = fx.lake.join("bronze").join(table);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(dir.join(name)).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+    format!("bronze/{table}/{name}")
+}
+
+fn utc() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+#[tokio::test]
+async fn a_value_that_no_longer_fits_its_type_is_rescued_not_dropped() {
+    let fx = Fixture::seeded(0.005);
+    assert!(!fx.ingest(&["DimTrack"], None).await.failed());
+    let tables = [spec("DimTrack")];
+    assert!(!silver(&fx, &tables).await.failed());
+    // The source changed duration_sec from INT to VARCHAR: "200" still fits, "3:20" does not.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("track_id", DataType::Int32, true),
+        Field::new("track_name", DataType::Utf8, true),
+        Field::new("duration_sec", DataType::Utf8, true),
+        Field::new("updated_at", utc(), true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int32Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec!["a-b", "c"])),
+            Arc::new(StringArray::from(vec!["200", "3:20"])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![1_800_000_000_000_000, 1_800_000_000_000_001])
+                    .with_timezone("UTC"),
+            ),
+        ],
+    )
+    .unwrap();
+    write_bronze(&fx, "DimTrack", "DimTrack_x_y_00000.parquet", &batch);
+    let report = silver(&fx, &tables).await;
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!(report.tables[0].counts.rows_rescued, 1);
+    assert_eq!(report.tables[0].counts.rows_out, 2);
+    assert_eq!(
+        query(
+            &fx,
+            "tracks",
+            "SELECT duration_sec FROM t WHERE track_id = 1 AND _source_file LIKE '%x_y%'"
+        )
+        .await,
+        "200"
+    );
+    assert_eq!(
+        query(
+            &fx,
+            "tracks",
+            "SELECT _rescued_data FROM t WHERE track_id = 2 AND _source_file LIKE '%x_y%'"
+        )
+        .await,
+        r#"{"duration_sec":"3:20"}"#
+    );
+    assert_eq!(
+        query(
+            &fx,
+            "tracks",
+            "SELECT count(*) FROM t WHERE _rescued_data IS NOT NULL"
+        )
+        .await,
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_quarantined_with_a_reason_and_the_others_load() {
+    let fx = Fixture::seeded(0.005);
+    assert!(!fx.ingest(&["DimDate"], None).await.failed());
+    let bad = fx.lake.join("bronze/DimDate/DimDate_1_2_00000.parquet");
+    std::fs::write(&bad, b"this is not parquet").unwrap();
+    let report = silver(&fx, &[spec("DimDate")]).await;
+    assert!(report.failed(), "a quarantined file must be reported");
+    let t = &report.tables[0];
+    assert_eq!(t.files, 1, "the good file loaded");
+    assert_eq!(t.quarantined_files.len(), 1);
+    assert!(
+        t.quarantined_files[0]
+            .0
+            .ends_with("DimDate_1_2_00000.parquet")
+    );
+    assert!(!bad.exists());
+    let moved = fx
+        .lake
+        .join("bronze/_quarantine/DimDate/DimDate_1_2_00000.parquet");
+    assert_eq!(std::fs::read(&moved).unwrap(), b"this is not parquet");
+    let reason = std::fs::read_to_string(
+        fx.lake
+            .join("bronze/_quarantine/DimDate/DimDate_1_2_00000.parquet.reason.txt"),
+    )
+    .unwrap();
+    assert!(
+        reason.contains("table: DimDate") && reason.contains("reason:"),
+        "{reason}"
+    );
+    assert_eq!(query(&fx, "dates", "SELECT count(*) FROM t").await, "1096");
+    // The next run is clean.
+    assert!(!silver(&fx, &[spec("DimDate")]).await.failed());
+}
+
+#[tokio::test]
+async fn rows_with_null_keys_are_quarantined_and_the_file_is_recorded() {
+    let fx = Fixture::seeded(0.005);
+    assert!(!fx.ingest(&["DimArtist"], None).await.failed());
+    assert!(!silver(&fx, &[spec("DimArtist")]).await.failed());
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("artist_id", DataType::Int32, true),
+        Field::new("artist_name", DataType::Utf8, true),
+        Field::new("updated_at", utc(), true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int32Array::from(vec![None, None, None])),
+            Arc::new(StringArray::from(vec!["a", "b", "c"])),
+            Arc::new(TimestampMicrosecondArray::from(vec![1, 2, 3]).with_timezone("UTC")),
+        ],
+    )
+    .unwrap();
+    // A file whose key column is NULL in every row (and that lacks genre and country).
+    let path = write_bronze(&fx, "DimArtist", "DimArtist_9_9_00000.parquet", &batch);
+    let report = silver(&fx, &[spec("DimArtist")]).await;
+    assert!(!report.failed(), "{report:?}");
+    let t = &report.tables[0];
+    assert_eq!(
+        (t.counts.rows_in, t.counts.rows_dropped, t.counts.rows_out),
+        (3, 3, 0)
+    );
+    assert_eq!(t.counts.expectations.get("keys_not_null"), Some(&3));
+    assert_eq!(
+        rows(&parquet_files(
+            &fx.lake.join("bronze/_quarantine/DimArtist/rows")
+        )),
+        3
+    );
+    let stage = Silver::new(
+        Lake::open(fx.lake.to_str().unwrap()).unwrap(),
+        Settings::default(),
+        "t",
+    );
+    assert_eq!(
+        stage
+            .process_file(&spec("DimArtist"), &path)
+            .await
+            .unwrap()
+            .status,
+        FileStatus::AlreadyLoaded
+    );
+}
+
+#[tokio::test]
+async fn a_fail_expectation_stops_the_table_and_commits_nothing() {
+    let fx = Fixture::seeded(0.005);
+    assert!(!fx.ingest(&["FactStream"], None).await.failed());
+    let mut table = spec("FactStream");
+    table.silver.expect = vec![Expectation {
+        name: "no_negative".into(),
+        rule: "listen_duration >= 0".into(),
+        action: Action::Fail,
+    }];
+    let report = silver(&fx, &[table]).await;
+    assert!(report.failed());
+    let err = report.tables[0].error.clone().unwrap();
+    assert!(
+        err.contains("no_negative")
+            && err.contains("FactStream")
+            && err.contains("nothing of the file was committed"),
+        "{err}"
+    );
+    assert_eq!(report.tables[0].version, None);
+    assert!(
+        !fx.lake
+            .join("silver/streams/_delta_log/00000000000000000000.json")
+            .exists()
+    );
+}
+
+#[tokio::test]
+async fn two_silver_runs_at_once_load_every_file_once() {
+    let fx = Fixture::seeded(0.01);
+    let names = ["DimUser", "FactStream"];
+    assert!(!fx.ingest(&names, None).await.failed());
+    tunelake::seed::apply_changes(&fx.db, 7).unwrap();
+    assert!(!fx.ingest(&names, None).await.failed());
+    let tables = vec![spec("DimUser"), spec("FactStream")];
+    let (a, b) = tokio::join!(silver(&fx, &tables), silver(&fx, &tables));
+    assert!(!a.failed(), "{a:?}");
+    assert!(!b.failed(), "{b:?}");
+    let committed: u64 = a.tables.iter().chain(&b.tables).map(|t| t.files).sum();
+    assert_eq!(
+        committed, 4,
+        "each of the 4 files committed by exactly one run"
+    );
+    let expected = fx.count("SELECT COUNT(*) FROM FactStream WHERE listen_duration >= 0");
+    assert_eq!(
+        query(&fx, "streams", "SELECT count(*) FROM t").await,
+        expected.to_string()
+    );
+    assert_eq!(
+        query(&fx, "users", "SELECT count(*) FROM t").await,
+        rows(&fx.bronze_files("DimUser")).to_string()
+    );
+}
