@@ -341,6 +341,21 @@ impl Pipeline {
         }
     }
 
+    /// The table a bronze object belongs to, from its lake path `bronze/<Table>/<file>` (what
+    /// a blob trigger receives); `None` for quarantine, watermark or unknown paths.
+    pub fn table_for_bronze_path(&self, path: &str) -> Option<&TableSpec> {
+        let mut parts = path.trim_start_matches('/').split('/');
+        let (Some("bronze"), Some(table), Some(file), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        if !file.ends_with(".parquet") {
+            return None;
+        }
+        self.tables.iter().find(|t| t.name == table)
+    }
+
     /// The tables named in `only` (case-insensitive), or all of them when `only` is empty.
     pub fn select(&self, only: &[String]) -> Result<Vec<TableSpec>> {
         if only.is_empty() {
@@ -541,6 +556,24 @@ expect = [{ name = "positive", rule = "x >", action = "drop" }]
     fn toml_syntax_errors_give_line_and_column() {
         let err = Pipeline::parse("[[tables]]\nname = \n", "p.toml").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bronze_paths_map_to_their_table() {
+        let p = Pipeline::parse(DEFAULT_PIPELINE, "pipeline.toml").unwrap();
+        let found =
+            p.table_for_bronze_path("bronze/DimUser/DimUser_0_20250630T000000000000_00000.parquet");
+        assert_eq!(found.map(|t| t.name.as_str()), Some("DimUser"));
+        assert!(
+            p.table_for_bronze_path("bronze/_watermarks/DimUser.json")
+                .is_none()
+        );
+        assert!(
+            p.table_for_bronze_path("bronze/_quarantine/DimUser/rows/x.parquet")
+                .is_none()
+        );
+        assert!(p.table_for_bronze_path("bronze/Nope/x.parquet").is_none());
+        assert!(p.table_for_bronze_path("silver/users/x.parquet").is_none());
     }
 
     #[test]
