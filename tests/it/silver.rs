@@ -464,3 +464,36 @@ async fn two_silver_runs_at_once_load_every_file_once() {
         rows(&fx.bronze_files("DimUser")).to_string()
     );
 }
+
+#[tokio::test]
+async fn renames_and_drops_hold_across_files() {
+    let fx = Fixture::seeded(0.005);
+    let mut table = spec("DimArtist");
+    table.silver.rename = vec![tunelake::config::RenameSpec {
+        from: "genre".into(),
+        to: "style".into(),
+    }];
+    table.silver.drop = vec!["country".into()];
+    assert!(!fx.ingest(&["DimArtist"], None).await.failed());
+    assert!(!silver(&fx, std::slice::from_ref(&table)).await.failed());
+    tunelake::seed::apply_changes(&fx.db, 7).unwrap();
+    fx.sql()
+        .execute(
+            "UPDATE DimArtist SET updated_at = '2027-01-01 00:00:00.000000' WHERE artist_id = 1",
+            [],
+        )
+        .unwrap();
+    assert!(!fx.ingest(&["DimArtist"], None).await.failed());
+    let second = silver(&fx, std::slice::from_ref(&table)).await;
+    assert!(!second.failed(), "{second:?}");
+    assert!(second.tables[0].counts.rows_out >= 1);
+    assert_eq!(
+        query(&fx, "artists", "SELECT count(*) FROM t WHERE style IS NULL").await,
+        "0"
+    );
+    let url = url::Url::from_directory_path(fx.lake.join("silver/artists").canonicalize().unwrap())
+        .unwrap();
+    let delta = deltalake::DeltaTable::try_from_url(url).await.unwrap();
+    let schema = delta.snapshot().unwrap().snapshot().arrow_schema();
+    assert!(schema.field_with_name("genre").is_err() && schema.field_with_name("country").is_err());
+}
