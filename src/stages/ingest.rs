@@ -14,8 +14,7 @@ use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
-use tokio::sync::Semaphore;
-use tracing::{Instrument, info, warn};
+use tracing::{info, warn};
 
 use super::Status;
 use crate::config::{Settings, TableSpec};
@@ -111,38 +110,25 @@ impl Ingest {
     /// in its row and does not stop the others.
     pub async fn run(self, tables: &[TableSpec]) -> IngestReport {
         let this = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(this.settings.max_concurrency.max(1)));
-        let handles: Vec<_> = tables
-            .iter()
-            .cloned()
-            .map(|table| {
-                let this = this.clone();
-                let permits = permits.clone();
-                let span = tracing::info_span!("table", run_id = %this.run_id, stage = "ingest", table = %table.name);
-                tokio::spawn(
-                    async move {
-                        let _permit = permits.acquire_owned().await;
-                        let start = Instant::now();
-                        let result = this.table(&table, start).await;
-                        match result {
-                            Ok(report) => report,
-                            Err(e) => {
-                                warn!(error = %e, "The table failed; its watermark was not moved.");
-                                TableReport::failed(&table.name, e.to_string(), start)
-                            }
-                        }
-                    }
-                    .instrument(span),
-                )
-            })
-            .collect();
-        let mut reports = Vec::with_capacity(handles.len());
-        for (handle, table) in handles.into_iter().zip(tables) {
-            let start = Instant::now();
-            reports.push(handle.await.unwrap_or_else(|e| {
-                TableReport::failed(&table.name, format!("the table's task failed: {e}"), start)
-            }));
-        }
+        let worker = this.clone();
+        let reports = super::per_table(
+            tables,
+            this.settings.max_concurrency,
+            &this.run_id,
+            "ingest",
+            move |table| {
+                let this = worker.clone();
+                async move {
+                    let start = Instant::now();
+                    this.table(&table, start).await.unwrap_or_else(|e| {
+                        warn!(error = %e, "The table failed; its watermark was not moved.");
+                        TableReport::failed(&table.name, e.to_string(), start)
+                    })
+                }
+            },
+            |table, message| TableReport::failed(&table.name, message, Instant::now()),
+        )
+        .await;
         IngestReport {
             run_id: this.run_id.clone(),
             tables: reports,

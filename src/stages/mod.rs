@@ -22,6 +22,49 @@ pub fn new_run_id() -> String {
     )
 }
 
+/// Runs `work` for every table, at most `limit` at once, each in its own task and in a
+/// tracing span with the run id, stage and table. Results come back in the tables' order; a
+/// task that panics becomes `on_panic(table, message)`, so one table never takes down a run.
+pub async fn per_table<R, F, Fut>(
+    tables: &[crate::config::TableSpec],
+    limit: usize,
+    run_id: &str,
+    stage: &'static str,
+    work: F,
+    on_panic: impl Fn(&crate::config::TableSpec, String) -> R,
+) -> Vec<R>
+where
+    R: Send + 'static,
+    F: Fn(crate::config::TableSpec) -> Fut,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
+    use tracing::Instrument;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    let handles: Vec<_> = tables
+        .iter()
+        .map(|table| {
+            let permits = permits.clone();
+            let span = tracing::info_span!("table", run_id = %run_id, stage, table = %table.name);
+            let task = work(table.clone());
+            tokio::spawn(
+                async move {
+                    let _permit = permits.acquire_owned().await;
+                    task.await
+                }
+                .instrument(span),
+            )
+        })
+        .collect();
+    let mut results = Vec::with_capacity(handles.len());
+    for (handle, table) in handles.into_iter().zip(tables) {
+        results.push(match handle.await {
+            Ok(r) => r,
+            Err(e) => on_panic(table, format!("the table's task failed: {e}")),
+        });
+    }
+    results
+}
+
 /// How a table ended in a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -35,8 +35,7 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
-use tokio::sync::Semaphore;
-use tracing::{Instrument, info, warn};
+use tracing::{info, warn};
 
 use super::Status;
 use crate::config::{Action, Settings, TableSpec};
@@ -148,6 +147,24 @@ pub struct TableReport {
     pub error: Option<String>,
 }
 
+impl TableReport {
+    fn new(table: &TableSpec) -> Self {
+        TableReport {
+            table: table.silver_name(),
+            source_table: table.name.clone(),
+            status: Status::Empty,
+            files: 0,
+            skipped: 0,
+            quarantined_files: Vec::new(),
+            counts: Counts::default(),
+            version: None,
+            quarantined_rows: Vec::new(),
+            seconds: 0.0,
+            error: None,
+        }
+    }
+}
+
 /// What a silver run did, table by table in pipeline order.
 #[derive(Debug, Clone, Serialize)]
 pub struct SilverReport {
@@ -197,59 +214,33 @@ impl Silver {
     /// Catch-up: processes every bronze file of each table that silver has not recorded yet.
     pub async fn run(self, tables: &[TableSpec]) -> SilverReport {
         let this = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(this.settings.max_concurrency.max(1)));
-        let handles: Vec<_> = tables
-            .iter()
-            .cloned()
-            .map(|table| {
-                let this = this.clone();
-                let permits = permits.clone();
-                let span = tracing::info_span!("table", run_id = %this.run_id, stage = "silver", table = %table.name);
-                tokio::spawn(
-                    async move {
-                        let _permit = permits.acquire_owned().await;
-                        let start = Instant::now();
-                        let mut report = TableReport {
-                            table: table.silver_name(),
-                            source_table: table.name.clone(),
-                            status: Status::Empty,
-                            files: 0,
-                            skipped: 0,
-                            quarantined_files: Vec::new(),
-                            counts: Counts::default(),
-                            version: None,
-                            quarantined_rows: Vec::new(),
-                            seconds: 0.0,
-                            error: None,
-                        };
-                        if let Err(e) = this.catch_up(&table, &mut report).await {
-                            warn!(error = %e, "The table failed; the files before the failure stay committed.");
-                            report.status = Status::Failed;
-                            report.error = Some(e.to_string());
-                        }
-                        report.seconds = start.elapsed().as_secs_f64();
-                        report
+        let worker = this.clone();
+        let reports = super::per_table(
+            tables,
+            this.settings.max_concurrency,
+            &this.run_id,
+            "silver",
+            move |table| {
+                let this = worker.clone();
+                async move {
+                    let start = Instant::now();
+                    let mut report = TableReport::new(&table);
+                    if let Err(e) = this.catch_up(&table, &mut report).await {
+                        warn!(error = %e, "The table failed; the files before the failure stay committed.");
+                        report.status = Status::Failed;
+                        report.error = Some(e.to_string());
                     }
-                    .instrument(span),
-                )
-            })
-            .collect();
-        let mut reports = Vec::with_capacity(handles.len());
-        for (handle, table) in handles.into_iter().zip(tables) {
-            reports.push(handle.await.unwrap_or_else(|e| TableReport {
-                table: table.silver_name(),
-                source_table: table.name.clone(),
+                    report.seconds = start.elapsed().as_secs_f64();
+                    report
+                }
+            },
+            |table, message| TableReport {
                 status: Status::Failed,
-                files: 0,
-                skipped: 0,
-                quarantined_files: Vec::new(),
-                counts: Counts::default(),
-                version: None,
-                quarantined_rows: Vec::new(),
-                seconds: 0.0,
-                error: Some(format!("the table's task failed: {e}")),
-            }));
-        }
+                error: Some(message),
+                ..TableReport::new(table)
+            },
+        )
+        .await;
         SilverReport {
             run_id: this.run_id.clone(),
             tables: reports,
