@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Pipeline;
 use crate::error::{Error, Result};
-use crate::lake::{Lake, bronze_dir, watermark};
+use crate::lake::{Lake, bronze_dir, events, watermark};
 use crate::seed;
 use crate::stages::ingest::{Ingest, IngestReport};
 use crate::stages::silver::{Silver, SilverReport};
@@ -217,15 +217,21 @@ async fn ingest(
     tables: &[crate::config::TableSpec],
     from: Option<String>,
 ) -> Result<IngestReport> {
+    let started = chrono::Utc::now();
     let source = crate::source::open(source_url).await?;
     let lake = Lake::open(lake_url)?;
     let run_id = new_run_id();
-    Ok(
-        Ingest::new(Arc::clone(&source), lake, pipeline.settings.clone(), run_id)
-            .with_from(from)
-            .run(tables)
-            .await,
+    let report = Ingest::new(
+        Arc::clone(&source),
+        lake.clone(),
+        pipeline.settings.clone(),
+        run_id,
     )
+    .with_from(from)
+    .run(tables)
+    .await;
+    events::append(&lake, &report.events(started)).await?;
+    Ok(report)
 }
 
 async fn silver(
@@ -233,10 +239,13 @@ async fn silver(
     pipeline: &Pipeline,
     tables: &[crate::config::TableSpec],
 ) -> Result<SilverReport> {
+    let started = chrono::Utc::now();
     let lake = Lake::open(lake_url)?;
-    Ok(Silver::new(lake, pipeline.settings.clone(), new_run_id())
+    let report = Silver::new(lake.clone(), pipeline.settings.clone(), new_run_id())
         .run(tables)
-        .await)
+        .await;
+    events::append(&lake, &report.events(started)).await?;
+    Ok(report)
 }
 
 fn report_silver_errors(report: &SilverReport) -> bool {
@@ -398,6 +407,14 @@ async fn status(cli: &Cli) -> Result<bool> {
             parquet.len(),
             bytes as f64 / 1_048_576.0
         );
+    }
+    let latest = events::latest(&lake, 20).await?;
+    if !latest.is_empty() {
+        println!("latest runs (from {})", events::PATH);
+        match arrow::util::pretty::pretty_format_batches(&latest) {
+            Ok(table) => println!("{table}"),
+            Err(e) => eprintln!("error: cannot print the event log: {e}"),
+        }
     }
     Ok(ok)
 }

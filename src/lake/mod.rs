@@ -1,6 +1,7 @@
 //! The lake: one object store (local folder, Azure Blob / ADLS Gen2, Azurite) and the layout
 //! of DESIGN.md §5. All lake I/O goes through here.
 
+pub mod events;
 pub mod watermark;
 
 use std::path::PathBuf;

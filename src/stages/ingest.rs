@@ -73,6 +73,31 @@ impl IngestReport {
     pub fn rows(&self) -> u64 {
         self.tables.iter().map(|t| t.rows).sum()
     }
+
+    /// The event-log rows of this run (rows in = rows out = rows extracted).
+    pub fn events(
+        &self,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<crate::lake::events::Event> {
+        self.tables
+            .iter()
+            .map(|t| crate::lake::events::Event {
+                run_id: self.run_id.clone(),
+                stage: "ingest".to_string(),
+                table: t.table.clone(),
+                status: t.status.to_string().to_lowercase(),
+                rows_in: t.rows as i64,
+                rows_out: t.rows as i64,
+                rows_dropped: 0,
+                rows_rescued: 0,
+                input_version: None,
+                output_version: None,
+                started_at,
+                seconds: t.seconds,
+                error: t.error.clone(),
+            })
+            .collect()
+    }
 }
 
 /// An ingest of some tables.

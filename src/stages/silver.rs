@@ -180,6 +180,39 @@ impl SilverReport {
             .any(|t| t.status == Status::Failed || !t.quarantined_files.is_empty())
     }
 
+    /// The event-log rows of this run.
+    pub fn events(
+        &self,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<crate::lake::events::Event> {
+        self.tables
+            .iter()
+            .map(|t| crate::lake::events::Event {
+                run_id: self.run_id.clone(),
+                stage: "silver".to_string(),
+                table: t.table.clone(),
+                status: t.status.to_string().to_lowercase(),
+                rows_in: t.counts.rows_in as i64,
+                rows_out: t.counts.rows_out as i64,
+                rows_dropped: t.counts.rows_dropped as i64,
+                rows_rescued: t.counts.rows_rescued as i64,
+                input_version: None,
+                output_version: t.version.map(|v| v as i64),
+                started_at,
+                seconds: t.seconds,
+                error: t.error.clone().or_else(|| {
+                    (!t.quarantined_files.is_empty()).then(|| {
+                        t.quarantined_files
+                            .iter()
+                            .map(|(f, r)| format!("{f} quarantined: {r}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })
+                }),
+            })
+            .collect()
+    }
+
     /// One gold work item per table that received commits.
     pub fn gold_work(&self) -> Vec<GoldWorkItem> {
         self.tables

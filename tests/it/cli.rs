@@ -59,6 +59,10 @@ fn seed_run_status_and_incremental_from_the_command_line() {
         out.contains("stream_timestamp") && !out.contains("(never extracted)"),
         "{out}"
     );
+    assert!(
+        out.contains("latest runs") && out.contains("| ingest") && out.contains("FactStream"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -107,6 +111,16 @@ fn a_failed_table_makes_the_exit_code_non_zero_while_the_others_load() {
     );
     assert!(out.contains("FAILED"), "{out}");
     assert!(d.join("lake/bronze/_watermarks/FactStream.json").is_file());
+    // The event log remembers the failure, with its error, for status and alerts.
+    let (_, out, _) = tunelake(d, &["status"]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("| ingest") && l.contains("DimPodcast"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("failed") && line.contains("not found"),
+        "{out}"
+    );
     let (code, _, err) = tunelake(
         d,
         &["--source", "sqlite:src.db", "ingest", "--table", "Nope"],
