@@ -103,8 +103,16 @@ pub enum Command {
         #[arg(long)]
         from: Option<String>,
     },
-    /// Show watermarks and bronze files per table.
+    /// Show watermarks and bronze files per table, and the latest runs.
     Status,
+    /// Run a read-only SQL query over silver.*, gold.* and system.events.
+    Sql {
+        /// The query, e.g. "SELECT country, count(*) FROM silver.users GROUP BY 1".
+        query: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = crate::query::Format::Table)]
+        format: crate::query::Format,
+    },
 }
 
 /// Parses the command line, runs it, and turns the outcome into the exit code.
@@ -207,6 +215,12 @@ pub async fn run(cli: Cli) -> Result<bool> {
             Ok(report_errors(&report))
         }
         Command::Status => status(&cli).await,
+        Command::Sql { ref query, format } => {
+            let lake = Lake::open(&cli.lake)?;
+            let batches = crate::query::run(&lake, query).await?;
+            println!("{}", crate::query::render(&batches, format)?);
+            Ok(true)
+        }
     }
 }
 

@@ -8,4 +8,5 @@ mod common;
 mod files;
 mod ingest;
 mod mssql;
+mod query;
 mod silver;
