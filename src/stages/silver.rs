@@ -77,7 +77,8 @@ pub enum FileStatus {
     AlreadyLoaded,
     /// Not readable as parquet: moved to `bronze/_quarantine/` with a reason file.
     Quarantined,
-    /// Listed but gone before it could be read; nothing to load.
+    /// Listed but gone before it could be read, or empty before silver has a table: nothing
+    /// to load.
     Vanished,
 }
 
@@ -424,6 +425,29 @@ impl Silver {
             rows_in: batches.iter().map(|b| b.num_rows() as u64).sum(),
             ..Counts::default()
         };
+        if counts.rows_in == 0 {
+            // Nothing to transform: record the file in an empty commit when there is a table
+            // to record it in; before the first rows there is nothing to create.
+            let Some(existing) = existing_schema else {
+                return Ok(outcome(FileStatus::Vanished, counts, None, None));
+            };
+            let written = delta
+                .write(vec![RecordBatch::new_empty(existing)])
+                .with_save_mode(SaveMode::Append)
+                .with_commit_properties(
+                    CommitProperties::default()
+                        .with_application_transaction(Transaction::new(&app_id, file_version))
+                        .with_max_retries(0),
+                )
+                .await
+                .map_err(delta_err)?;
+            return Ok(outcome(
+                FileStatus::Committed,
+                counts,
+                written.version(),
+                None,
+            ));
+        }
         // Rename targets come from another bronze column, not from bronze under their name.
         let computed: Vec<&str> = table.silver.rename.iter().map(|r| r.to.as_str()).collect();
         let (batches, rescued) = rescue(

@@ -497,3 +497,40 @@ async fn renames_and_drops_hold_across_files() {
     let schema = delta.snapshot().unwrap().snapshot().arrow_schema();
     assert!(schema.field_with_name("genre").is_err() && schema.field_with_name("country").is_err());
 }
+
+#[tokio::test]
+async fn an_empty_bronze_file_is_recorded_without_rows() {
+    let fx = Fixture::seeded(0.005);
+    assert!(!fx.ingest(&["DimDate"], None).await.failed());
+    assert!(!silver(&fx, &[spec("DimDate")]).await.failed());
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("date_key", DataType::Int32, true),
+        Field::new("date", DataType::Date32, true),
+    ]));
+    let path = write_bronze(
+        &fx,
+        "DimDate",
+        "DimDate_5_6_00000.parquet",
+        &RecordBatch::new_empty(schema),
+    );
+    let report = silver(&fx, &[spec("DimDate")]).await;
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!(
+        (report.tables[0].files, report.tables[0].counts.rows_out),
+        (1, 0)
+    );
+    assert_eq!(query(&fx, "dates", "SELECT count(*) FROM t").await, "1096");
+    let stage = Silver::new(
+        Lake::open(fx.lake.to_str().unwrap()).unwrap(),
+        Settings::default(),
+        "t",
+    );
+    assert_eq!(
+        stage
+            .process_file(&spec("DimDate"), &path)
+            .await
+            .unwrap()
+            .status,
+        FileStatus::AlreadyLoaded
+    );
+}
