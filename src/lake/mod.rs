@@ -52,6 +52,9 @@ impl Lake {
                 .with_url(url)
                 .build()
                 .map_err(|e| bad(e.to_string()))?;
+            // delta-rs resolves az:// and abfss:// table URLs through factories registered
+            // at run time; without this its Delta tables on ADLS would not open.
+            deltalake::azure::register_handlers(None);
             let prefix = parsed.path().trim_matches('/');
             let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
                 Arc::new(store)
