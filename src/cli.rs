@@ -15,6 +15,19 @@ use crate::stages::ingest::{Ingest, IngestReport};
 use crate::stages::silver::{Silver, SilverReport};
 use crate::stages::{Status, new_run_id};
 
+/// `println!` that ends the process quietly when stdout is closed (`tunelake sql ... | head`)
+/// instead of panicking; the work the output reports on is already done.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 /// tunelake: a serverless lakehouse pipeline for music-streaming data.
 #[derive(Debug, Parser)]
 #[command(version, about, max_term_width = 100)]
@@ -218,7 +231,7 @@ pub async fn run(cli: Cli) -> Result<bool> {
         Command::Sql { ref query, format } => {
             let lake = Lake::open(&cli.lake)?;
             let batches = crate::query::run(&lake, query).await?;
-            println!("{}", crate::query::render(&batches, format)?);
+            out!("{}", crate::query::render(&batches, format)?);
             Ok(true)
         }
     }
@@ -277,8 +290,8 @@ fn report_silver_errors(report: &SilverReport) -> bool {
 }
 
 fn print_silver(report: &SilverReport) {
-    println!("silver run {}", report.run_id);
-    println!(
+    out!("silver run {}", report.run_id);
+    out!(
         "  {:<10} {:<7} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7}",
         "table",
         "status",
@@ -292,7 +305,7 @@ fn print_silver(report: &SilverReport) {
         "seconds"
     );
     for t in &report.tables {
-        println!(
+        out!(
             "  {:<10} {:<7} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7.2}",
             t.table,
             t.status.to_string(),
@@ -306,7 +319,7 @@ fn print_silver(report: &SilverReport) {
             t.seconds
         );
         for (rule, rows) in &t.counts.expectations {
-            println!("  {:<10}   expectation {rule}: {rows} row(s) broke it", "");
+            out!("  {:<10}   expectation {rule}: {rows} row(s) broke it", "");
         }
     }
 }
@@ -333,7 +346,7 @@ fn report_errors(report: &IngestReport) -> bool {
 }
 
 fn print_seed(report: &seed::SeedReport, source: &str, incremental: bool) {
-    println!(
+    out!(
         "{} {source} in {:.1} s",
         if incremental {
             "Applied one change batch to"
@@ -342,17 +355,22 @@ fn print_seed(report: &seed::SeedReport, source: &str, incremental: bool) {
         },
         report.seconds
     );
-    println!("  {:<12} {:>10} {:>10}", "table", "inserted", "updated");
+    out!("  {:<12} {:>10} {:>10}", "table", "inserted", "updated");
     for (table, inserted, updated) in &report.tables {
-        println!("  {table:<12} {inserted:>10} {updated:>10}");
+        out!("  {table:<12} {inserted:>10} {updated:>10}");
     }
 }
 
 fn print_ingest(report: &IngestReport) {
-    println!("ingest run {}", report.run_id);
-    println!(
+    out!("ingest run {}", report.run_id);
+    out!(
         "  {:<12} {:<7} {:>10} {:>5} {:>8} {:>7}  window (low, high]",
-        "table", "status", "rows", "files", "MB", "seconds"
+        "table",
+        "status",
+        "rows",
+        "files",
+        "MB",
+        "seconds"
     );
     for t in &report.tables {
         let window = t
@@ -360,7 +378,7 @@ fn print_ingest(report: &IngestReport) {
             .as_ref()
             .map(|(low, high)| format!("({}, {high}]", low.as_deref().unwrap_or("start")))
             .unwrap_or_else(|| "-".to_string());
-        println!(
+        out!(
             "  {:<12} {:<7} {:>10} {:>5} {:>8.1} {:>7.2}  {window}",
             t.table,
             t.status.to_string(),
@@ -370,7 +388,7 @@ fn print_ingest(report: &IngestReport) {
             t.seconds
         );
     }
-    println!(
+    out!(
         "  {:<12} {:<7} {:>10} {:>5} {:>8.1}",
         "total",
         if report.failed() { "FAILED" } else { "ok" },
@@ -383,10 +401,14 @@ fn print_ingest(report: &IngestReport) {
 async fn status(cli: &Cli) -> Result<bool> {
     let lake = Lake::open(&cli.lake)?;
     let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
-    println!("lake {}", lake.url());
-    println!(
+    out!("lake {}", lake.url());
+    out!(
         "  {:<12} {:<18} {:<28} {:>6} {:>10}  last run",
-        "table", "watermark column", "watermark", "files", "bronze MB"
+        "table",
+        "watermark column",
+        "watermark",
+        "files",
+        "bronze MB"
     );
     let stored = watermark::read_all(&lake).await?;
     let mut ok = true;
@@ -413,7 +435,7 @@ async fn status(cli: &Cli) -> Result<bool> {
                 ("UNREADABLE".to_string(), e.clone())
             }
         };
-        println!(
+        out!(
             "  {:<12} {:<18} {:<28} {:>6} {:>10.1}  {run}",
             table.name,
             table.cdc_column,
@@ -424,9 +446,9 @@ async fn status(cli: &Cli) -> Result<bool> {
     }
     let latest = events::latest(&lake, 20).await?;
     if !latest.is_empty() {
-        println!("latest runs (from {})", events::PATH);
+        out!("latest runs (from {})", events::PATH);
         match arrow::util::pretty::pretty_format_batches(&latest) {
-            Ok(table) => println!("{table}"),
+            Ok(table) => out!("{table}"),
             Err(e) => eprintln!("error: cannot print the event log: {e}"),
         }
     }
@@ -443,26 +465,26 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
     let lake = dir.join("lake").display().to_string();
     let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
 
-    println!("== 1. Seed a sample source (scale {scale})");
+    out!("== 1. Seed a sample source (scale {scale})");
     print_seed(&seed::create(&db, scale, seed_value)?, &source, false);
-    println!("\n== 2. First run: everything up to the current high watermark");
+    out!("\n== 2. First run: everything up to the current high watermark");
     let first = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
     print_ingest(&first);
     let first_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
     print_silver(&first_silver);
-    println!("\n== 3. The source changes: updates, new users, new streams");
+    out!("\n== 3. The source changes: updates, new users, new streams");
     print_seed(&seed::apply_changes(&db, seed_value)?, &source, true);
-    println!("\n== 4. Second run: only the rows past each watermark, only the new bronze files");
+    out!("\n== 4. Second run: only the rows past each watermark, only the new bronze files");
     let second = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
     print_ingest(&second);
     let second_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
     print_silver(&second_silver);
-    println!("\n== 5. A rerun with nothing new writes nothing and moves no watermark");
+    out!("\n== 5. A rerun with nothing new writes nothing and moves no watermark");
     let third = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
     print_ingest(&third);
     let third_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
     print_silver(&third_silver);
-    println!(
+    out!(
         "\nDone in {:.1} s. Source: {source}  Lake: {lake}\nLook around: tunelake --lake {lake} status",
         started.elapsed().as_secs_f64()
     );
