@@ -7,7 +7,6 @@ use arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use deltalake::DeltaTable;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
@@ -60,12 +59,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
                 continue;
             };
             let path = format!("{folder}/{name}");
-            let table = DeltaTable::try_from_url(lake.table_url(&path)?)
-                .await
-                .map_err(|e| Error::Delta {
-                    table: path.clone(),
-                    source: e,
-                })?;
+            let table = lake.delta_table(&path).await?;
             if table.version().is_none() {
                 continue;
             }

@@ -106,15 +106,7 @@ fn to_batch(events: &[Event]) -> std::result::Result<RecordBatch, arrow::error::
 }
 
 async fn open(lake: &Lake) -> Result<DeltaTable> {
-    if let Some(dir) = lake.local_path(PATH) {
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    DeltaTable::try_from_url(lake.table_url(PATH)?)
-        .await
-        .map_err(|e| Error::Delta {
-            table: PATH.to_string(),
-            source: e,
-        })
+    lake.delta_table(PATH).await
 }
 
 /// Appends events (one commit). Appends never conflict with each other.

@@ -103,6 +103,20 @@ impl Lake {
         }
     }
 
+    /// Opens the Delta table at a lake path, or a handle to create it there (version `None`).
+    pub async fn delta_table(&self, path: &str) -> Result<deltalake::DeltaTable> {
+        // delta-rs refuses a local table location that does not exist yet.
+        if let Some(dir) = self.local_path(path) {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        deltalake::DeltaTable::try_from_url(self.table_url(path)?)
+            .await
+            .map_err(|e| Error::Delta {
+                table: path.to_string(),
+                source: e,
+            })
+    }
+
     /// The object store, rooted at the lake.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()

@@ -318,18 +318,9 @@ impl Silver {
     }
 
     async fn open(&self, table: &TableSpec) -> Result<DeltaTable> {
-        let path = table_path(&table.silver_name());
-        // delta-rs refuses a local table location that does not exist yet.
-        if let Some(dir) = self.lake.local_path(&path) {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        }
-        let url = self.lake.table_url(&path)?;
-        DeltaTable::try_from_url(url)
+        self.lake
+            .delta_table(&table_path(&table.silver_name()))
             .await
-            .map_err(|e| Error::Delta {
-                table: table.silver_name(),
-                source: e,
-            })
     }
 
     /// Processes one bronze file (what the blob trigger calls), retrying when another
