@@ -63,13 +63,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
             if table.version().is_none() {
                 continue;
             }
-            table
-                .update_datafusion_session(&ctx.state())
-                .map_err(|e| Error::Delta {
-                    table: path.clone(),
-                    source: e,
-                })?;
-            let provider_table = table.table_provider().await.map_err(df_error(&path))?;
+            let provider_table = crate::lake::delta_provider(&table, &ctx, &path).await?;
             datafusion::catalog::SchemaProvider::register_table(
                 provider.as_ref(),
                 name,

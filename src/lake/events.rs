@@ -140,13 +140,7 @@ pub async fn latest(lake: &Lake, limit: usize) -> Result<Vec<RecordBatch>> {
         source: e,
     };
     let ctx = datafusion::prelude::SessionContext::new();
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::Delta {
-            table: PATH.to_string(),
-            source: e,
-        })?;
-    let provider = table.table_provider().await.map_err(fail)?;
+    let provider = super::delta_provider(&table, &ctx, PATH).await?;
     ctx.register_table("events", provider).map_err(fail)?;
     ctx.sql(&format!(
         "SELECT started_at, run_id, stage, \"table\", status, rows_in, rows_out, rows_dropped, rows_rescued, \

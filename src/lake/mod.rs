@@ -17,6 +17,27 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::error::{Error, Result};
 
+/// A Delta table as a DataFusion table provider, with its object store registered in the
+/// session so the scan can read the files. `name` names the table in errors.
+pub async fn delta_provider(
+    table: &deltalake::DeltaTable,
+    ctx: &datafusion::prelude::SessionContext,
+    name: &str,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| Error::Delta {
+            table: name.to_string(),
+            source: e,
+        })?;
+    table.table_provider().await.map_err(|e| Error::DataFusion {
+        table: name.to_string(),
+        file: name.to_string(),
+        context: "reading the Delta table".to_string(),
+        source: e,
+    })
+}
+
 /// Where bronze files of a table live: `bronze/<Table>/`.
 pub fn bronze_dir(table: &str) -> String {
     format!("bronze/{table}")

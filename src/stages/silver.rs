@@ -932,11 +932,7 @@ async fn without_loaded(
     };
     let lo = ScalarValue::try_from_array(b.column(0), 0)?;
     let hi = ScalarValue::try_from_array(b.column(1), 0)?;
-    delta
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    let provider = delta
-        .table_provider()
+    let provider = crate::lake::delta_provider(delta, ctx, &table.silver_name())
         .await
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
     let names: Vec<&String> = table
