@@ -1,7 +1,12 @@
 //! The pipeline file (`pipeline.toml`): parsed, validated with every problem reported at once,
 //! and turned into typed specs that the stages read.
 
+pub mod gold;
 pub mod ident;
+pub mod templates;
+
+pub use gold::{GoldKind, GoldSpec, LookupSpec, ViewSpec};
+pub use templates::Templates;
 
 use std::path::Path;
 
@@ -67,6 +72,8 @@ pub struct TableSpec {
     /// How the table is cleaned into silver (`[tables.silver]`).
     #[serde(default)]
     pub silver: SilverSpec,
+    /// How the table is shaped in gold (`[tables.gold]`); none: the table stops at silver.
+    pub gold: Option<GoldSpec>,
 }
 
 /// Silver rules for one table: transforms as SQL expressions, then expectations.
@@ -188,17 +195,31 @@ fn default_schema() -> String {
 pub struct Pipeline {
     pub settings: Settings,
     pub tables: Vec<TableSpec>,
+    /// Business views (`[[views]]`), materialized in gold after the tables.
+    pub views: Vec<ViewSpec>,
+    /// Where the views' templates are found.
+    pub templates: Templates,
 }
 
 impl Pipeline {
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse_with(
+            &text,
+            &path.display().to_string(),
+            Templates::new(Some(templates::dir_beside(path))),
+        )
     }
 
-    /// Parses and validates pipeline text; `file` names it in errors.
+    /// Parses and validates pipeline text with the built-in templates; `file` names it in
+    /// errors.
     pub fn parse(text: &str, file: &str) -> Result<Self> {
+        Self::parse_with(text, file, Templates::default())
+    }
+
+    /// Parses and validates pipeline text, finding view templates in `templates`.
+    pub fn parse_with(text: &str, file: &str, templates: Templates) -> Result<Self> {
         let fail = |problems: Vec<ConfigProblem>| Error::Config {
             file: file.to_string(),
             problems,
@@ -217,10 +238,10 @@ impl Pipeline {
             |location: String, message: String| problems.push(ConfigProblem { location, message });
 
         for key in doc.keys() {
-            if key != "settings" && key != "tables" {
+            if !["settings", "tables", "views"].contains(&key.as_str()) {
                 problem(
                     key.clone(),
-                    "unknown section (expected [settings] or [[tables]])".to_string(),
+                    "unknown section (expected [settings], [[tables]] or [[views]])".to_string(),
                 );
             }
         }
@@ -325,8 +346,40 @@ impl Pipeline {
             }
         }
 
+        let dims: Vec<(&str, &TableSpec)> = tables
+            .iter()
+            .filter_map(|t| {
+                t.gold
+                    .as_ref()
+                    .filter(|g| g.kind == GoldKind::Dimension)
+                    .map(|g| (g.name.as_str(), t))
+            })
+            .collect();
+        for (i, t) in tables.iter().enumerate() {
+            gold::validate(t, &format!("tables[{i}] ({})", t.name), &dims, &mut problem);
+        }
+        let mut gold_names: Vec<&str> = tables
+            .iter()
+            .filter_map(|t| t.gold.as_ref().map(|g| g.name.as_str()))
+            .collect();
+        let views = parse_views(doc.get("views"), &templates, &gold_names, &mut problem);
+        gold_names.extend(views.iter().map(|v| v.name.as_str()));
+        for (i, name) in gold_names.iter().enumerate() {
+            if gold_names[..i].contains(name) {
+                problem(
+                    format!("gold table {name}"),
+                    "two tables or views are written to this gold name".into(),
+                );
+            }
+        }
+
         if problems.is_empty() {
-            Ok(Pipeline { settings, tables })
+            Ok(Pipeline {
+                settings,
+                tables,
+                views,
+                templates,
+            })
         } else {
             Err(fail(problems))
         }
@@ -381,6 +434,48 @@ impl Pipeline {
             })
             .collect()
     }
+}
+
+/// Reads `[[views]]`, checking names and rendering every template so that template and
+/// parameter errors surface before any data moves.
+fn parse_views(
+    raw: Option<&toml::Value>,
+    templates: &Templates,
+    gold_tables: &[&str],
+    problem: &mut impl FnMut(String, String),
+) -> Vec<ViewSpec> {
+    let raw = match raw {
+        None => return Vec::new(),
+        Some(toml::Value::Array(a)) => a.clone(),
+        Some(_) => {
+            problem(
+                "views".into(),
+                "must be an array of tables ([[views]])".into(),
+            );
+            return Vec::new();
+        }
+    };
+    let mut views = Vec::new();
+    for (i, v) in raw.into_iter().enumerate() {
+        let at = format!("views[{i}]");
+        match v.try_into::<ViewSpec>() {
+            Ok(view) => {
+                let at = format!("{at} ({})", view.name);
+                if let Some(p) = ident::problem(&view.name) {
+                    problem(format!("{at}.name"), p);
+                }
+                if let Err(p) = templates.render(&view.template, &view.params) {
+                    problem(format!("{at}.template"), p);
+                }
+                if gold_tables.is_empty() {
+                    problem(at, "views need gold tables to read".into());
+                }
+                views.push(view);
+            }
+            Err(e) => problem(at, e.message().to_string()),
+        }
+    }
+    views
 }
 
 fn validate_silver(t: &TableSpec, at: &str, problem: &mut impl FnMut(String, String)) {

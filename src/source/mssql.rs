@@ -544,6 +544,7 @@ mod tests {
             keys: vec!["stream_id".into()],
             files: vec![],
             silver: Default::default(),
+            gold: None,
         }
     }
 

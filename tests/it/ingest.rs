@@ -239,6 +239,7 @@ fn spec(name: &str, cdc: &str, key: &str) -> TableSpec {
         keys: vec![key.into()],
         files: vec![],
         silver: Default::default(),
+        gold: None,
     }
 }
 

@@ -47,6 +47,7 @@ async fn ingest_from_sql_server_when_a_connection_string_is_given() {
         keys: vec!["id".into()],
         files: vec![],
         silver: Default::default(),
+        gold: None,
     };
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
     let report = Ingest::new(source.clone(), lake.clone(), Settings::default(), "it")

@@ -1,0 +1,202 @@
+//! Gold metadata: per table `[tables.gold]` (a dimension with its SCD type, or a fact with its
+//! point-in-time lookups), and the `[[views]]` rendered from templates.
+
+use serde::Deserialize;
+
+use super::TableSpec;
+use super::ident;
+
+/// What a gold table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GoldKind {
+    /// A dimension with surrogate keys, kept as SCD type 1 or 2.
+    #[default]
+    Dimension,
+    /// A fact: rows upserted by key, dimension surrogate keys looked up at a point in time.
+    Fact,
+}
+
+/// How a silver table becomes a gold table (`[tables.gold]`), after Delta Live Tables'
+/// `create_auto_cdc_flow(keys, sequence_by, stored_as_scd_type, track_history_except_column_list)`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldSpec {
+    /// The gold table, `gold/<name>/`.
+    pub name: String,
+    #[serde(default)]
+    pub kind: GoldKind,
+    /// 1 (overwrite in place) or 2 (keep history); dimensions only.
+    #[serde(default = "default_scd_type")]
+    pub scd_type: u8,
+    /// The column that orders changes of one key (default: the watermark column). A
+    /// dimension's `valid_from` is its value; it is not repeated as a column in SCD2 tables.
+    pub sequence_by: Option<String>,
+    /// Columns whose changes make no new SCD2 version (the sequence column never does).
+    #[serde(default)]
+    pub track_history_except: Vec<String>,
+    /// Silver columns left out of the gold table (lineage columns `_*` always are).
+    #[serde(default)]
+    pub except_columns: Vec<String>,
+    /// The surrogate key column (default: `<entity>_sk`, `dim_user` → `user_sk`).
+    pub surrogate_key: Option<String>,
+    /// Facts: the dimensions whose surrogate keys each row carries, looked up in order.
+    #[serde(default)]
+    pub lookups: Vec<LookupSpec>,
+}
+
+fn default_scd_type() -> u8 {
+    2
+}
+
+/// A fact's reference to a dimension: the version valid at the fact's sequence value.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupSpec {
+    /// The gold dimension, by name.
+    pub dimension: String,
+    /// Fact columns matched, in order, to the dimension's keys. A column carried by an
+    /// earlier lookup may be used (the track's `artist_id` finds the artist).
+    pub on: Vec<String>,
+    /// Dimension attributes copied into the fact (from the same version).
+    #[serde(default)]
+    pub columns: Vec<String>,
+}
+
+/// A business view: a template in `templates/` rendered with `params`, run as one query and
+/// materialized as `gold/<name>/`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewSpec {
+    pub name: String,
+    /// The template's file name under `templates/`.
+    pub template: String,
+    /// Parameters handed to the template as they are written.
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+impl GoldSpec {
+    /// The surrogate key column.
+    pub fn sk(&self) -> String {
+        self.surrogate_key.clone().unwrap_or_else(|| {
+            format!(
+                "{}_sk",
+                self.name.strip_prefix("dim_").unwrap_or(&self.name)
+            )
+        })
+    }
+}
+
+impl TableSpec {
+    /// The column that orders changes in gold.
+    pub fn sequence_by(&self) -> &str {
+        self.gold
+            .as_ref()
+            .and_then(|g| g.sequence_by.as_deref())
+            .unwrap_or(&self.cdc_column)
+    }
+}
+
+/// Checks one table's gold section; `dims` are the dimensions of the whole file, by name.
+pub(super) fn validate(
+    t: &TableSpec,
+    at: &str,
+    dims: &[(&str, &TableSpec)],
+    problem: &mut impl FnMut(String, String),
+) {
+    let Some(g) = &t.gold else { return };
+    let at = format!("{at}.gold");
+    let mut names: Vec<(String, &str)> = vec![(format!("{at}.name"), &g.name)];
+    if let Some(s) = &g.sequence_by {
+        names.push((format!("{at}.sequence_by"), s));
+    }
+    if let Some(s) = &g.surrogate_key {
+        names.push((format!("{at}.surrogate_key"), s));
+    }
+    for (i, c) in g.track_history_except.iter().enumerate() {
+        names.push((format!("{at}.track_history_except[{i}]"), c));
+    }
+    for (i, c) in g.except_columns.iter().enumerate() {
+        names.push((format!("{at}.except_columns[{i}]"), c));
+        if t.keys.contains(c) || c == t.sequence_by() {
+            problem(
+                format!("{at}.except_columns[{i}]"),
+                format!("{c:?} is a key or the sequence column; gold needs it"),
+            );
+        }
+    }
+    for (i, l) in g.lookups.iter().enumerate() {
+        names.push((format!("{at}.lookups[{i}].dimension"), &l.dimension));
+        for (j, c) in l.on.iter().enumerate() {
+            names.push((format!("{at}.lookups[{i}].on[{j}]"), c));
+        }
+        for (j, c) in l.columns.iter().enumerate() {
+            names.push((format!("{at}.lookups[{i}].columns[{j}]"), c));
+        }
+    }
+    for (location, name) in names {
+        if let Some(p) = ident::problem(name) {
+            problem(location, p);
+        }
+    }
+    match g.kind {
+        GoldKind::Dimension => {
+            if !matches!(g.scd_type, 1 | 2) {
+                problem(
+                    format!("{at}.scd_type"),
+                    format!("must be 1 or 2, not {}", g.scd_type),
+                );
+            }
+            if !g.lookups.is_empty() {
+                problem(
+                    format!("{at}.lookups"),
+                    "only facts (kind = \"fact\") look up dimensions".into(),
+                );
+            }
+        }
+        GoldKind::Fact => {
+            for (i, l) in g.lookups.iter().enumerate() {
+                let Some((_, dim)) = dims.iter().find(|(n, _)| *n == l.dimension) else {
+                    problem(
+                        format!("{at}.lookups[{i}].dimension"),
+                        format!(
+                            "{:?} is not a gold dimension of this file (they are: {})",
+                            l.dimension,
+                            dims.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                    continue;
+                };
+                if l.on.len() != dim.keys.len() {
+                    problem(
+                        format!("{at}.lookups[{i}].on"),
+                        format!(
+                            "names {} column(s), but {} has {} key(s): {}",
+                            l.on.len(),
+                            l.dimension,
+                            dim.keys.len(),
+                            dim.keys.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn surrogate_keys_are_named_after_the_entity() {
+        let g: GoldSpec = toml::from_str("name = \"dim_user\"").unwrap();
+        assert_eq!(g.sk(), "user_sk");
+        assert_eq!(g.scd_type, 2);
+        let g: GoldSpec = toml::from_str("name = \"geo\"\nsurrogate_key = \"geo_id\"").unwrap();
+        assert_eq!(g.sk(), "geo_id");
+        let g: GoldSpec = toml::from_str("name = \"geo\"").unwrap();
+        assert_eq!(g.sk(), "geo_sk");
+    }
+}
