@@ -11,6 +11,7 @@ use crate::config::Pipeline;
 use crate::error::{Error, Result};
 use crate::lake::{Lake, bronze_dir, events, watermark};
 use crate::seed;
+use crate::stages::gold::{Gold, GoldReport};
 use crate::stages::ingest::{Ingest, IngestReport};
 use crate::stages::silver::{Silver, SilverReport};
 use crate::stages::{Status, new_run_id};
@@ -70,6 +71,8 @@ pub enum Stage {
     Ingest,
     /// Bronze files to cleaned silver Delta change logs, each file once.
     Silver,
+    /// Silver changes to the star schema (SCD dimensions, point-in-time fact) and views.
+    Gold,
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,9 +159,9 @@ fn init_logging(cli: &Cli) {
     // The Delta kernel logs an ERROR for every table that does not exist yet; that is
     // the normal first run, not an error of ours.
     let default = if cli.quiet {
-        "error,buoyant_kernel::snapshot=off"
+        "error,buoyant_kernel::snapshot=off,deltalake_core::operations::merge=error"
     } else {
-        "warn,buoyant_kernel::snapshot=off"
+        "warn,buoyant_kernel::snapshot=off,deltalake_core::operations::merge=error"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -212,6 +215,13 @@ pub async fn run(cli: Cli) -> Result<bool> {
                     print_silver(&report);
                 }
                 ok &= report_silver_errors(&report);
+            }
+            if stage.is_none_or(|s| s == Stage::Gold) {
+                let report = gold(&cli.lake, &pipeline, &tables).await?;
+                if !cli.quiet {
+                    print_gold(&report);
+                }
+                ok &= report_gold_errors(&report);
             }
             Ok(ok)
         }
@@ -273,6 +283,69 @@ async fn silver(
         .await;
     events::append(&lake, &report.events(started)).await?;
     Ok(report)
+}
+
+async fn gold(
+    lake_url: &str,
+    pipeline: &Pipeline,
+    tables: &[crate::config::TableSpec],
+) -> Result<GoldReport> {
+    let started = chrono::Utc::now();
+    let lake = Lake::open(lake_url)?;
+    let report = Gold::new(lake.clone(), new_run_id())
+        .run(pipeline, tables)
+        .await;
+    events::append(&lake, &report.events(started)).await?;
+    Ok(report)
+}
+
+fn report_gold_errors(report: &GoldReport) -> bool {
+    for t in report.tables.iter().filter(|t| t.status == Status::Failed) {
+        eprintln!(
+            "error: gold {} failed: {}",
+            t.table,
+            t.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    !report.failed()
+}
+
+fn print_gold(report: &GoldReport) {
+    out!("gold run {}", report.run_id);
+    out!(
+        "  {:<18} {:<9} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7}",
+        "table",
+        "kind",
+        "status",
+        "rows in",
+        "inserted",
+        "updated",
+        "closed",
+        "dropped",
+        "version",
+        "seconds"
+    );
+    for t in &report.tables {
+        out!(
+            "  {:<18} {:<9} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7.2}",
+            t.table,
+            t.kind,
+            t.status.to_string(),
+            t.rows_in,
+            t.inserted,
+            t.updated,
+            t.closed,
+            t.deleted,
+            t.version.map_or_else(|| "-".to_string(), |v| v.to_string()),
+            t.seconds
+        );
+        for (sk, n) in t.unknown.iter().filter(|(_, n)| *n > 0) {
+            out!(
+                "  {:<18}   {n} new row(s) with {sk} = -1 (no version valid at their time)",
+                ""
+            );
+        }
+    }
 }
 
 fn report_silver_errors(report: &SilverReport) -> bool {

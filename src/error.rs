@@ -143,6 +143,9 @@ pub enum Error {
         rows: u64,
     },
 
+    #[error("gold table {table}: {message}")]
+    Gold { table: String, message: String },
+
     #[error("a background task failed: {0}")]
     Task(String),
 }

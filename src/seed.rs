@@ -273,7 +273,9 @@ pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
             } else {
                 rng.person()
             };
-            let start_day = micros(ymd(2023, 1, 1)) + rng.range(0, 900) * DAY_US;
+            // Every first version predates the first stream (2024-01-01), as sign-up precedes
+            // listening; so a stream's user version is always there at its time.
+            let start_day = micros(ymd(2023, 1, 1)) + rng.range(0, 270) * DAY_US;
             let updated = (start_day + rng.range(0, 90 * DAY_US)).min(as_of);
             let end = rng
                 .chance(0.05)
@@ -315,12 +317,7 @@ pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
                 dirty(&mut rng, &name),
                 rng.dirty_pick(GENRES),
                 (!rng.chance(0.02)).then(|| rng.dirty_pick(COUNTRIES)),
-                ts_text(
-                    micros(ymd(2023, 1, 1))
-                        + rng
-                            .range(0, 900 * DAY_US)
-                            .min(as_of - micros(ymd(2023, 1, 1)))
-                )
+                ts_text(micros(ymd(2023, 1, 1)) + rng.range(0, 360 * DAY_US))
             ])
             .map_err(sql("DimArtist"))?;
         }
@@ -341,12 +338,7 @@ pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
                 },
                 rng.range(45, 540),
                 date_of(micros(ymd(2000, 1, 1)) + rng.range(0, 9_300) * DAY_US).to_string(),
-                ts_text(
-                    micros(ymd(2023, 1, 1))
-                        + rng
-                            .range(0, 900 * DAY_US)
-                            .min(as_of - micros(ymd(2023, 1, 1)))
-                )
+                ts_text(micros(ymd(2023, 1, 1)) + rng.range(0, 360 * DAY_US))
             ])
             .map_err(sql("DimTrack"))?;
         }
@@ -376,12 +368,11 @@ pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
         insert_streams(
             &tx,
             &mut Rng::new(seed, "FactStream"),
-            1,
-            streams,
+            (1, streams),
             users,
             tracks,
-            first,
-            as_of,
+            (first, as_of),
+            &|_| first,
         )?;
         report.add("FactStream", streams as u64, 0);
     }
@@ -404,16 +395,16 @@ fn track_name(rng: &mut Rng) -> String {
     dirty(rng, &words.join(sep))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Inserts `count` streams from id `first_id`, at times in `[from_us, to_us)` but never
+/// before `user_since(user)` (a user cannot listen before signing up).
 fn insert_streams(
     tx: &Connection,
     rng: &mut Rng,
-    first_id: i64,
-    count: i64,
+    (first_id, count): (i64, i64),
     users: i64,
     tracks: i64,
-    from_us: i64,
-    to_us: i64,
+    (from_us, to_us): (i64, i64),
+    user_since: &dyn Fn(i64) -> i64,
 ) -> Result<()> {
     let mut stmt = tx
         .prepare("INSERT INTO FactStream VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
@@ -423,20 +414,24 @@ fn insert_streams(
         let (user, track, at, duration) = match last {
             // A double-logged play: same user, track, time and duration under a new id.
             Some(prev) if rng.chance(0.01) => prev,
-            _ => (
-                if rng.chance(0.0005) {
+            _ => {
+                let user = if rng.chance(0.0005) {
                     UNKNOWN_USER_ID
                 } else {
                     rng.range(1, users)
-                },
-                rng.range(1, tracks),
-                rng.range(from_us, to_us),
-                if rng.chance(0.001) {
-                    -rng.range(1, 300)
-                } else {
-                    rng.range(5, 540)
-                },
-            ),
+                };
+                let since = user_since(user).clamp(from_us, to_us - 1);
+                (
+                    user,
+                    rng.range(1, tracks),
+                    rng.range(since, to_us),
+                    if rng.chance(0.001) {
+                        -rng.range(1, 300)
+                    } else {
+                        rng.range(5, 540)
+                    },
+                )
+            }
         };
         stmt.execute(params![
             id,
@@ -537,8 +532,10 @@ pub fn apply_changes(path: &Path, seed: u64) -> Result<SeedReport> {
         let mut stmt = tx
             .prepare("INSERT INTO DimUser VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)")
             .map_err(sql("DimUser"))?;
+        let mut signed_up = Vec::with_capacity(new_users as usize);
         for id in max_user + 1..=max_user + new_users {
             let at = base + rng.range(0, window);
+            signed_up.push(at);
             stmt.execute(params![
                 id,
                 rng.person(),
@@ -593,15 +590,20 @@ pub fn apply_changes(path: &Path, seed: u64) -> Result<SeedReport> {
         report.add("DimDate", 0, 0);
 
         let users = max_user + new_users;
+        let since = |user: i64| {
+            usize::try_from(user - max_user - 1)
+                .ok()
+                .and_then(|i| signed_up.get(i).copied())
+                .unwrap_or(base)
+        };
         insert_streams(
             &tx,
             &mut Rng::new(batch_seed, "FactStream+"),
-            max_stream + 1,
-            stream_count,
+            (max_stream + 1, stream_count),
             users,
             max_track,
-            base,
-            base + window,
+            (base, base + window),
+            &since,
         )?;
         report.add("FactStream", stream_count as u64, 0);
     }

@@ -583,7 +583,7 @@ pub fn rows_quarantine_path(table: &TableSpec, file: &str) -> String {
     format!("bronze/_quarantine/{}/rows/{name}", table.name)
 }
 
-fn is_conflict(e: &DeltaTableError) -> bool {
+pub(crate) fn is_conflict(e: &DeltaTableError) -> bool {
     matches!(
         e,
         DeltaTableError::VersionAlreadyExists(_) | DeltaTableError::Transaction { .. }

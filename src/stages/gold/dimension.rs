@@ -1,0 +1,553 @@
+//! Dimensions: SCD type 2 (history, as DLT's auto CDC keeps it) or type 1 (overwrite), with
+//! surrogate keys and an unknown member.
+//!
+//! Each run recomputes the versions of every key that has new silver rows from that key's whole
+//! silver history (the change log), then writes only the difference to the gold rows of those
+//! keys. So the result is the same whatever order or batches the changes arrived in: a late
+//! change lands where its sequence value puts it, and one that repeats its predecessor's
+//! tracked values makes no version, exactly as applying all changes one by one in sequence order.
+//!
+//! Surrogate keys are `max ever assigned + row_number() over (keys, valid_from)`; the maximum
+//! is kept in the table's log (`txn` app id `tunelake.gold.sk`) in the same commit, so a key
+//! whose version a late change made obsolete is never handed out again. A version keeps its
+//! surrogate key as long as its (business key, valid_from) exists.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, new_null_array};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::common::Column;
+use datafusion::prelude::{Expr, lit};
+use deltalake::kernel::Transaction;
+use deltalake::protocol::SaveMode;
+use tracing::info;
+
+use super::{
+    TableReport, commit_properties, consumed_app_id, count_where, delta_err, df_err, recorded,
+    register, silver_changes, storable, table_path,
+};
+use crate::config::ident::quote_ansi as q;
+use crate::config::{GoldSpec, TableSpec};
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+use crate::stages::Status;
+use crate::stages::silver::{INGESTED_AT, SOURCE_FILE};
+
+/// The app id under which a dimension records the largest surrogate key it ever assigned.
+pub const SK_APP_ID: &str = "tunelake.gold.sk";
+
+/// Columns a gold table never takes from silver: lineage and rescue columns.
+pub(super) fn is_lineage(name: &str) -> bool {
+    name.starts_with('_')
+}
+
+/// The column roles of one dimension.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct DimColumns {
+    pub sk: String,
+    pub keys: Vec<String>,
+    pub seq: String,
+    /// Every non-key column kept in gold (for SCD1 this includes the sequence column).
+    pub attrs: Vec<String>,
+    /// The attributes whose changes make a new SCD2 version.
+    pub tracked: Vec<String>,
+    /// Silver columns that order two rows with the same key and sequence value.
+    pub tiebreak: Vec<String>,
+    pub scd2: bool,
+}
+
+impl DimColumns {
+    pub(super) fn new(table: &TableSpec, gold: &GoldSpec, silver: &Schema) -> Result<Self> {
+        let names: Vec<&str> = silver.fields().iter().map(|f| f.name().as_str()).collect();
+        let seq = table.sequence_by().to_string();
+        let wanted = table
+            .keys
+            .iter()
+            .chain(std::iter::once(&seq))
+            .chain(&gold.track_history_except)
+            .chain(&gold.except_columns);
+        for column in wanted {
+            if !names.contains(&column.as_str()) {
+                return Err(Error::UnknownColumn {
+                    table: format!("{} (for gold.{})", table.silver_name(), gold.name),
+                    column: column.clone(),
+                    available: names.join(", "),
+                });
+            }
+        }
+        let scd2 = gold.scd_type == 2;
+        let attrs: Vec<String> = names
+            .iter()
+            .filter(|n| !is_lineage(n))
+            .filter(|n| !table.keys.iter().any(|k| k == *n))
+            .filter(|n| !(scd2 && **n == seq))
+            .filter(|n| !gold.except_columns.iter().any(|c| c == *n))
+            .map(|n| n.to_string())
+            .collect();
+        let tracked = attrs
+            .iter()
+            .filter(|a| **a != seq && !gold.track_history_except.contains(a))
+            .cloned()
+            .collect();
+        let tiebreak = [INGESTED_AT, SOURCE_FILE]
+            .iter()
+            .filter(|c| names.contains(c))
+            .map(|c| c.to_string())
+            .collect();
+        Ok(DimColumns {
+            sk: gold.sk(),
+            keys: table.keys.clone(),
+            seq,
+            attrs,
+            tracked,
+            tiebreak,
+            scd2,
+        })
+    }
+
+    /// The gold table's columns, in order.
+    pub(super) fn output(&self) -> Vec<String> {
+        let mut out = vec![self.sk.clone()];
+        out.extend(self.keys.iter().cloned());
+        out.extend(self.attrs.iter().cloned());
+        if self.scd2 {
+            out.extend(["valid_from", "valid_to", "is_current"].map(String::from));
+        }
+        out
+    }
+}
+
+fn list(prefix: &str, names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{prefix}{}", q(n)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn join_on(a: &str, b: &str, keys: &[String]) -> String {
+    keys.iter()
+        .map(|k| format!("{a}.{k} = {b}.{k}", k = q(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The SQL that computes the rows to write: the new versions of every key in `changes`,
+/// compared with `gold` (when `gold_columns` is given), with `__op` I (insert), U (update) or
+/// D (delete), `__closed` (a current version got a `valid_to`) and surrogate keys.
+pub(super) fn diff_sql(
+    c: &DimColumns,
+    gold_columns: Option<&HashSet<String>>,
+    max_sk: i64,
+) -> String {
+    let k = list("", &c.keys);
+    let s = q(&c.seq);
+    let tiebreak: String = c
+        .tiebreak
+        .iter()
+        .map(|t| format!(", s.{} DESC", q(t)))
+        .collect();
+    let touched = format!("touched AS (SELECT DISTINCT {k} FROM changes)");
+    let history = format!(
+        "FROM silver AS s JOIN touched AS c ON {on} WHERE s.{s} IS NOT NULL",
+        on = join_on("s", "c", &c.keys)
+    );
+    let attrs = |prefix: &str| {
+        if c.attrs.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", list(prefix, &c.attrs))
+        }
+    };
+    let versions = if c.scd2 {
+        let lags: String = c
+            .tracked
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                format!(
+                    ", LAG({t}) OVER (PARTITION BY {k} ORDER BY __seq) AS __p{i}",
+                    t = q(t)
+                )
+            })
+            .collect();
+        let changed: String = c
+            .tracked
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!(" OR ({} IS DISTINCT FROM __p{i})", q(t)))
+            .collect();
+        format!(
+            "h AS (SELECT {sk_}, s.{s} AS __seq{sa}, \
+                ROW_NUMBER() OVER (PARTITION BY {sk_}, s.{s} ORDER BY s.{s}{tiebreak}) AS __dup \
+                {history}), \
+             l AS (SELECT {k}, __seq{a}, \
+                ROW_NUMBER() OVER (PARTITION BY {k} ORDER BY __seq) AS __n{lags} \
+                FROM h WHERE __dup = 1), \
+             n AS (SELECT {k}{a}, __seq AS valid_from, \
+                LEAD(__seq) OVER (PARTITION BY {k} ORDER BY __seq) AS valid_to \
+                FROM l WHERE __n = 1{changed})",
+            sk_ = list("s.", &c.keys),
+            sa = attrs("s."),
+            a = attrs(""),
+        )
+    } else {
+        format!(
+            "h AS (SELECT {sk_}{sa}, \
+                ROW_NUMBER() OVER (PARTITION BY {sk_} ORDER BY s.{s} DESC{tiebreak}) AS __r \
+                {history}), \
+             n AS (SELECT {k}{a} FROM h WHERE __r = 1)",
+            sk_ = list("s.", &c.keys),
+            sa = attrs("s."),
+            a = attrs(""),
+        )
+    };
+    let period = if c.scd2 { ", valid_from, valid_to" } else { "" };
+    let sk = q(&c.sk);
+    let old = match gold_columns {
+        Some(cols) => {
+            let pick = |name: &str| {
+                if cols.contains(name) {
+                    format!("g.{}", q(name))
+                } else {
+                    format!("NULL AS {}", q(name))
+                }
+            };
+            let mut picked = vec![format!("g.{sk}")];
+            picked.extend(c.keys.iter().map(|k| format!("g.{}", q(k))));
+            picked.extend(c.attrs.iter().map(|a| pick(a)));
+            if c.scd2 {
+                picked.extend(["valid_from", "valid_to"].map(|p| format!("g.{p}")));
+            }
+            format!(
+                "o AS (SELECT {} FROM gold AS g JOIN touched AS c ON {})",
+                picked.join(", "),
+                join_on("g", "c", &c.keys)
+            )
+        }
+        None => format!(
+            "o AS (SELECT CAST(NULL AS BIGINT) AS {sk}, {k}{a}{period} FROM n WHERE false)",
+            a = attrs("")
+        ),
+    };
+    let mut differs: Vec<String> = c
+        .attrs
+        .iter()
+        .map(|a| format!("(n.{a} IS DISTINCT FROM o.{a})", a = q(a)))
+        .collect();
+    let mut on = join_on("n", "o", &c.keys);
+    if c.scd2 {
+        differs.push("(n.valid_to IS DISTINCT FROM o.valid_to)".to_string());
+        on.push_str(" AND n.valid_from = o.valid_from");
+    }
+    let differs = if differs.is_empty() {
+        "false".to_string()
+    } else {
+        differs.join(" OR ")
+    };
+    let first_key = q(&c.keys[0]);
+    let closed = if c.scd2 {
+        "(o.valid_to IS NULL) AND (n.valid_to IS NOT NULL)"
+    } else {
+        "false"
+    };
+    let keys_coalesced = c
+        .keys
+        .iter()
+        .map(|k| format!("COALESCE(n.{k}, o.{k}) AS {k}", k = q(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let n_period = if c.scd2 {
+        ", n.valid_from AS valid_from, n.valid_to AS valid_to"
+    } else {
+        ""
+    };
+    let current = if c.scd2 {
+        ", valid_from, valid_to, valid_to IS NULL AS is_current"
+    } else {
+        ""
+    };
+    format!(
+        "WITH {touched}, {versions}, {old}, \
+         d AS (SELECT o.{sk} AS __old_sk, \
+            CASE WHEN n.{first_key} IS NULL THEN 'D' WHEN o.{sk} IS NULL THEN 'I' \
+                 WHEN {differs} THEN 'U' ELSE 'S' END AS __op, \
+            COALESCE({closed}, false) AS __closed, \
+            {keys_coalesced}{na}{n_period} \
+            FROM n FULL OUTER JOIN o ON {on}) \
+         SELECT CASE WHEN __op = 'I' THEN CAST({max_sk} AS BIGINT) + CAST(ROW_NUMBER() OVER \
+                (PARTITION BY __op ORDER BY {k}{order_period}) AS BIGINT) ELSE __old_sk END AS {sk}, \
+            {k}{a}{current}, __op, __closed \
+         FROM d WHERE __op <> 'S'",
+        na = attrs("n."),
+        a = attrs(""),
+        order_period = if c.scd2 { ", valid_from" } else { "" },
+    )
+}
+
+/// Brings one dimension up to date with its silver table.
+pub(super) async fn build(lake: &Lake, table: &TableSpec, report: &mut TableReport) -> Result<()> {
+    let Some(gold) = &table.gold else {
+        return Ok(());
+    };
+    let silver_name = table.silver_name();
+    let name = gold.name.as_str();
+    let path = table_path(name);
+    let target = lake.delta_table(&path).await?;
+    let app_id = consumed_app_id(&silver_name);
+    let consumed = recorded(&target, &app_id, name).await?;
+    let max_sk = recorded(&target, SK_APP_ID, name).await?.unwrap_or(0);
+    let Some(changes) = silver_changes(lake, &silver_name, consumed, None).await? else {
+        info!("Silver has no table yet; nothing to build.");
+        return Ok(());
+    };
+    report.input_version = Some(changes.version);
+    report.version = target.version();
+    if changes.files.is_empty() {
+        return Ok(());
+    }
+    let ctx = super::session();
+    register(&ctx, "silver", &changes.table, None).await?;
+    register(&ctx, "changes", &changes.table, Some(&changes.files)).await?;
+    let silver_schema = changes
+        .table
+        .snapshot()
+        .map_err(delta_err(&silver_name))?
+        .snapshot()
+        .arrow_schema();
+    let columns = DimColumns::new(table, gold, &silver_schema)?;
+    let gold_columns: Option<HashSet<String>> = match target.version() {
+        Some(_) => {
+            register(&ctx, "gold", &target, None).await?;
+            let schema = target
+                .snapshot()
+                .map_err(delta_err(name))?
+                .snapshot()
+                .arrow_schema();
+            Some(schema.fields().iter().map(|f| f.name().clone()).collect())
+        }
+        None => None,
+    };
+    report.rows_in = ctx
+        .table("changes")
+        .await
+        .map_err(df_err(name, "reading silver changes"))?
+        .count()
+        .await
+        .map_err(df_err(name, "reading silver changes"))? as u64;
+    let sql = diff_sql(&columns, gold_columns.as_ref(), max_sk);
+    let df = ctx
+        .sql(&sql)
+        .await
+        .map_err(df_err(name, "computing versions"))?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let rows = df
+        .collect()
+        .await
+        .map_err(df_err(name, "computing versions"))?;
+    report.inserted = count_where(&rows, "__op", "I");
+    report.updated = count_where(&rows, "__op", "U");
+    report.deleted = count_where(&rows, "__op", "D");
+    report.closed = rows
+        .iter()
+        .map(|b| {
+            let part = [b.clone()];
+            if count_where(&part, "__op", "U") == 0 {
+                0
+            } else {
+                closed_updates(b)
+            }
+        })
+        .sum();
+    let txns = vec![
+        Transaction::new(&app_id, changes.version as i64),
+        Transaction::new(SK_APP_ID, max_sk + report.inserted as i64),
+    ];
+    let output = columns.output();
+    let written = if gold_columns.is_none() {
+        // First build: the unknown member and every version in one commit.
+        let keep: Vec<usize> = output
+            .iter()
+            .filter_map(|c| schema.index_of(c).ok())
+            .collect();
+        let projected = Arc::new(schema.project(&keep).map_err(|e| Error::arrow(name, e))?);
+        let mut batches = vec![unknown_member(&projected, &columns)?];
+        for b in &rows {
+            batches.push(b.project(&keep).map_err(|e| Error::arrow(name, e))?);
+        }
+        let (_, batches) = storable(batches, projected)?;
+        target
+            .write(batches)
+            .with_save_mode(SaveMode::Append)
+            .with_commit_properties(commit_properties(txns))
+            .await
+            .map_err(delta_err(name))?
+    } else if rows.iter().all(|b| b.num_rows() == 0) {
+        // Nothing differs (identical or excluded-column changes): record the progress only.
+        let schema = target
+            .snapshot()
+            .map_err(delta_err(name))?
+            .snapshot()
+            .arrow_schema();
+        target
+            .write(vec![RecordBatch::new_empty(schema)])
+            .with_save_mode(SaveMode::Append)
+            .with_commit_properties(commit_properties(txns))
+            .await
+            .map_err(delta_err(name))?
+    } else {
+        let source = ctx
+            .read_batches(rows)
+            .map_err(df_err(name, "staging the changes"))?;
+        let col = |rel: &str, name: &str| Expr::Column(Column::new(Some(rel), name));
+        let op = |v: &str| col("s", "__op").eq(lit(v.to_string()));
+        let sk = columns.sk.clone();
+        let (table, _metrics) = target
+            .merge(source, col("t", &sk).eq(col("s", &sk)))
+            .with_source_alias("s")
+            .with_target_alias("t")
+            .with_merge_schema(true)
+            .when_matched_delete(|d| d.predicate(op("D")))
+            .map_err(delta_err(name))?
+            .when_matched_update(|u| {
+                output.iter().fold(u.predicate(op("U")), |u, c| {
+                    u.update(c.as_str(), col("s", c))
+                })
+            })
+            .map_err(delta_err(name))?
+            .when_not_matched_insert(|i| {
+                output
+                    .iter()
+                    .fold(i.predicate(op("I")), |i, c| i.set(c.as_str(), col("s", c)))
+            })
+            .map_err(delta_err(name))?
+            .with_commit_properties(commit_properties(txns))
+            .await
+            .map_err(delta_err(name))?;
+        table
+    };
+    report.version = written.version();
+    report.status = Status::Ok;
+    info!(
+        rows_in = report.rows_in,
+        inserted = report.inserted,
+        updated = report.updated,
+        deleted = report.deleted,
+        closed = report.closed,
+        version = report.version,
+        "Built the dimension."
+    );
+    Ok(())
+}
+
+/// Rows of a batch with `__op = 'U'` and `__closed`.
+fn closed_updates(b: &RecordBatch) -> u64 {
+    use arrow::array::{Array, AsArray};
+    let (Some(op), Some(closed)) = (b.column_by_name("__op"), b.column_by_name("__closed")) else {
+        return 0;
+    };
+    let closed = closed.as_boolean();
+    let is_u = |i: usize| match op.data_type() {
+        DataType::Utf8View => op.as_string_view().value(i) == "U",
+        DataType::Utf8 => op.as_string::<i32>().value(i) == "U",
+        _ => false,
+    };
+    (0..b.num_rows())
+        .filter(|&i| closed.is_valid(i) && closed.value(i) && is_u(i))
+        .count() as u64
+}
+
+/// The unknown member: surrogate key -1, NULL business keys, "Unknown" for text
+/// attributes, current.
+fn unknown_member(schema: &SchemaRef, c: &DimColumns) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| -> ArrayRef {
+            let name = f.name();
+            if *name == c.sk {
+                Arc::new(Int64Array::from(vec![-1]))
+            } else if c.scd2 && name == "is_current" {
+                Arc::new(BooleanArray::from(vec![true]))
+            } else if c.attrs.contains(name)
+                && matches!(
+                    f.data_type(),
+                    DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+                )
+            {
+                let text: ArrayRef = Arc::new(StringArray::from(vec!["Unknown"]));
+                arrow::compute::cast(&text, f.data_type())
+                    .unwrap_or_else(|_| new_null_array(f.data_type(), 1))
+            } else {
+                new_null_array(f.data_type(), 1)
+            }
+        })
+        .collect();
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::arrow("the unknown member", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{Field, TimeUnit};
+
+    fn users() -> (TableSpec, Schema) {
+        let pipeline =
+            crate::config::Pipeline::parse(crate::config::DEFAULT_PIPELINE, "p").unwrap();
+        let table = pipeline.select(&["DimUser".to_string()]).unwrap().remove(0);
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let schema = Schema::new(vec![
+            Field::new("user_id", DataType::Int32, true),
+            Field::new("user_name", DataType::Utf8, true),
+            Field::new("country", DataType::Utf8, true),
+            Field::new("updated_at", ts, true),
+            Field::new("_source_file", DataType::Utf8, true),
+            Field::new("_ingested_at", DataType::Utf8, true),
+        ]);
+        (table, schema)
+    }
+
+    #[test]
+    fn roles_leave_out_lineage_and_the_sequence_column() {
+        let (table, schema) = users();
+        let gold = table.gold.clone().unwrap();
+        let c = DimColumns::new(&table, &gold, &schema).unwrap();
+        assert_eq!(c.sk, "user_sk");
+        assert_eq!(c.attrs, ["user_name", "country"]);
+        assert_eq!(c.tracked, ["user_name", "country"]);
+        assert_eq!(c.tiebreak, ["_ingested_at", "_source_file"]);
+        assert_eq!(
+            c.output(),
+            [
+                "user_sk",
+                "user_id",
+                "user_name",
+                "country",
+                "valid_from",
+                "valid_to",
+                "is_current"
+            ]
+        );
+        let mut gold1 = gold.clone();
+        gold1.scd_type = 1;
+        gold1.track_history_except = vec!["country".into()];
+        let c1 = DimColumns::new(&table, &gold1, &schema).unwrap();
+        assert_eq!(c1.attrs, ["user_name", "country", "updated_at"]);
+        assert_eq!(c1.tracked, ["user_name"]);
+    }
+
+    #[test]
+    fn unknown_columns_are_named_with_the_ones_there() {
+        let (table, schema) = users();
+        let mut gold = table.gold.clone().unwrap();
+        gold.track_history_except = vec!["subscription".into()];
+        let err = DimColumns::new(&table, &gold, &schema)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("subscription") && err.contains("user_name"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,443 @@
+//! Gold stage (queue trigger; Delta Live Tables auto CDC): dimensions as SCD1/SCD2 with
+//! surrogate keys, then facts with point-in-time surrogate keys, then the business views.
+//!
+//! Gold is a function of silver. Each gold table records, in the same Delta commit as its
+//! rows, the silver version it has consumed (a `txn` action, app id `tunelake.gold:<silver>`),
+//! so a run reads only the silver files added since, a crashed run is redone from the same
+//! point, and two concurrent runs conflict instead of applying a change twice.
+
+mod dimension;
+mod fact;
+mod views;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::Status;
+use crate::config::{GoldKind, Pipeline, TableSpec};
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+
+/// Commit attempts when another writer commits to the same gold table first.
+const COMMIT_TRIES: usize = 5;
+
+/// The app id under which a gold table records the silver version it consumed.
+fn consumed_app_id(silver: &str) -> String {
+    format!("tunelake.gold:{silver}")
+}
+
+/// Where a gold table lives.
+pub fn table_path(name: &str) -> String {
+    format!("gold/{name}")
+}
+
+/// What a gold run did to one table or view.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// The gold table or view name.
+    pub table: String,
+    /// `dimension`, `fact` or `view`.
+    pub kind: String,
+    /// The silver table read (none for views).
+    pub source: Option<String>,
+    pub status: Status,
+    /// Silver rows read (the changes since the last run).
+    pub rows_in: u64,
+    /// Rows inserted (for SCD2: new versions; for views: rows written).
+    pub inserted: u64,
+    /// Rows changed in place (SCD2: versions closed or re-dated; facts: rows whose
+    /// surrogate keys moved to a newly valid dimension version).
+    pub updated: u64,
+    /// SCD2 versions that a late change made obsolete.
+    pub deleted: u64,
+    /// SCD2 versions closed by this run (`valid_to` set).
+    pub closed: u64,
+    /// Facts: new rows per lookup whose dimension member was unknown at their time (`-1`).
+    pub unknown: Vec<(String, u64)>,
+    /// The silver version consumed.
+    pub input_version: Option<u64>,
+    /// The gold table's version after the run.
+    pub version: Option<u64>,
+    pub seconds: f64,
+    pub error: Option<String>,
+}
+
+impl TableReport {
+    fn new(table: &str, kind: &str, source: Option<String>) -> Self {
+        TableReport {
+            table: table.to_string(),
+            kind: kind.to_string(),
+            source,
+            status: Status::Empty,
+            rows_in: 0,
+            inserted: 0,
+            updated: 0,
+            deleted: 0,
+            closed: 0,
+            unknown: Vec::new(),
+            input_version: None,
+            version: None,
+            seconds: 0.0,
+            error: None,
+        }
+    }
+
+    /// Rows written: inserted plus updated.
+    pub fn rows_out(&self) -> u64 {
+        self.inserted + self.updated
+    }
+}
+
+/// What a gold run did, dimensions first, then facts, then views.
+#[derive(Debug, Clone, Serialize)]
+pub struct GoldReport {
+    pub run_id: String,
+    pub tables: Vec<TableReport>,
+}
+
+impl GoldReport {
+    pub fn failed(&self) -> bool {
+        self.tables.iter().any(|t| t.status == Status::Failed)
+    }
+
+    /// The event-log rows of this run.
+    pub fn events(
+        &self,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<crate::lake::events::Event> {
+        self.tables
+            .iter()
+            .map(|t| crate::lake::events::Event {
+                run_id: self.run_id.clone(),
+                stage: "gold".to_string(),
+                table: t.table.clone(),
+                status: t.status.to_string().to_lowercase(),
+                rows_in: t.rows_in as i64,
+                rows_out: t.rows_out() as i64,
+                rows_dropped: t.deleted as i64,
+                rows_rescued: 0,
+                input_version: t.input_version.map(|v| v as i64),
+                output_version: t.version.map(|v| v as i64),
+                started_at,
+                seconds: t.seconds,
+                error: t.error.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The gold stage over one lake.
+pub struct Gold {
+    lake: Lake,
+    run_id: String,
+}
+
+impl Gold {
+    pub fn new(lake: Lake, run_id: impl Into<String>) -> Self {
+        Gold {
+            lake,
+            run_id: run_id.into(),
+        }
+    }
+
+    /// Brings the gold tables of `only` up to date with silver, and the views when every
+    /// table of the pipeline is in `only`.
+    pub async fn run(self, pipeline: &Pipeline, only: &[TableSpec]) -> GoldReport {
+        let this = Arc::new(self);
+        let of_kind = |kind: GoldKind| -> Vec<TableSpec> {
+            only.iter()
+                .filter(|t| t.gold.as_ref().is_some_and(|g| g.kind == kind))
+                .cloned()
+                .collect()
+        };
+        let mut tables = Vec::new();
+        // Dimensions are independent of each other; facts need them all.
+        for kind in [GoldKind::Dimension, GoldKind::Fact] {
+            let worker = this.clone();
+            let dims = Arc::new(pipeline.tables.clone());
+            let reports = super::per_table(
+                &of_kind(kind),
+                pipeline.settings.max_concurrency,
+                &this.run_id,
+                "gold",
+                move |table| {
+                    let this = worker.clone();
+                    let all = dims.clone();
+                    async move { this.table(&table, &all).await }
+                },
+                |table, message| {
+                    let mut r = report_for(table);
+                    r.status = Status::Failed;
+                    r.error = Some(message);
+                    r
+                },
+            )
+            .await;
+            tables.extend(reports);
+        }
+        let changed = tables.iter().any(|t| t.status == Status::Ok);
+        let all_tables = pipeline.tables.iter().all(|t| only.contains(t));
+        for view in pipeline.views.iter().filter(|_| all_tables) {
+            let start = Instant::now();
+            let mut report = TableReport::new(&view.name, "view", None);
+            let exists = self_exists(&this.lake, &view.name).await;
+            if changed || !exists {
+                match views::materialize(&this.lake, pipeline, view).await {
+                    Ok((rows, version)) => {
+                        report.status = Status::Ok;
+                        report.inserted = rows;
+                        report.version = version;
+                    }
+                    Err(e) => {
+                        warn!(view = %view.name, error = %e, "The view failed.");
+                        report.status = Status::Failed;
+                        report.error = Some(e.to_string());
+                    }
+                }
+            }
+            report.seconds = start.elapsed().as_secs_f64();
+            tables.push(report);
+        }
+        GoldReport {
+            run_id: this.run_id.clone(),
+            tables,
+        }
+    }
+
+    async fn table(&self, table: &TableSpec, all: &[TableSpec]) -> TableReport {
+        let start = Instant::now();
+        let mut report = report_for(table);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = match table.gold.as_ref().map(|g| g.kind) {
+                Some(GoldKind::Dimension) => dimension::build(&self.lake, table, &mut report).await,
+                Some(GoldKind::Fact) => fact::build(&self.lake, table, all, &mut report).await,
+                None => Ok(()),
+            };
+            match result {
+                Err(Error::Delta { source, .. })
+                    if super::silver::is_conflict(&source) && tries < COMMIT_TRIES =>
+                {
+                    info!(
+                        tries,
+                        "Another gold run committed first; starting the table again."
+                    );
+                    report = report_for(table);
+                }
+                Err(e) => {
+                    warn!(error = %e, "The table failed; it stays as the last good run left it.");
+                    report.status = Status::Failed;
+                    report.error = Some(e.to_string());
+                    break;
+                }
+                Ok(()) => break,
+            }
+        }
+        report.seconds = start.elapsed().as_secs_f64();
+        report
+    }
+}
+
+fn report_for(table: &TableSpec) -> TableReport {
+    let (name, kind) = match &table.gold {
+        Some(g) if g.kind == GoldKind::Fact => (g.name.as_str(), "fact"),
+        Some(g) => (g.name.as_str(), "dimension"),
+        None => (table.name.as_str(), "none"),
+    };
+    TableReport::new(name, kind, Some(table.silver_name()))
+}
+
+async fn self_exists(lake: &Lake, name: &str) -> bool {
+    matches!(lake.delta_table(&table_path(name)).await, Ok(t) if t.version().is_some())
+}
+
+/// A session for gold SQL: names are case-sensitive, as the pipeline file spells them.
+fn session() -> SessionContext {
+    let config = SessionConfig::new()
+        .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
+        .with_target_partitions(2);
+    SessionContext::new_with_config(config)
+}
+
+fn delta_err(table: &str) -> impl Fn(deltalake::DeltaTableError) -> Error + '_ {
+    move |e| Error::Delta {
+        table: table.to_string(),
+        source: e,
+    }
+}
+
+fn df_err<'a>(
+    table: &'a str,
+    context: &'a str,
+) -> impl Fn(datafusion::error::DataFusionError) -> Error + 'a {
+    move |e| Error::DataFusion {
+        table: table.to_string(),
+        file: table_path(table),
+        context: context.to_string(),
+        source: e,
+    }
+}
+
+/// The version recorded under `app_id` in a table's log, if any.
+async fn recorded(table: &DeltaTable, app_id: &str, name: &str) -> Result<Option<i64>> {
+    if table.version().is_none() {
+        return Ok(None);
+    }
+    table
+        .snapshot()
+        .map_err(delta_err(name))?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(delta_err(name))
+}
+
+/// A table at a given version (or `None` before its first commit).
+async fn table_at(lake: &Lake, path: &str, version: u64) -> Result<DeltaTable> {
+    deltalake::DeltaTableBuilder::from_url(lake.table_url(path)?)
+        .map_err(delta_err(path))?
+        .with_version(version)
+        .load()
+        .await
+        .map_err(delta_err(path))
+}
+
+/// The silver changes a gold table has not consumed: the silver table at its latest version
+/// and the data files added after version `after` (all files when `after` is `None`).
+struct SilverChanges {
+    table: DeltaTable,
+    version: u64,
+    files: Vec<String>,
+}
+
+async fn silver_changes(
+    lake: &Lake,
+    silver: &str,
+    after: Option<i64>,
+    upto: Option<u64>,
+) -> Result<Option<SilverChanges>> {
+    let path = super::silver::table_path(silver);
+    let table = match upto {
+        Some(v) => table_at(lake, &path, v).await?,
+        None => lake.delta_table(&path).await?,
+    };
+    let Some(version) = table.version() else {
+        return Ok(None);
+    };
+
+    let mut files: Vec<String> = table.get_file_uris().map_err(delta_err(silver))?.collect();
+    match after {
+        Some(v) if v >= version as i64 => files.clear(),
+        Some(v) if v >= 0 => {
+            let before = table_at(lake, &path, v as u64).await?;
+            let old: std::collections::HashSet<String> =
+                before.get_file_uris().map_err(delta_err(silver))?.collect();
+            files.retain(|f| !old.contains(f));
+        }
+        _ => {}
+    }
+    Ok(Some(SilverChanges {
+        table,
+        version,
+        files,
+    }))
+}
+
+/// Registers a Delta table in a session under `name`, optionally only some of its files.
+async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    table: &DeltaTable,
+    files: Option<&[String]>,
+) -> Result<()> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(delta_err(name))?;
+    let mut builder = table.table_provider();
+    if let Some(files) = files {
+        builder = builder.with_file_paths(files.iter().cloned());
+    }
+    let provider = builder
+        .await
+        .map_err(df_err(name, "reading the Delta table"))?;
+    ctx.register_table(name, provider)
+        .map_err(df_err(name, "registering the table"))?;
+    Ok(())
+}
+
+/// The commit properties of a gold commit: the versions it consumed, no blind retries (a
+/// conflicting commit is recomputed from the new state instead).
+fn commit_properties(txns: Vec<Transaction>) -> deltalake::kernel::transaction::CommitProperties {
+    deltalake::kernel::transaction::CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_max_retries(0)
+}
+
+/// Makes batches storable: every column nullable, string views as plain strings.
+fn storable(
+    batches: Vec<arrow::array::RecordBatch>,
+    schema: arrow::datatypes::SchemaRef,
+) -> Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let data_type = match f.data_type() {
+                DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+                other => other.clone(),
+            };
+            Field::new(f.name(), data_type, true)
+        })
+        .collect();
+    let out = Arc::new(Schema::new(fields));
+    let batches = batches
+        .into_iter()
+        .map(|b| {
+            let columns = b
+                .columns()
+                .iter()
+                .zip(out.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            arrow::array::RecordBatch::try_new(out.clone(), columns)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::arrow("preparing gold rows", e))?;
+    Ok((out, batches))
+}
+
+/// Counts the rows of `batches` whose string column `column` equals `value`.
+fn count_where(batches: &[arrow::array::RecordBatch], column: &str, value: &str) -> u64 {
+    use arrow::array::{Array, AsArray};
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name(column))
+        .map(|c| match c.data_type() {
+            arrow::datatypes::DataType::Utf8View => c
+                .as_string_view()
+                .iter()
+                .filter(|v| *v == Some(value))
+                .count() as u64,
+            arrow::datatypes::DataType::Utf8 => c
+                .as_string::<i32>()
+                .iter()
+                .filter(|v| *v == Some(value))
+                .count() as u64,
+            arrow::datatypes::DataType::Boolean => {
+                let want = value == "true";
+                let b = c.as_boolean();
+                (0..b.len())
+                    .filter(|&i| b.is_valid(i) && b.value(i) == want)
+                    .count() as u64
+            }
+            _ => 0,
+        })
+        .sum()
+}
