@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod files;
+mod gold;
 mod ingest;
 mod mssql;
 mod query;

@@ -1,0 +1,466 @@
+//! Gold: SCD2 rules as whole-table expectations, the point-in-time fact with late dimension
+//! changes, a property test against a one-by-one oracle, and the whole pipeline on a seeded
+//! source.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use deltalake::protocol::SaveMode;
+use tunelake::config::Pipeline;
+use tunelake::lake::Lake;
+use tunelake::stages::Status;
+use tunelake::stages::gold::{Gold, GoldReport};
+
+const PIPELINE: &str = r#"
+[[tables]]
+name = "DimUser"
+cdc_column = "updated_at"
+keys = ["user_id"]
+[tables.silver]
+name = "users"
+[tables.gold]
+name = "dim_user"
+track_history_except = ["note"]
+
+[[tables]]
+name = "FactStream"
+cdc_column = "stream_timestamp"
+keys = ["stream_id"]
+[tables.silver]
+name = "streams"
+[tables.gold]
+name = "fact_stream"
+kind = "fact"
+lookups = [{ dimension = "dim_user", on = ["user_id"] }]
+"#;
+
+/// A lake whose silver tables the test writes directly, so gold sees exactly the change
+/// sequences a test wants.
+struct Lakehouse {
+    _dir: tempfile::TempDir,
+    lake: Lake,
+    pipeline: Pipeline,
+    files: std::cell::Cell<u32>,
+}
+
+fn ts(text: &str) -> i64 {
+    let t = chrono::NaiveDateTime::parse_from_str(&format!("2024-01-01 {text}"), "%Y-%m-%d %H:%M")
+        .unwrap();
+    t.and_utc().timestamp_micros()
+}
+
+fn utc() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+impl Lakehouse {
+    fn new(pipeline: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().join("lake").to_str().unwrap()).unwrap();
+        Lakehouse {
+            _dir: dir,
+            lake,
+            pipeline: Pipeline::parse(pipeline, "test pipeline").unwrap(),
+            files: std::cell::Cell::new(0),
+        }
+    }
+
+    async fn append(&self, table: &str, columns: Vec<(&str, DataType, arrow::array::ArrayRef)>) {
+        let n = columns[0].2.len();
+        self.files.set(self.files.get() + 1);
+        let file = format!("bronze/T/f{}.parquet", self.files.get());
+        let mut fields: Vec<Field> = columns
+            .iter()
+            .map(|(name, t, _)| Field::new(*name, t.clone(), true))
+            .collect();
+        fields.push(Field::new("_source_file", DataType::Utf8, true));
+        let mut arrays: Vec<arrow::array::ArrayRef> = columns.into_iter().map(|c| c.2).collect();
+        arrays.push(Arc::new(StringArray::from(vec![file.as_str(); n])));
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap();
+        let table = self
+            .lake
+            .delta_table(&format!("silver/{table}"))
+            .await
+            .unwrap();
+        table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .unwrap();
+    }
+
+    /// Appends user changes: (user_id, country, note, time of day on 2024-01-01).
+    async fn users(&self, rows: &[(i32, &str, &str, &str)]) {
+        self.append(
+            "users",
+            vec![
+                (
+                    "user_id",
+                    DataType::Int32,
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
+                ),
+                (
+                    "country",
+                    DataType::Utf8,
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                ),
+                (
+                    "note",
+                    DataType::Utf8,
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+                ),
+                (
+                    "updated_at",
+                    utc(),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| ts(r.3)))
+                            .with_timezone("UTC"),
+                    ),
+                ),
+            ],
+        )
+        .await;
+    }
+
+    /// Appends streams: (stream_id, user_id, time of day on 2024-01-01).
+    async fn streams(&self, rows: &[(i64, i32, &str)]) {
+        self.append(
+            "streams",
+            vec![
+                (
+                    "stream_id",
+                    DataType::Int64,
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                ),
+                (
+                    "user_id",
+                    DataType::Int32,
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1))),
+                ),
+                (
+                    "stream_timestamp",
+                    utc(),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| ts(r.2)))
+                            .with_timezone("UTC"),
+                    ),
+                ),
+            ],
+        )
+        .await;
+    }
+
+    async fn gold(&self) -> GoldReport {
+        let report = Gold::new(self.lake.clone(), "test")
+            .run(&self.pipeline, &self.pipeline.tables)
+            .await;
+        for t in &report.tables {
+            assert_ne!(t.status, Status::Failed, "{:?}", t.error);
+        }
+        report
+    }
+
+    async fn table(&self, sql: &str) -> String {
+        let batches = tunelake::query::run(&self.lake, sql).await.unwrap();
+        tunelake::query::render(&batches, tunelake::query::Format::Table).unwrap()
+    }
+
+    async fn csv(&self, sql: &str) -> Vec<String> {
+        let batches = tunelake::query::run(&self.lake, sql).await.unwrap();
+        tunelake::query::render(&batches, tunelake::query::Format::Csv)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn report<'a>(r: &'a GoldReport, table: &str) -> &'a tunelake::stages::gold::TableReport {
+    r.tables.iter().find(|t| t.table == table).unwrap()
+}
+
+const DIM: &str = "SELECT user_sk, user_id, country, note, \
+    date_format(valid_from, '%H:%M') AS valid_from, date_format(valid_to, '%H:%M') AS valid_to, is_current \
+    FROM gold.dim_user ORDER BY user_id NULLS FIRST, valid_from";
+
+const FACT: &str = "SELECT stream_id, user_sk, user_id, date_format(stream_timestamp, '%H:%M') AS at \
+    FROM gold.fact_stream ORDER BY stream_id";
+
+#[tokio::test]
+async fn scd2_versions_follow_sequence_order_whatever_order_changes_arrive_in() {
+    let h = Lakehouse::new(PIPELINE);
+    h.users(&[
+        (1, "US", "a", "10:00"),
+        (1, "US", "b", "11:00"), // only the excluded column: no version
+        (1, "CA", "b", "12:00"),
+        (2, "FR", "x", "10:00"),
+        (4, "PT", "p", "10:00"),
+        (4, "BR", "p", "12:00"),
+    ])
+    .await;
+    h.streams(&[
+        (1, 1, "11:45"),
+        (2, 2, "09:30"),  // before user 2's first version
+        (3, 99, "10:00"), // a user that never exists
+        (4, 3, "13:30"),  // user 3 arrives later
+        (5, 4, "12:30"),
+        (6, 1, "10:30"),
+    ])
+    .await;
+    let first = h.gold().await;
+    let dim = report(&first, "dim_user");
+    assert_eq!((dim.inserted, dim.updated, dim.deleted), (5, 0, 0));
+    assert_eq!(
+        h.table(DIM).await,
+        "\
++---------+---------+---------+---------+------------+----------+------------+
+| user_sk | user_id | country | note    | valid_from | valid_to | is_current |
++---------+---------+---------+---------+------------+----------+------------+
+| -1      |         | Unknown | Unknown |            |          | true       |
+| 1       | 1       | US      | a       | 10:00      | 12:00    | false      |
+| 2       | 1       | CA      | b       | 12:00      |          | true       |
+| 3       | 2       | FR      | x       | 10:00      |          | true       |
+| 4       | 4       | PT      | p       | 10:00      | 12:00    | false      |
+| 5       | 4       | BR      | p       | 12:00      |          | true       |
++---------+---------+---------+---------+------------+----------+------------+"
+    );
+    assert_eq!(
+        h.csv(FACT).await,
+        [
+            "1,1,1,11:45",
+            "2,-1,2,09:30",
+            "3,-1,99,10:00",
+            "4,-1,3,13:30",
+            "5,5,4,12:30",
+            "6,1,1,10:30"
+        ]
+    );
+    let fact = report(&first, "fact_stream");
+    assert_eq!(fact.inserted, 6);
+    assert_eq!(fact.unknown, [("user_sk".to_string(), 3)]);
+
+    h.users(&[
+        (1, "CA", "z", "14:00"), // same tracked values as the current version: no version
+        (1, "MX", "m", "11:30"), // out of order: splits US 10:00-12:00
+        (2, "ES", "e", "09:00"), // older than user 2's first version
+        (3, "DE", "d", "10:00"), // a new key with two changes in one batch
+        (3, "AT", "d", "13:00"),
+        (4, "BR", "q", "11:00"), // makes BR 12:00 a repeat of itself: that version goes
+    ])
+    .await;
+    h.streams(&[(6, 1, "12:30")]).await; // stream 6 corrected: a later time
+    let second = h.gold().await;
+    let dim = report(&second, "dim_user");
+    assert_eq!((dim.inserted, dim.updated, dim.deleted), (5, 2, 1));
+    assert_eq!(
+        h.table(DIM).await,
+        "\
++---------+---------+---------+---------+------------+----------+------------+
+| user_sk | user_id | country | note    | valid_from | valid_to | is_current |
++---------+---------+---------+---------+------------+----------+------------+
+| -1      |         | Unknown | Unknown |            |          | true       |
+| 1       | 1       | US      | a       | 10:00      | 11:30    | false      |
+| 6       | 1       | MX      | m       | 11:30      | 12:00    | false      |
+| 2       | 1       | CA      | b       | 12:00      |          | true       |
+| 7       | 2       | ES      | e       | 09:00      | 10:00    | false      |
+| 3       | 2       | FR      | x       | 10:00      |          | true       |
+| 8       | 3       | DE      | d       | 10:00      | 13:00    | false      |
+| 9       | 3       | AT      | d       | 13:00      |          | true       |
+| 4       | 4       | PT      | p       | 10:00      | 11:00    | false      |
+| 10      | 4       | BR      | q       | 11:00      |          | true       |
++---------+---------+---------+---------+------------+----------+------------+"
+    );
+    // Every fact points at the version valid at its time, including facts written before
+    // the dimension change that made that version.
+    assert_eq!(
+        h.csv(FACT).await,
+        [
+            "1,6,1,11:45",
+            "2,7,2,09:30",
+            "3,-1,99,10:00",
+            "4,9,3,13:30",
+            "5,10,4,12:30",
+            "6,2,1,12:30"
+        ]
+    );
+    let fact = report(&second, "fact_stream");
+    assert_eq!((fact.inserted, fact.updated), (1, 4));
+
+    // Nothing new: nothing written.
+    let third = h.gold().await;
+    assert!(
+        third.tables.iter().all(|t| t.status == Status::Empty),
+        "{:?}",
+        third.tables
+    );
+    assert_eq!(report(&third, "dim_user").version, dim.version);
+}
+
+const SCD1: &str = r#"
+[[tables]]
+name = "DimUser"
+cdc_column = "updated_at"
+keys = ["user_id"]
+[tables.silver]
+name = "users"
+[tables.gold]
+name = "dim_user"
+scd_type = 1
+"#;
+
+#[tokio::test]
+async fn scd1_keeps_the_latest_change_per_key_and_its_surrogate_key() {
+    let h = Lakehouse::new(SCD1);
+    h.users(&[
+        (1, "US", "a", "10:00"),
+        (1, "CA", "b", "12:00"),
+        (2, "FR", "x", "10:00"),
+    ])
+    .await;
+    h.gold().await;
+    h.users(&[
+        (1, "MX", "m", "11:00"),
+        (2, "ES", "e", "11:00"),
+        (3, "DE", "d", "09:00"),
+    ])
+    .await;
+    let r = h.gold().await;
+    assert_eq!(
+        (
+            report(&r, "dim_user").inserted,
+            report(&r, "dim_user").updated
+        ),
+        (1, 1)
+    );
+    assert_eq!(
+        h.table(
+            "SELECT user_sk, user_id, country, note, date_format(updated_at, '%H:%M') AS updated_at \
+             FROM gold.dim_user ORDER BY user_sk"
+        )
+        .await,
+        "\
++---------+---------+---------+---------+------------+
+| user_sk | user_id | country | note    | updated_at |
++---------+---------+---------+---------+------------+
+| -1      |         | Unknown | Unknown |            |
+| 1       | 1       | CA      | b       | 12:00      |
+| 2       | 2       | ES      | e       | 11:00      |
+| 3       | 3       | DE      | d       | 09:00      |
++---------+---------+---------+---------+------------+"
+    );
+}
+
+/// SplitMix64, for the property test's random cases.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The dimension as applying every change one by one in sequence order makes it:
+/// `(user_id, country, note, valid_from, valid_to)` per version.
+fn oracle(changes: &[(i32, String, String, String)]) -> Vec<String> {
+    let mut sorted = changes.to_vec();
+    sorted.sort_by(|a, b| (a.0, &a.3).cmp(&(b.0, &b.3)));
+    let mut versions: Vec<(i32, String, String, String)> = Vec::new();
+    let mut previous: Option<(i32, String)> = None;
+    for (user, country, note, at) in sorted {
+        if previous.as_ref() != Some(&(user, country.clone())) {
+            versions.push((user, country.clone(), note, at));
+        }
+        previous = Some((user, country));
+    }
+    versions
+        .iter()
+        .enumerate()
+        .map(|(i, (user, country, note, from))| {
+            let to = versions
+                .get(i + 1)
+                .filter(|next| next.0 == *user)
+                .map(|next| next.3.clone())
+                .unwrap_or_default();
+            let current = to.is_empty();
+            format!("{user},{country},{note},{from},{to},{current}")
+        })
+        .collect()
+}
+
+const DIM_ONLY: &str = r#"
+[[tables]]
+name = "DimUser"
+cdc_column = "updated_at"
+keys = ["user_id"]
+[tables.silver]
+name = "users"
+[tables.gold]
+name = "dim_user"
+track_history_except = ["note"]
+"#;
+
+#[tokio::test]
+async fn any_arrival_order_and_batch_split_gives_the_one_by_one_dimension() {
+    for case in 0..5u64 {
+        let mut rng = Rng(case * 7919 + 1);
+        // 3 keys, 14 changes at distinct minutes per key, values from tiny domains so that
+        // repeats, excluded-only changes and reverts all happen.
+        let mut changes: Vec<(i32, String, String, String)> = Vec::new();
+        while changes.len() < 14 {
+            let user = 1 + rng.below(3) as i32;
+            let at = format!("{:02}:{:02}", 9 + rng.below(4), rng.below(60));
+            if changes.iter().any(|c| c.0 == user && c.3 == at) {
+                continue;
+            }
+            let country = ["A", "B"][rng.below(2) as usize].to_string();
+            let note = ["x", "y"][rng.below(2) as usize].to_string();
+            changes.push((user, country, note, at));
+        }
+        let h = Lakehouse::new(DIM_ONLY);
+        let mut seen_sks: BTreeMap<String, String> = BTreeMap::new();
+        let mut rest = changes.clone();
+        while !rest.is_empty() {
+            let take = 1 + rng.below(rest.len().min(6) as u64) as usize;
+            let batch: Vec<_> = rest.drain(..take).collect();
+            let rows: Vec<(i32, &str, &str, &str)> = batch
+                .iter()
+                .map(|(u, c, n, t)| (*u, c.as_str(), n.as_str(), t.as_str()))
+                .collect();
+            h.users(&rows).await;
+            h.gold().await;
+            // A surrogate key, once given to (key, valid_from), never names anything else.
+            for line in h
+                .csv("SELECT user_sk, user_id, date_format(valid_from, '%H:%M') FROM gold.dim_user WHERE user_sk > 0")
+                .await
+            {
+                let (sk, version) = line.split_once(',').unwrap();
+                let before = seen_sks.insert(sk.to_string(), version.to_string());
+                assert!(
+                    before.as_deref().is_none_or(|b| b == version),
+                    "case {case}: sk {sk} reused for {version} (was {before:?})"
+                );
+            }
+        }
+        let got = h
+            .csv(
+                "SELECT user_id, country, note, date_format(valid_from, '%H:%M'), \
+                 coalesce(date_format(valid_to, '%H:%M'), ''), is_current \
+                 FROM gold.dim_user WHERE user_sk > 0 ORDER BY user_id, valid_from",
+            )
+            .await;
+        assert_eq!(got, oracle(&changes), "case {case}: changes {changes:?}");
+        let distinct = h
+            .csv("SELECT count(*) = count(DISTINCT user_sk) FROM gold.dim_user")
+            .await;
+        assert_eq!(distinct, ["true"], "case {case}");
+    }
+}
