@@ -517,6 +517,25 @@ async fn status(cli: &Cli) -> Result<bool> {
             bytes as f64 / 1_048_576.0
         );
     }
+    out!(
+        "  {:<18} {:<9} {:>7}  consumed",
+        "gold table",
+        "kind",
+        "version"
+    );
+    for g in crate::stages::gold::state(&lake, &pipeline).await? {
+        let consumed = match (&g.source, g.consumed) {
+            (Some(s), Some(v)) => format!("silver.{s} up to version {v}"),
+            (Some(s), None) => format!("nothing of silver.{s} yet"),
+            (None, _) => "rebuilt after gold changes".to_string(),
+        };
+        out!(
+            "  {:<18} {:<9} {:>7}  {consumed}",
+            g.table,
+            g.kind,
+            g.version.map_or_else(|| "-".to_string(), |v| v.to_string()),
+        );
+    }
     let latest = events::latest(&lake, 20).await?;
     if !latest.is_empty() {
         out!("latest runs (from {})", events::PATH);
@@ -527,6 +546,45 @@ async fn status(cli: &Cli) -> Result<bool> {
     }
     Ok(ok)
 }
+
+/// What the demo shows of gold: checks a data engineer would run first, then the views.
+const DEMO_QUERIES: [(&str, &str); 5] = [
+    (
+        "Dimensions: one current version per key, every version with a unique surrogate key",
+        "SELECT 'dim_user' AS dimension, count(*) AS versions, count(DISTINCT user_id) AS keys, \
+           sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS current, count(DISTINCT user_sk) AS surrogate_keys \
+         FROM gold.dim_user WHERE user_sk > 0 \
+         UNION ALL SELECT 'dim_track', count(*), count(DISTINCT track_id), sum(CASE WHEN is_current THEN 1 ELSE 0 END), count(DISTINCT track_sk) \
+         FROM gold.dim_track WHERE track_sk > 0 \
+         UNION ALL SELECT 'dim_artist', count(*), count(DISTINCT artist_id), sum(CASE WHEN is_current THEN 1 ELSE 0 END), count(DISTINCT artist_sk) \
+         FROM gold.dim_artist WHERE artist_sk > 0 ORDER BY dimension",
+    ),
+    (
+        "One user's history (SCD2): the second run closed a version and opened the next",
+        "SELECT user_sk, user_id, user_name, country, subscription_type, end_date, valid_from, valid_to, is_current \
+         FROM gold.dim_user WHERE user_id = (SELECT min(user_id) FROM gold.dim_user WHERE NOT is_current) \
+         ORDER BY valid_from",
+    ),
+    (
+        "fact_stream: streams point at the user version valid when they were played (-1: no such user)",
+        "SELECT count(*) AS streams, count(DISTINCT f.stream_id) AS distinct_ids, \
+           sum(CASE WHEN f.user_sk = -1 THEN 1 ELSE 0 END) AS unknown_user, \
+           sum(CASE WHEN f.user_sk <> -1 AND u.valid_from <= f.stream_timestamp \
+                     AND (u.valid_to IS NULL OR f.stream_timestamp < u.valid_to) THEN 1 ELSE 0 END) AS user_version_valid_at_play, \
+           sum(CASE WHEN f.user_sk <> -1 AND NOT u.is_current THEN 1 ELSE 0 END) AS on_a_past_version \
+         FROM gold.fact_stream f LEFT JOIN gold.dim_user u ON f.user_sk = u.user_sk",
+    ),
+    (
+        "gold.top_tracks_per_day (templates/top_tracks_per_day.sql.j2), the latest day",
+        "SELECT * FROM gold.top_tracks_per_day \
+         WHERE date_key = (SELECT max(date_key) FROM gold.top_tracks_per_day) ORDER BY position LIMIT 5",
+    ),
+    (
+        "gold.stream_details (templates/star_join.sql.j2), a sample",
+        "SELECT stream_id, stream_timestamp, user_name, country, subscription_type, track_name, artist_name, device_type \
+         FROM gold.stream_details ORDER BY stream_id DESC LIMIT 5",
+    ),
+];
 
 async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool> {
     let started = Instant::now();
@@ -545,20 +603,40 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
     print_ingest(&first);
     let first_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
     print_silver(&first_silver);
+    let first_gold = gold(&lake, &pipeline, &pipeline.tables).await?;
+    print_gold(&first_gold);
     out!("\n== 3. The source changes: updates, new users, new streams");
     print_seed(&seed::apply_changes(&db, seed_value)?, &source, true);
-    out!("\n== 4. Second run: only the rows past each watermark, only the new bronze files");
+    out!(
+        "\n== 4. Second run: only the rows past each watermark, only the new bronze files, only the changed keys"
+    );
     let second = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
     print_ingest(&second);
     let second_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
     print_silver(&second_silver);
+    let second_gold = gold(&lake, &pipeline, &pipeline.tables).await?;
+    print_gold(&second_gold);
     out!("\n== 5. A rerun with nothing new writes nothing and moves no watermark");
     let third = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
     print_ingest(&third);
     let third_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
     print_silver(&third_silver);
+    let third_gold = gold(&lake, &pipeline, &pipeline.tables).await?;
+    print_gold(&third_gold);
+    out!("\n== 6. What gold holds");
+    let lake_handle = Lake::open(&lake)?;
+    for (title, sql) in DEMO_QUERIES {
+        out!("\n{title}");
+        match crate::query::run(&lake_handle, sql).await {
+            Ok(batches) => out!(
+                "{}",
+                crate::query::render(&batches, crate::query::Format::Table)?
+            ),
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
     out!(
-        "\nDone in {:.1} s. Source: {source}  Lake: {lake}\nLook around: tunelake --lake {lake} status",
+        "\nDone in {:.1} s. Source: {source}  Lake: {lake}\nLook around: tunelake --lake {lake} status\n             tunelake --lake {lake} sql \"SELECT * FROM gold.stream_details LIMIT 10\"",
         started.elapsed().as_secs_f64()
     );
     Ok(report_errors(&first)
@@ -566,5 +644,8 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
         & report_errors(&third)
         & report_silver_errors(&first_silver)
         & report_silver_errors(&second_silver)
-        & report_silver_errors(&third_silver))
+        & report_silver_errors(&third_silver)
+        & report_gold_errors(&first_gold)
+        & report_gold_errors(&second_gold)
+        & report_gold_errors(&third_gold))
 }

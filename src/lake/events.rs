@@ -144,7 +144,7 @@ pub async fn latest(lake: &Lake, limit: usize) -> Result<Vec<RecordBatch>> {
     ctx.register_table("events", provider).map_err(fail)?;
     ctx.sql(&format!(
         "SELECT started_at, run_id, stage, \"table\", status, rows_in, rows_out, rows_dropped, rows_rescued, \
-         output_version, round(seconds, 2) AS seconds, error FROM events ORDER BY started_at DESC, stage, \"table\" LIMIT {limit}"
+         input_version, output_version, round(seconds, 2) AS seconds, error FROM events ORDER BY started_at DESC, stage, \"table\" LIMIT {limit}"
     ))
     .await
     .map_err(fail)?

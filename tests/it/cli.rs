@@ -128,3 +128,109 @@ fn a_failed_table_makes_the_exit_code_non_zero_while_the_others_load() {
     assert_eq!(code, 1);
     assert!(err.contains("Nope") && err.contains("DimUser"), "{err}");
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Every gold table as sorted CSV lines, named.
+fn gold_tables(dir: &std::path::Path, lake: &str) -> Vec<(String, Vec<String>)> {
+    [
+        "dim_user",
+        "dim_artist",
+        "dim_track",
+        "dim_date",
+        "fact_stream",
+        "stream_details",
+        "top_tracks_per_day",
+    ]
+    .iter()
+    .map(|t| {
+        let (code, out, err) = tunelake(
+            dir,
+            &[
+                "--lake",
+                lake,
+                "sql",
+                &format!("SELECT * FROM gold.{t}"),
+                "--format",
+                "csv",
+            ],
+        );
+        assert_eq!(code, 0, "{t}: {err}");
+        let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+        lines.sort();
+        (t.to_string(), lines)
+    })
+    .collect()
+}
+
+#[test]
+fn a_gold_run_killed_mid_way_and_rerun_gives_the_uninterrupted_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |lake: &str, stage: &str| {
+        let (code, out, err) = tunelake(
+            d,
+            &[
+                "--source",
+                "sqlite:src.db",
+                "--lake",
+                lake,
+                "run",
+                "--stage",
+                stage,
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+    };
+    assert_eq!(
+        tunelake(d, &["seed", "--source", "sqlite:src.db", "--scale", "0.01"]).0,
+        0
+    );
+    run("lake", "ingest");
+    run("lake", "silver");
+    run("lake", "gold");
+    assert_eq!(
+        tunelake(d, &["seed", "--source", "sqlite:src.db", "--incremental"]).0,
+        0
+    );
+    run("lake", "ingest");
+    run("lake", "silver");
+    // Before the second gold run: the state every attempt starts from.
+    copy_dir(&d.join("lake"), &d.join("reference"));
+    run("reference", "gold");
+    let expected = gold_tables(d, "reference");
+    assert!(expected.iter().all(|(_, rows)| rows.len() > 1));
+    for delay_ms in [200, 700, 1500, 2500] {
+        let lake = format!("killed{delay_ms}");
+        copy_dir(&d.join("lake"), &d.join(&lake));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tunelake"))
+            .current_dir(d)
+            .args(["--lake", &lake, "-q", "run", "--stage", "gold"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        run(&lake, "gold");
+        for ((table, want), (_, got)) in expected.iter().zip(gold_tables(d, &lake)) {
+            let first_difference = want.iter().zip(&got).find(|(w, g)| w != g);
+            assert!(
+                got.len() == want.len() && first_difference.is_none(),
+                "{table} after a kill at {delay_ms} ms: {} rows, {} expected; first difference {first_difference:?}",
+                got.len(),
+                want.len()
+            );
+        }
+    }
+}

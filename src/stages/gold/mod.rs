@@ -181,24 +181,21 @@ impl Gold {
             .await;
             tables.extend(reports);
         }
-        let changed = tables.iter().any(|t| t.status == Status::Ok);
         let all_tables = pipeline.tables.iter().all(|t| only.contains(t));
         for view in pipeline.views.iter().filter(|_| all_tables) {
             let start = Instant::now();
             let mut report = TableReport::new(&view.name, "view", None);
-            let exists = self_exists(&this.lake, &view.name).await;
-            if changed || !exists {
-                match views::materialize(&this.lake, pipeline, view).await {
-                    Ok((rows, version)) => {
-                        report.status = Status::Ok;
-                        report.inserted = rows;
-                        report.version = version;
-                    }
-                    Err(e) => {
-                        warn!(view = %view.name, error = %e, "The view failed.");
-                        report.status = Status::Failed;
-                        report.error = Some(e.to_string());
-                    }
+            match views::refresh(&this.lake, pipeline, view).await {
+                Ok(Some((rows, version))) => {
+                    report.status = Status::Ok;
+                    report.inserted = rows;
+                    report.version = version;
+                }
+                Ok(None) => report.version = current_version(&this.lake, &view.name).await,
+                Err(e) => {
+                    warn!(view = %view.name, error = %e, "The view failed.");
+                    report.status = Status::Failed;
+                    report.error = Some(e.to_string());
                 }
             }
             report.seconds = start.elapsed().as_secs_f64();
@@ -245,6 +242,44 @@ impl Gold {
     }
 }
 
+/// Where one gold table stands: its version, and the silver version it has consumed.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableState {
+    pub table: String,
+    pub kind: String,
+    pub version: Option<u64>,
+    pub source: Option<String>,
+    pub consumed: Option<i64>,
+}
+
+/// The state of every gold table and view of the pipeline, for `tunelake status`.
+pub async fn state(lake: &Lake, pipeline: &Pipeline) -> Result<Vec<TableState>> {
+    let mut out = Vec::new();
+    for t in &pipeline.tables {
+        let Some(g) = &t.gold else { continue };
+        let table = lake.delta_table(&table_path(&g.name)).await?;
+        let silver = t.silver_name();
+        out.push(TableState {
+            table: g.name.clone(),
+            kind: report_for(t).kind,
+            version: table.version(),
+            consumed: recorded(&table, &consumed_app_id(&silver), &g.name).await?,
+            source: Some(silver),
+        });
+    }
+    for v in &pipeline.views {
+        let table = lake.delta_table(&table_path(&v.name)).await?;
+        out.push(TableState {
+            table: v.name.clone(),
+            kind: "view".to_string(),
+            version: table.version(),
+            source: None,
+            consumed: None,
+        });
+    }
+    Ok(out)
+}
+
 fn report_for(table: &TableSpec) -> TableReport {
     let (name, kind) = match &table.gold {
         Some(g) if g.kind == GoldKind::Fact => (g.name.as_str(), "fact"),
@@ -254,8 +289,11 @@ fn report_for(table: &TableSpec) -> TableReport {
     TableReport::new(name, kind, Some(table.silver_name()))
 }
 
-async fn self_exists(lake: &Lake, name: &str) -> bool {
-    matches!(lake.delta_table(&table_path(name)).await, Ok(t) if t.version().is_some())
+async fn current_version(lake: &Lake, name: &str) -> Option<u64> {
+    lake.delta_table(&table_path(name))
+        .await
+        .ok()
+        .and_then(|t| t.version())
 }
 
 /// A session for gold SQL: names are case-sensitive, as the pipeline file spells them.

@@ -1,21 +1,63 @@
 //! Business views: the template rendered with its parameters, run read-only over the lake's
 //! tables (`gold.*`, `silver.*`), and materialized as a gold Delta table, replaced whole.
+//!
+//! A view records the version of every gold table it was built from (`txn` app ids
+//! `tunelake.view.input:<table>`) in its own commit, and is rebuilt whenever one of them has
+//! moved, so a run that died between a table and its views leaves nothing stale behind.
 
 use datafusion::execution::context::SQLOptions;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use tracing::info;
 
-use super::{delta_err, df_err, storable, table_path};
+use deltalake::kernel::Transaction;
+
+use super::{commit_properties, delta_err, df_err, recorded, storable, table_path};
 use crate::config::{Pipeline, ViewSpec};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 
-/// Renders, runs and writes one view; returns its rows and the new table version.
-pub(super) async fn materialize(
+fn input_app_id(table: &str) -> String {
+    format!("tunelake.view.input:{table}")
+}
+
+/// Rebuilds a view when a gold table moved since it was built (or it was never built);
+/// returns its rows and new version, or `None` when it was up to date.
+pub(super) async fn refresh(
     lake: &Lake,
     pipeline: &Pipeline,
     view: &ViewSpec,
+) -> Result<Option<(u64, Option<u64>)>> {
+    let target = lake.delta_table(&table_path(&view.name)).await?;
+    let mut inputs = Vec::new();
+    let mut stale = target.version().is_none();
+    for name in pipeline
+        .tables
+        .iter()
+        .filter_map(|t| t.gold.as_ref().map(|g| g.name.as_str()))
+    {
+        let table = lake.delta_table(&table_path(name)).await?;
+        let Some(version) = table.version() else {
+            continue;
+        };
+        let app_id = input_app_id(name);
+        if !stale && recorded(&target, &app_id, &view.name).await? != Some(version as i64) {
+            stale = true;
+        }
+        inputs.push(Transaction::new(&app_id, version as i64));
+    }
+    if !stale {
+        return Ok(None);
+    }
+    materialize(lake, pipeline, view, inputs).await.map(Some)
+}
+
+/// Renders, runs and writes one view; returns its rows and the new table version.
+async fn materialize(
+    lake: &Lake,
+    pipeline: &Pipeline,
+    view: &ViewSpec,
+    inputs: Vec<Transaction>,
 ) -> Result<(u64, Option<u64>)> {
     let name = view.name.as_str();
     let sql = pipeline
@@ -49,6 +91,7 @@ pub(super) async fn materialize(
         .write(batches)
         .with_save_mode(SaveMode::Overwrite)
         .with_schema_mode(SchemaMode::Overwrite)
+        .with_commit_properties(commit_properties(inputs))
         .await
         .map_err(delta_err(name))?;
     let version = written.version();
