@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -10,11 +9,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::Pipeline;
 use crate::error::{Error, Result};
 use crate::lake::{Lake, bronze_dir, events, watermark};
+use crate::runs;
 use crate::seed;
-use crate::stages::gold::{Gold, GoldReport};
-use crate::stages::ingest::{Ingest, IngestReport};
-use crate::stages::silver::{Silver, SilverReport};
-use crate::stages::{Status, new_run_id};
+use crate::stages::Status;
+use crate::stages::gold::GoldReport;
+use crate::stages::ingest::IngestReport;
+use crate::stages::silver::SilverReport;
 
 /// `println!` that ends the process quietly when stdout is closed (`tunelake sql ... | head`)
 /// instead of panicking; the work the output reports on is already done.
@@ -121,6 +121,19 @@ pub enum Command {
     },
     /// Show watermarks and bronze files per table, and the latest runs.
     Status,
+    /// Serve the Azure Functions custom handler (what host.json starts) on 127.0.0.1.
+    Serve {
+        /// The port; the Functions host sets FUNCTIONS_CUSTOMHANDLER_PORT.
+        #[arg(long, env = "FUNCTIONS_CUSTOMHANDLER_PORT", default_value_t = 8080)]
+        port: u16,
+    },
+    /// Assemble the deployable Function App (host.json, function folders, this binary) as a
+    /// folder and a zip; run it from the release build for Linux.
+    Package {
+        /// Where `app/` and `tunelake-functions.zip` go.
+        #[arg(long, default_value = "dist")]
+        out: PathBuf,
+    },
     /// Run a read-only SQL query over silver.*, gold.* and system.events.
     Sql {
         /// The query, e.g. "SELECT country, count(*) FROM silver.users GROUP BY 1".
@@ -201,23 +214,24 @@ pub async fn run(cli: Cli) -> Result<bool> {
         Command::Run { stage, ref tables } => {
             let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
             let tables = pipeline.select(tables)?;
+            let lake = Lake::connect(&cli.lake).await?;
             let mut ok = true;
             if stage.is_none_or(|s| s == Stage::Ingest) {
-                let report = ingest(&cli.source, &cli.lake, &pipeline, &tables, None).await?;
+                let report = runs::ingest(&cli.source, &lake, &pipeline, &tables, None).await?;
                 if !cli.quiet {
                     print_ingest(&report);
                 }
                 ok &= report_errors(&report);
             }
             if stage.is_none_or(|s| s == Stage::Silver) {
-                let report = silver(&cli.lake, &pipeline, &tables).await?;
+                let report = runs::silver(&lake, &pipeline, &tables).await?;
                 if !cli.quiet {
                     print_silver(&report);
                 }
                 ok &= report_silver_errors(&report);
             }
             if stage.is_none_or(|s| s == Stage::Gold) {
-                let report = gold(&cli.lake, &pipeline, &tables).await?;
+                let report = runs::gold(&lake, &pipeline, &tables).await?;
                 if !cli.quiet {
                     print_gold(&report);
                 }
@@ -231,72 +245,57 @@ pub async fn run(cli: Cli) -> Result<bool> {
         } => {
             let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
             let tables = pipeline.select(tables)?;
-            let report = ingest(&cli.source, &cli.lake, &pipeline, &tables, from.clone()).await?;
+            let lake = Lake::connect(&cli.lake).await?;
+            let report = runs::ingest(&cli.source, &lake, &pipeline, &tables, from.clone()).await?;
             if !cli.quiet {
                 print_ingest(&report);
             }
             Ok(report_errors(&report))
         }
         Command::Status => status(&cli).await,
+        Command::Package { ref out } => {
+            let binary = std::env::current_exe().map_err(|e| Error::io("the running binary", e))?;
+            let zip = crate::functions::package::build(out, &binary)?;
+            if !cli.quiet {
+                let size = std::fs::metadata(&zip).map(|m| m.len()).unwrap_or(0);
+                out!(
+                    "Packaged {} ({:.1} MB) and {}/app/:",
+                    zip.display(),
+                    size as f64 / 1_048_576.0,
+                    out.display()
+                );
+                for (name, _) in crate::functions::package::FILES {
+                    out!("  {name}");
+                }
+                out!(
+                    "  {} (from {})",
+                    crate::functions::package::EXECUTABLE,
+                    binary.display()
+                );
+                out!(
+                    "Deploy: az functionapp deployment source config-zip -g <group> -n <app> --src {}",
+                    zip.display()
+                );
+            }
+            Ok(true)
+        }
+        Command::Serve { port } => {
+            let app = crate::functions::App {
+                pipeline: Pipeline::load_or_default(cli.config.as_deref())?,
+                lake: Lake::connect(&cli.lake).await?,
+                source_url: cli.source.clone(),
+                graph: crate::alert::Graph::from_env()?,
+            };
+            crate::functions::serve(app, port).await?;
+            Ok(true)
+        }
         Command::Sql { ref query, format } => {
-            let lake = Lake::open(&cli.lake)?;
+            let lake = Lake::connect(&cli.lake).await?;
             let batches = crate::query::run(&lake, query).await?;
             out!("{}", crate::query::render(&batches, format)?);
             Ok(true)
         }
     }
-}
-
-async fn ingest(
-    source_url: &str,
-    lake_url: &str,
-    pipeline: &Pipeline,
-    tables: &[crate::config::TableSpec],
-    from: Option<String>,
-) -> Result<IngestReport> {
-    let started = chrono::Utc::now();
-    let source = crate::source::open(source_url).await?;
-    let lake = Lake::open(lake_url)?;
-    let run_id = new_run_id();
-    let report = Ingest::new(
-        Arc::clone(&source),
-        lake.clone(),
-        pipeline.settings.clone(),
-        run_id,
-    )
-    .with_from(from)
-    .run(tables)
-    .await;
-    events::append(&lake, &report.events(started)).await?;
-    Ok(report)
-}
-
-async fn silver(
-    lake_url: &str,
-    pipeline: &Pipeline,
-    tables: &[crate::config::TableSpec],
-) -> Result<SilverReport> {
-    let started = chrono::Utc::now();
-    let lake = Lake::open(lake_url)?;
-    let report = Silver::new(lake.clone(), pipeline.settings.clone(), new_run_id())
-        .run(tables)
-        .await;
-    events::append(&lake, &report.events(started)).await?;
-    Ok(report)
-}
-
-async fn gold(
-    lake_url: &str,
-    pipeline: &Pipeline,
-    tables: &[crate::config::TableSpec],
-) -> Result<GoldReport> {
-    let started = chrono::Utc::now();
-    let lake = Lake::open(lake_url)?;
-    let report = Gold::new(lake.clone(), new_run_id())
-        .run(pipeline, tables)
-        .await;
-    events::append(&lake, &report.events(started)).await?;
-    Ok(report)
 }
 
 fn report_gold_errors(report: &GoldReport) -> bool {
@@ -472,7 +471,7 @@ fn print_ingest(report: &IngestReport) {
 }
 
 async fn status(cli: &Cli) -> Result<bool> {
-    let lake = Lake::open(&cli.lake)?;
+    let lake = Lake::connect(&cli.lake).await?;
     let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
     out!("lake {}", lake.url());
     out!(
@@ -593,41 +592,41 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
     }
     let db = dir.join("source.db");
     let source = format!("sqlite:{}", db.display());
-    let lake = dir.join("lake").display().to_string();
+    let lake_path = dir.join("lake").display().to_string();
+    let lake = Lake::open(&lake_path)?;
     let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
 
     out!("== 1. Seed a sample source (scale {scale})");
     print_seed(&seed::create(&db, scale, seed_value)?, &source, false);
     out!("\n== 2. First run: everything up to the current high watermark");
-    let first = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
+    let first = runs::ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
     print_ingest(&first);
-    let first_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
+    let first_silver = runs::silver(&lake, &pipeline, &pipeline.tables).await?;
     print_silver(&first_silver);
-    let first_gold = gold(&lake, &pipeline, &pipeline.tables).await?;
+    let first_gold = runs::gold(&lake, &pipeline, &pipeline.tables).await?;
     print_gold(&first_gold);
     out!("\n== 3. The source changes: updates, new users, new streams");
     print_seed(&seed::apply_changes(&db, seed_value)?, &source, true);
     out!(
         "\n== 4. Second run: only the rows past each watermark, only the new bronze files, only the changed keys"
     );
-    let second = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
+    let second = runs::ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
     print_ingest(&second);
-    let second_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
+    let second_silver = runs::silver(&lake, &pipeline, &pipeline.tables).await?;
     print_silver(&second_silver);
-    let second_gold = gold(&lake, &pipeline, &pipeline.tables).await?;
+    let second_gold = runs::gold(&lake, &pipeline, &pipeline.tables).await?;
     print_gold(&second_gold);
     out!("\n== 5. A rerun with nothing new writes nothing and moves no watermark");
-    let third = ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
+    let third = runs::ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
     print_ingest(&third);
-    let third_silver = silver(&lake, &pipeline, &pipeline.tables).await?;
+    let third_silver = runs::silver(&lake, &pipeline, &pipeline.tables).await?;
     print_silver(&third_silver);
-    let third_gold = gold(&lake, &pipeline, &pipeline.tables).await?;
+    let third_gold = runs::gold(&lake, &pipeline, &pipeline.tables).await?;
     print_gold(&third_gold);
     out!("\n== 6. What gold holds");
-    let lake_handle = Lake::open(&lake)?;
     for (title, sql) in DEMO_QUERIES {
         out!("\n{title}");
-        match crate::query::run(&lake_handle, sql).await {
+        match crate::query::run(&lake, sql).await {
             Ok(batches) => out!(
                 "{}",
                 crate::query::render(&batches, crate::query::Format::Table)?
@@ -636,7 +635,7 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
         }
     }
     out!(
-        "\nDone in {:.1} s. Source: {source}  Lake: {lake}\nLook around: tunelake --lake {lake} status\n             tunelake --lake {lake} sql \"SELECT * FROM gold.stream_details LIMIT 10\"",
+        "\nDone in {:.1} s. Source: {source}  Lake: {lake_path}\nLook around: tunelake --lake {lake_path} status\n             tunelake --lake {lake_path} sql \"SELECT * FROM gold.stream_details LIMIT 10\"",
         started.elapsed().as_secs_f64()
     );
     Ok(report_errors(&first)

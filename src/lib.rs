@@ -2,13 +2,20 @@
 //!
 //! The library holds everything; the `tunelake` binary only parses the command line.
 //! Modules follow the pipeline: `config` (the pipeline file), `source` (SQL and file sources),
-//! `lake` (object storage: paths, watermarks), `stages` (ingest, silver), `query` (read-only SQL over the lake), `seed` (sample data).
+//! `lake` (object storage: paths, watermarks, the event log), `stages` (ingest, silver, gold),
+//! `runs` (a stage run with its events and alert), `functions` (the Azure Functions custom
+//! handler, over the small `http` server), `alert` (Graph mail or the outbox), `query`
+//! (read-only SQL over the lake), `seed` (sample data).
 
+pub mod alert;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod functions;
+pub mod http;
 pub mod lake;
 pub mod query;
+pub mod runs;
 pub mod seed;
 pub mod source;
 pub mod stages;

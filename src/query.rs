@@ -77,6 +77,11 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
 
 /// Runs one read-only query. Anything but a query (DDL, DML, SET, ...) is refused.
 pub async fn run(lake: &Lake, sql: &str) -> Result<Vec<RecordBatch>> {
+    run_limited(lake, sql, None).await
+}
+
+/// [`run`], returning at most `limit` rows (the plan stops reading past them).
+pub async fn run_limited(lake: &Lake, sql: &str, limit: Option<usize>) -> Result<Vec<RecordBatch>> {
     let ctx = session(lake).await?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
@@ -91,6 +96,10 @@ pub async fn run(lake: &Lake, sql: &str) -> Result<Vec<RecordBatch>> {
                 "{e} (tunelake sql runs read-only queries over silver.*, gold.* and system.*)"
             ),
         })?;
+    let df = match limit {
+        Some(n) => df.limit(0, Some(n)).map_err(df_error(sql))?,
+        None => df,
+    };
     df.collect().await.map_err(df_error(sql))
 }
 

@@ -1,6 +1,7 @@
 //! The lake: one object store (local folder, Azure Blob / ADLS Gen2, Azurite) and the layout
 //! of DESIGN.md §5. All lake I/O goes through here.
 
+pub mod azurite;
 pub mod events;
 pub mod watermark;
 
@@ -38,6 +39,43 @@ pub async fn delta_provider(
     })
 }
 
+/// Makes batches fit for a Delta table that later writes must also fit: every column
+/// nullable, string views and large strings as plain strings.
+pub fn storable(
+    batches: Vec<arrow::array::RecordBatch>,
+    schema: arrow::datatypes::SchemaRef,
+) -> std::result::Result<
+    (arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>),
+    arrow::error::ArrowError,
+> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let data_type = match f.data_type() {
+                DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+                other => other.clone(),
+            };
+            Field::new(f.name(), data_type, true)
+        })
+        .collect();
+    let out = Arc::new(Schema::new(fields));
+    let batches = batches
+        .into_iter()
+        .map(|b| {
+            let columns = b
+                .columns()
+                .iter()
+                .zip(out.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            arrow::array::RecordBatch::try_new(out.clone(), columns)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((out, batches))
+}
+
 /// Where bronze files of a table live: `bronze/<Table>/`.
 pub fn bronze_dir(table: &str) -> String {
     format!("bronze/{table}")
@@ -50,6 +88,8 @@ pub struct Lake {
     url: String,
     /// The folder behind a local lake, for fsync (object_store renames but does not sync).
     local_root: Option<PathBuf>,
+    /// The container of an Azure lake.
+    container: Option<String>,
 }
 
 impl std::fmt::Debug for Lake {
@@ -86,6 +126,12 @@ impl Lake {
                 store,
                 url: url.to_string(),
                 local_root: None,
+                // az://container/path, or abfss://container@account.dfs.core.windows.net/path.
+                container: if parsed.username().is_empty() {
+                    parsed.host_str().map(str::to_string)
+                } else {
+                    Some(parsed.username().to_string())
+                },
             });
         }
         if url.contains("://") && !url.starts_with("file://") {
@@ -102,6 +148,7 @@ impl Lake {
             store: Arc::new(store),
             url: url.to_string(),
             local_root: Some(root),
+            container: None,
         })
     }
 
@@ -136,6 +183,18 @@ impl Lake {
                 table: path.to_string(),
                 source: e,
             })
+    }
+
+    /// Opens a lake and makes it usable: on the storage emulator, its container is created
+    /// when missing.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let lake = Self::open(url)?;
+        if let Some(container) = &lake.container
+            && azurite::in_use()
+        {
+            azurite::ensure_container(container).await?;
+        }
+        Ok(lake)
     }
 
     /// The object store, rooted at the lake.

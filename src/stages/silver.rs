@@ -973,30 +973,12 @@ fn finalize(
                     .all(|b| b.column(i).null_count() == b.num_rows()))
         })
         .collect();
-    let fields: Vec<Field> = keep
+    let projected = Arc::new(schema.project(&keep)?);
+    let batches = batches
         .iter()
-        .map(|&i| {
-            let f = schema.field(i);
-            let data_type = match f.data_type() {
-                DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
-                other => other.clone(),
-            };
-            Field::new(f.name(), data_type, true)
-        })
-        .collect();
-    let out_schema = Arc::new(Schema::new(fields));
-    let out = batches
-        .iter()
-        .map(|b| {
-            let columns = keep
-                .iter()
-                .zip(out_schema.fields())
-                .map(|(&i, f)| arrow::compute::cast(b.column(i), f.data_type()))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            RecordBatch::try_new(out_schema.clone(), columns)
-        })
+        .map(|b| b.project(&keep))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok((out_schema, out))
+    crate::lake::storable(batches, projected)
 }
 
 #[cfg(test)]

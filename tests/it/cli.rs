@@ -3,11 +3,21 @@
 use std::process::Command;
 
 fn tunelake(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    tunelake_with(dir, args, &[])
+}
+
+/// Runs the binary in `dir` with extra environment variables: (exit code, stdout, stderr).
+pub fn tunelake_with(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tunelake"))
         .current_dir(dir)
         .env_remove("TUNELAKE_SOURCE")
         .env_remove("TUNELAKE_LAKE")
         .env_remove("TUNELAKE_CONFIG")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(args)
         .output()
         .unwrap();
@@ -143,7 +153,16 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// Every gold table as sorted CSV lines, named.
-fn gold_tables(dir: &std::path::Path, lake: &str) -> Vec<(String, Vec<String>)> {
+pub fn gold_tables(dir: &std::path::Path, lake: &str) -> Vec<(String, Vec<String>)> {
+    gold_tables_with(dir, lake, &[])
+}
+
+/// [`gold_tables`] with extra environment variables (a lake on Azurite).
+pub fn gold_tables_with(
+    dir: &std::path::Path,
+    lake: &str,
+    env: &[(&str, String)],
+) -> Vec<(String, Vec<String>)> {
     [
         "dim_user",
         "dim_artist",
@@ -155,7 +174,7 @@ fn gold_tables(dir: &std::path::Path, lake: &str) -> Vec<(String, Vec<String>)> 
     ]
     .iter()
     .map(|t| {
-        let (code, out, err) = tunelake(
+        let (code, out, err) = tunelake_with(
             dir,
             &[
                 "--lake",
@@ -165,6 +184,7 @@ fn gold_tables(dir: &std::path::Path, lake: &str) -> Vec<(String, Vec<String>)> 
                 "--format",
                 "csv",
             ],
+            env,
         );
         assert_eq!(code, 0, "{t}: {err}");
         let mut lines: Vec<String> = out.lines().map(str::to_string).collect();

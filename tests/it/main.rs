@@ -3,9 +3,11 @@
 // Helpers outside #[test] functions panic on purpose: a failed setup is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod alert;
 mod cli;
 mod common;
 mod files;
+mod functions;
 mod gold;
 mod ingest;
 mod mssql;

@@ -15,17 +15,18 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, new_null_array,
+};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::Column;
 use datafusion::prelude::{Expr, lit};
 use deltalake::kernel::Transaction;
-use deltalake::protocol::SaveMode;
 use tracing::info;
 
 use super::{
-    TableReport, commit_properties, consumed_app_id, count_where, delta_err, df_err, recorded,
-    register, silver_changes, storable, table_path,
+    TableReport, append, commit_properties, consumed_app_id, count_op, delta_err, df_err, project,
+    recorded, register, schema_of, silver_changes, table_path,
 };
 use crate::config::ident::quote_ansi as q;
 use crate::config::{GoldSpec, TableSpec};
@@ -310,21 +311,12 @@ pub(super) async fn build(lake: &Lake, table: &TableSpec, report: &mut TableRepo
     let ctx = super::session();
     register(&ctx, "silver", &changes.table, None).await?;
     register(&ctx, "changes", &changes.table, Some(&changes.files)).await?;
-    let silver_schema = changes
-        .table
-        .snapshot()
-        .map_err(delta_err(&silver_name))?
-        .snapshot()
-        .arrow_schema();
+    let silver_schema = schema_of(&changes.table, &silver_name)?;
     let columns = DimColumns::new(table, gold, &silver_schema)?;
     let gold_columns: Option<HashSet<String>> = match target.version() {
         Some(_) => {
             register(&ctx, "gold", &target, None).await?;
-            let schema = target
-                .snapshot()
-                .map_err(delta_err(name))?
-                .snapshot()
-                .arrow_schema();
+            let schema = schema_of(&target, name)?;
             Some(schema.fields().iter().map(|f| f.name().clone()).collect())
         }
         None => None,
@@ -346,20 +338,14 @@ pub(super) async fn build(lake: &Lake, table: &TableSpec, report: &mut TableRepo
         .collect()
         .await
         .map_err(df_err(name, "computing versions"))?;
-    report.inserted = count_where(&rows, "__op", "I");
-    report.updated = count_where(&rows, "__op", "U");
-    report.deleted = count_where(&rows, "__op", "D");
-    report.closed = rows
-        .iter()
-        .map(|b| {
-            let part = [b.clone()];
-            if count_where(&part, "__op", "U") == 0 {
-                0
-            } else {
-                closed_updates(b)
-            }
-        })
-        .sum();
+    report.inserted = count_op(&rows, "I", |_, _| true);
+    report.updated = count_op(&rows, "U", |_, _| true);
+    report.deleted = count_op(&rows, "D", |_, _| true);
+    report.closed = count_op(&rows, "U", |b, i| {
+        b.column_by_name("__closed")
+            .and_then(|c| c.as_boolean_opt().map(|c| c.is_valid(i) && c.value(i)))
+            .unwrap_or(false)
+    });
     let txns = vec![
         Transaction::new(&app_id, changes.version as i64),
         Transaction::new(SK_APP_ID, max_sk + report.inserted as i64),
@@ -367,35 +353,13 @@ pub(super) async fn build(lake: &Lake, table: &TableSpec, report: &mut TableRepo
     let output = columns.output();
     let written = if gold_columns.is_none() {
         // First build: the unknown member and every version in one commit.
-        let keep: Vec<usize> = output
-            .iter()
-            .filter_map(|c| schema.index_of(c).ok())
-            .collect();
-        let projected = Arc::new(schema.project(&keep).map_err(|e| Error::arrow(name, e))?);
-        let mut batches = vec![unknown_member(&projected, &columns)?];
-        for b in &rows {
-            batches.push(b.project(&keep).map_err(|e| Error::arrow(name, e))?);
-        }
-        let (_, batches) = storable(batches, projected)?;
-        target
-            .write(batches)
-            .with_save_mode(SaveMode::Append)
-            .with_commit_properties(commit_properties(txns))
-            .await
-            .map_err(delta_err(name))?
+        let (schema, mut batches) = project(&rows, &schema, &output, name)?;
+        batches.insert(0, unknown_member(&schema, &columns)?);
+        append(target, name, schema, batches, txns).await?
     } else if rows.iter().all(|b| b.num_rows() == 0) {
         // Nothing differs (identical or excluded-column changes): record the progress only.
-        let schema = target
-            .snapshot()
-            .map_err(delta_err(name))?
-            .snapshot()
-            .arrow_schema();
-        target
-            .write(vec![RecordBatch::new_empty(schema)])
-            .with_save_mode(SaveMode::Append)
-            .with_commit_properties(commit_properties(txns))
-            .await
-            .map_err(delta_err(name))?
+        let schema = schema_of(&target, name)?;
+        append(target, name, schema, Vec::new(), txns).await?
     } else {
         let source = ctx
             .read_batches(rows)
@@ -439,23 +403,6 @@ pub(super) async fn build(lake: &Lake, table: &TableSpec, report: &mut TableRepo
         "Built the dimension."
     );
     Ok(())
-}
-
-/// Rows of a batch with `__op = 'U'` and `__closed`.
-fn closed_updates(b: &RecordBatch) -> u64 {
-    use arrow::array::{Array, AsArray};
-    let (Some(op), Some(closed)) = (b.column_by_name("__op"), b.column_by_name("__closed")) else {
-        return 0;
-    };
-    let closed = closed.as_boolean();
-    let is_u = |i: usize| match op.data_type() {
-        DataType::Utf8View => op.as_string_view().value(i) == "U",
-        DataType::Utf8 => op.as_string::<i32>().value(i) == "U",
-        _ => false,
-    };
-    (0..b.num_rows())
-        .filter(|&i| closed.is_valid(i) && closed.value(i) && is_u(i))
-        .count() as u64
 }
 
 /// The unknown member: surrogate key -1, NULL business keys, "Unknown" for text

@@ -10,18 +10,17 @@
 
 use std::collections::HashSet;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int64Type, Schema};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Int64Type, Schema};
 use datafusion::common::Column;
 use datafusion::prelude::{Expr, lit};
 use deltalake::kernel::Transaction;
-use deltalake::protocol::SaveMode;
 use tracing::info;
 
 use super::dimension::is_lineage;
 use super::{
-    TableReport, commit_properties, consumed_app_id, delta_err, df_err, recorded, register,
-    silver_changes, storable, table_path,
+    TableReport, append, commit_properties, consumed_app_id, count_op, delta_err, df_err, project,
+    recorded, register, schema_of, silver_changes, table_path,
 };
 use crate::config::ident::quote_ansi as q;
 use crate::config::{GoldKind, TableSpec};
@@ -256,12 +255,7 @@ pub(super) async fn build(
     };
     report.input_version = Some(changes.version);
     report.version = target.version();
-    let silver_schema = changes
-        .table
-        .snapshot()
-        .map_err(delta_err(&silver_name))?
-        .snapshot()
-        .arrow_schema();
+    let silver_schema = schema_of(&changes.table, &silver_name)?;
     let columns = FactColumns::new(table, all, &silver_schema)?;
     let ctx = super::session();
     let mut txns = vec![Transaction::new(&app_id, changes.version as i64)];
@@ -311,11 +305,7 @@ pub(super) async fn build(
     let fact_columns: Option<HashSet<String>> = match target.version() {
         Some(_) => {
             register(&ctx, "fact", &target, None).await?;
-            let schema = target
-                .snapshot()
-                .map_err(delta_err(name))?
-                .snapshot()
-                .arrow_schema();
+            let schema = schema_of(&target, name)?;
             Some(schema.fields().iter().map(|f| f.name().clone()).collect())
         }
         None => None,
@@ -433,48 +423,30 @@ pub(super) async fn build(
         .collect()
         .await
         .map_err(df_err(name, "resolving dimension keys"))?;
-    report.inserted = count_op(&rows, "N", None);
-    report.updated = count_op(&rows, "R", None);
+    report.inserted = count_op(&rows, "N", |_, _| true);
+    report.updated = count_op(&rows, "R", |_, _| true);
     report.unknown = columns
         .lookups
         .iter()
-        .map(|l| (l.sk.clone(), count_op(&rows, "N", Some(&l.sk))))
+        .map(|l| {
+            let unknown = count_op(&rows, "N", |b, i| {
+                b.column_by_name(&l.sk)
+                    .and_then(|c| {
+                        c.as_primitive_opt::<Int64Type>()
+                            .map(|c| c.is_valid(i) && c.value(i) == -1)
+                    })
+                    .unwrap_or(false)
+            });
+            (l.sk.clone(), unknown)
+        })
         .collect();
     let output = columns.output();
     let written = if fact_columns.is_none() {
-        let keep: Vec<usize> = output
-            .iter()
-            .filter_map(|c| schema.index_of(c).ok())
-            .collect();
-        let projected =
-            std::sync::Arc::new(schema.project(&keep).map_err(|e| Error::arrow(name, e))?);
-        let batches = rows
-            .iter()
-            .map(|b| b.project(&keep))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::arrow(name, e))?;
-        let (schema, mut batches) = storable(batches, projected)?;
-        if batches.is_empty() {
-            batches.push(RecordBatch::new_empty(schema));
-        }
-        target
-            .write(batches)
-            .with_save_mode(SaveMode::Append)
-            .with_commit_properties(commit_properties(txns))
-            .await
-            .map_err(delta_err(name))?
+        let (schema, batches) = project(&rows, &schema, &output, name)?;
+        append(target, name, schema, batches, txns).await?
     } else if rows.iter().all(|b| b.num_rows() == 0) {
-        let schema = target
-            .snapshot()
-            .map_err(delta_err(name))?
-            .snapshot()
-            .arrow_schema();
-        target
-            .write(vec![RecordBatch::new_empty(schema)])
-            .with_save_mode(SaveMode::Append)
-            .with_commit_properties(commit_properties(txns))
-            .await
-            .map_err(delta_err(name))?
+        let schema = schema_of(&target, name)?;
+        append(target, name, schema, Vec::new(), txns).await?
     } else {
         let source = ctx
             .read_batches(rows)
@@ -527,37 +499,4 @@ pub(super) async fn build(
         "Built the fact."
     );
     Ok(())
-}
-
-/// Rows with `__op = op`, and, with `unknown`, whose column of that name is -1.
-fn count_op(batches: &[RecordBatch], op: &str, unknown: Option<&str>) -> u64 {
-    let mut n = 0;
-    for b in batches {
-        let Some(ops) = b.column_by_name("__op") else {
-            continue;
-        };
-        let is_op = |i: usize| match ops.data_type() {
-            DataType::Utf8View => ops.as_string_view().value(i) == op,
-            DataType::Utf8 => ops.as_string::<i32>().value(i) == op,
-            _ => false,
-        };
-        let sk = unknown.and_then(|c| b.column_by_name(c));
-        for i in 0..b.num_rows() {
-            if !is_op(i) {
-                continue;
-            }
-            match &sk {
-                None => n += 1,
-                Some(sk) => {
-                    if let Some(a) = sk.as_primitive_opt::<Int64Type>()
-                        && a.is_valid(i)
-                        && a.value(i) == -1
-                    {
-                        n += 1;
-                    }
-                }
-            }
-        }
-    }
-    n
 }

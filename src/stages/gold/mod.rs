@@ -417,65 +417,86 @@ fn commit_properties(txns: Vec<Transaction>) -> deltalake::kernel::transaction::
         .with_max_retries(0)
 }
 
-/// Makes batches storable: every column nullable, string views as plain strings.
+/// [`crate::lake::storable`], with gold's error.
 fn storable(
     batches: Vec<arrow::array::RecordBatch>,
     schema: arrow::datatypes::SchemaRef,
 ) -> Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)> {
-    use arrow::datatypes::{DataType, Field, Schema};
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            let data_type = match f.data_type() {
-                DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
-                other => other.clone(),
-            };
-            Field::new(f.name(), data_type, true)
-        })
-        .collect();
-    let out = Arc::new(Schema::new(fields));
-    let batches = batches
-        .into_iter()
-        .map(|b| {
-            let columns = b
-                .columns()
-                .iter()
-                .zip(out.fields())
-                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            arrow::array::RecordBatch::try_new(out.clone(), columns)
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::arrow("preparing gold rows", e))?;
-    Ok((out, batches))
+    crate::lake::storable(batches, schema).map_err(|e| Error::arrow("preparing gold rows", e))
 }
 
-/// Counts the rows of `batches` whose string column `column` equals `value`.
-fn count_where(batches: &[arrow::array::RecordBatch], column: &str, value: &str) -> u64 {
-    use arrow::array::{Array, AsArray};
-    batches
+/// Counts the rows whose `__op` is `op` and for which `also(batch, row)` holds.
+fn count_op(
+    batches: &[arrow::array::RecordBatch],
+    op: &str,
+    also: impl Fn(&arrow::array::RecordBatch, usize) -> bool,
+) -> u64 {
+    use arrow::array::AsArray;
+    let mut n = 0;
+    for b in batches {
+        let Some(ops) = b.column_by_name("__op") else {
+            continue;
+        };
+        let ops: Vec<Option<&str>> = match ops.data_type() {
+            arrow::datatypes::DataType::Utf8View => ops.as_string_view().iter().collect(),
+            arrow::datatypes::DataType::Utf8 => ops.as_string::<i32>().iter().collect(),
+            _ => continue,
+        };
+        n += ops
+            .iter()
+            .enumerate()
+            .filter(|(i, o)| **o == Some(op) && also(b, *i))
+            .count() as u64;
+    }
+    n
+}
+
+/// The table's schema as stored.
+fn schema_of(table: &DeltaTable, name: &str) -> Result<arrow::datatypes::SchemaRef> {
+    Ok(table
+        .snapshot()
+        .map_err(delta_err(name))?
+        .snapshot()
+        .arrow_schema())
+}
+
+/// The `output` columns of computed rows, in that order (dropping `__op` and the like).
+fn project(
+    rows: &[arrow::array::RecordBatch],
+    schema: &arrow::datatypes::SchemaRef,
+    output: &[String],
+    name: &str,
+) -> Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)> {
+    let keep: Vec<usize> = output
         .iter()
-        .filter_map(|b| b.column_by_name(column))
-        .map(|c| match c.data_type() {
-            arrow::datatypes::DataType::Utf8View => c
-                .as_string_view()
-                .iter()
-                .filter(|v| *v == Some(value))
-                .count() as u64,
-            arrow::datatypes::DataType::Utf8 => c
-                .as_string::<i32>()
-                .iter()
-                .filter(|v| *v == Some(value))
-                .count() as u64,
-            arrow::datatypes::DataType::Boolean => {
-                let want = value == "true";
-                let b = c.as_boolean();
-                (0..b.len())
-                    .filter(|&i| b.is_valid(i) && b.value(i) == want)
-                    .count() as u64
-            }
-            _ => 0,
-        })
-        .sum()
+        .filter_map(|c| schema.index_of(c).ok())
+        .collect();
+    let projected = Arc::new(schema.project(&keep).map_err(|e| Error::arrow(name, e))?);
+    let batches = rows
+        .iter()
+        .map(|b| b.project(&keep))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::arrow(name, e))?;
+    Ok((projected, batches))
+}
+
+/// Appends rows in one commit carrying `txns`: the first build of a table (which creates
+/// it), or, with no rows, a commit that only records progress.
+async fn append(
+    target: DeltaTable,
+    name: &str,
+    schema: arrow::datatypes::SchemaRef,
+    batches: Vec<arrow::array::RecordBatch>,
+    txns: Vec<Transaction>,
+) -> Result<DeltaTable> {
+    let (schema, mut batches) = storable(batches, schema)?;
+    if batches.is_empty() {
+        batches.push(arrow::array::RecordBatch::new_empty(schema));
+    }
+    target
+        .write(batches)
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .with_commit_properties(commit_properties(txns))
+        .await
+        .map_err(delta_err(name))
 }

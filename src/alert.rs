@@ -1,0 +1,407 @@
+//! Alerts (the reference stack's Logic App): one message per failed run, naming the stage,
+//! the failed tables, the run id, the errors and the counts. Sent as e-mail through Microsoft
+//! Graph `sendMail` when a mail channel is configured, otherwise (and whenever Graph cannot be
+//! reached after retries) written to the lake's `_system/outbox/`, so no alert is ever lost.
+//!
+//! Configuration comes from the environment (app settings in Azure):
+//! `TUNELAKE_ALERT_TO` (comma-separated recipients) and `TUNELAKE_ALERT_FROM` (the sending
+//! mailbox) turn the Graph channel on; the token comes from client credentials
+//! (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`) or else the managed identity
+//! (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`, optional `AZURE_CLIENT_ID`). `TUNELAKE_GRAPH_URL`
+//! and `TUNELAKE_LOGIN_URL` move Graph and the Entra ID token endpoint (tests point them at a
+//! loopback server).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+
+/// Graph attempts before the alert goes to the outbox.
+const TRIES: u32 = 4;
+
+/// One failed table of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub table: String,
+    pub error: String,
+}
+
+/// What an alert says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub run_id: String,
+    pub stage: String,
+    pub failures: Vec<Failure>,
+    /// Free-form counts, e.g. "rows_in": 1000.
+    #[serde(default)]
+    pub counts: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Alert {
+    /// The e-mail subject: stage, tables and run.
+    pub fn subject(&self) -> String {
+        let tables: Vec<&str> = self.failures.iter().map(|f| f.table.as_str()).collect();
+        format!(
+            "tunelake {} failed for {} (run {})",
+            self.stage,
+            if tables.is_empty() {
+                "the run".to_string()
+            } else {
+                tables.join(", ")
+            },
+            self.run_id
+        )
+    }
+
+    /// The e-mail body, plain text.
+    pub fn body(&self) -> String {
+        let mut text = format!("Stage: {}\nRun: {}\n\n", self.stage, self.run_id);
+        for f in &self.failures {
+            text.push_str(&format!("Table {}: {}\n", f.table, f.error));
+        }
+        if !self.counts.is_empty() {
+            text.push_str("\nCounts:\n");
+            for (k, v) in &self.counts {
+                text.push_str(&format!("  {k}: {v}\n"));
+            }
+        }
+        text
+    }
+}
+
+/// Where the Graph channel gets its token.
+#[derive(Clone)]
+enum Credential {
+    ClientSecret {
+        tenant: String,
+        client_id: String,
+        secret: String,
+    },
+    ManagedIdentity {
+        endpoint: String,
+        header: String,
+        client_id: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret or the identity header.
+        match self {
+            Credential::ClientSecret {
+                tenant, client_id, ..
+            } => write!(f, "ClientSecret({tenant}, {client_id})"),
+            Credential::ManagedIdentity { endpoint, .. } => {
+                write!(f, "ManagedIdentity({endpoint})")
+            }
+        }
+    }
+}
+
+/// A configured Graph channel.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    graph_url: String,
+    login_url: String,
+    sender: String,
+    to: Vec<String>,
+    credential: Credential,
+    /// Delay before the first retry; doubles each time (tests make it short).
+    backoff: Duration,
+}
+
+impl Graph {
+    /// The channel from the environment, or `None` when no mail channel is configured.
+    pub fn from_env() -> Result<Option<Graph>> {
+        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// The channel from any variable lookup (the environment, or a test's map).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Option<Graph>> {
+        let (Some(to), Some(sender)) = (var("TUNELAKE_ALERT_TO"), var("TUNELAKE_ALERT_FROM"))
+        else {
+            return Ok(None);
+        };
+        let credential = match (
+            var("AZURE_TENANT_ID"),
+            var("AZURE_CLIENT_ID"),
+            var("AZURE_CLIENT_SECRET"),
+            var("IDENTITY_ENDPOINT"),
+            var("IDENTITY_HEADER"),
+        ) {
+            (Some(tenant), Some(client_id), Some(secret), _, _) => Credential::ClientSecret {
+                tenant,
+                client_id,
+                secret,
+            },
+            (_, client_id, None, Some(endpoint), Some(header)) => Credential::ManagedIdentity {
+                endpoint,
+                header,
+                client_id,
+            },
+            _ => {
+                return Err(Error::BadArgument {
+                    what: "alert settings".to_string(),
+                    message: "TUNELAKE_ALERT_TO and TUNELAKE_ALERT_FROM are set, but there is no \
+                              credential: set AZURE_TENANT_ID, AZURE_CLIENT_ID and \
+                              AZURE_CLIENT_SECRET, or run with a managed identity \
+                              (IDENTITY_ENDPOINT, IDENTITY_HEADER)"
+                        .to_string(),
+                });
+            }
+        };
+        Ok(Some(Graph {
+            graph_url: var("TUNELAKE_GRAPH_URL")
+                .unwrap_or_else(|| "https://graph.microsoft.com/v1.0".to_string())
+                .trim_end_matches('/')
+                .to_string(),
+            login_url: var("TUNELAKE_LOGIN_URL")
+                .unwrap_or_else(|| "https://login.microsoftonline.com".to_string())
+                .trim_end_matches('/')
+                .to_string(),
+            sender,
+            to: to
+                .split([',', ';'])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            credential,
+            backoff: Duration::from_millis(500),
+        }))
+    }
+
+    /// Shortens the retry delays (tests).
+    pub fn with_backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    async fn token(&self, client: &reqwest::Client) -> std::result::Result<String, String> {
+        let response = match &self.credential {
+            Credential::ClientSecret {
+                tenant,
+                client_id,
+                secret,
+            } => {
+                let form = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("client_id", client_id)
+                    .append_pair("client_secret", secret)
+                    .append_pair("scope", "https://graph.microsoft.com/.default")
+                    .append_pair("grant_type", "client_credentials")
+                    .finish();
+                client
+                    .post(format!("{}/{tenant}/oauth2/v2.0/token", self.login_url))
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(form)
+                    .send()
+                    .await
+            }
+            Credential::ManagedIdentity {
+                endpoint,
+                header,
+                client_id,
+            } => {
+                let mut query = vec![
+                    ("resource", "https://graph.microsoft.com"),
+                    ("api-version", "2019-08-01"),
+                ];
+                if let Some(id) = client_id {
+                    query.push(("client_id", id));
+                }
+                client
+                    .get(endpoint)
+                    .query(&query)
+                    .header("X-IDENTITY-HEADER", header)
+                    .send()
+                    .await
+            }
+        }
+        .map_err(|e| format!("token request failed: {}", e.without_url()))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("token response unreadable: {}", e.without_url()))?;
+        if !status.is_success() {
+            return Err(format!("token endpoint answered {status}"));
+        }
+        #[derive(Deserialize)]
+        struct Token {
+            access_token: String,
+        }
+        serde_json::from_slice::<Token>(&body)
+            .map(|t| t.access_token)
+            .map_err(|e| format!("token response is not a token: {e}"))
+    }
+
+    /// Sends the alert, retrying 429 and 5xx answers (honouring `Retry-After`).
+    pub async fn send(&self, alert: &Alert) -> std::result::Result<(), String> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let message = serde_json::json!({
+            "message": {
+                "subject": alert.subject(),
+                "body": { "contentType": "Text", "content": alert.body() },
+                "toRecipients": self.to.iter()
+                    .map(|a| serde_json::json!({ "emailAddress": { "address": a } }))
+                    .collect::<Vec<_>>(),
+            },
+            "saveToSentItems": false,
+        });
+        let url = format!(
+            "{}/users/{}/sendMail",
+            self.graph_url,
+            utf8_percent(&self.sender)
+        );
+        let mut delay = self.backoff;
+        let mut last = String::new();
+        for attempt in 1..=TRIES {
+            let token = match self.token(&client).await {
+                Ok(t) => t,
+                Err(e) => {
+                    last = e;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    continue;
+                }
+            };
+            let sent = client
+                .post(&url)
+                .bearer_auth(&token)
+                .header("Content-Type", "application/json")
+                .body(message.to_string())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    info!(attempt, to = ?self.to, "Sent the alert through Graph.");
+                    return Ok(());
+                }
+                Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+                    let wait = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(Duration::from_secs)
+                        .unwrap_or(delay)
+                        .min(Duration::from_secs(60));
+                    last = format!("Graph answered {}", r.status());
+                    warn!(attempt, status = %r.status(), "Graph refused the alert for now; retrying.");
+                    tokio::time::sleep(wait).await;
+                    delay *= 2;
+                }
+                Ok(r) => return Err(format!("Graph answered {}", r.status())),
+                Err(e) => {
+                    last = format!("Graph unreachable: {}", e.without_url());
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+fn utf8_percent(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace("%40", "@")
+}
+
+/// Where the alert ended up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivered {
+    Mail,
+    /// The outbox path, and why not by mail (when a mail channel was configured).
+    Outbox(String, Option<String>),
+}
+
+/// Sends an alert by mail when configured, else (or when mail fails) to the outbox.
+pub async fn send(lake: &Lake, graph: Option<&Graph>, alert: &Alert) -> Result<Delivered> {
+    let mut reason = None;
+    if let Some(graph) = graph {
+        match graph.send(alert).await {
+            Ok(()) => return Ok(Delivered::Mail),
+            Err(e) => {
+                warn!(error = %e, "The alert could not be mailed; it goes to the outbox.");
+                reason = Some(e);
+            }
+        }
+    }
+    let path = format!(
+        "_system/outbox/{}-{}.json",
+        alert.run_id,
+        alert.stage.replace(['/', ' '], "_")
+    );
+    let mut record = serde_json::to_value(alert).map_err(|e| Error::Task(e.to_string()))?;
+    if let (Some(r), Some(map)) = (&reason, record.as_object_mut()) {
+        map.insert("mail_error".to_string(), serde_json::Value::from(r.clone()));
+    }
+    map_subject(&mut record, alert);
+    lake.put(&path, Bytes::from(record.to_string())).await?;
+    info!(path, "Wrote the alert to the outbox.");
+    Ok(Delivered::Outbox(path, reason))
+}
+
+fn map_subject(record: &mut serde_json::Value, alert: &Alert) {
+    if let Some(map) = record.as_object_mut() {
+        map.insert("subject".to_string(), alert.subject().into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert() -> Alert {
+        Alert {
+            run_id: "r1".into(),
+            stage: "gold".into(),
+            failures: vec![Failure {
+                table: "dim_user".into(),
+                error: "boom".into(),
+            }],
+            counts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn subject_names_stage_tables_and_run() {
+        assert_eq!(
+            alert().subject(),
+            "tunelake gold failed for dim_user (run r1)"
+        );
+        assert!(alert().body().contains("Table dim_user: boom"));
+    }
+
+    #[test]
+    fn no_recipients_means_no_mail_channel_and_a_half_configuration_is_an_error() {
+        assert!(Graph::from_lookup(|_| None).unwrap().is_none());
+        let err = Graph::from_lookup(|n| match n {
+            "TUNELAKE_ALERT_TO" | "TUNELAKE_ALERT_FROM" => Some("a@b.c".into()),
+            _ => None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("AZURE_CLIENT_SECRET"), "{err}");
+        let graph = Graph::from_lookup(|n| match n {
+            "TUNELAKE_ALERT_TO" => Some("x@y.z; w@y.z".into()),
+            "TUNELAKE_ALERT_FROM" => Some("alerts@y.z".into()),
+            "AZURE_TENANT_ID" | "AZURE_CLIENT_ID" => Some("id".into()),
+            "AZURE_CLIENT_SECRET" => Some("s3cret".into()),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(graph.to, ["x@y.z", "w@y.z"]);
+        assert!(!format!("{graph:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,450 @@
+//! The Function App: `tunelake serve` is an Azure Functions custom handler. The host POSTs
+//! `/<function>` with `{Data, Metadata}` for the timer (`ingest`), blob (`silver`) and queue
+//! (`gold`) functions, and forwards the HTTP functions (`alert`, `query`) as they arrive, at
+//! `/api/<function>`. Every stage answers `{Outputs, Logs, ReturnValue}`; a failed stage
+//! answers 500 so the host retries and, for the queue, poison-queues.
+
+pub mod package;
+mod payload;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::alert::{self, Alert, Graph};
+use crate::config::Pipeline;
+use crate::error::{Error, Result};
+use crate::http::{Handler, Request, Response};
+use crate::lake::{Lake, events};
+use crate::runs;
+use crate::stages::silver::{FileStatus, GoldWorkItem, Silver};
+use crate::stages::{Status, new_run_id};
+
+/// The functions, as `functions/<name>/function.json` declares them.
+pub const FUNCTIONS: [&str; 5] = ["ingest", "silver", "gold", "alert", "query"];
+
+/// Rows a query answers at most unless `limit` asks for fewer.
+const DEFAULT_ROWS: usize = 1000;
+const MAX_ROWS: usize = 100_000;
+
+/// What the handler works with: the pipeline, the lake, the source, the mail channel.
+pub struct App {
+    pub pipeline: Pipeline,
+    pub lake: Lake,
+    pub source_url: String,
+    pub graph: Option<Graph>,
+}
+
+impl App {
+    /// The request handler for [`crate::http::serve`].
+    pub fn handler(self: Arc<Self>) -> Handler {
+        Arc::new(move |request: Request| {
+            let app = self.clone();
+            Box::pin(async move { app.route(request).await })
+        })
+    }
+
+    async fn route(&self, request: Request) -> Response {
+        let path = request.path.trim_end_matches('/').to_string();
+        let start = Instant::now();
+        let response = match (request.method.as_str(), path.as_str()) {
+            (_, "") => Response::text(200, format!("tunelake ready: {}", FUNCTIONS.join(", "))),
+            ("POST", "/ingest") => self.invocation(&request, Self::ingest).await,
+            ("POST", "/silver") => self.invocation(&request, Self::silver).await,
+            ("POST", "/gold") => self.invocation(&request, Self::gold).await,
+            (_, "/api/alert") => self.alert(request.body.as_ref()).await,
+            (_, "/api/query") => self.query(&request).await,
+            // The HTTP functions as a host without request forwarding sends them.
+            ("POST", "/alert" | "/query") => self.http_invocation(&request, &path[1..]).await,
+            (method, _) => Response::json(
+                404,
+                &json!({
+                    "error": format!("no function at {method} {}", request.path),
+                    "functions": FUNCTIONS,
+                }),
+            ),
+        };
+        info!(
+            method = %request.method,
+            path = %request.path,
+            status = response.status,
+            seconds = start.elapsed().as_secs_f64(),
+            "Answered."
+        );
+        response
+    }
+
+    /// Runs a trigger function on a `{Data, Metadata}` payload and wraps its answer.
+    async fn invocation<'a, F, Fut>(&'a self, request: &'a Request, function: F) -> Response
+    where
+        F: FnOnce(&'a Self, payload::Invocation) -> Fut,
+        Fut: std::future::Future<Output = Outcome>,
+    {
+        let invocation = match payload::Invocation::parse(&request.body) {
+            Ok(i) => i,
+            Err(message) => return Response::json(400, &json!({ "error": message })),
+        };
+        let outcome = function(self, invocation).await;
+        let status = match &outcome.error {
+            None => 200,
+            Some(_) => outcome.status.unwrap_or(500),
+        };
+        let mut logs = outcome.logs;
+        if let Some(e) = &outcome.error {
+            logs.push(format!("error: {e}"));
+        }
+        Response::json(
+            status,
+            &json!({ "Outputs": outcome.outputs, "Logs": logs, "ReturnValue": Value::Null }),
+        )
+    }
+
+    async fn ingest(&self, _: payload::Invocation) -> Outcome {
+        let tables = self.pipeline.tables.clone();
+        match runs::ingest(&self.source_url, &self.lake, &self.pipeline, &tables, None).await {
+            Ok(report) => {
+                let mut logs = Vec::new();
+                for t in &report.tables {
+                    logs.push(format!(
+                        "ingest {} {}: {} rows, {} files",
+                        t.table,
+                        t.status,
+                        t.rows,
+                        t.files.len()
+                    ));
+                    logs.extend(t.files.iter().map(|f| format!("wrote {f}")));
+                }
+                Outcome::done(logs, json!({}))
+                    .failed_if(report.failed(), "a table failed to ingest")
+            }
+            Err(e) => Outcome::error(e.to_string()),
+        }
+    }
+
+    async fn silver(&self, invocation: payload::Invocation) -> Outcome {
+        let Some(path) = invocation.blob_path() else {
+            return Outcome::rejected(
+                "the blob invocation has neither Metadata.Uri nor Metadata.name".to_string(),
+            );
+        };
+        let Some(table) = self.pipeline.table_for_bronze_path(&path) else {
+            let note = format!("{path} is not a bronze file of a pipeline table; ignored");
+            info!(path, "Ignored a blob outside bronze.");
+            return Outcome::done(vec![note], json!({}));
+        };
+        let started = chrono::Utc::now();
+        let run_id = new_run_id();
+        let silver = Silver::new(self.lake.clone(), self.pipeline.settings.clone(), &run_id);
+        let begin = Instant::now();
+        let outcome = silver.process_file(table, &path).await;
+        let seconds = begin.elapsed().as_secs_f64();
+        let (status, counts, version, error) = match &outcome {
+            Ok(o) => (
+                match o.status {
+                    FileStatus::Committed => Status::Ok,
+                    FileStatus::Quarantined => Status::Failed,
+                    _ => Status::Empty,
+                },
+                o.counts.clone(),
+                o.version,
+                o.reason.clone(),
+            ),
+            Err(e) => (
+                Status::Failed,
+                Default::default(),
+                None,
+                Some(e.to_string()),
+            ),
+        };
+        let event = events::Event {
+            run_id: run_id.clone(),
+            stage: "silver".to_string(),
+            table: table.silver_name(),
+            status: status.to_string().to_lowercase(),
+            rows_in: counts.rows_in as i64,
+            rows_out: counts.rows_out as i64,
+            rows_dropped: counts.rows_dropped as i64,
+            rows_rescued: counts.rows_rescued as i64,
+            input_version: None,
+            output_version: version.map(|v| v as i64),
+            started_at: started,
+            seconds,
+            error: error.clone(),
+        };
+        if let Err(e) = events::append(&self.lake, &[event]).await {
+            warn!(error = %e, "The event log could not be appended.");
+        }
+        if let Some(error) = &error {
+            runs::notify(
+                &self.lake,
+                &run_id,
+                "silver",
+                vec![alert::Failure {
+                    table: format!("{} ({path})", table.silver_name()),
+                    error: error.clone(),
+                }],
+            )
+            .await;
+        }
+        match outcome {
+            Err(e) => Outcome::error(e.to_string()),
+            Ok(o) => {
+                let log = format!(
+                    "silver {} {path}: {:?}, {} rows in, {} out, {} dropped",
+                    table.silver_name(),
+                    o.status,
+                    o.counts.rows_in,
+                    o.counts.rows_out,
+                    o.counts.rows_dropped
+                );
+                let outputs = match (o.status, o.version) {
+                    (FileStatus::Committed, Some(version)) => {
+                        let item = GoldWorkItem {
+                            table: table.silver_name(),
+                            version,
+                        };
+                        // A JSON object: the host cannot mistake it for base64.
+                        json!({ "goldQueue": serde_json::to_string(&item).unwrap_or_default() })
+                    }
+                    _ => json!({}),
+                };
+                // A quarantined file is handled (moved aside, alerted): retrying cannot help.
+                Outcome::done(vec![log], outputs)
+            }
+        }
+    }
+
+    async fn gold(&self, invocation: payload::Invocation) -> Outcome {
+        let item = match invocation.queue_item::<GoldWorkItem>("work") {
+            Ok(item) => item,
+            Err(message) => return Outcome::rejected(message),
+        };
+        if !self
+            .pipeline
+            .tables
+            .iter()
+            .any(|t| t.silver_name() == item.table)
+        {
+            return Outcome::rejected(format!(
+                "work item names silver table {:?}, which is not in the pipeline",
+                item.table
+            ));
+        }
+        // Gold consumes every silver change since its last commit, so one item brings
+        // every table up to date and later items for the same commits find nothing to do.
+        let tables = self.pipeline.tables.clone();
+        match runs::gold(&self.lake, &self.pipeline, &tables).await {
+            Ok(report) => {
+                let logs = report
+                    .tables
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "gold {} {}: {} in, {} inserted, {} updated",
+                            t.table, t.status, t.rows_in, t.inserted, t.updated
+                        )
+                    })
+                    .collect();
+                Outcome::done(logs, json!({})).failed_if(report.failed(), "a gold table failed")
+            }
+            Err(e) => Outcome::error(e.to_string()),
+        }
+    }
+
+    /// The HTTP functions when the host sends them as `{Data: {req: ...}}`.
+    async fn http_invocation(&self, request: &Request, function: &str) -> Response {
+        let invocation = match payload::Invocation::parse(&request.body) {
+            Ok(i) => i,
+            Err(message) => return Response::json(400, &json!({ "error": message })),
+        };
+        let inner = invocation.http_request();
+        let answer = match function {
+            "alert" => self.alert(inner.body.as_ref()).await,
+            _ => self.query(&inner).await,
+        };
+        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        Response::json(
+            200,
+            &json!({
+                "Outputs": { "res": {
+                    "statusCode": answer.status.to_string(),
+                    "body": body.to_string(),
+                    "headers": { "Content-Type": "application/json" },
+                }},
+                "Logs": [],
+                "ReturnValue": Value::Null,
+            }),
+        )
+    }
+
+    async fn alert(&self, body: &[u8]) -> Response {
+        let alert: Alert = match serde_json::from_slice(body) {
+            Ok(a) => a,
+            Err(e) => {
+                return Response::json(
+                    400,
+                    &json!({ "error": format!("the alert body is not an alert: {e} \
+                        (expected {{\"run_id\", \"stage\", \"failures\": [{{\"table\", \"error\"}}]}})") }),
+                );
+            }
+        };
+        match alert::send(&self.lake, self.graph.as_ref(), &alert).await {
+            Ok(alert::Delivered::Mail) => Response::json(202, &json!({ "delivered": "mail" })),
+            Ok(alert::Delivered::Outbox(path, reason)) => Response::json(
+                202,
+                &json!({ "delivered": "outbox", "path": path, "mail_error": reason }),
+            ),
+            Err(e) => Response::json(500, &json!({ "error": e.to_string() })),
+        }
+    }
+
+    async fn query(&self, request: &Request) -> Response {
+        let sql = match query_text(request) {
+            Ok(sql) => sql,
+            Err(message) => return Response::json(400, &json!({ "error": message })),
+        };
+        let limit = match request.param("limit").map(str::parse::<usize>).transpose() {
+            Ok(l) => l.unwrap_or(DEFAULT_ROWS).min(MAX_ROWS),
+            Err(_) => return Response::json(400, &json!({ "error": "limit must be a number" })),
+        };
+        match crate::query::run_limited(&self.lake, &sql, Some(limit + 1)).await {
+            Ok(batches) => match rows_json(&batches, limit) {
+                Ok(value) => Response::json(200, &value),
+                Err(e) => Response::json(500, &json!({ "error": e.to_string() })),
+            },
+            Err(e @ Error::BadArgument { .. }) => {
+                Response::json(400, &json!({ "error": e.to_string() }))
+            }
+            Err(e) => Response::json(500, &json!({ "error": e.to_string() })),
+        }
+    }
+}
+
+/// The statement of a query request: the `q` parameter, a JSON body `{"sql": ...}` or
+/// `{"q": ...}`, or the body as text.
+fn query_text(request: &Request) -> std::result::Result<String, String> {
+    if let Some(q) = request.param("q") {
+        return Ok(q.to_string());
+    }
+    let body = String::from_utf8_lossy(&request.body).trim().to_string();
+    if body.is_empty() {
+        return Err("no query: send it as the q parameter or as the body".to_string());
+    }
+    if body.starts_with('{') {
+        let value: Value = serde_json::from_str(&body)
+            .map_err(|e| format!("the JSON body does not parse: {e}"))?;
+        return value
+            .get("sql")
+            .or_else(|| value.get("q"))
+            .and_then(Value::as_str)
+            .map(String::from)
+            .ok_or_else(|| "the JSON body has no \"sql\" string".to_string());
+    }
+    Ok(body)
+}
+
+/// Query results as `{columns, rows, row_count, truncated}`.
+fn rows_json(batches: &[arrow::array::RecordBatch], limit: usize) -> Result<Value> {
+    let text = crate::query::render(batches, crate::query::Format::Json)?;
+    let mut rows: Vec<Value> =
+        serde_json::from_str(&text).map_err(|e| Error::Task(format!("query result: {e}")))?;
+    let truncated = rows.len() > limit;
+    rows.truncate(limit);
+    let columns: Vec<String> = batches
+        .first()
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(json!({
+        "columns": columns,
+        "row_count": rows.len(),
+        "truncated": truncated,
+        "rows": rows,
+    }))
+}
+
+/// What a trigger function did.
+struct Outcome {
+    logs: Vec<String>,
+    outputs: Value,
+    error: Option<String>,
+    /// The answer's status when it failed (default 500).
+    status: Option<u16>,
+}
+
+impl Outcome {
+    fn done(logs: Vec<String>, outputs: Value) -> Self {
+        Outcome {
+            logs,
+            outputs,
+            error: None,
+            status: None,
+        }
+    }
+
+    fn error(message: String) -> Self {
+        Outcome {
+            logs: Vec::new(),
+            outputs: json!({}),
+            error: Some(message),
+            status: None,
+        }
+    }
+
+    /// A payload the function cannot work with: 400, which the host also retries and then
+    /// poison-queues, with nothing written.
+    fn rejected(message: String) -> Self {
+        Outcome {
+            status: Some(400),
+            ..Outcome::error(message)
+        }
+    }
+
+    fn failed_if(mut self, failed: bool, message: &str) -> Self {
+        if failed {
+            self.error = Some(message.to_string());
+        }
+        self
+    }
+}
+
+/// Serves the functions on `127.0.0.1:port` until SIGTERM or Ctrl-C.
+pub async fn serve(app: App, port: u16) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| Error::io(format!("127.0.0.1:{port}"), e))?;
+    info!(port, "tunelake serve is listening.");
+    let shutdown = async {
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::terminate(),
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "SIGTERM cannot be watched; only Ctrl-C stops the server.");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        info!("Stopping: finishing the requests in flight.");
+    };
+    crate::http::serve(listener, Arc::new(app).handler(), shutdown).await;
+    Ok(())
+}

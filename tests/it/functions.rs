@@ -1,0 +1,371 @@
+//! The Function App as the Functions host drives it: `tunelake serve` as a process, the
+//! host's invocation payloads over HTTP, on a local lake and on Azurite.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::cli::{gold_tables, gold_tables_with, tunelake_with};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `tunelake serve`.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path, lake: &str, env: &[(&str, String)]) -> (Server, Duration) {
+        let port = free_port();
+        let started = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_tunelake"))
+            .current_dir(dir)
+            .env_remove("TUNELAKE_CONFIG")
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .env("TUNELAKE_SOURCE", "sqlite:src.db")
+            .env("TUNELAKE_LAKE", lake)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(["-q", "serve"])
+            .spawn()
+            .unwrap();
+        // The host's readiness probe: any answer to GET / means ready.
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let mut out = String::new();
+                if s.read_to_string(&mut out).is_ok() && out.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "serve did not start"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (Server { child, port }, started.elapsed())
+    }
+
+    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json; charset=utf-8\r\n\
+             X-Azure-Functions-InvocationId: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out[9..12].parse().unwrap();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap();
+        (status, body)
+    }
+
+    fn invoke(&self, function: &str, payload: &Value) -> (u16, Value) {
+        let (status, body) = self.request("POST", &format!("/{function}"), &payload.to_string());
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// What the host sends, strings JSON-encoded a second time as current hosts do.
+fn twice(text: &str) -> Value {
+    Value::String(serde_json::to_string(text).unwrap())
+}
+
+/// Drives one pipeline round through the functions: timer, one blob invocation per bronze
+/// file the timer wrote, the queue invocation per work item. Returns the work items.
+fn drive(server: &Server, blob_base: &str) -> Vec<String> {
+    let timer = json!({
+        "Data": { "timer": { "Schedule": { "AdjustForDST": true }, "ScheduleStatus": null, "IsPastDue": false } },
+        "Metadata": { "sys": { "MethodName": "ingest", "UtcNow": "2026-11-27T10:00:00Z", "RandGuid": "x" } }
+    });
+    let (status, answer) = server.invoke("ingest", &timer);
+    assert_eq!(status, 200, "{answer}");
+    let files: Vec<String> = answer["Logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str()?.strip_prefix("wrote ").map(String::from))
+        .collect();
+    assert!(!files.is_empty(), "{answer}");
+    let mut work = Vec::new();
+    for file in &files {
+        let name = file.strip_prefix("bronze/").unwrap();
+        let blob = json!({
+            "Data": { "bronzeBlob": "UEFSMQ==" },
+            "Metadata": {
+                "name": twice(name),
+                "Uri": twice(&format!("{blob_base}/{file}")),
+                "Properties": { "ContentLength": 4 },
+                "sys": { "MethodName": "silver", "UtcNow": "2026-11-27T10:00:01Z", "RandGuid": "y" }
+            }
+        });
+        let (status, answer) = server.invoke("silver", &blob);
+        assert_eq!(status, 200, "{file}: {answer}");
+        if let Some(item) = answer["Outputs"]["goldQueue"].as_str() {
+            work.push(item.to_string());
+        }
+    }
+    assert!(!work.is_empty());
+    for item in &work {
+        let message = json!({
+            "Data": { "work": twice(item) },
+            "Metadata": { "DequeueCount": "1", "Id": twice("m1"), "sys": { "MethodName": "gold" } }
+        });
+        let (status, answer) = server.invoke("gold", &message);
+        assert_eq!(status, 200, "{item}: {answer}");
+    }
+    work
+}
+
+fn reference_run(dir: &Path, env: &[(&str, String)]) -> Vec<(String, Vec<String>)> {
+    let (code, out, err) = tunelake_with(
+        dir,
+        &["--source", "sqlite:src.db", "--lake", "reference", "run"],
+        env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    gold_tables(dir, "reference")
+}
+
+fn seeded() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = tunelake_with(
+        dir.path(),
+        &["seed", "--source", "sqlite:src.db", "--scale", "0.002"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    dir
+}
+
+#[test]
+fn the_functions_build_the_same_gold_as_a_run_and_refuse_bad_input() {
+    let dir = seeded();
+    let d = dir.path();
+    let (server, ready) = Server::start(d, "lake", &[]);
+    eprintln!(
+        "serve answered its readiness probe {} ms after spawn",
+        ready.as_millis()
+    );
+
+    // Unknown function, malformed payloads, a blob outside bronze, a poison message.
+    let (status, answer) = server.invoke("platinum", &json!({ "Data": {} }));
+    assert_eq!(status, 404);
+    assert_eq!(
+        answer["functions"],
+        json!(["ingest", "silver", "gold", "alert", "query"])
+    );
+    let (status, body) = server.request("POST", "/gold", "{not json");
+    assert_eq!(status, 400, "{body}");
+    let (status, answer) = server.invoke("gold", &json!({ "Metadata": {} }));
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("Data"),
+        "{answer}"
+    );
+    let (status, answer) = server.invoke(
+        "silver",
+        &json!({ "Data": {}, "Metadata": { "name": twice("../elsewhere/x.parquet"), "Uri": twice("https://a.blob.core.windows.net/lake/x/other/x.parquet") } }),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["Logs"][0].as_str().unwrap().contains("ignored"),
+        "{answer}"
+    );
+
+    let work = drive(&server, "https://acct.blob.core.windows.net/lake/demo");
+    let before = gold_tables(d, "lake");
+    let (status, answer) = server.invoke(
+        "gold",
+        &json!({ "Data": { "work": twice(r#"{"table":"users","version":"three"}"#) }, "Metadata": {} }),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["Logs"].to_string().contains("Data.work"), "{answer}");
+    // Redelivering a work item changes nothing.
+    let (status, _) = server.invoke("gold", &json!({ "Data": { "work": twice(&work[0]) } }));
+    assert_eq!(status, 200);
+    assert_eq!(gold_tables(d, "lake"), before);
+
+    // The query function: rows as JSON with a limit; anything but a query is refused.
+    let (status, body) = server.request(
+        "GET",
+        "/api/query?q=SELECT%20user_id%2C%20country%20FROM%20gold.dim_user%20WHERE%20is_current%20ORDER%20BY%20user_id&limit=3",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let rows: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows["columns"], json!(["user_id", "country"]));
+    assert_eq!(rows["row_count"], 3);
+    assert_eq!(rows["truncated"], true);
+    assert_eq!(rows["rows"][0]["user_id"], 1);
+    let (status, body) = server.request(
+        "POST",
+        "/api/query",
+        r#"{"sql": "DELETE FROM gold.dim_user"}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+
+    // The alert function: no mail channel here, so the outbox.
+    let (status, body) = server.request(
+        "POST",
+        "/api/alert",
+        r#"{"run_id":"r9","stage":"gold","failures":[{"table":"dim_user","error":"boom"}]}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("outbox"), "{body}");
+    assert!(d.join("lake/_system/outbox/r9-gold.json").is_file());
+    let (status, body) = server.request("POST", "/api/alert", r#"{"stage": 1}"#);
+    assert_eq!(status, 400, "{body}");
+
+    // The same tables as `tunelake run` over the same source.
+    assert_eq!(before, reference_run(d, &[]));
+    assert!(
+        server.stop().success(),
+        "serve must exit cleanly on SIGTERM"
+    );
+}
+
+/// Azurite as the tests start it: from TUNELAKE_AZURITE, or where `.ci/run` installs it.
+fn azurite_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("TUNELAKE_AZURITE") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let path = PathBuf::from(home).join(".cache/tunelake/azurite/node_modules/.bin/azurite");
+    assert!(
+        path.exists(),
+        "Azurite is needed for this test: npm install --prefix ~/.cache/tunelake/azurite azurite@3.35.0 \
+         (Node 20), or set TUNELAKE_AZURITE to its binary; .ci/run does this"
+    );
+    path
+}
+
+/// The emulator process and its data folder (removed when dropped).
+struct Azurite(Child, #[allow(dead_code)] tempfile::TempDir);
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_azurite() -> (Azurite, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let (blob, queue, table) = (free_port(), free_port(), free_port());
+    let child = Command::new(azurite_binary())
+        .args([
+            "--silent",
+            "--disableTelemetry",
+            "--skipApiVersionCheck",
+            "--location",
+        ])
+        .arg(dir.path())
+        .args([
+            "--blobHost",
+            "127.0.0.1",
+            "--queueHost",
+            "127.0.0.1",
+            "--tableHost",
+            "127.0.0.1",
+        ])
+        .args([
+            "--blobPort",
+            &blob.to_string(),
+            "--queuePort",
+            &queue.to_string(),
+        ])
+        .args(["--tablePort", &table.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", blob)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "Azurite did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Azurite(child, dir), blob)
+}
+
+#[test]
+fn on_azurite_the_functions_and_a_run_build_the_same_gold() {
+    let (_azurite, port) = start_azurite();
+    let dir = seeded();
+    let d = dir.path();
+    let env = [
+        ("AZURE_STORAGE_USE_EMULATOR", "true".to_string()),
+        (
+            "AZURITE_BLOB_STORAGE_URL",
+            format!("http://127.0.0.1:{port}"),
+        ),
+    ];
+    // The container does not exist yet: tunelake creates it on the emulator.
+    let (server, _) = Server::start(d, "az://lake/functions", &env);
+    drive(
+        &server,
+        &format!("http://127.0.0.1:{port}/devstoreaccount1/lake/functions"),
+    );
+    assert!(server.stop().success());
+    let (code, out, err) = tunelake_with(
+        d,
+        &[
+            "--source",
+            "sqlite:src.db",
+            "--lake",
+            "az://lake/run",
+            "run",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let on_azurite = |lake: &str| gold_tables_with(d, lake, &env);
+    let functions = on_azurite("az://lake/functions");
+    assert!(functions.iter().all(|(_, rows)| rows.len() > 1));
+    assert_eq!(functions, on_azurite("az://lake/run"));
+    assert_eq!(functions, reference_run(d, &[]));
+}
