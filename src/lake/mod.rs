@@ -1,6 +1,7 @@
 //! The lake: one object store (local folder, Azure Blob / ADLS Gen2, Azurite) and the layout
 //! of DESIGN.md §5. All lake I/O goes through here.
 
+pub mod areas;
 pub mod azurite;
 pub mod events;
 pub mod watermark;
@@ -76,6 +77,28 @@ pub fn storable(
     Ok((out, batches))
 }
 
+/// An Azure store for one container URL (with its path as prefix), and the container.
+fn azure_store(url: &str) -> std::result::Result<(Arc<dyn ObjectStore>, Option<String>), String> {
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+        .with_url(url)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let prefix = parsed.path().trim_matches('/');
+    let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    };
+    // az://container/path, or abfss://container@account.dfs.core.windows.net/path.
+    let container = if parsed.username().is_empty() {
+        parsed.host_str().map(str::to_string)
+    } else {
+        Some(parsed.username().to_string())
+    };
+    Ok((store, container))
+}
+
 /// Where bronze files of a table live: `bronze/<Table>/`.
 pub fn bronze_dir(table: &str) -> String {
     format!("bronze/{table}")
@@ -88,8 +111,8 @@ pub struct Lake {
     url: String,
     /// The folder behind a local lake, for fsync (object_store renames but does not sync).
     local_root: Option<PathBuf>,
-    /// The container of an Azure lake.
-    container: Option<String>,
+    /// The containers of an Azure lake.
+    containers: Vec<String>,
 }
 
 impl std::fmt::Debug for Lake {
@@ -102,36 +125,40 @@ impl Lake {
     /// Opens a lake: a local path or `file://` URL (created if missing), or
     /// `abfss://container@account.dfs.core.windows.net/path` / `az://container/path`, with the
     /// usual `AZURE_STORAGE_*` settings (including `AZURE_STORAGE_USE_EMULATOR` for Azurite).
+    /// With `{area}` as the container (`abfss://{area}@account.dfs.core.windows.net/`), each
+    /// area lives in its own container: bronze, silver, gold, and system for `_system`.
     pub fn open(url: &str) -> Result<Self> {
         let bad = |reason: String| Error::LakeUrl {
             url: url.to_string(),
             reason,
         };
         if url.starts_with("abfss://") || url.starts_with("az://") || url.starts_with("abfs://") {
-            let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-            let store = object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url)
-                .build()
-                .map_err(|e| bad(e.to_string()))?;
             // delta-rs resolves az:// and abfss:// table URLs through factories registered
             // at run time; without this its Delta tables on ADLS would not open.
             deltalake::azure::register_handlers(None);
-            let prefix = parsed.path().trim_matches('/');
-            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                Arc::new(store)
-            } else {
-                Arc::new(PrefixStore::new(store, prefix))
-            };
+            if url.contains(areas::PLACEHOLDER) {
+                // One container per area.
+                let mut stores = Vec::new();
+                let mut containers = Vec::new();
+                for (area, container) in areas::AREAS {
+                    let (store, _) =
+                        azure_store(&url.replace(areas::PLACEHOLDER, container)).map_err(bad)?;
+                    stores.push((area.to_string(), store));
+                    containers.push(container.to_string());
+                }
+                return Ok(Lake {
+                    store: Arc::new(areas::AreaStore::new(stores)),
+                    url: url.to_string(),
+                    local_root: None,
+                    containers,
+                });
+            }
+            let (store, container) = azure_store(url).map_err(bad)?;
             return Ok(Lake {
                 store,
                 url: url.to_string(),
                 local_root: None,
-                // az://container/path, or abfss://container@account.dfs.core.windows.net/path.
-                container: if parsed.username().is_empty() {
-                    parsed.host_str().map(str::to_string)
-                } else {
-                    Some(parsed.username().to_string())
-                },
+                containers: container.into_iter().collect(),
             });
         }
         if url.contains("://") && !url.starts_with("file://") {
@@ -148,7 +175,7 @@ impl Lake {
             store: Arc::new(store),
             url: url.to_string(),
             local_root: Some(root),
-            container: None,
+            containers: Vec::new(),
         })
     }
 
@@ -166,6 +193,17 @@ impl Lake {
         match &self.local_root {
             Some(root) => url::Url::from_directory_path(root.join(path))
                 .map_err(|_| bad("not an absolute path".to_string())),
+            None if self.url.contains(areas::PLACEHOLDER) => {
+                let (area, rest) = path.split_once('/').unwrap_or((path, ""));
+                let container = areas::AREAS
+                    .iter()
+                    .find(|(a, _)| *a == area)
+                    .map(|(_, c)| *c)
+                    .ok_or_else(|| bad(format!("{area} is not an area of the lake")))?;
+                let base = self.url.replace(areas::PLACEHOLDER, container);
+                url::Url::parse(&format!("{}/{rest}", base.trim_end_matches('/')))
+                    .map_err(|e| bad(e.to_string()))
+            }
             None => url::Url::parse(&format!("{}/{path}", self.url.trim_end_matches('/')))
                 .map_err(|e| bad(e.to_string())),
         }
@@ -189,10 +227,10 @@ impl Lake {
     /// when missing.
     pub async fn connect(url: &str) -> Result<Self> {
         let lake = Self::open(url)?;
-        if let Some(container) = &lake.container
-            && azurite::in_use()
-        {
-            azurite::ensure_container(container).await?;
+        if azurite::in_use() {
+            for container in &lake.containers {
+                azurite::ensure_container(container).await?;
+            }
         }
         Ok(lake)
     }

@@ -344,11 +344,12 @@ fn on_azurite_the_functions_and_a_run_build_the_same_gold() {
             format!("http://127.0.0.1:{port}"),
         ),
     ];
-    // The container does not exist yet: tunelake creates it on the emulator.
-    let (server, _) = Server::start(d, "az://lake/functions", &env);
+    // A container per area, as in Azure; none exists yet: tunelake creates them on the
+    // emulator.
+    let (server, _) = Server::start(d, "az://{area}/", &env);
     drive(
         &server,
-        &format!("http://127.0.0.1:{port}/devstoreaccount1/lake/functions"),
+        &format!("http://127.0.0.1:{port}/devstoreaccount1"),
     );
     assert!(server.stop().success());
     let (code, out, err) = tunelake_with(
@@ -364,7 +365,7 @@ fn on_azurite_the_functions_and_a_run_build_the_same_gold() {
     );
     assert_eq!(code, 0, "{out}{err}");
     let on_azurite = |lake: &str| gold_tables_with(d, lake, &env);
-    let functions = on_azurite("az://lake/functions");
+    let functions = on_azurite("az://{area}/");
     assert!(functions.iter().all(|(_, rows)| rows.len() > 1));
     assert_eq!(functions, on_azurite("az://lake/run"));
     assert_eq!(functions, reference_run(d, &[]));

@@ -9,6 +9,7 @@ mod common;
 mod files;
 mod functions;
 mod gold;
+mod infra;
 mod ingest;
 mod mssql;
 mod query;

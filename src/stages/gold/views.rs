@@ -38,7 +38,9 @@ pub(super) async fn refresh(
     {
         let table = lake.delta_table(&table_path(name)).await?;
         let Some(version) = table.version() else {
-            continue;
+            // A view waits until every gold table has been built once.
+            info!(view = %view.name, missing = name, "Not built yet: a gold table is missing.");
+            return Ok(None);
         };
         let app_id = input_app_id(name);
         if !stale && recorded(&target, &app_id, &view.name).await? != Some(version as i64) {

@@ -1,0 +1,53 @@
+// Azure SQL, the source: Entra ID authentication only (no SQL logins, no passwords anywhere).
+param name string
+param location string
+param tags object
+param adminLogin string
+param adminObjectId string
+
+resource server 'Microsoft.Sql/servers@2023-08-01' = {
+  name: 'sql-${name}-${uniqueString(resourceGroup().id)}'
+  location: location
+  tags: tags
+  properties: {
+    minimalTlsVersion: '1.2'
+    publicNetworkAccess: 'Enabled'
+    administrators: {
+      administratorType: 'ActiveDirectory'
+      azureADOnlyAuthentication: true
+      login: adminLogin
+      sid: adminObjectId
+      tenantId: tenant().tenantId
+      principalType: 'Group'
+    }
+  }
+}
+
+resource database 'Microsoft.Sql/servers/databases@2023-08-01' = {
+  parent: server
+  name: 'music'
+  location: location
+  tags: tags
+  sku: {
+    name: 'GP_S_Gen5_1'
+    tier: 'GeneralPurpose'
+  }
+  properties: {
+    autoPauseDelay: 60
+    minCapacity: json('0.5')
+  }
+}
+
+// Lets Azure services (the Function App's outbound addresses) reach the server.
+resource azureServices 'Microsoft.Sql/servers/firewallRules@2023-08-01' = {
+  parent: server
+  name: 'AllowAllWindowsAzureIps'
+  properties: {
+    startIpAddress: '0.0.0.0'
+    endIpAddress: '0.0.0.0'
+  }
+}
+
+output serverName string = server.name
+output serverFqdn string = server.properties.fullyQualifiedDomainName
+output databaseName string = database.name
