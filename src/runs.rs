@@ -32,16 +32,11 @@ pub async fn ingest(
     .run(tables)
     .await;
     events::append(lake, &report.events(started)).await?;
-    let failures = report
+    let failed = report
         .tables
         .iter()
-        .filter(|t| t.status == Status::Failed)
-        .map(|t| Failure {
-            table: t.table.clone(),
-            error: t.error.clone().unwrap_or_default(),
-        })
-        .collect();
-    notify(lake, &report.run_id, "ingest", failures).await;
+        .map(|t| (&t.table, t.status, &t.error));
+    notify(lake, &report.run_id, "ingest", failures(failed)).await;
     Ok(report)
 }
 
@@ -77,17 +72,25 @@ pub async fn gold(lake: &Lake, pipeline: &Pipeline, tables: &[TableSpec]) -> Res
         .run(pipeline, tables)
         .await;
     events::append(lake, &report.events(started)).await?;
-    let failures = report
+    let failed = report
         .tables
         .iter()
-        .filter(|t| t.status == Status::Failed)
-        .map(|t| Failure {
-            table: t.table.clone(),
-            error: t.error.clone().unwrap_or_default(),
-        })
-        .collect();
-    notify(lake, &report.run_id, "gold", failures).await;
+        .map(|t| (&t.table, t.status, &t.error));
+    notify(lake, &report.run_id, "gold", failures(failed)).await;
     Ok(report)
+}
+
+/// The failed tables of a report, from (table, status, error).
+fn failures<'a>(
+    tables: impl Iterator<Item = (&'a String, Status, &'a Option<String>)>,
+) -> Vec<Failure> {
+    tables
+        .filter(|(_, status, _)| *status == Status::Failed)
+        .map(|(table, _, error)| Failure {
+            table: table.clone(),
+            error: error.clone().unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Sends one alert for a run with failures; a failure to alert is logged, never raised, so

@@ -139,7 +139,7 @@ fn a_failed_table_makes_the_exit_code_non_zero_while_the_others_load() {
     assert!(err.contains("Nope") && err.contains("DimUser"), "{err}");
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

@@ -375,19 +375,6 @@ fn the_templates_and_workflows_hold_every_required_property() {
     assert!(found.is_empty(), "{found:#?}");
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn each_flipped_property_is_caught() {
     for (file, from, to, expect) in [
@@ -454,7 +441,7 @@ fn each_flipped_property_is_caught() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         for sub in ["infra", ".github"] {
-            copy_tree(&root().join(sub), &dir.path().join(sub));
+            crate::cli::copy_dir(&root().join(sub), &dir.path().join(sub));
         }
         let path = dir.path().join(file);
         let text = std::fs::read_to_string(&path).unwrap();
