@@ -32,10 +32,7 @@ pub async fn ingest(
     .run(tables)
     .await;
     events::append(lake, &report.events(started)).await?;
-    let failed = report
-        .tables
-        .iter()
-        .map(|t| (&t.table, t.status, &t.error));
+    let failed = report.tables.iter().map(|t| (&t.table, t.status, &t.error));
     notify(lake, &report.run_id, "ingest", failures(failed)).await;
     Ok(report)
 }
@@ -72,10 +69,7 @@ pub async fn gold(lake: &Lake, pipeline: &Pipeline, tables: &[TableSpec]) -> Res
         .run(pipeline, tables)
         .await;
     events::append(lake, &report.events(started)).await?;
-    let failed = report
-        .tables
-        .iter()
-        .map(|t| (&t.table, t.status, &t.error));
+    let failed = report.tables.iter().map(|t| (&t.table, t.status, &t.error));
     notify(lake, &report.run_id, "gold", failures(failed)).await;
     Ok(report)
 }
