@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# tunelake against the peers (DuckDB, Polars + delta-rs, PySpark) on the same generated data:
+#   benches/run.sh --scale 10 [--reps 3] [--peers duckdb polars_delta pyspark]
+# Sets up the peers' virtualenv (shared/peers/setup.sh), generates the data once per scale,
+# builds tunelake in release, then runs every contender full and incremental, alternating,
+# and writes benches/RESULTS.md. Not part of CI.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+peers="${PEERS_DIR:-$here/../../shared/peers}"
+[ -x "$peers/venv/bin/python" ] || "$peers/setup.sh"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tunelake/target}"
+(cd "$here/.." && cargo build --release --quiet)
+exec "$peers/venv/bin/python" "$here/run.py" --peers-dir "$peers" \
+  --tunelake "$CARGO_TARGET_DIR/release/tunelake" "$@"
