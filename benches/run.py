@@ -114,6 +114,9 @@ def main():
         best = min(a.peers, key=lambda p: med[p][step]["wall_s"])
         ratio = med["tunelake"][step]["wall_s"] / med[best][step]["wall_s"]
         lines.append(f"\n{step}: tunelake / fastest peer ({best}) = {ratio:.2f} (wall, medians)")
+    if "pyspark" in a.peers:
+        lines.append("\npyspark: CPU and RSS are the Python driver's only (`time -v` does not see the JVM it "
+                     "starts); shared/peers/bench.py samples the process tree for those.")
     text = "\n".join(lines) + "\n\n"
     print(text)
     with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
