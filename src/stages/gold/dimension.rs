@@ -134,75 +134,145 @@ fn join_on(a: &str, b: &str, keys: &[String]) -> String {
         .join(" AND ")
 }
 
-/// The SQL that computes the rows to write: the new versions of every key in `changes`,
-/// compared with `gold` (when `gold_columns` is given), with `__op` I (insert), U (update) or
-/// D (delete), `__closed` (a current version got a `valid_to`) and surrogate keys.
-pub(super) fn diff_sql(
-    c: &DimColumns,
-    gold_columns: Option<&HashSet<String>>,
-    max_sk: i64,
-) -> String {
-    let k = list("", &c.keys);
+/// The SQL that reads the whole silver history of every key in `changes`, sorted by key,
+/// sequence value, and (for rows with the same both) the preferred row first.
+pub(super) fn history_sql(c: &DimColumns) -> String {
     let s = q(&c.seq);
     let tiebreak: String = c
         .tiebreak
         .iter()
         .map(|t| format!(", s.{} DESC", q(t)))
         .collect();
+    let attrs: String = c.attrs.iter().map(|a| format!(", s.{}", q(a))).collect();
+    format!(
+        "SELECT {sk}, s.{s} AS __seq{attrs} \
+         FROM silver AS s JOIN (SELECT DISTINCT {k} FROM changes) AS c ON {on} \
+         WHERE s.{s} IS NOT NULL ORDER BY {sk}, s.{s}{tiebreak}",
+        sk = list("s.", &c.keys),
+        k = list("", &c.keys),
+        on = join_on("s", "c", &c.keys),
+    )
+}
+
+/// The versions of a sorted history (see [`history_sql`]), in one pass: for SCD2, every row
+/// whose tracked values differ from the row before it of the same key starts a version that
+/// ends where the next one starts; for SCD1, the latest row of each key. Rows repeating a
+/// (key, sequence value) count once, the first (preferred) one. Returns the table `n`: keys,
+/// attributes and, for SCD2, `valid_from` and `valid_to`.
+pub(super) fn versions(
+    c: &DimColumns,
+    history: &RecordBatch,
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::UInt32Array;
+    use arrow::row::{RowConverter, SortField};
+    let column = |name: &str| -> std::result::Result<ArrayRef, arrow::error::ArrowError> {
+        history
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no column {name}")))
+    };
+    let rows_of =
+        |names: &[String]| -> std::result::Result<arrow::row::Rows, arrow::error::ArrowError> {
+            let arrays = names
+                .iter()
+                .map(|n| column(n))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let converter = RowConverter::new(
+                arrays
+                    .iter()
+                    .map(|a| SortField::new(a.data_type().clone()))
+                    .collect(),
+            )?;
+            converter.convert_columns(&arrays)
+        };
+    let keys = rows_of(&c.keys)?;
+    let seq_rows = rows_of(&["__seq".to_string()])?;
+    // No tracked column: only a key's first change makes a version.
+    let tracked = if c.tracked.is_empty() {
+        None
+    } else {
+        Some(rows_of(&c.tracked)?)
+    };
+    let differs = |p: usize, i: usize| tracked.as_ref().is_some_and(|t| t.row(p) != t.row(i));
+    let n = history.num_rows();
+    // The first row of each (key, sequence value): the only ones that count.
+    let counted: Vec<usize> = (0..n)
+        .filter(|&i| {
+            i == 0 || keys.row(i) != keys.row(i - 1) || seq_rows.row(i) != seq_rows.row(i - 1)
+        })
+        .collect();
+    let mut starts: Vec<usize> = Vec::new();
+    let mut ends: Vec<Option<u32>> = Vec::new();
+    let mut previous: Option<usize> = None;
+    for &i in &counted {
+        let same_key = previous.is_some_and(|p| keys.row(p) == keys.row(i));
+        if c.scd2 {
+            if !same_key {
+                starts.push(i);
+                ends.push(None);
+            } else if previous.is_some_and(|p| differs(p, i)) {
+                if let Some(end) = ends.last_mut() {
+                    *end = Some(i as u32);
+                }
+                starts.push(i);
+                ends.push(None);
+            }
+        } else if same_key {
+            if let Some(last) = starts.last_mut() {
+                *last = i;
+            }
+        } else {
+            starts.push(i);
+        }
+        previous = Some(i);
+    }
+    let take_rows = UInt32Array::from(starts.iter().map(|&i| i as u32).collect::<Vec<_>>());
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for name in c.keys.iter().chain(&c.attrs) {
+        let a = column(name)?;
+        fields.push(arrow::datatypes::Field::new(
+            name,
+            a.data_type().clone(),
+            true,
+        ));
+        arrays.push(arrow::compute::take(&a, &take_rows, None)?);
+    }
+    if c.scd2 {
+        let seq = column("__seq")?;
+        fields.push(arrow::datatypes::Field::new(
+            "valid_from",
+            seq.data_type().clone(),
+            true,
+        ));
+        arrays.push(arrow::compute::take(&seq, &take_rows, None)?);
+        fields.push(arrow::datatypes::Field::new(
+            "valid_to",
+            seq.data_type().clone(),
+            true,
+        ));
+        arrays.push(arrow::compute::take(&seq, &UInt32Array::from(ends), None)?);
+    }
+    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays)
+}
+
+/// The SQL that compares the new versions (table `n`, from [`versions`]) of every key in
+/// `changes` with `gold` (when `gold_columns` is given): the rows to write, with `__op` I
+/// (insert), U (update) or D (delete), `__closed` (a current version got a `valid_to`) and
+/// surrogate keys.
+pub(super) fn diff_sql(
+    c: &DimColumns,
+    gold_columns: Option<&HashSet<String>>,
+    max_sk: i64,
+) -> String {
+    let k = list("", &c.keys);
     let touched = format!("touched AS (SELECT DISTINCT {k} FROM changes)");
-    let history = format!(
-        "FROM silver AS s JOIN touched AS c ON {on} WHERE s.{s} IS NOT NULL",
-        on = join_on("s", "c", &c.keys)
-    );
     let attrs = |prefix: &str| {
         if c.attrs.is_empty() {
             String::new()
         } else {
             format!(", {}", list(prefix, &c.attrs))
         }
-    };
-    let versions = if c.scd2 {
-        let lags: String = c
-            .tracked
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                format!(
-                    ", LAG({t}) OVER (PARTITION BY {k} ORDER BY __seq) AS __p{i}",
-                    t = q(t)
-                )
-            })
-            .collect();
-        let changed: String = c
-            .tracked
-            .iter()
-            .enumerate()
-            .map(|(i, t)| format!(" OR ({} IS DISTINCT FROM __p{i})", q(t)))
-            .collect();
-        format!(
-            "h AS (SELECT {sk_}, s.{s} AS __seq{sa}, \
-                ROW_NUMBER() OVER (PARTITION BY {sk_}, s.{s} ORDER BY s.{s}{tiebreak}) AS __dup \
-                {history}), \
-             l AS (SELECT {k}, __seq{a}, \
-                ROW_NUMBER() OVER (PARTITION BY {k} ORDER BY __seq) AS __n{lags} \
-                FROM h WHERE __dup = 1), \
-             n AS (SELECT {k}{a}, __seq AS valid_from, \
-                LEAD(__seq) OVER (PARTITION BY {k} ORDER BY __seq) AS valid_to \
-                FROM l WHERE __n = 1{changed})",
-            sk_ = list("s.", &c.keys),
-            sa = attrs("s."),
-            a = attrs(""),
-        )
-    } else {
-        format!(
-            "h AS (SELECT {sk_}{sa}, \
-                ROW_NUMBER() OVER (PARTITION BY {sk_} ORDER BY s.{s} DESC{tiebreak}) AS __r \
-                {history}), \
-             n AS (SELECT {k}{a} FROM h WHERE __r = 1)",
-            sk_ = list("s.", &c.keys),
-            sa = attrs("s."),
-            a = attrs(""),
-        )
     };
     let period = if c.scd2 { ", valid_from, valid_to" } else { "" };
     let sk = q(&c.sk);
@@ -270,7 +340,7 @@ pub(super) fn diff_sql(
         ""
     };
     format!(
-        "WITH {touched}, {versions}, {old}, \
+        "WITH {touched}, {old}, \
          d AS (SELECT o.{sk} AS __old_sk, \
             CASE WHEN n.{first_key} IS NULL THEN 'D' WHEN o.{sk} IS NULL THEN 'I' \
                  WHEN {differs} THEN 'U' ELSE 'S' END AS __op, \
@@ -328,6 +398,21 @@ pub(super) async fn build(lake: &Lake, table: &TableSpec, report: &mut TableRepo
         .count()
         .await
         .map_err(df_err(name, "reading silver changes"))? as u64;
+    let history = ctx
+        .sql(&history_sql(&columns))
+        .await
+        .map_err(df_err(name, "reading the history of the changed keys"))?;
+    let history_schema: SchemaRef = Arc::new(history.schema().as_arrow().clone());
+    let history = history
+        .collect()
+        .await
+        .map_err(df_err(name, "reading the history of the changed keys"))?;
+    let history = arrow::compute::concat_batches(&history_schema, &history)
+        .map_err(|e| Error::arrow(name, e))?;
+    let new_versions = versions(&columns, &history).map_err(|e| Error::arrow(name, e))?;
+    drop(history);
+    ctx.register_batch("n", new_versions)
+        .map_err(df_err(name, "staging the versions"))?;
     let sql = diff_sql(&columns, gold_columns.as_ref(), max_sk);
     let df = ctx
         .sql(&sql)
