@@ -289,13 +289,36 @@ pub(super) async fn build(
             .collect::<Vec<_>>()
             .join(", ");
         let s = q(&columns.seq);
-        ctes.push(format!(
-            "ranked AS (SELECT {base}, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {s} DESC{tiebreak}) AS __r \
-             FROM changes WHERE {s} IS NOT NULL)"
-        ));
-        ctes.push(format!(
-            "src_n AS (SELECT {base} FROM ranked WHERE __r = 1)"
-        ));
+        if table.sequence_by() == table.cdc_column {
+            // Silver holds one row per (keys, watermark value): the latest row of each key is
+            // found by an aggregate and a join, far cheaper than a window partitioned by key
+            // (one partition per stream).
+            let on = columns
+                .keys
+                .iter()
+                .map(|k| format!("c.{k} = l.{k}", k = q(k)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let picked = columns
+                .base
+                .iter()
+                .map(|b| format!("c.{}", q(b)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            ctes.push(format!(
+                "src_n AS (SELECT {picked} FROM changes AS c JOIN \
+                 (SELECT {keys}, MAX({s}) AS __latest FROM changes GROUP BY {keys}) AS l \
+                 ON {on} AND c.{s} = l.__latest)"
+            ));
+        } else {
+            ctes.push(format!(
+                "ranked AS (SELECT {base}, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {s} DESC{tiebreak}) AS __r \
+                 FROM changes WHERE {s} IS NOT NULL)"
+            ));
+            ctes.push(format!(
+                "src_n AS (SELECT {base} FROM ranked WHERE __r = 1)"
+            ));
+        }
         parts.push(resolve_sql(&columns, "src_n", "N", false));
     }
 
