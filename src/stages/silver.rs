@@ -892,16 +892,25 @@ fn first_per_version(
             .map(|&i| SortField::new(schema.field(i).data_type().clone()))
             .collect(),
     )?;
-    let mut seen = std::collections::HashSet::new();
+    // Rows are compared as their row-format bytes, borrowed from the converted batches (no
+    // per-row allocation), under a fast non-cryptographic hash (the keys are our own data).
+    let rows = batches
+        .iter()
+        .map(|batch| {
+            let columns: Vec<ArrayRef> = indices.iter().map(|&i| batch.column(i).clone()).collect();
+            converter.convert_columns(&columns)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut seen: std::collections::HashSet<&[u8], foldhash::fast::RandomState> =
+        std::collections::HashSet::with_capacity_and_hasher(total, Default::default());
     let mut out = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let columns: Vec<ArrayRef> = indices.iter().map(|&i| batch.column(i).clone()).collect();
-        let rows = converter.convert_columns(&columns)?;
-        let mask: BooleanArray = rows.iter().map(|r| Some(seen.insert(r.owned()))).collect();
+    for (batch, rows) in batches.iter().zip(&rows) {
+        let mask: BooleanArray = rows.iter().map(|r| Some(seen.insert(r.data()))).collect();
         if mask.true_count() == batch.num_rows() {
-            out.push(batch);
+            out.push(batch.clone());
         } else {
-            out.push(filter_record_batch(&batch, &mask)?);
+            out.push(filter_record_batch(batch, &mask)?);
         }
     }
     Ok(out)
