@@ -19,13 +19,11 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, new_null_array,
 };
 use arrow::datatypes::{DataType, Schema, SchemaRef};
-use datafusion::common::Column;
-use datafusion::prelude::{Expr, lit};
 use deltalake::kernel::Transaction;
 use tracing::info;
 
 use super::{
-    TableReport, append, commit_properties, consumed_app_id, count_op, delta_err, df_err, project,
+    TableReport, append, col, consumed_app_id, count_op, df_err, merge_rows, op_is, project,
     recorded, register, schema_of, silver_changes, table_path,
 };
 use crate::config::ident::quote_ansi as q;
@@ -446,35 +444,29 @@ pub(super) async fn build(lake: &Lake, table: &TableSpec, report: &mut TableRepo
         let schema = schema_of(&target, name)?;
         append(target, name, schema, Vec::new(), txns).await?
     } else {
-        let source = ctx
-            .read_batches(rows)
-            .map_err(df_err(name, "staging the changes"))?;
-        let col = |rel: &str, name: &str| Expr::Column(Column::new(Some(rel), name));
-        let op = |v: &str| col("s", "__op").eq(lit(v.to_string()));
         let sk = columns.sk.clone();
-        let (table, _metrics) = target
-            .merge(source, col("t", &sk).eq(col("s", &sk)))
-            .with_source_alias("s")
-            .with_target_alias("t")
-            .with_merge_schema(true)
-            .when_matched_delete(|d| d.predicate(op("D")))
-            .map_err(delta_err(name))?
-            .when_matched_update(|u| {
-                output.iter().fold(u.predicate(op("U")), |u, c| {
-                    u.update(c.as_str(), col("s", c))
-                })
-            })
-            .map_err(delta_err(name))?
-            .when_not_matched_insert(|i| {
-                output
-                    .iter()
-                    .fold(i.predicate(op("I")), |i, c| i.set(c.as_str(), col("s", c)))
-            })
-            .map_err(delta_err(name))?
-            .with_commit_properties(commit_properties(txns))
-            .await
-            .map_err(delta_err(name))?;
-        table
+        merge_rows(
+            &ctx,
+            target,
+            name,
+            rows,
+            col("t", &sk).eq(col("s", &sk)),
+            txns,
+            |m| {
+                m.when_matched_delete(|d| d.predicate(op_is("D")))?
+                    .when_matched_update(|u| {
+                        output.iter().fold(u.predicate(op_is("U")), |u, c| {
+                            u.update(c.as_str(), col("s", c))
+                        })
+                    })?
+                    .when_not_matched_insert(|i| {
+                        output.iter().fold(i.predicate(op_is("I")), |i, c| {
+                            i.set(c.as_str(), col("s", c))
+                        })
+                    })
+            },
+        )
+        .await?
     };
     report.version = written.version();
     report.status = Status::Ok;

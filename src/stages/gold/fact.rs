@@ -12,14 +12,13 @@ use std::collections::HashSet;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int64Type, Schema};
-use datafusion::common::Column;
 use datafusion::prelude::{Expr, lit};
 use deltalake::kernel::Transaction;
 use tracing::info;
 
 use super::dimension::is_lineage;
 use super::{
-    TableReport, append, commit_properties, consumed_app_id, count_op, delta_err, df_err, project,
+    TableReport, append, col, consumed_app_id, count_op, df_err, merge_rows, op_is, project,
     recorded, register, schema_of, silver_changes, table_path,
 };
 use crate::config::ident::quote_ansi as q;
@@ -471,46 +470,32 @@ pub(super) async fn build(
         let schema = schema_of(&target, name)?;
         append(target, name, schema, Vec::new(), txns).await?
     } else {
-        let source = ctx
-            .read_batches(rows)
-            .map_err(df_err(name, "staging the changes"))?;
-        let col = |rel: &str, name: &str| Expr::Column(Column::new(Some(rel), name));
-        let op = |v: &str| col("s", "__op").eq(lit(v.to_string()));
         let on = columns
             .keys
             .iter()
             .map(|k| col("t", k).eq(col("s", k)))
             .reduce(Expr::and)
             .unwrap_or(lit(false));
-        let newer = op("N").and(col("s", &columns.seq).gt_eq(col("t", &columns.seq)));
+        let newer = op_is("N").and(col("s", &columns.seq).gt_eq(col("t", &columns.seq)));
         let resolved = columns.resolved();
-        let (table, _metrics) = target
-            .merge(source, on)
-            .with_source_alias("s")
-            .with_target_alias("t")
-            .with_merge_schema(true)
-            .when_matched_update(|u| {
+        merge_rows(&ctx, target, name, rows, on, txns, |m| {
+            m.when_matched_update(|u| {
                 output
                     .iter()
                     .fold(u.predicate(newer), |u, c| u.update(c.as_str(), col("s", c)))
-            })
-            .map_err(delta_err(name))?
+            })?
             .when_matched_update(|u| {
-                resolved.iter().fold(u.predicate(op("R")), |u, c| {
+                resolved.iter().fold(u.predicate(op_is("R")), |u, c| {
                     u.update(c.as_str(), col("s", c))
                 })
-            })
-            .map_err(delta_err(name))?
+            })?
             .when_not_matched_insert(|i| {
-                output
-                    .iter()
-                    .fold(i.predicate(op("N")), |i, c| i.set(c.as_str(), col("s", c)))
+                output.iter().fold(i.predicate(op_is("N")), |i, c| {
+                    i.set(c.as_str(), col("s", c))
+                })
             })
-            .map_err(delta_err(name))?
-            .with_commit_properties(commit_properties(txns))
-            .await
-            .map_err(delta_err(name))?;
-        table
+        })
+        .await?
     };
     report.version = written.version();
     report.status = Status::Ok;

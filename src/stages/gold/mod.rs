@@ -480,6 +480,45 @@ fn project(
     Ok((projected, batches))
 }
 
+/// A column of the merge's source (`s`) or target (`t`).
+fn col(relation: &str, name: &str) -> datafusion::prelude::Expr {
+    datafusion::prelude::Expr::Column(datafusion::common::Column::new(Some(relation), name))
+}
+
+/// The merge-source rows whose `__op` is `op`.
+fn op_is(op: &str) -> datafusion::prelude::Expr {
+    col("s", "__op").eq(datafusion::prelude::lit(op.to_string()))
+}
+
+/// Merges computed rows (the source `s`, with `__op`) into the target `t` on `on`, with the
+/// clauses `clauses` adds, in one commit carrying `txns`.
+async fn merge_rows(
+    ctx: &SessionContext,
+    target: DeltaTable,
+    name: &str,
+    rows: Vec<arrow::array::RecordBatch>,
+    on: datafusion::prelude::Expr,
+    txns: Vec<Transaction>,
+    clauses: impl FnOnce(
+        deltalake::operations::merge::MergeBuilder,
+    ) -> deltalake::DeltaResult<deltalake::operations::merge::MergeBuilder>,
+) -> Result<DeltaTable> {
+    let source = ctx
+        .read_batches(rows)
+        .map_err(df_err(name, "staging the changes"))?;
+    let builder = target
+        .merge(source, on)
+        .with_source_alias("s")
+        .with_target_alias("t")
+        .with_merge_schema(true);
+    let (table, _metrics) = clauses(builder)
+        .map_err(delta_err(name))?
+        .with_commit_properties(commit_properties(txns))
+        .await
+        .map_err(delta_err(name))?;
+    Ok(table)
+}
+
 /// Appends rows in one commit carrying `txns`: the first build of a table (which creates
 /// it), or, with no rows, a commit that only records progress.
 async fn append(
