@@ -23,8 +23,8 @@ use deltalake::kernel::Transaction;
 use tracing::info;
 
 use super::{
-    TableReport, append, col, consumed_app_id, count_op, df_err, merge_rows, op_is, project,
-    recorded, register, schema_of, silver_changes, table_path,
+    TableReport, append, col, consumed_app_id, count_op, df_err, insert_from_source, merge_rows,
+    op_is, project, recorded, register, schema_of, silver_changes, table_path, update_from_source,
 };
 use crate::config::ident::quote_ansi as q;
 use crate::config::{GoldSpec, TableSpec};
@@ -454,16 +454,8 @@ pub(super) async fn build(lake: &Lake, table: &TableSpec, report: &mut TableRepo
             txns,
             |m| {
                 m.when_matched_delete(|d| d.predicate(op_is("D")))?
-                    .when_matched_update(|u| {
-                        output.iter().fold(u.predicate(op_is("U")), |u, c| {
-                            u.update(c.as_str(), col("s", c))
-                        })
-                    })?
-                    .when_not_matched_insert(|i| {
-                        output.iter().fold(i.predicate(op_is("I")), |i, c| {
-                            i.set(c.as_str(), col("s", c))
-                        })
-                    })
+                    .when_matched_update(|u| update_from_source(u, op_is("U"), &output))?
+                    .when_not_matched_insert(|i| insert_from_source(i, op_is("I"), &output))
             },
         )
         .await?

@@ -18,8 +18,8 @@ use tracing::info;
 
 use super::dimension::is_lineage;
 use super::{
-    TableReport, append, col, consumed_app_id, count_op, df_err, merge_rows, op_is, project,
-    recorded, register, schema_of, silver_changes, table_path,
+    TableReport, append, col, consumed_app_id, count_op, df_err, insert_from_source, merge_rows,
+    op_is, project, recorded, register, schema_of, silver_changes, table_path, update_from_source,
 };
 use crate::config::ident::quote_ansi as q;
 use crate::config::{GoldKind, TableSpec};
@@ -479,21 +479,9 @@ pub(super) async fn build(
         let newer = op_is("N").and(col("s", &columns.seq).gt_eq(col("t", &columns.seq)));
         let resolved = columns.resolved();
         merge_rows(&ctx, target, name, rows, on, txns, |m| {
-            m.when_matched_update(|u| {
-                output
-                    .iter()
-                    .fold(u.predicate(newer), |u, c| u.update(c.as_str(), col("s", c)))
-            })?
-            .when_matched_update(|u| {
-                resolved.iter().fold(u.predicate(op_is("R")), |u, c| {
-                    u.update(c.as_str(), col("s", c))
-                })
-            })?
-            .when_not_matched_insert(|i| {
-                output.iter().fold(i.predicate(op_is("N")), |i, c| {
-                    i.set(c.as_str(), col("s", c))
-                })
-            })
+            m.when_matched_update(|u| update_from_source(u, newer, &output))?
+                .when_matched_update(|u| update_from_source(u, op_is("R"), &resolved))?
+                .when_not_matched_insert(|i| insert_from_source(i, op_is("N"), &output))
         })
         .await?
     };

@@ -490,6 +490,28 @@ fn op_is(op: &str) -> datafusion::prelude::Expr {
     col("s", "__op").eq(datafusion::prelude::lit(op.to_string()))
 }
 
+/// An update clause that sets `columns` from the source where `predicate` holds.
+fn update_from_source(
+    update: deltalake::operations::merge::UpdateBuilder,
+    predicate: datafusion::prelude::Expr,
+    columns: &[String],
+) -> deltalake::operations::merge::UpdateBuilder {
+    columns.iter().fold(update.predicate(predicate), |u, c| {
+        u.update(c.as_str(), col("s", c))
+    })
+}
+
+/// An insert clause that takes `columns` from the source where `predicate` holds.
+fn insert_from_source(
+    insert: deltalake::operations::merge::InsertBuilder,
+    predicate: datafusion::prelude::Expr,
+    columns: &[String],
+) -> deltalake::operations::merge::InsertBuilder {
+    columns.iter().fold(insert.predicate(predicate), |i, c| {
+        i.set(c.as_str(), col("s", c))
+    })
+}
+
 /// Merges computed rows (the source `s`, with `__op`) into the target `t` on `on`, with the
 /// clauses `clauses` adds, in one commit carrying `txns`.
 async fn merge_rows(
