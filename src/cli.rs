@@ -9,12 +9,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::Pipeline;
 use crate::error::{Error, Result};
 use crate::lake::{Lake, bronze_dir, events, watermark};
+use crate::progress;
 use crate::runs;
 use crate::seed;
-use crate::stages::Status;
 use crate::stages::gold::GoldReport;
 use crate::stages::ingest::IngestReport;
 use crate::stages::silver::SilverReport;
+use crate::stages::{Status, new_run_id};
 
 /// `println!` that ends the process quietly when stdout is closed (`tunelake sql ... | head`)
 /// instead of panicking; the work the output reports on is already done.
@@ -134,6 +135,16 @@ pub enum Command {
         #[arg(long, default_value = "dist")]
         out: PathBuf,
     },
+    /// Write the HTML report of a run (the latest by default): lineage with rows and times,
+    /// data quality per expectation, dimension versions, streams per day, watermarks.
+    Report {
+        /// The run id (`tunelake status` lists them); default: the latest run.
+        #[arg(long = "run")]
+        run_id: Option<String>,
+        /// Where the page goes.
+        #[arg(long, default_value = "tunelake-report.html")]
+        out: PathBuf,
+    },
     /// Run a read-only SQL query over silver.*, gold.* and system.events.
     Sql {
         /// The query, e.g. "SELECT country, count(*) FROM silver.users GROUP BY 1".
@@ -176,14 +187,58 @@ fn init_logging(cli: &Cli) {
     } else {
         "warn,buoyant_kernel::snapshot=off,deltalake_core::operations::merge=error"
     };
+    let progress = progress_mode(cli);
+    let default = match progress {
+        Some(progress::Mode::Json) => format!("{default},tunelake::progress=info"),
+        _ => default.to_string(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| LogWriter);
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+    if let Some(mode) = progress {
+        progress::install(mode);
+    }
+}
+
+/// Progress for the long commands: JSON log lines with `--log-format json`, bars when both
+/// stdout and stderr are a terminal, plain lines otherwise; none with `--quiet` (which
+/// promises errors only) and none for the others (`serve` in particular answers the
+/// Functions host and must not print per table).
+fn progress_mode(cli: &Cli) -> Option<progress::Mode> {
+    use std::io::IsTerminal as _;
+    let long = matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Seed { .. } | Command::Run { .. } | Command::Ingest { .. }
+    );
+    if cli.quiet || !long {
+        return None;
+    }
+    Some(match cli.log_format {
+        LogFormat::Json => progress::Mode::Json,
+        LogFormat::Text if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() => {
+            progress::Mode::Bars
+        }
+        LogFormat::Text => progress::Mode::Lines,
+    })
+}
+
+/// stderr for logs, written with the progress bars cleared so a line does not tear them.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        progress::suspend(|| std::io::stderr().lock().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -215,23 +270,25 @@ pub async fn run(cli: Cli) -> Result<bool> {
             let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
             let tables = pipeline.select(tables)?;
             let lake = Lake::connect(&cli.lake).await?;
+            let run_id = new_run_id();
             let mut ok = true;
             if stage.is_none_or(|s| s == Stage::Ingest) {
-                let report = runs::ingest(&cli.source, &lake, &pipeline, &tables, None).await?;
+                let report =
+                    runs::ingest(&run_id, &cli.source, &lake, &pipeline, &tables, None).await?;
                 if !cli.quiet {
                     print_ingest(&report);
                 }
                 ok &= report_errors(&report);
             }
             if stage.is_none_or(|s| s == Stage::Silver) {
-                let report = runs::silver(&lake, &pipeline, &tables).await?;
+                let report = runs::silver(&run_id, &lake, &pipeline, &tables).await?;
                 if !cli.quiet {
                     print_silver(&report);
                 }
                 ok &= report_silver_errors(&report);
             }
             if stage.is_none_or(|s| s == Stage::Gold) {
-                let report = runs::gold(&lake, &pipeline, &tables).await?;
+                let report = runs::gold(&run_id, &lake, &pipeline, &tables).await?;
                 if !cli.quiet {
                     print_gold(&report);
                 }
@@ -246,7 +303,15 @@ pub async fn run(cli: Cli) -> Result<bool> {
             let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
             let tables = pipeline.select(tables)?;
             let lake = Lake::connect(&cli.lake).await?;
-            let report = runs::ingest(&cli.source, &lake, &pipeline, &tables, from.clone()).await?;
+            let report = runs::ingest(
+                &new_run_id(),
+                &cli.source,
+                &lake,
+                &pipeline,
+                &tables,
+                from.clone(),
+            )
+            .await?;
             if !cli.quiet {
                 print_ingest(&report);
             }
@@ -287,6 +352,23 @@ pub async fn run(cli: Cli) -> Result<bool> {
                 graph: crate::alert::Graph::from_env()?,
             };
             crate::functions::serve(app, port).await?;
+            Ok(true)
+        }
+        Command::Report {
+            ref run_id,
+            ref out,
+        } => {
+            let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+            let lake = Lake::connect(&cli.lake).await?;
+            let report = write_report(&lake, &pipeline, run_id.as_deref(), out).await?;
+            if !cli.quiet {
+                out!(
+                    "Wrote the report of run {} ({} tables) to {}",
+                    report.run_id,
+                    report.events.len(),
+                    out.display()
+                );
+            }
             Ok(true)
         }
         Command::Sql { ref query, format } => {
@@ -585,6 +667,19 @@ const DEMO_QUERIES: [(&str, &str); 5] = [
     ),
 ];
 
+/// Builds the report of a run and writes it to `out`.
+async fn write_report(
+    lake: &Lake,
+    pipeline: &Pipeline,
+    run_id: Option<&str>,
+    out: &Path,
+) -> Result<crate::report::Report> {
+    let report = crate::report::build(lake, pipeline, run_id).await?;
+    let html = crate::report::render(&report)?;
+    std::fs::write(out, html).map_err(|e| Error::io(out, e))?;
+    Ok(report)
+}
+
 async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool> {
     let started = Instant::now();
     if dir.exists() {
@@ -599,29 +694,56 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
     out!("== 1. Seed a sample source (scale {scale})");
     print_seed(&seed::create(&db, scale, seed_value)?, &source, false);
     out!("\n== 2. First run: everything up to the current high watermark");
-    let first = runs::ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
+    let first_run = new_run_id();
+    let first = runs::ingest(
+        &first_run,
+        &source,
+        &lake,
+        &pipeline,
+        &pipeline.tables,
+        None,
+    )
+    .await?;
     print_ingest(&first);
-    let first_silver = runs::silver(&lake, &pipeline, &pipeline.tables).await?;
+    let first_silver = runs::silver(&first_run, &lake, &pipeline, &pipeline.tables).await?;
     print_silver(&first_silver);
-    let first_gold = runs::gold(&lake, &pipeline, &pipeline.tables).await?;
+    let first_gold = runs::gold(&first_run, &lake, &pipeline, &pipeline.tables).await?;
     print_gold(&first_gold);
     out!("\n== 3. The source changes: updates, new users, new streams");
     print_seed(&seed::apply_changes(&db, seed_value)?, &source, true);
     out!(
         "\n== 4. Second run: only the rows past each watermark, only the new bronze files, only the changed keys"
     );
-    let second = runs::ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
+    let second_run = new_run_id();
+    let second = runs::ingest(
+        &second_run,
+        &source,
+        &lake,
+        &pipeline,
+        &pipeline.tables,
+        None,
+    )
+    .await?;
     print_ingest(&second);
-    let second_silver = runs::silver(&lake, &pipeline, &pipeline.tables).await?;
+    let second_silver = runs::silver(&second_run, &lake, &pipeline, &pipeline.tables).await?;
     print_silver(&second_silver);
-    let second_gold = runs::gold(&lake, &pipeline, &pipeline.tables).await?;
+    let second_gold = runs::gold(&second_run, &lake, &pipeline, &pipeline.tables).await?;
     print_gold(&second_gold);
     out!("\n== 5. A rerun with nothing new writes nothing and moves no watermark");
-    let third = runs::ingest(&source, &lake, &pipeline, &pipeline.tables, None).await?;
+    let third_run = new_run_id();
+    let third = runs::ingest(
+        &third_run,
+        &source,
+        &lake,
+        &pipeline,
+        &pipeline.tables,
+        None,
+    )
+    .await?;
     print_ingest(&third);
-    let third_silver = runs::silver(&lake, &pipeline, &pipeline.tables).await?;
+    let third_silver = runs::silver(&third_run, &lake, &pipeline, &pipeline.tables).await?;
     print_silver(&third_silver);
-    let third_gold = runs::gold(&lake, &pipeline, &pipeline.tables).await?;
+    let third_gold = runs::gold(&third_run, &lake, &pipeline, &pipeline.tables).await?;
     print_gold(&third_gold);
     out!("\n== 6. What gold holds");
     for (title, sql) in DEMO_QUERIES {
@@ -634,6 +756,12 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
             Err(e) => eprintln!("error: {e}"),
         }
     }
+    let page = dir.join("report.html");
+    write_report(&lake, &pipeline, Some(&second_run), &page).await?;
+    out!(
+        "\n== 7. The report of the second run: {}\n   (any run: tunelake --lake {lake_path} report --run <id>; the first run was {first_run})",
+        page.display()
+    );
     out!(
         "\nDone in {:.1} s. Source: {source}  Lake: {lake_path}\nLook around: tunelake --lake {lake_path} status\n             tunelake --lake {lake_path} sql \"SELECT * FROM gold.stream_details LIMIT 10\"",
         started.elapsed().as_secs_f64()

@@ -148,6 +148,9 @@ pub enum Error {
 
     #[error("a background task failed: {0}")]
     Task(String),
+
+    #[error("run report {run_id}: {message}")]
+    Report { run_id: String, message: String },
 }
 
 impl Error {

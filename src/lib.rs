@@ -5,7 +5,8 @@
 //! `lake` (object storage: paths, watermarks, the event log), `stages` (ingest, silver, gold),
 //! `runs` (a stage run with its events and alert), `functions` (the Azure Functions custom
 //! handler, over the small `http` server), `alert` (Graph mail or the outbox), `query`
-//! (read-only SQL over the lake), `seed` (sample data).
+//! (read-only SQL over the lake), `seed` (sample data), `progress` (rows per table while a
+//! command runs) and `report` (the HTML run report).
 
 pub mod alert;
 pub mod cli;
@@ -14,7 +15,9 @@ pub mod error;
 pub mod functions;
 pub mod http;
 pub mod lake;
+pub mod progress;
 pub mod query;
+pub mod report;
 pub mod runs;
 pub mod seed;
 pub mod source;

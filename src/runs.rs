@@ -7,13 +7,15 @@ use crate::alert::{self, Alert, Failure, Graph};
 use crate::config::{Pipeline, TableSpec};
 use crate::error::Result;
 use crate::lake::{Lake, events};
+use crate::stages::Status;
 use crate::stages::gold::{Gold, GoldReport};
 use crate::stages::ingest::{Ingest, IngestReport};
 use crate::stages::silver::{Silver, SilverReport};
-use crate::stages::{Status, new_run_id};
 
-/// Ingests `tables` from the source at `source_url`.
+/// Ingests `tables` from the source at `source_url`. A run id may span stages: `tunelake run`
+/// gives all three the same one, so the report shows the whole pipeline run.
 pub async fn ingest(
+    run_id: &str,
     source_url: &str,
     lake: &Lake,
     pipeline: &Pipeline,
@@ -26,7 +28,7 @@ pub async fn ingest(
         Arc::clone(&source),
         lake.clone(),
         pipeline.settings.clone(),
-        new_run_id(),
+        run_id,
     )
     .with_from(from)
     .run(tables)
@@ -39,12 +41,13 @@ pub async fn ingest(
 
 /// Loads every bronze file of `tables` that silver has not recorded.
 pub async fn silver(
+    run_id: &str,
     lake: &Lake,
     pipeline: &Pipeline,
     tables: &[TableSpec],
 ) -> Result<SilverReport> {
     let started = chrono::Utc::now();
-    let report = Silver::new(lake.clone(), pipeline.settings.clone(), new_run_id())
+    let report = Silver::new(lake.clone(), pipeline.settings.clone(), run_id)
         .run(tables)
         .await;
     events::append(lake, &report.events(started)).await?;
@@ -63,11 +66,14 @@ pub async fn silver(
 }
 
 /// Brings the gold tables of `tables` (and the views) up to date.
-pub async fn gold(lake: &Lake, pipeline: &Pipeline, tables: &[TableSpec]) -> Result<GoldReport> {
+pub async fn gold(
+    run_id: &str,
+    lake: &Lake,
+    pipeline: &Pipeline,
+    tables: &[TableSpec],
+) -> Result<GoldReport> {
     let started = chrono::Utc::now();
-    let report = Gold::new(lake.clone(), new_run_id())
-        .run(pipeline, tables)
-        .await;
+    let report = Gold::new(lake.clone(), run_id).run(pipeline, tables).await;
     events::append(lake, &report.events(started)).await?;
     let failed = report.tables.iter().map(|t| (&t.table, t.status, &t.error));
     notify(lake, &report.run_id, "gold", failures(failed)).await;

@@ -12,6 +12,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use rusqlite::{Connection, params};
 
 use crate::error::{Error, Result};
+use crate::progress;
 use crate::source::sqlite::open_for_write;
 
 /// Rows per table at scale 1.
@@ -261,6 +262,7 @@ pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
     let mut report = SeedReport::default();
     let tx = conn.transaction().map_err(sql("seeding"))?;
     {
+        let tracker = progress::Tracker::start("seed", "DimUser");
         let mut rng = Rng::new(seed, "DimUser");
         let mut stmt = tx
             .prepare("INSERT INTO DimUser VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
@@ -293,6 +295,9 @@ pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
             previous = name;
         }
         report.add("DimUser", users as u64, 0);
+        tracker.finish("ok", users as u64);
+
+        let tracker = progress::Tracker::start("seed", "DimArtist");
 
         let mut rng = Rng::new(seed, "DimArtist");
         let mut stmt = tx
@@ -322,6 +327,9 @@ pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
             .map_err(sql("DimArtist"))?;
         }
         report.add("DimArtist", artists as u64, 0);
+        tracker.finish("ok", artists as u64);
+
+        let tracker = progress::Tracker::start("seed", "DimTrack");
 
         let mut rng = Rng::new(seed, "DimTrack");
         let mut stmt = tx
@@ -343,6 +351,7 @@ pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
             .map_err(sql("DimTrack"))?;
         }
         report.add("DimTrack", tracks as u64, 0);
+        tracker.finish("ok", tracks as u64);
 
         let mut stmt = tx
             .prepare("INSERT INTO DimDate VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
@@ -409,8 +418,12 @@ fn insert_streams(
     let mut stmt = tx
         .prepare("INSERT INTO FactStream VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
         .map_err(sql("FactStream"))?;
+    let tracker = progress::Tracker::start("seed", "FactStream");
     let mut last: Option<(i64, i64, i64, i64)> = None;
     for id in first_id..first_id + count {
+        if (id - first_id) % 8192 == 8191 {
+            tracker.add(8192);
+        }
         let (user, track, at, duration) = match last {
             // A double-logged play: same user, track, time and duration under a new id.
             Some(prev) if rng.chance(0.01) => prev,
@@ -445,6 +458,7 @@ fn insert_streams(
         .map_err(sql("FactStream"))?;
         last = Some((user, track, at, duration));
     }
+    tracker.finish("ok", count as u64);
     Ok(())
 }
 
@@ -486,6 +500,7 @@ pub fn apply_changes(path: &Path, seed: u64) -> Result<SeedReport> {
     let mut report = SeedReport::default();
     let tx = conn.transaction().map_err(sql("applying changes"))?;
     {
+        let tracker = progress::Tracker::start("seed", "DimUser");
         let mut rng = Rng::new(batch_seed, "DimUser+");
         let mut updated = 0u64;
         let mut update = tx
@@ -547,6 +562,9 @@ pub fn apply_changes(path: &Path, seed: u64) -> Result<SeedReport> {
             .map_err(sql("DimUser"))?;
         }
         report.add("DimUser", new_users as u64, updated);
+        tracker.finish("ok", new_users as u64 + updated);
+
+        let tracker = progress::Tracker::start("seed", "DimTrack");
 
         let mut rng = Rng::new(batch_seed, "DimTrack+");
         let mut changed = 0;
@@ -569,6 +587,9 @@ pub fn apply_changes(path: &Path, seed: u64) -> Result<SeedReport> {
             }
         }
         report.add("DimTrack", 0, changed);
+        tracker.finish("ok", changed);
+
+        let tracker = progress::Tracker::start("seed", "DimArtist");
 
         let mut rng = Rng::new(batch_seed, "DimArtist+");
         let mut changed = 0;
@@ -587,6 +608,7 @@ pub fn apply_changes(path: &Path, seed: u64) -> Result<SeedReport> {
             }
         }
         report.add("DimArtist", 0, changed);
+        tracker.finish("ok", changed);
         report.add("DimDate", 0, 0);
 
         let users = max_user + new_users;

@@ -103,7 +103,16 @@ impl App {
 
     async fn ingest(&self, _: payload::Invocation) -> Outcome {
         let tables = self.pipeline.tables.clone();
-        match runs::ingest(&self.source_url, &self.lake, &self.pipeline, &tables, None).await {
+        match runs::ingest(
+            &crate::stages::new_run_id(),
+            &self.source_url,
+            &self.lake,
+            &self.pipeline,
+            &tables,
+            None,
+        )
+        .await
+        {
             Ok(report) => {
                 let mut logs = Vec::new();
                 for t in &report.tables {
@@ -172,6 +181,13 @@ impl App {
             started_at: started,
             seconds,
             error: error.clone(),
+            details: Some(serde_json::json!({
+                "source_table": table.name,
+                "files": u64::from(status == Status::Ok),
+                "file": path,
+                "duplicates": counts.rows_duplicate,
+                "expectations": counts.expectations,
+            })),
         };
         if let Err(e) = events::append(&self.lake, &[event]).await {
             warn!(error = %e, "The event log could not be appended.");
@@ -235,7 +251,14 @@ impl App {
         // Gold consumes every silver change since its last commit, so one item brings
         // every table up to date and later items for the same commits find nothing to do.
         let tables = self.pipeline.tables.clone();
-        match runs::gold(&self.lake, &self.pipeline, &tables).await {
+        match runs::gold(
+            &crate::stages::new_run_id(),
+            &self.lake,
+            &self.pipeline,
+            &tables,
+        )
+        .await
+        {
             Ok(report) => {
                 let logs = report
                     .tables

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
 use deltalake::DeltaTable;
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use serde::Serialize;
 
@@ -37,6 +40,10 @@ pub struct Event {
     pub started_at: DateTime<Utc>,
     pub seconds: f64,
     pub error: Option<String>,
+    /// Stage-specific detail as a JSON object (silver: rows per broken expectation, duplicates,
+    /// quarantined files; gold: versions inserted, closed, deleted; ingest: the window and
+    /// watermark), which the run report reads. A column added later: older rows have none.
+    pub details: Option<serde_json::Value>,
 }
 
 fn schema() -> SchemaRef {
@@ -60,6 +67,7 @@ fn schema() -> SchemaRef {
         ),
         Field::new("seconds", DataType::Float64, false),
         text("error", true),
+        text("details", true),
     ]))
 }
 
@@ -101,6 +109,12 @@ fn to_batch(events: &[Event]) -> std::result::Result<RecordBatch, arrow::error::
                     .map(|e| e.error.as_deref())
                     .collect::<StringArray>(),
             ),
+            Arc::new(
+                events
+                    .iter()
+                    .map(|e| e.details.as_ref().map(|d| d.to_string()))
+                    .collect::<StringArray>(),
+            ),
         ],
     )
 }
@@ -119,6 +133,8 @@ pub async fn append(lake: &Lake, events: &[Event]) -> Result<()> {
         .await?
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
+        // An event log written before `details` existed gains the column.
+        .with_schema_mode(SchemaMode::Merge)
         .await
         .map_err(|e| Error::Delta {
             table: PATH.to_string(),
@@ -153,6 +169,106 @@ pub async fn latest(lake: &Lake, limit: usize) -> Result<Vec<RecordBatch>> {
     .map_err(fail)
 }
 
+/// Every event of run `run_id`, or of the latest run, in the order they were written; with
+/// the run's id. `None` when the log is empty or has no such run.
+pub async fn of_run(lake: &Lake, run_id: Option<&str>) -> Result<Option<(String, Vec<Event>)>> {
+    let table = open(lake).await?;
+    if table.version().is_none() {
+        return Ok(None);
+    }
+    let fail = |e: datafusion::error::DataFusionError| Error::DataFusion {
+        table: PATH.to_string(),
+        file: PATH.to_string(),
+        context: "reading the event log".to_string(),
+        source: e,
+    };
+    let ctx = datafusion::prelude::SessionContext::new();
+    let provider = super::delta_provider(&table, &ctx, PATH).await?;
+    ctx.register_table("events", provider).map_err(fail)?;
+    let run_id = match run_id {
+        Some(id) => id.to_string(),
+        None => {
+            let latest = ctx
+                .sql("SELECT run_id FROM events ORDER BY started_at DESC LIMIT 1")
+                .await
+                .map_err(fail)?
+                .collect()
+                .await
+                .map_err(fail)?;
+            match latest.iter().find(|b| b.num_rows() > 0) {
+                Some(b) => text_at(b, 0, 0).unwrap_or_default(),
+                None => return Ok(None),
+            }
+        }
+    };
+    let batches = ctx
+        .sql(&format!(
+            "SELECT * FROM events WHERE run_id = '{}' ORDER BY started_at",
+            run_id.replace('\'', "''")
+        ))
+        .await
+        .map_err(fail)?
+        .collect()
+        .await
+        .map_err(fail)?;
+    let events = from_batches(&batches);
+    Ok((!events.is_empty()).then_some((run_id, events)))
+}
+
+/// A text cell, whatever string layout the reader chose (DataFusion reads parquet text as
+/// `Utf8View`).
+fn text_at(batch: &RecordBatch, column: usize, row: usize) -> Option<String> {
+    let array = arrow::compute::cast(batch.column(column), &DataType::Utf8).ok()?;
+    let array = array.as_string_opt::<i32>()?;
+    array.is_valid(row).then(|| array.value(row).to_string())
+}
+
+/// Events back from the log's batches; a column missing from an older log reads as empty.
+fn from_batches(batches: &[RecordBatch]) -> Vec<Event> {
+    let mut events = Vec::new();
+    for batch in batches {
+        let col = |name: &str| batch.schema().index_of(name).ok();
+        let text = |name: &str, row: usize| col(name).and_then(|c| text_at(batch, c, row));
+        let int = |name: &str, row: usize| {
+            col(name).and_then(|c| {
+                let a = batch.column(c).as_primitive_opt::<Int64Type>()?;
+                a.is_valid(row).then(|| a.value(row))
+            })
+        };
+        for row in 0..batch.num_rows() {
+            let started_at = col("started_at")
+                .and_then(|c| {
+                    batch
+                        .column(c)
+                        .as_primitive_opt::<TimestampMicrosecondType>()
+                })
+                .and_then(|a| DateTime::from_timestamp_micros(a.value(row)))
+                .unwrap_or_default();
+            let seconds = col("seconds")
+                .and_then(|c| batch.column(c).as_primitive_opt::<Float64Type>())
+                .map(|a| a.value(row))
+                .unwrap_or_default();
+            events.push(Event {
+                run_id: text("run_id", row).unwrap_or_default(),
+                stage: text("stage", row).unwrap_or_default(),
+                table: text("table", row).unwrap_or_default(),
+                status: text("status", row).unwrap_or_default(),
+                rows_in: int("rows_in", row).unwrap_or_default(),
+                rows_out: int("rows_out", row).unwrap_or_default(),
+                rows_dropped: int("rows_dropped", row).unwrap_or_default(),
+                rows_rescued: int("rows_rescued", row).unwrap_or_default(),
+                input_version: int("input_version", row),
+                output_version: int("output_version", row),
+                started_at,
+                seconds,
+                error: text("error", row),
+                details: text("details", row).and_then(|d| serde_json::from_str(&d).ok()),
+            });
+        }
+    }
+    events
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +288,7 @@ mod tests {
             started_at: DateTime::from_timestamp(1_750_000_000, 0).unwrap(),
             seconds: 0.5,
             error: error.map(String::from),
+            details: Some(serde_json::json!({"expectations": {"valid_id": 1}})),
         }
     }
 
@@ -193,5 +310,19 @@ mod tests {
         assert!(streams < users, "newest first:\n{text}");
         assert!(text.contains("table FactStream: boom"), "{text}");
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+
+        let mut second_run = event("users", "ok", None);
+        second_run.run_id = "r2".into();
+        second_run.started_at = DateTime::from_timestamp(1_750_000_200, 0).unwrap();
+        append(&lake, &[second_run.clone()]).await.unwrap();
+        let (id, latest_run) = of_run(&lake, None).await.unwrap().unwrap();
+        assert_eq!((id.as_str(), latest_run), ("r2", vec![second_run]));
+        let (_, first_run) = of_run(&lake, Some("r1")).await.unwrap().unwrap();
+        assert_eq!(first_run.len(), 2);
+        assert_eq!(
+            first_run[1].error.as_deref(),
+            Some("table FactStream: boom")
+        );
+        assert!(of_run(&lake, Some("nope")).await.unwrap().is_none());
     }
 }

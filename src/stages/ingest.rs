@@ -40,6 +40,16 @@ pub struct TableReport {
     pub error: Option<String>,
 }
 
+impl crate::progress::Outcome for TableReport {
+    fn status(&self) -> &'static str {
+        self.status.as_str()
+    }
+
+    fn rows(&self) -> u64 {
+        self.rows
+    }
+}
+
 impl TableReport {
     fn failed(table: &str, error: String, start: Instant) -> Self {
         TableReport {
@@ -95,6 +105,13 @@ impl IngestReport {
                 started_at,
                 seconds: t.seconds,
                 error: t.error.clone(),
+                details: Some(serde_json::json!({
+                    "window_from": t.window.as_ref().and_then(|w| w.0.clone()),
+                    "window_to": t.window.as_ref().map(|w| w.1.clone()),
+                    "watermark": t.watermark,
+                    "files": t.files.len(),
+                    "bytes": t.bytes,
+                })),
             })
             .collect()
     }
@@ -333,6 +350,7 @@ impl Ingest {
                     source: e,
                 })?;
                 written.rows += batch.num_rows() as u64;
+                crate::progress::add(batch.num_rows() as u64);
                 if writer.bytes_written() + writer.in_progress_size() >= max_bytes
                     && let Some((path, writer)) = open.take()
                 {

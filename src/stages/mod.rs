@@ -35,7 +35,7 @@ pub async fn per_table<R, F, Fut>(
     on_panic: impl Fn(&crate::config::TableSpec, String) -> R,
 ) -> Vec<R>
 where
-    R: Send + 'static,
+    R: crate::progress::Outcome + Send + 'static,
     F: Fn(crate::config::TableSpec) -> Fut,
     Fut: std::future::Future<Output = R> + Send + 'static,
 {
@@ -47,10 +47,18 @@ where
             let permits = permits.clone();
             let span = tracing::info_span!("table", run_id = %run_id, stage, table = %table.name);
             let task = work(table.clone());
+            let label = match (stage, &table.gold) {
+                ("silver", _) => table.silver_name(),
+                ("gold", Some(gold)) => gold.name.clone(),
+                _ => table.name.clone(),
+            };
             tokio::spawn(
                 async move {
                     let _permit = permits.acquire_owned().await;
-                    task.await
+                    let tracker = crate::progress::Tracker::start(stage, &label);
+                    let result = crate::progress::scope(tracker.clone(), task).await;
+                    tracker.finish(result.status(), result.rows());
+                    result
                 }
                 .instrument(span),
             )
@@ -64,6 +72,17 @@ where
         });
     }
     results
+}
+
+impl Status {
+    /// The lower-case name the event log and progress use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Empty => "empty",
+            Status::Failed => "failed",
+        }
+    }
 }
 
 /// How a table ended in a stage.

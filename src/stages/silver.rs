@@ -148,6 +148,16 @@ pub struct TableReport {
     pub error: Option<String>,
 }
 
+impl crate::progress::Outcome for TableReport {
+    fn status(&self) -> &'static str {
+        self.status.as_str()
+    }
+
+    fn rows(&self) -> u64 {
+        self.counts.rows_out
+    }
+}
+
 impl TableReport {
     fn new(table: &TableSpec) -> Self {
         TableReport {
@@ -210,6 +220,15 @@ impl SilverReport {
                             .join("; ")
                     })
                 }),
+                details: Some(serde_json::json!({
+                    "source_table": t.source_table,
+                    "files": t.files,
+                    "skipped": t.skipped,
+                    "duplicates": t.counts.rows_duplicate,
+                    "expectations": t.counts.expectations,
+                    "quarantined_files": t.quarantined_files,
+                    "quarantined_rows": t.quarantined_rows,
+                })),
             })
             .collect()
     }
@@ -294,6 +313,7 @@ impl Silver {
         for file in files {
             let outcome = self.process_file(table, &file).await?;
             report.counts.add(&outcome.counts);
+            crate::progress::add(outcome.counts.rows_out);
             match outcome.status {
                 FileStatus::Committed => {
                     report.files += 1;

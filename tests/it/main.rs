@@ -13,4 +13,5 @@ mod infra;
 mod ingest;
 mod mssql;
 mod query;
+mod report;
 mod silver;

@@ -68,6 +68,16 @@ pub struct TableReport {
     pub error: Option<String>,
 }
 
+impl crate::progress::Outcome for TableReport {
+    fn status(&self) -> &'static str {
+        self.status.as_str()
+    }
+
+    fn rows(&self) -> u64 {
+        self.rows_out()
+    }
+}
+
 impl TableReport {
     fn new(table: &str, kind: &str, source: Option<String>) -> Self {
         TableReport {
@@ -127,6 +137,15 @@ impl GoldReport {
                 started_at,
                 seconds: t.seconds,
                 error: t.error.clone(),
+                details: Some(serde_json::json!({
+                    "kind": t.kind,
+                    "source": t.source,
+                    "inserted": t.inserted,
+                    "updated": t.updated,
+                    "deleted": t.deleted,
+                    "closed": t.closed,
+                    "unknown": t.unknown.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                })),
             })
             .collect()
     }
@@ -184,6 +203,7 @@ impl Gold {
         let all_tables = pipeline.tables.iter().all(|t| only.contains(t));
         for view in pipeline.views.iter().filter(|_| all_tables) {
             let start = Instant::now();
+            let tracker = crate::progress::Tracker::start("gold", &view.name);
             let mut report = TableReport::new(&view.name, "view", None);
             match views::refresh(&this.lake, pipeline, view).await {
                 Ok(Some((rows, version))) => {
@@ -199,6 +219,7 @@ impl Gold {
                 }
             }
             report.seconds = start.elapsed().as_secs_f64();
+            tracker.finish(report.status.as_str(), report.inserted);
             tables.push(report);
         }
         GoldReport {
