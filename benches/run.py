@@ -117,6 +117,13 @@ def main():
     if "pyspark" in a.peers:
         lines.append("\npyspark: CPU and RSS are the Python driver's only (`time -v` does not see the JVM it "
                      "starts); shared/peers/bench.py samples the process tree for those.")
+    # The outputs left are those of the last incremental run: check that they agree.
+    check = subprocess.run(
+        [py, os.path.join(HERE, "verify.py"), "--tunelake", os.path.join(a.work, "out", "tunelake", sf, "lake")]
+        + [os.path.join(a.work, "out", p, sf) for p in a.peers],
+        capture_output=True, text=True)
+    lines += ["", "Digests after the incremental run (`benches/verify.py`):", "", "```",
+              (check.stdout + check.stderr).strip(), "```"]
     text = "\n".join(lines) + "\n\n"
     print(text)
     with open(os.path.join(HERE, "RESULTS.md"), "a") as f:

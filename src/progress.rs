@@ -98,7 +98,14 @@ impl Tracker {
         let done = self.inner.rows.fetch_add(rows, Ordering::Relaxed) + rows;
         let Some(sink) = SINK.get() else { return };
         match (&self.inner.bar, sink.mode) {
-            (Some(bar), _) => bar.set_position(done),
+            (Some(bar), _) => {
+                bar.set_position(done);
+                let seconds = self.inner.started.elapsed().as_secs_f64();
+                bar.set_message(format!(
+                    "{} rows/s",
+                    thousands(rate(done, seconds).round() as u64)
+                ));
+            }
             (None, Mode::Lines | Mode::Json) => {
                 let Ok(mut last) = self.inner.last_line.lock() else {
                     return;
@@ -127,7 +134,11 @@ impl Tracker {
             Some(bar) => {
                 bar.set_style(done_style(status));
                 bar.set_position(rows);
-                bar.finish_with_message(status.to_string());
+                let seconds = self.inner.started.elapsed().as_secs_f64();
+                bar.finish_with_message(format!(
+                    "{status}  {} rows/s",
+                    thousands(rate(rows, seconds).round() as u64)
+                ));
             }
             None => self.emit(sink.mode, rows, status),
         }
@@ -197,7 +208,7 @@ pub fn thousands(n: u64) -> String {
 
 fn running_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "{spinner:.cyan} {prefix:<29} {human_pos:>12} rows {per_sec:>16} {elapsed:>6}",
+        "{spinner:.cyan} {prefix:<29} {human_pos:>12} rows {elapsed:>5} {msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
@@ -209,7 +220,7 @@ fn done_style(status: &str) -> ProgressStyle {
         _ => "{msg:.green}",
     };
     ProgressStyle::with_template(&format!(
-        "  {{prefix:<29}} {{human_pos:>12}} rows {{elapsed:>6}} {mark}"
+        "  {{prefix:<29}} {{human_pos:>12}} rows {{elapsed:>5}} {mark}"
     ))
     .unwrap_or_else(|_| ProgressStyle::default_spinner())
 }

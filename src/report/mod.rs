@@ -256,16 +256,18 @@ async fn dimensions_of(lake: &Lake, pipeline: &Pipeline, events: &[Event]) -> Ve
         let Some(e) = event(events, "gold", &gold.name) else {
             continue;
         };
+        // The unknown member (sk -1) is not a version of anything.
+        let known = format!(
+            "FROM gold.{} WHERE {} <> -1",
+            gold.name,
+            crate::config::ident::quote_ansi(&gold.sk())
+        );
         let sql = if gold.scd_type == 2 {
             format!(
-                "SELECT count(*) AS versions, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS current FROM gold.{}",
-                gold.name
+                "SELECT count(*) AS versions, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS current {known}"
             )
         } else {
-            format!(
-                "SELECT count(*) AS versions, count(*) AS current FROM gold.{}",
-                gold.name
-            )
+            format!("SELECT count(*) AS versions, count(*) AS current {known}")
         };
         let now = crate::query::run(lake, &sql).await.ok();
         let at = |column| now.as_deref().and_then(|b| int_at(b, column));
