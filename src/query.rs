@@ -40,7 +40,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
     let config = SessionConfig::new()
         .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
         .with_information_schema(true);
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = crate::lake::delta_session(config);
     let Some(catalog) = ctx.catalog("datafusion") else {
         return Err(Error::Task("DataFusion has no default catalog".to_string()));
     };

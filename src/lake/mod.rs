@@ -40,6 +40,50 @@ pub async fn delta_provider(
     })
 }
 
+/// A DataFusion session with delta-rs's planner installed, so that a query over the lake can
+/// be handed to a Delta write as its input plan and stream into the table's files.
+pub fn delta_session(
+    config: datafusion::prelude::SessionConfig,
+) -> datafusion::prelude::SessionContext {
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
+        .build();
+    datafusion::prelude::SessionContext::new_with_state(state)
+}
+
+/// The query `df` with string views and large strings cast to plain strings, as Delta tables
+/// store them (see [`storable`]), keeping only `columns` when given.
+pub fn storable_df(
+    df: datafusion::prelude::DataFrame,
+    columns: Option<&[String]>,
+) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
+    use arrow::datatypes::DataType;
+    let schema = df.schema().as_arrow().clone();
+    let fields: Vec<&arrow::datatypes::Field> = match columns {
+        Some(names) => names
+            .iter()
+            .filter_map(|c| schema.field_with_name(c).ok())
+            .collect(),
+        None => schema.fields().iter().map(|f| f.as_ref()).collect(),
+    };
+    let select: Vec<datafusion::prelude::Expr> = fields
+        .into_iter()
+        .map(|f| {
+            let column = datafusion::prelude::col(datafusion::common::Column::from_name(f.name()));
+            match f.data_type() {
+                DataType::Utf8View | DataType::LargeUtf8 => {
+                    datafusion::logical_expr::cast(column, DataType::Utf8)
+                }
+                _ => column,
+            }
+            .alias(f.name())
+        })
+        .collect();
+    df.select(select)
+}
+
 /// Makes batches fit for a Delta table that later writes must also fit: every column
 /// nullable, string views and large strings as plain strings.
 pub fn storable(

@@ -12,14 +12,15 @@ use std::collections::HashSet;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int64Type, Schema};
-use datafusion::prelude::{Expr, lit};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, lit};
+use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use tracing::info;
 
 use super::dimension::is_lineage;
 use super::{
     TableReport, append, col, consumed_app_id, count_op, df_err, insert_from_source, merge_rows,
-    op_is, project, recorded, register, schema_of, silver_changes, table_path, update_from_source,
+    op_is, recorded, register, schema_of, silver_changes, table_path, update_from_source,
 };
 use crate::config::ident::quote_ansi as q;
 use crate::config::{GoldKind, TableSpec};
@@ -440,7 +441,22 @@ pub(super) async fn build(
         .sql(&sql)
         .await
         .map_err(df_err(name, "resolving dimension keys"))?;
-    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    let output = columns.output();
+    if fact_columns.is_none() {
+        // The first build: every row is new, so the rows stream from the silver files
+        // through the lookups into the table's files, never all in memory at once.
+        let written = first_build(&ctx, target, name, df, &output, txns).await?;
+        count_first_build(&ctx, &written, name, &columns, report).await?;
+        report.version = written.version();
+        report.status = Status::Ok;
+        info!(
+            rows_in = report.rows_in,
+            inserted = report.inserted,
+            version = report.version,
+            "Built the fact (first build, streamed)."
+        );
+        return Ok(());
+    }
     let rows = df
         .collect()
         .await
@@ -462,11 +478,7 @@ pub(super) async fn build(
             (l.sk.clone(), unknown)
         })
         .collect();
-    let output = columns.output();
-    let written = if fact_columns.is_none() {
-        let (schema, batches) = project(&rows, &schema, &output, name)?;
-        append(target, name, schema, batches, txns).await?
-    } else if rows.iter().all(|b| b.num_rows() == 0) {
+    let written = if rows.iter().all(|b| b.num_rows() == 0) {
         let schema = schema_of(&target, name)?;
         append(target, name, schema, Vec::new(), txns).await?
     } else {
@@ -494,5 +506,79 @@ pub(super) async fn build(
         version = report.version,
         "Built the fact."
     );
+    Ok(())
+}
+
+/// Writes a fact's first build from the query `df`, streaming: the table is created empty
+/// with the stored schema (every column nullable, plain strings), then one commit appends the
+/// rows and records `txns`. A crash between the two leaves an empty table with no consumed
+/// version, which the next run fills through the ordinary merge.
+async fn first_build(
+    ctx: &SessionContext,
+    target: DeltaTable,
+    name: &str,
+    df: DataFrame,
+    output: &[String],
+    txns: Vec<Transaction>,
+) -> Result<DeltaTable> {
+    let df = crate::lake::storable_df(df, Some(output))
+        .map_err(df_err(name, "shaping the fact's rows"))?;
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    let created = append(target, name, schema, Vec::new(), Vec::new()).await?;
+    created
+        .write(Vec::new())
+        .with_input_plan(df.into_unoptimized_plan())
+        .with_session_state(std::sync::Arc::new(ctx.state()))
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .with_commit_properties(super::commit_properties(txns))
+        .await
+        .map_err(super::delta_err(name))
+}
+
+/// The report's counts of a first build, read back from what was written.
+async fn count_first_build(
+    ctx: &SessionContext,
+    written: &DeltaTable,
+    name: &str,
+    columns: &FactColumns,
+    report: &mut TableReport,
+) -> Result<()> {
+    register(ctx, "__written", written, None).await?;
+    let unknown: Vec<String> = columns
+        .lookups
+        .iter()
+        .map(|l| format!("SUM(CASE WHEN {} = -1 THEN 1 ELSE 0 END)", q(&l.sk)))
+        .collect();
+    let sql = format!(
+        "SELECT COUNT(*){} FROM __written",
+        unknown.iter().map(|u| format!(", {u}")).collect::<String>()
+    );
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(df_err(name, "counting the first build"))?
+        .collect()
+        .await
+        .map_err(df_err(name, "counting the first build"))?;
+    let value = |i: usize| -> u64 {
+        batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| {
+                arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Int64).ok()
+            })
+            .and_then(|a| {
+                let a = a.as_primitive::<Int64Type>();
+                a.is_valid(0).then(|| a.value(0).max(0) as u64)
+            })
+            .unwrap_or(0)
+    };
+    report.inserted = value(0);
+    report.unknown = columns
+        .lookups
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.sk.clone(), value(i + 1)))
+        .collect();
     Ok(())
 }

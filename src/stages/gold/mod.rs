@@ -317,12 +317,14 @@ async fn current_version(lake: &Lake, name: &str) -> Option<u64> {
         .and_then(|t| t.version())
 }
 
-/// A session for gold SQL: names are case-sensitive, as the pipeline file spells them.
+/// A session for gold SQL: names are case-sensitive, as the pipeline file spells them, and
+/// delta-rs's planner is installed, so a query can be handed to a Delta write as its input
+/// plan and stream into the table.
 fn session() -> SessionContext {
     let config = SessionConfig::new()
         .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
         .with_target_partitions(2);
-    SessionContext::new_with_config(config)
+    crate::lake::delta_session(config)
 }
 
 fn delta_err(table: &str) -> impl Fn(deltalake::DeltaTableError) -> Error + '_ {

@@ -12,7 +12,7 @@ use tracing::info;
 
 use deltalake::kernel::Transaction;
 
-use super::{commit_properties, delta_err, df_err, recorded, storable, table_path};
+use super::{commit_properties, delta_err, df_err, recorded, table_path};
 use crate::config::{Pipeline, ViewSpec};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
@@ -78,25 +78,31 @@ async fn materialize(
         .sql_with_options(&sql, options)
         .await
         .map_err(df_err(name, "planning the view"))?;
-    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-    let batches = df
-        .collect()
-        .await
-        .map_err(df_err(name, "running the view"))?;
-    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-    let (schema, mut batches) = storable(batches, schema)?;
-    if batches.is_empty() {
-        batches.push(arrow::array::RecordBatch::new_empty(schema));
-    }
+    // The rows stream from the query into the table's files: a view can be as large as the
+    // fact it reads.
+    let df = crate::lake::storable_df(df, None).map_err(df_err(name, "planning the view"))?;
     let table = lake.delta_table(&table_path(name)).await?;
     let written = table
-        .write(batches)
+        .write(Vec::new())
+        .with_input_plan(df.into_unoptimized_plan())
+        .with_session_state(std::sync::Arc::new(ctx.state()))
         .with_save_mode(SaveMode::Overwrite)
         .with_schema_mode(SchemaMode::Overwrite)
         .with_commit_properties(commit_properties(inputs))
         .await
         .map_err(delta_err(name))?;
     let version = written.version();
+    let rows = written_rows(&written, name)?;
     info!(view = name, rows, version, "Materialized the view.");
     Ok((rows, version))
+}
+
+/// The rows of a table's current files, from the row counts its log keeps per file.
+fn written_rows(table: &deltalake::DeltaTable, name: &str) -> Result<u64> {
+    let snapshot = table.snapshot().map_err(delta_err(name))?;
+    let mut rows = 0;
+    for file in snapshot.log_data() {
+        rows += file.num_records().unwrap_or(0) as u64;
+    }
+    Ok(rows)
 }
