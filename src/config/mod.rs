@@ -30,6 +30,11 @@ pub struct Settings {
     /// A bronze parquet file is closed and the next part started past this size.
     #[serde(default = "default_max_file_mb")]
     pub max_file_mb: u64,
+    /// A bronze parquet file is also closed past this many rows. Silver loads a bronze file
+    /// in one piece (one file, one commit), so this bounds silver's memory per file (about
+    /// 200 bytes per row in flight): the rows of a big extract are spread over parts.
+    #[serde(default = "default_max_file_rows")]
+    pub max_file_rows: u64,
 }
 
 fn default_max_concurrency() -> usize {
@@ -41,6 +46,9 @@ fn default_batch_rows() -> usize {
 fn default_max_file_mb() -> u64 {
     128
 }
+fn default_max_file_rows() -> u64 {
+    1_000_000
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -48,6 +56,7 @@ impl Default for Settings {
             max_concurrency: default_max_concurrency(),
             batch_rows: default_batch_rows(),
             max_file_mb: default_max_file_mb(),
+            max_file_rows: default_max_file_rows(),
         }
     }
 }
@@ -265,6 +274,15 @@ impl Pipeline {
             problem(
                 "settings.batch_rows".into(),
                 "must be between 1 and 1048576".into(),
+            );
+        }
+        if settings.max_file_rows < settings.batch_rows as u64 {
+            problem(
+                "settings.max_file_rows".into(),
+                format!(
+                    "{} is below batch_rows ({}): a file holds at least one batch",
+                    settings.max_file_rows, settings.batch_rows
+                ),
             );
         }
         if settings.max_file_mb == 0 {

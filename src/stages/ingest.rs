@@ -322,39 +322,53 @@ impl Ingest {
         let max_bytes = (self.settings.max_file_mb * 1024 * 1024) as usize;
         let mut written = Written::default();
         let mut open: Option<(String, AsyncArrowWriter<_>)> = None;
+        let mut file_rows = 0usize;
+        let max_rows = self.settings.max_file_rows.max(1) as usize;
         while let Some(batch) = batches.next().await {
-            let batch = batch?;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            if open.is_none() {
-                let path = format!(
-                    "{}/{}",
-                    bronze_dir(&table.name),
-                    window.file_name(&table.name, written.files.len())
-                );
-                let writer = AsyncArrowWriter::try_new(
-                    self.lake.parquet_sink(&path),
-                    schema.clone(),
-                    Some(self.writer_properties(table, &window)),
-                )
-                .map_err(|e| Error::Parquet {
-                    file: path.clone(),
-                    source: e,
-                })?;
-                open = Some((path, writer));
-            }
-            if let Some((path, writer)) = open.as_mut() {
-                writer.write(&batch).await.map_err(|e| Error::Parquet {
-                    file: path.clone(),
-                    source: e,
-                })?;
-                written.rows += batch.num_rows() as u64;
-                crate::progress::add(batch.num_rows() as u64);
-                if writer.bytes_written() + writer.in_progress_size() >= max_bytes
-                    && let Some((path, writer)) = open.take()
-                {
-                    self.close(path, writer, &mut written).await?;
+            // A batch that would carry a file past `max_file_rows` is split between parts.
+            let mut rest = Some(batch?);
+            while let Some(batch) = rest.take() {
+                if batch.num_rows() == 0 {
+                    break;
+                }
+                if open.is_none() {
+                    let path = format!(
+                        "{}/{}",
+                        bronze_dir(&table.name),
+                        window.file_name(&table.name, written.files.len())
+                    );
+                    let writer = AsyncArrowWriter::try_new(
+                        self.lake.parquet_sink(&path),
+                        schema.clone(),
+                        Some(self.writer_properties(table, &window)),
+                    )
+                    .map_err(|e| Error::Parquet {
+                        file: path.clone(),
+                        source: e,
+                    })?;
+                    open = Some((path, writer));
+                    file_rows = 0;
+                }
+                let room = max_rows.saturating_sub(file_rows).max(1);
+                let batch = if batch.num_rows() > room {
+                    rest = Some(batch.slice(room, batch.num_rows() - room));
+                    batch.slice(0, room)
+                } else {
+                    batch
+                };
+                if let Some((path, writer)) = open.as_mut() {
+                    writer.write(&batch).await.map_err(|e| Error::Parquet {
+                        file: path.clone(),
+                        source: e,
+                    })?;
+                    written.rows += batch.num_rows() as u64;
+                    crate::progress::add(batch.num_rows() as u64);
+                    file_rows += batch.num_rows();
+                    let full = writer.bytes_written() + writer.in_progress_size() >= max_bytes
+                        || file_rows >= max_rows;
+                    if full && let Some((path, writer)) = open.take() {
+                        self.close(path, writer, &mut written).await?;
+                    }
                 }
             }
         }

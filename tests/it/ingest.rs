@@ -193,6 +193,30 @@ async fn a_rerun_after_a_crash_before_the_watermark_replaces_instead_of_duplicat
 }
 
 #[tokio::test]
+async fn parts_hold_at_most_max_file_rows_rows_each() {
+    let fx = Fixture::seeded(0.05);
+    let settings = Settings {
+        max_file_rows: 12_000,
+        batch_rows: 8192,
+        ..Settings::default()
+    };
+    let report = fx.ingest_with(&["FactStream"], None, settings).await;
+    assert!(!report.failed(), "{report:?}");
+    let files = fx.bronze_files("FactStream");
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|f| rows(std::slice::from_ref(f)))
+        .collect();
+    let total = fx.count("SELECT COUNT(*) FROM FactStream");
+    assert_eq!(sizes.iter().sum::<u64>(), total);
+    // Every part is full but the last: batches are split at the limit, not rounded to it.
+    let (last, full) = sizes.split_last().unwrap();
+    assert!(full.iter().all(|&n| n == 12_000), "{sizes:?}");
+    assert!(*last > 0 && *last <= 12_000, "{sizes:?}");
+    assert_eq!(key_counts(&files, "stream_id").len() as u64, total);
+}
+
+#[tokio::test]
 async fn big_windows_are_split_into_parts_and_a_smaller_rerun_removes_the_surplus() {
     let fx = Fixture::seeded(0.1);
     let settings = Settings {
