@@ -35,6 +35,10 @@ pub struct Settings {
     /// 200 bytes per row in flight): the rows of a big extract are spread over parts.
     #[serde(default = "default_max_file_rows")]
     pub max_file_rows: u64,
+    /// Gold resolves and writes a fact's new rows in chunks of about this many rows (whole
+    /// silver files), so its memory does not grow with the size of a load.
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: u64,
 }
 
 fn default_max_concurrency() -> usize {
@@ -49,6 +53,9 @@ fn default_max_file_mb() -> u64 {
 fn default_max_file_rows() -> u64 {
     1_000_000
 }
+fn default_chunk_rows() -> u64 {
+    1_000_000
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -57,6 +64,7 @@ impl Default for Settings {
             batch_rows: default_batch_rows(),
             max_file_mb: default_max_file_mb(),
             max_file_rows: default_max_file_rows(),
+            chunk_rows: default_chunk_rows(),
         }
     }
 }
@@ -284,6 +292,9 @@ impl Pipeline {
                     settings.max_file_rows, settings.batch_rows
                 ),
             );
+        }
+        if settings.chunk_rows == 0 {
+            problem("settings.chunk_rows".into(), "must be at least 1".into());
         }
         if settings.max_file_mb == 0 {
             problem("settings.max_file_mb".into(), "must be at least 1".into());

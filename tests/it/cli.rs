@@ -254,3 +254,58 @@ fn a_gold_run_killed_mid_way_and_rerun_gives_the_uninterrupted_tables() {
         }
     }
 }
+
+#[test]
+fn gold_written_in_small_chunks_equals_gold_written_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Bronze parts of 1,500 rows, so silver has many files, and fact chunks of 4,000 rows.
+    let chunked = tunelake::config::DEFAULT_PIPELINE
+        .replace("batch_rows = 65536", "batch_rows = 500\nchunk_rows = 4000")
+        .replace("max_file_rows = 1000000", "max_file_rows = 1500");
+    assert_ne!(chunked, tunelake::config::DEFAULT_PIPELINE);
+    std::fs::write(d.join("chunked.toml"), chunked).unwrap();
+    let run = |lake: &str, config: Option<&str>| {
+        let mut args = vec!["--source", "sqlite:src.db", "--lake", lake];
+        if let Some(c) = config {
+            args.extend(["--config", c]);
+        }
+        args.push("run");
+        let (code, out, err) = tunelake(d, &args);
+        assert_eq!(code, 0, "{out}{err}");
+        out
+    };
+    assert_eq!(
+        tunelake(d, &["seed", "--source", "sqlite:src.db", "--scale", "0.01"]).0,
+        0
+    );
+    run("whole", None);
+    run("chunks", Some("chunked.toml"));
+    assert_eq!(
+        tunelake(d, &["seed", "--source", "sqlite:src.db", "--incremental"]).0,
+        0
+    );
+    run("whole", None);
+    let out = run("chunks", Some("chunked.toml"));
+    assert!(out.contains("fact_stream"), "{out}");
+    let silver_files = std::fs::read_dir(d.join("chunks/silver/streams"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "parquet")
+        })
+        .count();
+    assert!(silver_files >= 8, "many silver files: {silver_files}");
+    for ((table, want), (_, got)) in gold_tables(d, "whole").iter().zip(gold_tables(d, "chunks")) {
+        let first_difference = want.iter().zip(&got).find(|(w, g)| w != g);
+        assert!(
+            got.len() == want.len() && first_difference.is_none(),
+            "{table}: {} rows, {} expected; first difference {first_difference:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}

@@ -19,8 +19,9 @@ use tracing::info;
 
 use super::dimension::is_lineage;
 use super::{
-    TableReport, append, col, consumed_app_id, count_op, df_err, insert_from_source, merge_rows,
-    op_is, recorded, register, schema_of, silver_changes, table_path, update_from_source,
+    SilverChanges, TableReport, append, col, consumed_app_id, count_op, delta_err, df_err,
+    insert_from_source, merge_rows, op_is, recorded, register, schema_of, silver_changes,
+    table_path, update_from_source,
 };
 use crate::config::ident::quote_ansi as q;
 use crate::config::{GoldKind, TableSpec};
@@ -234,11 +235,13 @@ pub(super) fn resolve_sql(c: &FactColumns, src: &str, op: &str, only_changed: bo
 }
 
 /// Brings one fact up to date: new silver rows, and existing rows whose dimension versions
-/// changed.
+/// changed. New rows are resolved and written in chunks of about `chunk_rows`
+/// (`settings.chunk_rows`), whole silver files each.
 pub(super) async fn build(
     lake: &Lake,
     table: &TableSpec,
     all: &[TableSpec],
+    chunk_rows: usize,
     report: &mut TableReport,
 ) -> Result<()> {
     let Some(gold) = &table.gold else {
@@ -259,7 +262,7 @@ pub(super) async fn build(
     let columns = FactColumns::new(table, all, &silver_schema)?;
     let ctx = super::session();
     let mut txns = vec![Transaction::new(&app_id, changes.version as i64)];
-    let mut parts: Vec<String> = Vec::new();
+    // The new rows, as a query over `changes` (one chunk of the added silver files at a time).
     let mut ctes: Vec<String> = Vec::new();
     let keys = columns
         .keys
@@ -267,16 +270,7 @@ pub(super) async fn build(
         .map(|k| q(k))
         .collect::<Vec<_>>()
         .join(", ");
-    let has_new = !changes.files.is_empty();
-    if has_new {
-        register(&ctx, "changes", &changes.table, Some(&changes.files)).await?;
-        report.rows_in = ctx
-            .table("changes")
-            .await
-            .map_err(df_err(name, "reading silver changes"))?
-            .count()
-            .await
-            .map_err(df_err(name, "reading silver changes"))? as u64;
+    {
         let tiebreak: String = columns
             .tiebreak
             .iter()
@@ -319,8 +313,12 @@ pub(super) async fn build(
                 "src_n AS (SELECT {base} FROM ranked WHERE __r = 1)"
             ));
         }
-        parts.push(resolve_sql(&columns, "src_n", "N", false));
     }
+    let new_sql = format!(
+        "WITH {} {}",
+        ctes.join(", "),
+        resolve_sql(&columns, "src_n", "N", false)
+    );
 
     // The dimensions, at the state their own last build left them, and their changes since
     // this fact last looked.
@@ -405,115 +403,256 @@ pub(super) async fn build(
             s = q(&columns.seq),
         ));
     }
-    if !affected.is_empty() {
-        ctes.push(format!("aff AS ({})", affected.join(" UNION ")));
-        let src_r = if has_new {
-            let on = columns
-                .keys
-                .iter()
-                .map(|k| format!("aff.{k} = nk.{k}", k = q(k)))
-                .collect::<Vec<_>>()
-                .join(" AND ");
-            format!(
-                "src_r AS (SELECT aff.* FROM aff LEFT JOIN (SELECT DISTINCT {keys} FROM src_n) AS nk ON {on} \
-                 WHERE nk.{} IS NULL)",
-                q(&columns.keys[0])
-            )
-        } else {
-            "src_r AS (SELECT * FROM aff)".to_string()
-        };
-        ctes.push(src_r);
-        parts.push(resolve_sql(&columns, "src_r", "R", true));
-    }
-    if parts.is_empty() {
+    // Re-resolved facts first, then the new rows: a key in both ends with its newest row
+    // (the new rows' merge lets a newer sequence win), resolved against today's dimensions.
+    let chunks = chunk_files(&changes, chunk_rows, &silver_name)?;
+    let writes = usize::from(!affected.is_empty()) + chunks.len();
+    if writes == 0 {
         return Ok(());
     }
-    let sql = format!(
-        "{}{}",
-        if ctes.is_empty() {
-            String::new()
-        } else {
-            format!("WITH {} ", ctes.join(", "))
-        },
-        parts.join(" UNION ALL ")
-    );
-    let df = ctx
-        .sql(&sql)
-        .await
-        .map_err(df_err(name, "resolving dimension keys"))?;
     let output = columns.output();
-    if fact_columns.is_none() {
-        // The first build: every row is new, so the rows stream from the silver files
-        // through the lookups into the table's files, never all in memory at once.
-        let written = first_build(&ctx, target, name, df, &output, txns).await?;
-        count_first_build(&ctx, &written, name, &columns, report).await?;
-        report.version = written.version();
-        report.status = Status::Ok;
-        info!(
-            rows_in = report.rows_in,
-            inserted = report.inserted,
-            version = report.version,
-            "Built the fact (first build, streamed)."
-        );
-        return Ok(());
-    }
-    let rows = df
-        .collect()
-        .await
-        .map_err(df_err(name, "resolving dimension keys"))?;
-    report.inserted = count_op(&rows, "N", |_, _| true);
-    report.updated = count_op(&rows, "R", |_, _| true);
-    report.unknown = columns
-        .lookups
-        .iter()
-        .map(|l| {
-            let unknown = count_op(&rows, "N", |b, i| {
-                b.column_by_name(&l.sk)
-                    .and_then(|c| {
-                        c.as_primitive_opt::<Int64Type>()
-                            .map(|c| c.is_valid(i) && c.value(i) == -1)
-                    })
-                    .unwrap_or(false)
-            });
-            (l.sk.clone(), unknown)
-        })
-        .collect();
-    let written = if rows.iter().all(|b| b.num_rows() == 0) {
-        let schema = schema_of(&target, name)?;
-        append(target, name, schema, Vec::new(), txns).await?
-    } else {
-        let on = columns
-            .keys
-            .iter()
-            .map(|k| col("t", k).eq(col("s", k)))
-            .reduce(Expr::and)
-            .unwrap_or(lit(false));
-        let newer = op_is("N").and(col("s", &columns.seq).gt_eq(col("t", &columns.seq)));
-        let resolved = columns.resolved();
-        merge_rows(&ctx, target, name, rows, on, txns, |m| {
-            m.when_matched_update(|u| update_from_source(u, newer, &output))?
-                .when_matched_update(|u| update_from_source(u, op_is("R"), &resolved))?
-                .when_not_matched_insert(|i| insert_from_source(i, op_is("N"), &output))
-        })
-        .await?
+    let mut pending = Some(txns);
+    let mut commits = 0;
+    let mut next_txns = || {
+        commits += 1;
+        if commits == writes {
+            pending.take().unwrap_or_default()
+        } else {
+            Vec::new()
+        }
     };
-    report.version = written.version();
+    let mut target = target;
+    if !affected.is_empty() {
+        let sql = format!(
+            "WITH aff AS ({}), src_r AS (SELECT * FROM aff) {}",
+            affected.join(" UNION "),
+            resolve_sql(&columns, "src_r", "R", true)
+        );
+        let rows = ctx
+            .sql(&sql)
+            .await
+            .map_err(df_err(name, "re-resolving dimension keys"))?
+            .collect()
+            .await
+            .map_err(df_err(name, "re-resolving dimension keys"))?;
+        report.updated = count_op(&rows, "R", |_, _| true);
+        let txns = next_txns();
+        target = if report.updated == 0 {
+            if txns.is_empty() {
+                target
+            } else {
+                // Nothing moved, but this is the run's last commit: it records progress.
+                let schema = schema_of(&target, name)?;
+                append(target, name, schema, Vec::new(), txns).await?
+            }
+        } else {
+            let resolved = columns.resolved();
+            merge_rows(&ctx, target, name, rows, key_match(&columns), txns, |m| {
+                m.when_matched_update(|u| update_from_source(u, op_is("R"), &resolved))
+            })
+            .await?
+        };
+    }
+    let mut appended: Vec<String> = Vec::new();
+    for chunk in &chunks {
+        let _ = ctx.deregister_table("changes");
+        register(&ctx, "changes", &changes.table, Some(chunk)).await?;
+        report.rows_in += ctx
+            .table("changes")
+            .await
+            .map_err(df_err(name, "reading silver changes"))?
+            .count()
+            .await
+            .map_err(df_err(name, "reading silver changes"))? as u64;
+        let df = ctx
+            .sql(&new_sql)
+            .await
+            .map_err(df_err(name, "resolving dimension keys"))?;
+        let txns = next_txns();
+        let streamed =
+            target.version().is_none() || !overlaps(&ctx, &target, name, &columns.keys).await?;
+        if streamed {
+            // No key of the chunk is in the table: the rows stream straight into new files.
+            let before: HashSet<String> = match target.version() {
+                Some(_) => target.get_file_uris().map_err(delta_err(name))?.collect(),
+                None => HashSet::new(),
+            };
+            target = append_plan(&ctx, target, name, df, &output, txns).await?;
+            appended.extend(
+                target
+                    .get_file_uris()
+                    .map_err(delta_err(name))?
+                    .filter(|f| !before.contains(f)),
+            );
+        } else {
+            let rows = df
+                .collect()
+                .await
+                .map_err(df_err(name, "resolving dimension keys"))?;
+            report.inserted += count_op(&rows, "N", |_, _| true);
+            for (l, (_, unknown)) in columns.lookups.iter().zip(unknown_slots(report, &columns)) {
+                *unknown += count_op(&rows, "N", |b, i| is_unknown(b, i, &l.sk));
+            }
+            let newer = op_is("N").and(col("s", &columns.seq).gt_eq(col("t", &columns.seq)));
+            target = merge_rows(&ctx, target, name, rows, key_match(&columns), txns, |m| {
+                m.when_matched_update(|u| update_from_source(u, newer, &output))?
+                    .when_not_matched_insert(|i| insert_from_source(i, op_is("N"), &output))
+            })
+            .await?;
+        }
+    }
+    if !appended.is_empty() {
+        count_appended(&ctx, &target, &appended, name, &columns, report).await?;
+    }
+    report.version = target.version();
     report.status = Status::Ok;
     info!(
         rows_in = report.rows_in,
         inserted = report.inserted,
         re_resolved = report.updated,
+        chunks = chunks.len(),
         version = report.version,
         "Built the fact."
     );
     Ok(())
 }
 
-/// Writes a fact's first build from the query `df`, streaming: the table is created empty
-/// with the stored schema (every column nullable, plain strings), then one commit appends the
-/// rows and records `txns`. A crash between the two leaves an empty table with no consumed
-/// version, which the next run fills through the ordinary merge.
-async fn first_build(
+/// The added silver files in groups of at most `limit` rows (a bigger file is a group alone),
+/// by the row counts the silver log keeps per file.
+fn chunk_files(changes: &SilverChanges, limit: usize, silver: &str) -> Result<Vec<Vec<String>>> {
+    let snapshot = changes.table.snapshot().map_err(delta_err(silver))?;
+    let rows: std::collections::HashMap<String, usize> = snapshot
+        .log_data()
+        .iter()
+        .map(|f| (f.path().to_string(), f.num_records().unwrap_or(limit)))
+        .collect();
+    let rows_of = |uri: &str| {
+        rows.iter()
+            .find(|(path, _)| uri.ends_with(path.as_str()))
+            .map_or(limit, |(_, n)| *n)
+    };
+    let mut chunks: Vec<Vec<String>> = Vec::new();
+    let mut in_chunk = 0;
+    for file in &changes.files {
+        let n = rows_of(file);
+        match chunks.last_mut() {
+            Some(chunk) if in_chunk + n <= limit => {
+                chunk.push(file.clone());
+                in_chunk += n;
+            }
+            _ => {
+                chunks.push(vec![file.clone()]);
+                in_chunk = n;
+            }
+        }
+    }
+    Ok(chunks)
+}
+
+/// `t.key = s.key` for every key column.
+fn key_match(columns: &FactColumns) -> Expr {
+    columns
+        .keys
+        .iter()
+        .map(|k| col("t", k).eq(col("s", k)))
+        .reduce(Expr::and)
+        .unwrap_or(lit(false))
+}
+
+fn is_unknown(batch: &arrow::array::RecordBatch, row: usize, sk: &str) -> bool {
+    batch
+        .column_by_name(sk)
+        .and_then(|c| {
+            c.as_primitive_opt::<Int64Type>()
+                .map(|c| c.is_valid(row) && c.value(row) == -1)
+        })
+        .unwrap_or(false)
+}
+
+/// The report's per-lookup unknown counters, created on first use.
+fn unknown_slots<'a>(
+    report: &'a mut TableReport,
+    columns: &FactColumns,
+) -> std::slice::IterMut<'a, (String, u64)> {
+    if report.unknown.len() != columns.lookups.len() {
+        report.unknown = columns.lookups.iter().map(|l| (l.sk.clone(), 0)).collect();
+    }
+    report.unknown.iter_mut()
+}
+
+/// Whether any key of `changes` is already in the table. The table is scanned only within
+/// the chunk's range of the first key, which the files' statistics prune to little when
+/// keys grow with time.
+async fn overlaps(
+    ctx: &SessionContext,
+    target: &DeltaTable,
+    name: &str,
+    keys: &[String],
+) -> Result<bool> {
+    use datafusion::functions_aggregate::min_max::{max, min};
+    let fail = |e| df_err(name, "looking for the new keys in the table")(e);
+    let key = |k: &String| datafusion::prelude::col(datafusion::common::Column::from_name(k));
+    let changes = ctx.table("changes").await.map_err(fail)?;
+    let bounds = changes
+        .clone()
+        .aggregate(vec![], vec![min(key(&keys[0])), max(key(&keys[0]))])
+        .map_err(fail)?
+        .collect()
+        .await
+        .map_err(fail)?;
+    let Some(b) = bounds.iter().find(|b| b.num_rows() == 1) else {
+        return Ok(false);
+    };
+    let lo = datafusion::common::ScalarValue::try_from_array(b.column(0), 0).map_err(fail)?;
+    let hi = datafusion::common::ScalarValue::try_from_array(b.column(1), 0).map_err(fail)?;
+    if lo.is_null() {
+        return Ok(false);
+    }
+    let _ = ctx.deregister_table("__target");
+    register(ctx, "__target", target, None).await?;
+    let existing = ctx
+        .table("__target")
+        .await
+        .map_err(fail)?
+        .filter(key(&keys[0]).between(lit(lo), lit(hi)))
+        .map_err(fail)?
+        .select(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| key(k).alias(format!("__t{i}")))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(fail)?;
+    let new_keys = changes
+        .select(keys.iter().map(key).collect::<Vec<_>>())
+        .map_err(fail)?
+        .distinct()
+        .map_err(fail)?;
+    let left: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let right: Vec<String> = (0..keys.len()).map(|i| format!("__t{i}")).collect();
+    let right: Vec<&str> = right.iter().map(String::as_str).collect();
+    let found = new_keys
+        .join(
+            existing,
+            datafusion::common::JoinType::LeftSemi,
+            &left,
+            &right,
+            None,
+        )
+        .map_err(fail)?
+        .limit(0, Some(1))
+        .map_err(fail)?
+        .count()
+        .await
+        .map_err(fail)?;
+    Ok(found > 0)
+}
+
+/// Appends the rows of the query `df` in one commit carrying `txns`, streaming. A missing
+/// table is first created empty with the stored schema (every column nullable, plain strings);
+/// a crash between the two leaves an empty table with no consumed version, which the next run
+/// fills through the ordinary path.
+async fn append_plan(
     ctx: &SessionContext,
     target: DeltaTable,
     name: &str,
@@ -523,9 +662,14 @@ async fn first_build(
 ) -> Result<DeltaTable> {
     let df = crate::lake::storable_df(df, Some(output))
         .map_err(df_err(name, "shaping the fact's rows"))?;
-    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-    let created = append(target, name, schema, Vec::new(), Vec::new()).await?;
-    created
+    let target = match target.version() {
+        Some(_) => target,
+        None => {
+            let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+            append(target, name, schema, Vec::new(), Vec::new()).await?
+        }
+    };
+    target
         .write(Vec::new())
         .with_input_plan(df.into_unoptimized_plan())
         .with_session_state(std::sync::Arc::new(ctx.state()))
@@ -535,15 +679,17 @@ async fn first_build(
         .map_err(super::delta_err(name))
 }
 
-/// The report's counts of a first build, read back from what was written.
-async fn count_first_build(
+/// Adds to the report the rows (and unknown members) of the files this run appended,
+/// read back from them.
+async fn count_appended(
     ctx: &SessionContext,
     written: &DeltaTable,
+    files: &[String],
     name: &str,
     columns: &FactColumns,
     report: &mut TableReport,
 ) -> Result<()> {
-    register(ctx, "__written", written, None).await?;
+    register(ctx, "__written", written, Some(files)).await?;
     let unknown: Vec<String> = columns
         .lookups
         .iter()
@@ -573,12 +719,9 @@ async fn count_first_build(
             })
             .unwrap_or(0)
     };
-    report.inserted = value(0);
-    report.unknown = columns
-        .lookups
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.sk.clone(), value(i + 1)))
-        .collect();
+    report.inserted += value(0);
+    for (i, (_, unknown)) in unknown_slots(report, columns).enumerate() {
+        *unknown += value(i + 1);
+    }
     Ok(())
 }

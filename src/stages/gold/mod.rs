@@ -180,6 +180,7 @@ impl Gold {
         for kind in [GoldKind::Dimension, GoldKind::Fact] {
             let worker = this.clone();
             let dims = Arc::new(pipeline.tables.clone());
+            let chunk_rows = pipeline.settings.chunk_rows as usize;
             let reports = super::per_table(
                 &of_kind(kind),
                 pipeline.settings.max_concurrency,
@@ -188,7 +189,7 @@ impl Gold {
                 move |table| {
                     let this = worker.clone();
                     let all = dims.clone();
-                    async move { this.table(&table, &all).await }
+                    async move { this.table(&table, &all, chunk_rows).await }
                 },
                 |table, message| {
                     let mut r = report_for(table);
@@ -228,7 +229,7 @@ impl Gold {
         }
     }
 
-    async fn table(&self, table: &TableSpec, all: &[TableSpec]) -> TableReport {
+    async fn table(&self, table: &TableSpec, all: &[TableSpec], chunk_rows: usize) -> TableReport {
         let start = Instant::now();
         let mut report = report_for(table);
         let mut tries = 0;
@@ -236,7 +237,9 @@ impl Gold {
             tries += 1;
             let result = match table.gold.as_ref().map(|g| g.kind) {
                 Some(GoldKind::Dimension) => dimension::build(&self.lake, table, &mut report).await,
-                Some(GoldKind::Fact) => fact::build(&self.lake, table, all, &mut report).await,
+                Some(GoldKind::Fact) => {
+                    fact::build(&self.lake, table, all, chunk_rows, &mut report).await
+                }
                 None => Ok(()),
             };
             match result {
