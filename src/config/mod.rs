@@ -39,6 +39,10 @@ pub struct Settings {
     /// silver files), so its memory does not grow with the size of a load.
     #[serde(default = "default_chunk_rows")]
     pub chunk_rows: u64,
+    /// Gold computes a dimension's versions in ranges of about this many changed keys, so
+    /// its memory does not grow with the size of the dimension.
+    #[serde(default = "default_dimension_chunk_keys")]
+    pub dimension_chunk_keys: u64,
 }
 
 fn default_max_concurrency() -> usize {
@@ -56,6 +60,9 @@ fn default_max_file_rows() -> u64 {
 fn default_chunk_rows() -> u64 {
     1_000_000
 }
+fn default_dimension_chunk_keys() -> u64 {
+    250_000
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -65,6 +72,7 @@ impl Default for Settings {
             max_file_mb: default_max_file_mb(),
             max_file_rows: default_max_file_rows(),
             chunk_rows: default_chunk_rows(),
+            dimension_chunk_keys: default_dimension_chunk_keys(),
         }
     }
 }
@@ -295,6 +303,12 @@ impl Pipeline {
         }
         if settings.chunk_rows == 0 {
             problem("settings.chunk_rows".into(), "must be at least 1".into());
+        }
+        if settings.dimension_chunk_keys == 0 {
+            problem(
+                "settings.dimension_chunk_keys".into(),
+                "must be at least 1".into(),
+            );
         }
         if settings.max_file_mb == 0 {
             problem("settings.max_file_mb".into(), "must be at least 1".into());

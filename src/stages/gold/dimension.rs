@@ -19,6 +19,8 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, new_null_array,
 };
 use arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::prelude::{Expr, SessionContext, lit};
 use deltalake::kernel::Transaction;
 use tracing::info;
 
@@ -355,8 +357,14 @@ pub(super) fn diff_sql(
     )
 }
 
-/// Brings one dimension up to date with its silver table.
-pub(super) async fn build(lake: &Lake, table: &TableSpec, report: &mut TableReport) -> Result<()> {
+/// Brings one dimension up to date with its silver table, in ranges of about `chunk_keys`
+/// changed keys (`settings.dimension_chunk_keys`).
+pub(super) async fn build(
+    lake: &Lake,
+    table: &TableSpec,
+    chunk_keys: usize,
+    report: &mut TableReport,
+) -> Result<()> {
     let Some(gold) = &table.gold else {
         return Ok(());
     };
@@ -377,90 +385,130 @@ pub(super) async fn build(lake: &Lake, table: &TableSpec, report: &mut TableRepo
         return Ok(());
     }
     let ctx = super::session();
-    register(&ctx, "silver", &changes.table, None).await?;
-    register(&ctx, "changes", &changes.table, Some(&changes.files)).await?;
+    register(&ctx, "silver_all", &changes.table, None).await?;
+    register(&ctx, "changes_all", &changes.table, Some(&changes.files)).await?;
     let silver_schema = schema_of(&changes.table, &silver_name)?;
     let columns = DimColumns::new(table, gold, &silver_schema)?;
+    // Key ranges are disjoint, so each chunk can diff against the table as it was at the
+    // start: no chunk writes a key of another.
     let gold_columns: Option<HashSet<String>> = match target.version() {
         Some(_) => {
-            register(&ctx, "gold", &target, None).await?;
+            register(&ctx, "gold_all", &target, None).await?;
             let schema = schema_of(&target, name)?;
             Some(schema.fields().iter().map(|f| f.name().clone()).collect())
         }
         None => None,
     };
     report.rows_in = ctx
-        .table("changes")
+        .table("changes_all")
         .await
         .map_err(df_err(name, "reading silver changes"))?
         .count()
         .await
         .map_err(df_err(name, "reading silver changes"))? as u64;
-    let history = ctx
-        .sql(&history_sql(&columns))
-        .await
-        .map_err(df_err(name, "reading the history of the changed keys"))?;
-    let history_schema: SchemaRef = Arc::new(history.schema().as_arrow().clone());
-    let history = history
-        .collect()
-        .await
-        .map_err(df_err(name, "reading the history of the changed keys"))?;
-    let history = arrow::compute::concat_batches(&history_schema, &history)
-        .map_err(|e| Error::arrow(name, e))?;
-    let new_versions = versions(&columns, &history).map_err(|e| Error::arrow(name, e))?;
-    drop(history);
-    ctx.register_batch("n", new_versions)
-        .map_err(df_err(name, "staging the versions"))?;
-    let sql = diff_sql(&columns, gold_columns.as_ref(), max_sk);
-    let df = ctx
-        .sql(&sql)
-        .await
-        .map_err(df_err(name, "computing versions"))?;
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let rows = df
-        .collect()
-        .await
-        .map_err(df_err(name, "computing versions"))?;
-    report.inserted = count_op(&rows, "I", |_, _| true);
-    report.updated = count_op(&rows, "U", |_, _| true);
-    report.deleted = count_op(&rows, "D", |_, _| true);
-    report.closed = count_op(&rows, "U", |b, i| {
-        b.column_by_name("__closed")
-            .and_then(|c| c.as_boolean_opt().map(|c| c.is_valid(i) && c.value(i)))
-            .unwrap_or(false)
-    });
-    let txns = vec![
-        Transaction::new(&app_id, changes.version as i64),
-        Transaction::new(SK_APP_ID, max_sk + report.inserted as i64),
-    ];
+    let ranges = key_ranges(&ctx, &columns.keys[0], chunk_keys, name).await?;
     let output = columns.output();
-    let written = if gold_columns.is_none() {
-        // First build: the unknown member and every version in one commit.
-        let (schema, mut batches) = project(&rows, &schema, &output, name)?;
-        batches.insert(0, unknown_member(&schema, &columns)?);
-        append(target, name, schema, batches, txns).await?
-    } else if rows.iter().all(|b| b.num_rows() == 0) {
-        // Nothing differs (identical or excluded-column changes): record the progress only.
-        let schema = schema_of(&target, name)?;
-        append(target, name, schema, Vec::new(), txns).await?
-    } else {
-        let sk = columns.sk.clone();
-        merge_rows(
-            &ctx,
-            target,
-            name,
-            rows,
-            col("t", &sk).eq(col("s", &sk)),
-            txns,
-            |m| {
-                m.when_matched_delete(|d| d.predicate(op_is("D")))?
-                    .when_matched_update(|u| update_from_source(u, op_is("U"), &output))?
-                    .when_not_matched_insert(|i| insert_from_source(i, op_is("I"), &output))
-            },
-        )
-        .await?
-    };
-    report.version = written.version();
+    let mut target = target;
+    let mut sk_base = max_sk;
+    for (i, range) in ranges.iter().enumerate() {
+        let last = i + 1 == ranges.len();
+        let mut views = vec![("silver", "silver_all"), ("changes", "changes_all")];
+        if gold_columns.is_some() {
+            views.push(("gold", "gold_all"));
+        }
+        for (view, base) in views {
+            let _ = ctx.deregister_table(view);
+            let df = ctx
+                .table(base)
+                .await
+                .map_err(df_err(name, "reading a key range"))?;
+            let df = match range_filter(&columns.keys[0], range) {
+                Some(filter) => df
+                    .filter(filter)
+                    .map_err(df_err(name, "reading a key range"))?,
+                None => df,
+            };
+            ctx.register_table(view, df.into_view())
+                .map_err(df_err(name, "reading a key range"))?;
+        }
+        let history = ctx
+            .sql(&history_sql(&columns))
+            .await
+            .map_err(df_err(name, "reading the history of the changed keys"))?;
+        let history_schema: SchemaRef = Arc::new(history.schema().as_arrow().clone());
+        let history = history
+            .collect()
+            .await
+            .map_err(df_err(name, "reading the history of the changed keys"))?;
+        let history = arrow::compute::concat_batches(&history_schema, &history)
+            .map_err(|e| Error::arrow(name, e))?;
+        let new_versions = versions(&columns, &history).map_err(|e| Error::arrow(name, e))?;
+        drop(history);
+        let _ = ctx.deregister_table("n");
+        ctx.register_batch("n", new_versions)
+            .map_err(df_err(name, "staging the versions"))?;
+        let sql = diff_sql(&columns, gold_columns.as_ref(), sk_base);
+        let df = ctx
+            .sql(&sql)
+            .await
+            .map_err(df_err(name, "computing versions"))?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let rows = df
+            .collect()
+            .await
+            .map_err(df_err(name, "computing versions"))?;
+        let inserted = count_op(&rows, "I", |_, _| true);
+        let updated = count_op(&rows, "U", |_, _| true);
+        let deleted = count_op(&rows, "D", |_, _| true);
+        report.inserted += inserted;
+        report.updated += updated;
+        report.deleted += deleted;
+        report.closed += count_op(&rows, "U", |b, i| {
+            b.column_by_name("__closed")
+                .and_then(|c| c.as_boolean_opt().map(|c| c.is_valid(i) && c.value(i)))
+                .unwrap_or(false)
+        });
+        sk_base += inserted as i64;
+        // The highest surrogate key goes with every commit, the consumed silver version
+        // only with the last: a run stopped between chunks is redone, and finds the
+        // chunks already written unchanged.
+        let mut txns = vec![Transaction::new(SK_APP_ID, sk_base)];
+        if last {
+            txns.push(Transaction::new(&app_id, changes.version as i64));
+        }
+        target = if target.version().is_none() {
+            // First build: the unknown member comes with the first chunk, which creates the table.
+            let (schema, mut batches) = project(&rows, &schema, &output, name)?;
+            batches.insert(0, unknown_member(&schema, &columns)?);
+            append(target, name, schema, batches, txns).await?
+        } else if updated + deleted == 0 {
+            if inserted == 0 && !last {
+                // Nothing differs in this range (identical or excluded-column changes).
+                continue;
+            }
+            // New versions only (or progress only): no row of the table changes.
+            let (_, batches) = project(&rows, &schema, &output, name)?;
+            let stored = schema_of(&target, name)?;
+            append(target, name, stored, batches, txns).await?
+        } else {
+            let sk = columns.sk.clone();
+            merge_rows(
+                &ctx,
+                target,
+                name,
+                rows,
+                col("t", &sk).eq(col("s", &sk)),
+                txns,
+                |m| {
+                    m.when_matched_delete(|d| d.predicate(op_is("D")))?
+                        .when_matched_update(|u| update_from_source(u, op_is("U"), &output))?
+                        .when_not_matched_insert(|i| insert_from_source(i, op_is("I"), &output))
+                },
+            )
+            .await?
+        };
+    }
+    report.version = target.version();
     report.status = Status::Ok;
     info!(
         rows_in = report.rows_in,
@@ -468,10 +516,75 @@ pub(super) async fn build(lake: &Lake, table: &TableSpec, report: &mut TableRepo
         updated = report.updated,
         deleted = report.deleted,
         closed = report.closed,
+        chunks = ranges.len(),
         version = report.version,
         "Built the dimension."
     );
     Ok(())
+}
+
+/// A range of the first key column, `[low, high)`; `None` is unbounded.
+type KeyRange = (Option<ScalarValue>, Option<ScalarValue>);
+
+/// Splits the changed keys into ranges of about `per_range` distinct values of the first key
+/// column (one unbounded range when there are fewer), so a dimension's memory follows the
+/// range, not the table.
+async fn key_ranges(
+    ctx: &SessionContext,
+    first_key: &str,
+    per_range: usize,
+    name: &str,
+) -> Result<Vec<KeyRange>> {
+    let key = q(first_key);
+    let batches = ctx
+        .sql(&format!(
+            "SELECT DISTINCT {key} AS k FROM changes_all WHERE {key} IS NOT NULL ORDER BY k"
+        ))
+        .await
+        .map_err(df_err(name, "splitting the changed keys"))?
+        .collect()
+        .await
+        .map_err(df_err(name, "splitting the changed keys"))?;
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if total <= per_range.max(1) {
+        return Ok(vec![(None, None)]);
+    }
+    let mut bounds = Vec::new();
+    let mut seen = 0;
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            if seen > 0 && seen % per_range.max(1) == 0 {
+                bounds.push(
+                    ScalarValue::try_from_array(batch.column(0), row)
+                        .map_err(df_err(name, "splitting the changed keys"))?,
+                );
+            }
+            seen += 1;
+        }
+    }
+    let mut ranges = Vec::with_capacity(bounds.len() + 1);
+    let mut low = None;
+    for bound in bounds {
+        ranges.push((low, Some(bound.clone())));
+        low = Some(bound);
+    }
+    ranges.push((low, None));
+    Ok(ranges)
+}
+
+/// The filter of one key range; NULL keys fall in the first.
+fn range_filter(first_key: &str, range: &KeyRange) -> Option<Expr> {
+    let key = datafusion::prelude::col(datafusion::common::Column::from_name(first_key));
+    match range {
+        (None, None) => None,
+        (None, Some(high)) => Some(key.clone().lt(lit(high.clone())).or(key.is_null())),
+        (Some(low), None) => Some(key.gt_eq(lit(low.clone()))),
+        (Some(low), Some(high)) => Some(
+            key.clone()
+                .gt_eq(lit(low.clone()))
+                .and(key.lt(lit(high.clone()))),
+        ),
+    }
 }
 
 /// The unknown member: surrogate key -1, NULL business keys, "Unknown" for text

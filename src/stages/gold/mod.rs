@@ -180,7 +180,10 @@ impl Gold {
         for kind in [GoldKind::Dimension, GoldKind::Fact] {
             let worker = this.clone();
             let dims = Arc::new(pipeline.tables.clone());
-            let chunk_rows = pipeline.settings.chunk_rows as usize;
+            let chunks = (
+                pipeline.settings.chunk_rows as usize,
+                pipeline.settings.dimension_chunk_keys as usize,
+            );
             let reports = super::per_table(
                 &of_kind(kind),
                 pipeline.settings.max_concurrency,
@@ -189,7 +192,7 @@ impl Gold {
                 move |table| {
                     let this = worker.clone();
                     let all = dims.clone();
-                    async move { this.table(&table, &all, chunk_rows).await }
+                    async move { this.table(&table, &all, chunks).await }
                 },
                 |table, message| {
                     let mut r = report_for(table);
@@ -229,16 +232,24 @@ impl Gold {
         }
     }
 
-    async fn table(&self, table: &TableSpec, all: &[TableSpec], chunk_rows: usize) -> TableReport {
+    /// Builds one gold table; `chunks` is (fact rows, dimension keys) per chunk.
+    async fn table(
+        &self,
+        table: &TableSpec,
+        all: &[TableSpec],
+        chunks: (usize, usize),
+    ) -> TableReport {
         let start = Instant::now();
         let mut report = report_for(table);
         let mut tries = 0;
         loop {
             tries += 1;
             let result = match table.gold.as_ref().map(|g| g.kind) {
-                Some(GoldKind::Dimension) => dimension::build(&self.lake, table, &mut report).await,
+                Some(GoldKind::Dimension) => {
+                    dimension::build(&self.lake, table, chunks.1, &mut report).await
+                }
                 Some(GoldKind::Fact) => {
-                    fact::build(&self.lake, table, all, chunk_rows, &mut report).await
+                    fact::build(&self.lake, table, all, chunks.0, &mut report).await
                 }
                 None => Ok(()),
             };
