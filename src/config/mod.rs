@@ -54,14 +54,17 @@ fn default_batch_rows() -> usize {
 fn default_max_file_mb() -> u64 {
     128
 }
+// The three bounds below keep a run within about 512 MB (measured at scale 10: silver 0.54 GB
+// peak with four tables at once, gold 0.46 GB; benches/RESULTS.md), so that the largest
+// table fits a 1.5 GB Consumption instance.
 fn default_max_file_rows() -> u64 {
-    1_000_000
+    400_000
 }
 fn default_chunk_rows() -> u64 {
-    1_000_000
+    400_000
 }
 fn default_dimension_chunk_keys() -> u64 {
-    250_000
+    125_000
 }
 
 impl Default for Settings {

@@ -262,11 +262,13 @@ fn gold_written_in_small_chunks_equals_gold_written_at_once() {
     // Bronze parts of 1,500 rows, so silver has many files, fact chunks of 4,000 rows and
     // dimension ranges of 300 keys: surrogate keys and all must come out the same.
     let chunked = tunelake::config::DEFAULT_PIPELINE
+        .replace("batch_rows = 65536", "batch_rows = 500")
+        .replace("chunk_rows = 400000", "chunk_rows = 4000")
         .replace(
-            "batch_rows = 65536",
-            "batch_rows = 500\nchunk_rows = 4000\ndimension_chunk_keys = 300",
+            "dimension_chunk_keys = 125000",
+            "dimension_chunk_keys = 300",
         )
-        .replace("max_file_rows = 1000000", "max_file_rows = 1500");
+        .replace("max_file_rows = 400000", "max_file_rows = 1500");
     assert_ne!(chunked, tunelake::config::DEFAULT_PIPELINE);
     std::fs::write(d.join("chunked.toml"), chunked).unwrap();
     let run = |lake: &str, config: Option<&str>| {
