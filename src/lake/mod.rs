@@ -40,6 +40,37 @@ pub async fn delta_provider(
     })
 }
 
+/// Parquet settings for every file the lake writes: snappy, and dictionaries only for text
+/// columns. Ids, amounts and timestamps are mostly distinct; interning them was the largest
+/// single cost of writing, and dictionary pages did not make those columns smaller
+/// (benches/RESULTS.md).
+pub fn parquet_properties(
+    schema: &arrow::datatypes::Schema,
+) -> parquet::file::properties::WriterPropertiesBuilder {
+    use arrow::datatypes::DataType;
+    schema
+        .fields()
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            )
+        })
+        .fold(
+            parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::SNAPPY)
+                .set_created_by(format!("tunelake {}", env!("CARGO_PKG_VERSION")))
+                .set_dictionary_enabled(false),
+            |b, f| {
+                b.set_column_dictionary_enabled(
+                    parquet::schema::types::ColumnPath::from(f.name().as_str()),
+                    true,
+                )
+            },
+        )
+}
+
 /// A DataFusion session with delta-rs's planner installed, so that a query over the lake can
 /// be handed to a Delta write as its input plan and stream into the table's files.
 pub fn delta_session(

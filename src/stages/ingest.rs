@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use parquet::arrow::AsyncArrowWriter;
-use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
@@ -340,7 +339,7 @@ impl Ingest {
                     let writer = AsyncArrowWriter::try_new(
                         self.lake.parquet_sink(&path),
                         schema.clone(),
-                        Some(self.writer_properties(table, &window)),
+                        Some(self.writer_properties(table, &window, &schema)),
                     )
                     .map_err(|e| Error::Parquet {
                         file: path.clone(),
@@ -394,12 +393,15 @@ impl Ingest {
         Ok(())
     }
 
-    fn writer_properties(&self, table: &TableSpec, window: &Window) -> WriterProperties {
+    fn writer_properties(
+        &self,
+        table: &TableSpec,
+        window: &Window,
+        schema: &arrow::datatypes::Schema,
+    ) -> WriterProperties {
         let meta = |k: &str, v: String| KeyValue::new(format!("tunelake.{k}"), v);
-        WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
+        crate::lake::parquet_properties(schema)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_created_by(format!("tunelake {}", env!("CARGO_PKG_VERSION")))
             .set_key_value_metadata(Some(vec![
                 meta("table", table.name.clone()),
                 meta("cdc_column", table.cdc_column.clone()),

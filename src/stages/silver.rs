@@ -519,6 +519,7 @@ impl Silver {
         drop_if_empty.push(RESCUED.to_string());
         let (schema, unique) =
             finalize(schema, unique, &drop_if_empty).map_err(|e| Error::arrow(path, e))?;
+        let properties = crate::lake::parquet_properties(&schema).build();
         let batches = if unique.is_empty() {
             vec![RecordBatch::new_empty(schema)]
         } else {
@@ -529,6 +530,7 @@ impl Silver {
             .with_max_retries(0);
         let written = delta
             .write(batches)
+            .with_writer_properties(properties)
             .with_save_mode(SaveMode::Append)
             .with_schema_mode(SchemaMode::Merge)
             .with_commit_properties(props)

@@ -669,8 +669,10 @@ async fn append_plan(
             append(target, name, schema, Vec::new(), Vec::new()).await?
         }
     };
+    let properties = crate::lake::parquet_properties(df.schema().as_arrow()).build();
     target
         .write(Vec::new())
+        .with_writer_properties(properties)
         .with_input_plan(df.into_unoptimized_plan())
         .with_session_state(std::sync::Arc::new(ctx.state()))
         .with_save_mode(deltalake::protocol::SaveMode::Append)

@@ -562,11 +562,13 @@ async fn merge_rows(
         deltalake::operations::merge::MergeBuilder,
     ) -> deltalake::DeltaResult<deltalake::operations::merge::MergeBuilder>,
 ) -> Result<DeltaTable> {
+    let properties = crate::lake::parquet_properties(schema_of(&target, name)?.as_ref()).build();
     let source = ctx
         .read_batches(rows)
         .map_err(df_err(name, "staging the changes"))?;
     let builder = target
         .merge(source, on)
+        .with_writer_properties(properties)
         .with_source_alias("s")
         .with_target_alias("t")
         .with_merge_schema(true);
@@ -588,11 +590,13 @@ async fn append(
     txns: Vec<Transaction>,
 ) -> Result<DeltaTable> {
     let (schema, mut batches) = storable(batches, schema)?;
+    let properties = crate::lake::parquet_properties(&schema).build();
     if batches.is_empty() {
         batches.push(arrow::array::RecordBatch::new_empty(schema));
     }
     target
         .write(batches)
+        .with_writer_properties(properties)
         .with_save_mode(deltalake::protocol::SaveMode::Append)
         .with_commit_properties(commit_properties(txns))
         .await

@@ -82,8 +82,10 @@ async fn materialize(
     // fact it reads.
     let df = crate::lake::storable_df(df, None).map_err(df_err(name, "planning the view"))?;
     let table = lake.delta_table(&table_path(name)).await?;
+    let properties = crate::lake::parquet_properties(df.schema().as_arrow()).build();
     let written = table
         .write(Vec::new())
+        .with_writer_properties(properties)
         .with_input_plan(df.into_unoptimized_plan())
         .with_session_state(std::sync::Arc::new(ctx.state()))
         .with_save_mode(SaveMode::Overwrite)
