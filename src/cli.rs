@@ -667,6 +667,17 @@ const DEMO_QUERIES: [(&str, &str); 5] = [
     ),
 ];
 
+/// One demo round: the three stages under one run id, each printed; false when a table failed.
+async fn demo_round(run_id: &str, source: &str, lake: &Lake, pipeline: &Pipeline) -> Result<bool> {
+    let ingest = runs::ingest(run_id, source, lake, pipeline, &pipeline.tables, None).await?;
+    print_ingest(&ingest);
+    let silver = runs::silver(run_id, lake, pipeline, &pipeline.tables).await?;
+    print_silver(&silver);
+    let gold = runs::gold(run_id, lake, pipeline, &pipeline.tables).await?;
+    print_gold(&gold);
+    Ok(report_errors(&ingest) & report_silver_errors(&silver) & report_gold_errors(&gold))
+}
+
 /// Builds the report of a run and writes it to `out`.
 async fn write_report(
     lake: &Lake,
@@ -695,56 +706,17 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
     print_seed(&seed::create(&db, scale, seed_value)?, &source, false);
     out!("\n== 2. First run: everything up to the current high watermark");
     let first_run = new_run_id();
-    let first = runs::ingest(
-        &first_run,
-        &source,
-        &lake,
-        &pipeline,
-        &pipeline.tables,
-        None,
-    )
-    .await?;
-    print_ingest(&first);
-    let first_silver = runs::silver(&first_run, &lake, &pipeline, &pipeline.tables).await?;
-    print_silver(&first_silver);
-    let first_gold = runs::gold(&first_run, &lake, &pipeline, &pipeline.tables).await?;
-    print_gold(&first_gold);
+    let first_ok = demo_round(&first_run, &source, &lake, &pipeline).await?;
     out!("\n== 3. The source changes: updates, new users, new streams");
     print_seed(&seed::apply_changes(&db, seed_value)?, &source, true);
     out!(
         "\n== 4. Second run: only the rows past each watermark, only the new bronze files, only the changed keys"
     );
     let second_run = new_run_id();
-    let second = runs::ingest(
-        &second_run,
-        &source,
-        &lake,
-        &pipeline,
-        &pipeline.tables,
-        None,
-    )
-    .await?;
-    print_ingest(&second);
-    let second_silver = runs::silver(&second_run, &lake, &pipeline, &pipeline.tables).await?;
-    print_silver(&second_silver);
-    let second_gold = runs::gold(&second_run, &lake, &pipeline, &pipeline.tables).await?;
-    print_gold(&second_gold);
+    let second_ok = demo_round(&second_run, &source, &lake, &pipeline).await?;
     out!("\n== 5. A rerun with nothing new writes nothing and moves no watermark");
     let third_run = new_run_id();
-    let third = runs::ingest(
-        &third_run,
-        &source,
-        &lake,
-        &pipeline,
-        &pipeline.tables,
-        None,
-    )
-    .await?;
-    print_ingest(&third);
-    let third_silver = runs::silver(&third_run, &lake, &pipeline, &pipeline.tables).await?;
-    print_silver(&third_silver);
-    let third_gold = runs::gold(&third_run, &lake, &pipeline, &pipeline.tables).await?;
-    print_gold(&third_gold);
+    let third_ok = demo_round(&third_run, &source, &lake, &pipeline).await?;
     out!("\n== 6. What gold holds");
     for (title, sql) in DEMO_QUERIES {
         out!("\n{title}");
@@ -766,13 +738,5 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
         "\nDone in {:.1} s. Source: {source}  Lake: {lake_path}\nLook around: tunelake --lake {lake_path} status\n             tunelake --lake {lake_path} sql \"SELECT * FROM gold.stream_details LIMIT 10\"",
         started.elapsed().as_secs_f64()
     );
-    Ok(report_errors(&first)
-        & report_errors(&second)
-        & report_errors(&third)
-        & report_silver_errors(&first_silver)
-        & report_silver_errors(&second_silver)
-        & report_silver_errors(&third_silver)
-        & report_gold_errors(&first_gold)
-        & report_gold_errors(&second_gold)
-        & report_gold_errors(&third_gold))
+    Ok(first_ok & second_ok & third_ok)
 }

@@ -143,21 +143,32 @@ pub async fn append(lake: &Lake, events: &[Event]) -> Result<()> {
     Ok(())
 }
 
-/// The latest `limit` events, newest first; empty when nothing ran yet.
-pub async fn latest(lake: &Lake, limit: usize) -> Result<Vec<RecordBatch>> {
-    let table = open(lake).await?;
-    if table.version().is_none() {
-        return Ok(Vec::new());
-    }
-    let fail = |e: datafusion::error::DataFusionError| Error::DataFusion {
+fn fail(e: datafusion::error::DataFusionError) -> Error {
+    Error::DataFusion {
         table: PATH.to_string(),
         file: PATH.to_string(),
         context: "reading the event log".to_string(),
         source: e,
-    };
+    }
+}
+
+/// A session with the log registered as `events`; `None` before the first event.
+async fn session(lake: &Lake) -> Result<Option<datafusion::prelude::SessionContext>> {
+    let table = open(lake).await?;
+    if table.version().is_none() {
+        return Ok(None);
+    }
     let ctx = datafusion::prelude::SessionContext::new();
     let provider = super::delta_provider(&table, &ctx, PATH).await?;
     ctx.register_table("events", provider).map_err(fail)?;
+    Ok(Some(ctx))
+}
+
+/// The latest `limit` events, newest first; empty when nothing ran yet.
+pub async fn latest(lake: &Lake, limit: usize) -> Result<Vec<RecordBatch>> {
+    let Some(ctx) = session(lake).await? else {
+        return Ok(Vec::new());
+    };
     ctx.sql(&format!(
         "SELECT started_at, run_id, stage, \"table\", status, rows_in, rows_out, rows_dropped, rows_rescued, \
          input_version, output_version, round(seconds, 2) AS seconds, error FROM events ORDER BY started_at DESC, stage, \"table\" LIMIT {limit}"
@@ -172,19 +183,9 @@ pub async fn latest(lake: &Lake, limit: usize) -> Result<Vec<RecordBatch>> {
 /// Every event of run `run_id`, or of the latest run, in the order they were written; with
 /// the run's id. `None` when the log is empty or has no such run.
 pub async fn of_run(lake: &Lake, run_id: Option<&str>) -> Result<Option<(String, Vec<Event>)>> {
-    let table = open(lake).await?;
-    if table.version().is_none() {
+    let Some(ctx) = session(lake).await? else {
         return Ok(None);
-    }
-    let fail = |e: datafusion::error::DataFusionError| Error::DataFusion {
-        table: PATH.to_string(),
-        file: PATH.to_string(),
-        context: "reading the event log".to_string(),
-        source: e,
     };
-    let ctx = datafusion::prelude::SessionContext::new();
-    let provider = super::delta_provider(&table, &ctx, PATH).await?;
-    ctx.register_table("events", provider).map_err(fail)?;
     let run_id = match run_id {
         Some(id) => id.to_string(),
         None => {
