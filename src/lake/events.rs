@@ -216,6 +216,70 @@ pub async fn of_run(lake: &Lake, run_id: Option<&str>) -> Result<Option<(String,
     Ok((!events.is_empty()).then_some((run_id, events)))
 }
 
+/// One run in the event log, as the report lists recent runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    /// The stages it ran, in pipeline order.
+    pub stages: Vec<String>,
+    pub tables: i64,
+    pub failed: i64,
+    /// Tables that wrote data.
+    pub wrote: i64,
+}
+
+/// The latest `limit` runs, newest first.
+pub async fn recent_runs(lake: &Lake, limit: usize) -> Result<Vec<RunSummary>> {
+    let Some(ctx) = session(lake).await? else {
+        return Ok(Vec::new());
+    };
+    let batches = ctx
+        .sql(&format!(
+            "SELECT run_id, min(started_at) AS started, \
+             array_to_string(array_agg(DISTINCT stage), ' ') AS stages, count(*) AS tables, \
+             sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed, \
+             sum(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS wrote \
+             FROM events GROUP BY run_id ORDER BY started DESC LIMIT {limit}"
+        ))
+        .await
+        .map_err(fail)?
+        .collect()
+        .await
+        .map_err(fail)?;
+    let mut runs = Vec::new();
+    for batch in &batches {
+        let int = |column: usize, row: usize| {
+            arrow::compute::cast(batch.column(column), &DataType::Int64)
+                .ok()
+                .map(|a| a.as_primitive::<Int64Type>().value(row))
+                .unwrap_or_default()
+        };
+        for row in 0..batch.num_rows() {
+            let started_at = batch
+                .column(1)
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .and_then(|a| DateTime::from_timestamp_micros(a.value(row)))
+                .unwrap_or_default();
+            let listed = text_at(batch, 2, row).unwrap_or_default();
+            let stages = ["ingest", "silver", "gold"]
+                .into_iter()
+                .filter(|s| listed.split(' ').any(|l| l == *s))
+                .map(String::from)
+                .collect();
+            runs.push(RunSummary {
+                run_id: text_at(batch, 0, row).unwrap_or_default(),
+                started_at,
+                stages,
+                tables: int(3, row),
+                failed: int(4, row),
+                wrote: int(5, row),
+            });
+        }
+    }
+    Ok(runs)
+}
+
 /// A text cell, whatever string layout the reader chose (DataFusion reads parquet text as
 /// `Utf8View`).
 fn text_at(batch: &RecordBatch, column: usize, row: usize) -> Option<String> {
@@ -325,5 +389,10 @@ mod tests {
             Some("table FactStream: boom")
         );
         assert!(of_run(&lake, Some("nope")).await.unwrap().is_none());
+        let runs = recent_runs(&lake, 5).await.unwrap();
+        let ids: Vec<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(ids, ["r2", "r1"]);
+        assert_eq!((runs[1].tables, runs[1].failed, runs[1].wrote), (2, 1, 1));
+        assert_eq!(runs[1].stages, ["silver"]);
     }
 }

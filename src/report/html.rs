@@ -195,6 +195,7 @@ pub fn page(report: &Report) -> Result<String> {
 
     watermarks(&mut html, report);
     all_events(&mut html, report);
+    recent_runs(&mut html, report);
     html.push_str("</main>");
     html.push_str(SCRIPT);
     html.push_str("</body></html>\n");
@@ -393,6 +394,37 @@ fn all_events(html: &mut String, report: &Report) {
             version(e.input_version),
             version(e.output_version),
             e.seconds,
+        );
+    }
+    html.push_str("</table></section>");
+}
+
+fn recent_runs(html: &mut String, report: &Report) {
+    html.push_str(
+        "<section id=\"runs\"><h2>Recent runs of this lake</h2><table><tr><th>run</th><th>started</th>\
+         <th>stages</th><th class=\"num\">tables</th><th class=\"num\">wrote data</th><th class=\"num\">failed</th>\
+         <th>its report</th></tr>",
+    );
+    for r in &report.recent {
+        let this = r.run_id == report.run_id;
+        let _ = write!(
+            html,
+            "<tr class=\"{}\"{}><td>{}{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td><code>tunelake report --run {}</code></td></tr>",
+            if r.failed > 0 { "failed" } else { "" },
+            if this {
+                " style=\"font-weight:600\""
+            } else {
+                ""
+            },
+            escape(&r.run_id),
+            if this { " (this report)" } else { "" },
+            r.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            escape(&r.stages.join(" → ")),
+            n(r.tables),
+            n(r.wrote),
+            n(r.failed),
+            escape(&r.run_id),
         );
     }
     html.push_str("</table></section>");

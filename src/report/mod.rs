@@ -29,6 +29,8 @@ pub struct Report {
     /// Days and streams per day of the first fact table, as gold holds it now.
     pub per_day: Option<PerDay>,
     pub watermarks: Vec<WatermarkRow>,
+    /// The latest runs of the lake, newest first (this one among them).
+    pub recent: Vec<events::RunSummary>,
     /// The lineage: one node per table and stage, edges from each to the next.
     pub nodes: Vec<Node>,
     pub edges: Vec<(usize, usize)>,
@@ -117,10 +119,12 @@ pub async fn build(lake: &Lake, pipeline: &Pipeline, run_id: Option<&str>) -> Re
         dimensions: Vec::new(),
         per_day: None,
         watermarks: Vec::new(),
+        recent: Vec::new(),
         nodes,
         edges,
         events,
     };
+    report.recent = events::recent_runs(lake, 10).await?;
     report.dimensions = dimensions_of(lake, pipeline, &report.events).await;
     report.per_day = per_day(lake, pipeline).await;
     report.watermarks = watermarks_of(lake, pipeline, &report.events).await?;
@@ -405,6 +409,14 @@ mod tests {
                 ],
             }),
             watermarks: Vec::new(),
+            recent: vec![events::RunSummary {
+                run_id: "r1".into(),
+                started_at: chrono::DateTime::from_timestamp(1_750_000_000, 0).unwrap(),
+                stages: vec!["ingest".into(), "silver".into()],
+                tables: 2,
+                failed: 1,
+                wrote: 1,
+            }],
             nodes,
             edges,
             events,
@@ -454,6 +466,7 @@ mod tests {
             "escaped error"
         );
         assert!(page.contains("1 table(s) failed"));
+        assert!(page.contains("r1 (this report)") && page.contains("tunelake report --run r1"));
         // The drop rule broke 7 of 1,000 rows, and they were quarantined.
         let rule = page.find("non_negative_duration").unwrap();
         let row = &page[rule..rule + page[rule..].find("</tr>").unwrap()];

@@ -164,6 +164,14 @@ fn the_report_shows_every_table_of_the_run_its_failure_and_its_quality_results()
     let value: serde_json::Value = serde_json::from_str(&watermark).unwrap();
     assert!(page.contains(value["value"].as_str().unwrap()));
 
+    // The recent runs, the first one among them, each with the command for its report.
+    let runs = &page[page.find("id=\"runs\"").unwrap()..];
+    assert!(
+        runs.contains(&format!("tunelake report --run {first_run}")),
+        "{runs}"
+    );
+    assert!(runs.contains("(this report)"));
+
     let (code, _, err) = tunelake(d, &["report", "--run", "nope", "--out", "x.html"]);
     assert_eq!(code, 1);
     assert!(err.contains("no run nope"), "{err}");
