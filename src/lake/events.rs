@@ -249,12 +249,11 @@ pub async fn recent_runs(lake: &Lake, limit: usize) -> Result<Vec<RunSummary>> {
         .map_err(fail)?;
     let mut runs = Vec::new();
     for batch in &batches {
-        let int = |column: usize, row: usize| {
-            arrow::compute::cast(batch.column(column), &DataType::Int64)
-                .ok()
-                .map(|a| a.as_primitive::<Int64Type>().value(row))
-                .unwrap_or_default()
-        };
+        let counts: Vec<_> = (3..=5)
+            .map(|c| super::int_column(batch.column(c)))
+            .collect();
+        let int =
+            |column: usize, row: usize| counts[column - 3].as_ref().map_or(0, |a| a.value(row));
         for row in 0..batch.num_rows() {
             let started_at = batch
                 .column(1)

@@ -90,7 +90,6 @@ pub fn storable_df(
     df: datafusion::prelude::DataFrame,
     columns: Option<&[String]>,
 ) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
-    use arrow::datatypes::DataType;
     let schema = df.schema().as_arrow().clone();
     let fields: Vec<&arrow::datatypes::Field> = match columns {
         Some(names) => names
@@ -103,16 +102,42 @@ pub fn storable_df(
         .into_iter()
         .map(|f| {
             let column = datafusion::prelude::col(datafusion::common::Column::from_name(f.name()));
-            match f.data_type() {
-                DataType::Utf8View | DataType::LargeUtf8 => {
-                    datafusion::logical_expr::cast(column, DataType::Utf8)
-                }
-                _ => column,
+            let stored = stored_type(f.data_type());
+            if &stored == f.data_type() {
+                column
+            } else {
+                datafusion::logical_expr::cast(column, stored)
             }
             .alias(f.name())
         })
         .collect();
     df.select(select)
+}
+
+/// The type a column is stored as: string views and large strings as plain strings, which
+/// every Delta reader takes; anything else as it is.
+fn stored_type(data_type: &arrow::datatypes::DataType) -> arrow::datatypes::DataType {
+    use arrow::datatypes::DataType;
+    match data_type {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        other => other.clone(),
+    }
+}
+
+/// A query result column as 64-bit integers, whatever integer type the engine chose (counts
+/// and sums come back as Int64 or UInt64).
+pub fn int_column(array: &arrow::array::ArrayRef) -> Option<arrow::array::Int64Array> {
+    use arrow::array::AsArray;
+    let cast = arrow::compute::cast(array, &arrow::datatypes::DataType::Int64).ok()?;
+    Some(cast.as_primitive::<arrow::datatypes::Int64Type>().clone())
+}
+
+/// The first row's value of `column` in a query's result, if it has a row and it is not NULL.
+pub fn first_int(batches: &[arrow::array::RecordBatch], column: usize) -> Option<i64> {
+    use arrow::array::Array;
+    let batch = batches.iter().find(|b| b.num_rows() > 0)?;
+    let values = int_column(batch.column(column))?;
+    values.is_valid(0).then(|| values.value(0))
 }
 
 /// Makes batches fit for a Delta table that later writes must also fit: every column
@@ -124,17 +149,11 @@ pub fn storable(
     (arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>),
     arrow::error::ArrowError,
 > {
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::datatypes::{Field, Schema};
     let fields: Vec<Field> = schema
         .fields()
         .iter()
-        .map(|f| {
-            let data_type = match f.data_type() {
-                DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
-                other => other.clone(),
-            };
-            Field::new(f.name(), data_type, true)
-        })
+        .map(|f| Field::new(f.name(), stored_type(f.data_type()), true))
         .collect();
     let out = Arc::new(Schema::new(fields));
     let batches = batches

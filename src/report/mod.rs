@@ -8,8 +8,7 @@ mod lineage;
 
 use std::collections::BTreeMap;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::Int64Type;
+use arrow::array::{Array, AsArray};
 use serde_json::Value;
 
 use crate::config::{Action, Pipeline, gold::GoldKind};
@@ -274,7 +273,10 @@ async fn dimensions_of(lake: &Lake, pipeline: &Pipeline, events: &[Event]) -> Ve
             format!("SELECT count(*) AS versions, count(*) AS current {known}")
         };
         let now = crate::query::run(lake, &sql).await.ok();
-        let at = |column| now.as_deref().and_then(|b| int_at(b, column));
+        let at = |column| {
+            now.as_deref()
+                .and_then(|b| crate::lake::first_int(b, column))
+        };
         rows.push(DimensionRow {
             table: gold.name.clone(),
             scd_type: gold.scd_type,
@@ -287,14 +289,6 @@ async fn dimensions_of(lake: &Lake, pipeline: &Pipeline, events: &[Event]) -> Ve
         });
     }
     rows
-}
-
-fn int_at(batches: &[RecordBatch], column: usize) -> Option<i64> {
-    let batch = batches.iter().find(|b| b.num_rows() > 0)?;
-    let array =
-        arrow::compute::cast(batch.column(column), &arrow::datatypes::DataType::Int64).ok()?;
-    let array = array.as_primitive::<Int64Type>();
-    array.is_valid(0).then(|| array.value(0))
 }
 
 /// Streams per day of the first fact table, by the day of its sequence column; none when
@@ -317,8 +311,7 @@ async fn per_day(lake: &Lake, pipeline: &Pipeline) -> Option<PerDay> {
     for batch in &batches {
         let day = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8).ok()?;
         let day = day.as_string::<i32>();
-        let n = arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::Int64).ok()?;
-        let n = n.as_primitive::<Int64Type>();
+        let n = crate::lake::int_column(batch.column(1))?;
         for i in 0..batch.num_rows() {
             if let Ok(d) = chrono::NaiveDate::parse_from_str(day.value(i), "%Y-%m-%d")
                 && day.is_valid(i)

@@ -521,16 +521,15 @@ pub(super) async fn build(
 /// by the row counts the silver log keeps per file.
 fn chunk_files(changes: &SilverChanges, limit: usize, silver: &str) -> Result<Vec<Vec<String>>> {
     let snapshot = changes.table.snapshot().map_err(delta_err(silver))?;
+    // Keyed by file name (delta-rs names data files uniquely), so each lookup is one probe;
+    // a file not found counts as a full chunk, which only makes chunks smaller.
+    let file_name = |path: &str| path.rsplit('/').next().unwrap_or(path).to_string();
     let rows: std::collections::HashMap<String, usize> = snapshot
         .log_data()
         .iter()
-        .map(|f| (f.path().to_string(), f.num_records().unwrap_or(limit)))
+        .map(|f| (file_name(&f.path()), f.num_records().unwrap_or(limit)))
         .collect();
-    let rows_of = |uri: &str| {
-        rows.iter()
-            .find(|(path, _)| uri.ends_with(path.as_str()))
-            .map_or(limit, |(_, n)| *n)
-    };
+    let rows_of = |uri: &str| rows.get(&file_name(uri)).copied().unwrap_or(limit);
     let mut chunks: Vec<Vec<String>> = Vec::new();
     let mut in_chunk = 0;
     for file in &changes.files {
@@ -708,19 +707,7 @@ async fn count_appended(
         .collect()
         .await
         .map_err(df_err(name, "counting the first build"))?;
-    let value = |i: usize| -> u64 {
-        batches
-            .iter()
-            .find(|b| b.num_rows() > 0)
-            .and_then(|b| {
-                arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Int64).ok()
-            })
-            .and_then(|a| {
-                let a = a.as_primitive::<Int64Type>();
-                a.is_valid(0).then(|| a.value(0).max(0) as u64)
-            })
-            .unwrap_or(0)
-    };
+    let value = |i: usize| crate::lake::first_int(&batches, i).unwrap_or(0).max(0) as u64;
     report.inserted += value(0);
     for (i, (_, unknown)) in unknown_slots(report, columns).enumerate() {
         *unknown += value(i + 1);
