@@ -16,7 +16,9 @@ use arrow::compute::{and, cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 
 use super::columns;
 use super::{BatchStream, Source};
@@ -154,20 +156,59 @@ impl FilesSource {
         }
     }
 
-    /// Reads every file of the table in a blocking task, calling `each` per batch.
+    /// The largest watermark value in the table's CSV and JSON files, which have to be read.
+    async fn text_max(&self, table: &TableSpec) -> Result<Option<i64>> {
+        let max = Arc::new(std::sync::Mutex::new(None::<i64>));
+        let seen = max.clone();
+        let cdc = table.cdc_column.clone();
+        let files = self
+            .files(table)
+            .await?
+            .into_iter()
+            .filter(|f| !is_parquet(f))
+            .collect();
+        self.scan(table, files, 65_536, None, move |file, batch| {
+            let column = batch
+                .column_by_name(&cdc)
+                .ok_or_else(|| Error::SourceQuery {
+                    table: file.to_string(),
+                    message: format!("no column {cdc}"),
+                })?;
+            let values = ordinal(column)
+                .map_err(|e| Error::arrow(format!("file {file}, column {cdc}"), e))?;
+            if let Some(m) = arrow::compute::max(&values) {
+                let mut guard = seen.lock().map_err(|e| Error::Task(e.to_string()))?;
+                *guard = Some(guard.map_or(m, |g: i64| g.max(m)));
+            }
+            Ok(true)
+        })
+        .await?;
+        let value = *max.lock().map_err(|e| Error::Task(e.to_string()))?;
+        Ok(value)
+    }
+
+    /// Reads every file of the table in a blocking task, calling `each` per batch; with a
+    /// window, parquet files skip row groups outside it.
     async fn scan(
         &self,
         table: &TableSpec,
+        files: Vec<String>,
         batch_rows: usize,
+        window: Option<(Option<i64>, i64)>,
         mut each: impl FnMut(&str, RecordBatch) -> Result<bool> + Send + 'static,
     ) -> Result<()> {
-        let files = self.files(table).await?;
         let mut schema = None;
+        let pruning = window.map(|(after, up_to)| Pruning {
+            column: table.cdc_column.clone(),
+            after,
+            up_to,
+        });
         for name in files {
             let input = self.input(&name).await?;
             let table_schema = schema.clone();
+            let pruning = pruning.clone();
             let (next_schema, keep_going, returned) = tokio::task::spawn_blocking(move || {
-                let (file_schema, batches) = open_file(&name, input, batch_rows)?;
+                let (file_schema, batches) = open_file(&name, input, batch_rows, pruning.as_ref())?;
                 let target = table_schema.unwrap_or_else(|| normalized(&file_schema));
                 for batch in batches {
                     let batch = conform(&name, batch?, &target)?;
@@ -189,8 +230,26 @@ impl FilesSource {
     }
 }
 
+fn is_parquet(name: &str) -> bool {
+    name.to_ascii_lowercase().ends_with(".parquet")
+}
+
+/// The watermark window of an extract, `(after, up_to]` as ordinals (see [`ordinal`]), which
+/// lets a parquet read skip the row groups whose statistics put them outside it.
+#[derive(Clone)]
+struct Pruning {
+    column: String,
+    after: Option<i64>,
+    up_to: i64,
+}
+
 /// Opens one file by its extension; returns its schema and its batches.
-fn open_file(name: &str, input: Input, batch_rows: usize) -> Result<(SchemaRef, Batches)> {
+fn open_file(
+    name: &str,
+    input: Input,
+    batch_rows: usize,
+    pruning: Option<&Pruning>,
+) -> Result<(SchemaRef, Batches)> {
     let ext = name
         .rsplit('.')
         .next()
@@ -200,12 +259,14 @@ fn open_file(name: &str, input: Input, batch_rows: usize) -> Result<(SchemaRef, 
         Input::Local(path) => {
             let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
             if ext == "parquet" {
-                parquet_batches(name, file, batch_rows)
+                parquet_batches(name, file, batch_rows, pruning)
             } else {
                 text_batches(name, &ext, file, batch_rows)
             }
         }
-        Input::Remote(bytes) if ext == "parquet" => parquet_batches(name, bytes, batch_rows),
+        Input::Remote(bytes) if ext == "parquet" => {
+            parquet_batches(name, bytes, batch_rows, pruning)
+        }
         Input::Remote(bytes) => text_batches(name, &ext, Cursor::new(bytes), batch_rows),
     };
     opened.map_err(|e| Error::SourceQuery {
@@ -223,15 +284,99 @@ fn parquet_batches<R: parquet::file::reader::ChunkReader + 'static>(
     name: &str,
     reader: R,
     batch_rows: usize,
+    pruning: Option<&Pruning>,
 ) -> Result<(SchemaRef, Batches), String> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| e.to_string())?;
+    let mut builder =
+        ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| e.to_string())?;
     let schema = builder.schema().clone();
+    if let Some(p) = pruning
+        && let Some((mins, maxes)) = watermark_statistics(&builder, &p.column)
+    {
+        // Only rows in (after, up_to] are extracted, so a row group whose values all lie
+        // outside cannot contribute; one without statistics (null min or max) is read.
+        let keep: Vec<usize> = (0..mins.len())
+            .filter(|&i| {
+                let before = p
+                    .after
+                    .is_some_and(|a| maxes.is_valid(i) && maxes.value(i) <= a);
+                let past = mins.is_valid(i) && mins.value(i) > p.up_to;
+                !(before || past)
+            })
+            .collect();
+        builder = builder.with_row_groups(keep);
+    }
     let batches = builder
         .with_batch_size(batch_rows)
         .build()
         .map_err(|e| e.to_string())?;
     let wrap = wrap(name);
     Ok((schema, Box::new(batches.map(move |b| b.map_err(&wrap)))))
+}
+
+/// The minimum and maximum watermark value of every row group of a parquet file, from its
+/// statistics, as ordinals; `None` when the file has no such column or its type has no
+/// ordinal. A row group without statistics has nulls.
+fn watermark_statistics<R: parquet::file::reader::ChunkReader>(
+    builder: &ParquetRecordBatchReaderBuilder<R>,
+    column: &str,
+) -> Option<(Int64Array, Int64Array)> {
+    let groups = builder.metadata().row_groups();
+    let converter =
+        StatisticsConverter::try_new(column, builder.schema(), builder.parquet_schema()).ok()?;
+    let mins = ordinal(&converter.row_group_mins(groups).ok()?).ok()?;
+    let maxes = ordinal(&converter.row_group_maxes(groups).ok()?).ok()?;
+    (mins.len() == groups.len() && maxes.len() == groups.len()).then_some((mins, maxes))
+}
+
+/// The largest watermark value of a parquet file: from the row groups' statistics, reading
+/// only the watermark column of the row groups that have none.
+fn parquet_max<R: parquet::file::reader::ChunkReader + 'static>(
+    name: &str,
+    reader: R,
+    column: &str,
+) -> Result<Option<i64>> {
+    let fail = |e: String| Error::SourceQuery {
+        table: name.to_string(),
+        message: format!("file {name}: {e}"),
+    };
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| fail(e.to_string()))?;
+    if builder.schema().column_with_name(column).is_none() {
+        return Err(fail(format!("no column {column}")));
+    }
+    let groups = builder.metadata().row_groups();
+    let mut best: Option<i64> = None;
+    let mut unread = Vec::new();
+    match watermark_statistics(&builder, column) {
+        Some((_, maxes)) => {
+            for (i, group) in groups.iter().enumerate() {
+                if maxes.is_valid(i) {
+                    best = best.max(Some(maxes.value(i)));
+                } else if group.num_rows() > 0 {
+                    unread.push(i);
+                }
+            }
+        }
+        None => unread = (0..groups.len()).collect(),
+    }
+    if unread.is_empty() {
+        return Ok(best);
+    }
+    let mask = ProjectionMask::columns(builder.parquet_schema(), [column]);
+    let batches = builder
+        .with_row_groups(unread)
+        .with_projection(mask)
+        .with_batch_size(65_536)
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    for batch in batches {
+        let batch = batch.map_err(wrap(name))?;
+        if let Some(values) = batch.column_by_name(column) {
+            let values = ordinal(values).map_err(wrap(name))?;
+            best = best.max(arrow::compute::max(&values));
+        }
+    }
+    Ok(best)
 }
 
 fn text_batches<R: Read + Seek + Send + 'static>(
@@ -398,33 +543,39 @@ impl Source for FilesSource {
         let files = self.files(table).await?;
         let input = self.input(&files[0]).await?;
         let name = files[0].clone();
-        tokio::task::spawn_blocking(move || open_file(&name, input, 1).map(|(s, _)| normalized(&s)))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            open_file(&name, input, 1, None).map(|(s, _)| normalized(&s))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
     }
 
     async fn high_watermark(&self, table: &TableSpec, kind: BoundKind) -> Result<Option<Bound>> {
-        let max = Arc::new(std::sync::Mutex::new(None::<i64>));
-        let seen = max.clone();
-        let cdc = table.cdc_column.clone();
-        self.scan(table, 65_536, move |file, batch| {
-            let column = batch
-                .column_by_name(&cdc)
-                .ok_or_else(|| Error::SourceQuery {
-                    table: file.to_string(),
-                    message: format!("no column {cdc}"),
-                })?;
-            let values = ordinal(column)
-                .map_err(|e| Error::arrow(format!("file {file}, column {cdc}"), e))?;
-            if let Some(m) = arrow::compute::max(&values) {
-                let mut guard = seen.lock().map_err(|e| Error::Task(e.to_string()))?;
-                *guard = Some(guard.map_or(m, |g: i64| g.max(m)));
+        let mut best: Option<i64> = None;
+        let mut text_files = false;
+        for name in self.files(table).await? {
+            if !is_parquet(&name) {
+                text_files = true;
+                continue;
             }
-            Ok(true)
-        })
-        .await?;
-        let value = *max.lock().map_err(|e| Error::Task(e.to_string()))?;
-        Ok(value.and_then(|v| bound_from_ordinal(kind, v)))
+            // Parquet: the footer's statistics, not the rows (a big file costs a footer read).
+            let input = self.input(&name).await?;
+            let cdc = table.cdc_column.clone();
+            let max = tokio::task::spawn_blocking(move || match input {
+                Input::Local(path) => {
+                    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+                    parquet_max(&name, file, &cdc)
+                }
+                Input::Remote(bytes) => parquet_max(&name, bytes, &cdc),
+            })
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+            best = best.max(max);
+        }
+        if text_files {
+            best = best.max(self.text_max(table).await?);
+        }
+        Ok(best.and_then(|v| bound_from_ordinal(kind, v)))
     }
 
     async fn extract(
@@ -442,32 +593,45 @@ impl Source for FilesSource {
             let cdc = table.cdc_column.clone();
             let high = bound_ordinal(&window.high);
             let low = window.low.as_ref().map(bound_ordinal);
+            let files = match this.files(&table).await {
+                Ok(files) => files,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
             let result = this
-                .scan(&table, batch_rows, move |file, batch| {
-                    let batch = batch_with_schema(file, batch, &schema)?;
-                    let values = batch
-                        .column_by_name(&cdc)
-                        .map(ordinal)
-                        .transpose()
-                        .map_err(|e| Error::arrow(format!("file {file}"), e))?
-                        .ok_or_else(|| Error::SourceQuery {
-                            table: file.to_string(),
-                            message: format!("no column {cdc}"),
-                        })?;
-                    let mut keep = lt_eq(&values, &Int64Array::new_scalar(high))
-                        .map_err(|e| Error::arrow(file, e))?;
-                    if let Some(low) = low {
-                        let above = gt(&values, &Int64Array::new_scalar(low))
+                .scan(
+                    &table,
+                    files,
+                    batch_rows,
+                    Some((low, high)),
+                    move |file, batch| {
+                        let batch = batch_with_schema(file, batch, &schema)?;
+                        let values = batch
+                            .column_by_name(&cdc)
+                            .map(ordinal)
+                            .transpose()
+                            .map_err(|e| Error::arrow(format!("file {file}"), e))?
+                            .ok_or_else(|| Error::SourceQuery {
+                                table: file.to_string(),
+                                message: format!("no column {cdc}"),
+                            })?;
+                        let mut keep = lt_eq(&values, &Int64Array::new_scalar(high))
                             .map_err(|e| Error::arrow(file, e))?;
-                        keep = and(&keep, &above).map_err(|e| Error::arrow(file, e))?;
-                    }
-                    let kept =
-                        filter_record_batch(&batch, &keep).map_err(|e| Error::arrow(file, e))?;
-                    if kept.num_rows() == 0 {
-                        return Ok(true);
-                    }
-                    Ok(sender.blocking_send(Ok(kept)).is_ok())
-                })
+                        if let Some(low) = low {
+                            let above = gt(&values, &Int64Array::new_scalar(low))
+                                .map_err(|e| Error::arrow(file, e))?;
+                            keep = and(&keep, &above).map_err(|e| Error::arrow(file, e))?;
+                        }
+                        let kept = filter_record_batch(&batch, &keep)
+                            .map_err(|e| Error::arrow(file, e))?;
+                        if kept.num_rows() == 0 {
+                            return Ok(true);
+                        }
+                        Ok(sender.blocking_send(Ok(kept)).is_ok())
+                    },
+                )
                 .await;
             if let Err(e) = result {
                 let _ = tx.send(Err(e)).await;
@@ -483,4 +647,104 @@ fn batch_with_schema(file: &str, batch: RecordBatch, schema: &SchemaRef) -> Resu
         return Ok(batch);
     }
     conform(file, batch, schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::TimestampNanosecondArray;
+    use arrow::datatypes::TimeUnit;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+    const SECOND_NS: i64 = 1_000_000_000;
+
+    /// 100 rows in row groups of 10, `at` = id seconds (nanoseconds, no zone); every 7th
+    /// value null, and statistics as asked.
+    fn file(statistics: EnabledStatistics) -> Bytes {
+        let ids: Vec<i64> = (0..100).collect();
+        let at: Vec<Option<i64>> = ids
+            .iter()
+            .map(|i| (i % 7 != 3).then_some(i * SECOND_NS))
+            .collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("at", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(TimestampNanosecondArray::from(at)),
+            ],
+        )
+        .unwrap();
+        let properties = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(10))
+            .set_statistics_enabled(statistics)
+            .build();
+        let mut out = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut out, schema, Some(properties)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        Bytes::from(out)
+    }
+
+    fn micros(second: i64) -> i64 {
+        second * 1_000_000
+    }
+
+    fn ids_read(bytes: Bytes, pruning: Option<&Pruning>) -> Vec<i64> {
+        let (_, batches) = parquet_batches("f.parquet", bytes, 1_000, pruning).unwrap();
+        batches
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let ids = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+                ids.values().to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_largest_watermark_comes_from_statistics_or_the_column_alone() {
+        // 99 % 7 == 1, so the largest value is 99 s, in microseconds like every ordinal.
+        for statistics in [
+            EnabledStatistics::Chunk,
+            EnabledStatistics::Page,
+            EnabledStatistics::None,
+        ] {
+            let max = parquet_max("f.parquet", file(statistics), "at").unwrap();
+            assert_eq!(max, Some(micros(99)), "{statistics:?}");
+        }
+        let err = parquet_max("f.parquet", file(EnabledStatistics::Chunk), "missing")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("f.parquet") && err.contains("missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_extract_reads_only_the_row_groups_its_window_can_hold() {
+        let window = Pruning {
+            column: "at".into(),
+            after: Some(micros(55)),
+            up_to: micros(85),
+        };
+        // Row groups 50-59 to 80-89 overlap (55 s, 85 s].
+        let read = ids_read(file(EnabledStatistics::Chunk), Some(&window));
+        assert_eq!(read, (50..90).collect::<Vec<_>>());
+        // The first window (no lower bound) stops at its upper one.
+        let first = Pruning {
+            after: None,
+            ..window.clone()
+        };
+        let read = ids_read(file(EnabledStatistics::Chunk), Some(&first));
+        assert_eq!(read, (0..90).collect::<Vec<_>>());
+        // Without statistics nothing can be skipped.
+        let read = ids_read(file(EnabledStatistics::None), Some(&window));
+        assert_eq!(read.len(), 100);
+        assert_eq!(ids_read(file(EnabledStatistics::Chunk), None).len(), 100);
+    }
 }
