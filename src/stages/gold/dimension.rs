@@ -24,6 +24,7 @@ use datafusion::prelude::{Expr, SessionContext, lit};
 use deltalake::kernel::Transaction;
 use tracing::info;
 
+use super::rewrite::Rewrite;
 use super::{
     TableReport, append, col, consumed_app_id, count_op, df_err, insert_from_source, merge_rows,
     op_is, project, recorded, register, schema_of, silver_changes, table_path, update_from_source,
@@ -357,8 +358,9 @@ pub(super) fn diff_sql(
     )
 }
 
-/// Brings one dimension up to date with its silver table, in ranges of about `chunk_keys`
-/// changed keys (`settings.dimension_chunk_keys`).
+/// Brings one dimension up to date with its silver table, computing versions in ranges of
+/// about `chunk_keys` changed keys (`settings.dimension_chunk_keys`), and writing an existing
+/// table in one copy-on-write commit that rewrites only the files holding a changed version.
 pub(super) async fn build(
     lake: &Lake,
     table: &TableSpec,
@@ -410,6 +412,14 @@ pub(super) async fn build(
     let output = columns.output();
     let mut target = target;
     let mut sk_base = max_sk;
+    // An existing table changes in one copy-on-write commit (see `rewrite`), unless the
+    // versions bring a column the table lacks: then each range merges, adding it.
+    let mut rewrite = match &gold_columns {
+        Some(stored) if output.iter().all(|c| stored.contains(c)) => {
+            Some(Rewrite::new(&target, name, &columns.sk)?)
+        }
+        _ => None,
+    };
     for (i, range) in ranges.iter().enumerate() {
         let last = i + 1 == ranges.len();
         let mut views = vec![("silver", "silver_all"), ("changes", "changes_all")];
@@ -469,9 +479,24 @@ pub(super) async fn build(
                 .unwrap_or(false)
         });
         sk_base += inserted as i64;
-        // The highest surrogate key goes with every commit, the consumed silver version
-        // only with the last: a run stopped between chunks is redone, and finds the
-        // chunks already written unchanged.
+        if let Some(rewrite) = rewrite.as_mut() {
+            // Inserted and updated versions are written now; an updated or deleted one's
+            // stored row goes when the rewrite commits.
+            for batch in &rows {
+                let op = op_column(batch, name)?;
+                let new = arrow::compute::kernels::cmp::neq(op, &StringArray::new_scalar("D"))
+                    .map_err(|e| Error::arrow(name, e))?;
+                let new = arrow::compute::filter_record_batch(batch, &new)
+                    .map_err(|e| Error::arrow(name, e))?;
+                rewrite.write(&new).await?;
+                rewrite.replace(replaced_keys(batch, op, &columns.sk, name)?);
+            }
+            continue;
+        }
+        // A first build, or a table that gains a column: a commit per range. The highest
+        // surrogate key goes with every commit, the consumed silver version only with the
+        // last: a run stopped between ranges is redone, and finds the ranges already
+        // written unchanged.
         let mut txns = vec![Transaction::new(SK_APP_ID, sk_base)];
         if last {
             txns.push(Transaction::new(&app_id, changes.version as i64));
@@ -508,6 +533,19 @@ pub(super) async fn build(
             .await?
         };
     }
+    if let Some(rewrite) = rewrite {
+        let txns = vec![
+            Transaction::new(SK_APP_ID, sk_base),
+            Transaction::new(&app_id, changes.version as i64),
+        ];
+        target = if rewrite.is_empty() {
+            // Nothing differs (identical or excluded-column changes): progress only.
+            let stored = schema_of(&target, name)?;
+            append(target, name, stored, Vec::new(), txns).await?
+        } else {
+            rewrite.commit(&ctx, target, txns).await?
+        };
+    }
     report.version = target.version();
     report.status = Status::Ok;
     info!(
@@ -521,6 +559,35 @@ pub(super) async fn build(
         "Built the dimension."
     );
     Ok(())
+}
+
+/// The `__op` column of computed versions.
+fn op_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+    batch
+        .column_by_name("__op")
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| Error::UnknownColumn {
+            table: name.to_string(),
+            column: "__op".to_string(),
+            available: "(computed versions)".to_string(),
+        })
+}
+
+/// The surrogate keys of the updated and deleted versions of a batch: their stored rows go.
+fn replaced_keys(batch: &RecordBatch, op: &StringArray, sk: &str, name: &str) -> Result<Vec<i64>> {
+    let sks = batch
+        .column_by_name(sk)
+        .ok_or_else(|| Error::UnknownColumn {
+            table: name.to_string(),
+            column: sk.to_string(),
+            available: "(computed versions)".to_string(),
+        })?;
+    let sks = arrow::compute::cast(sks, &DataType::Int64).map_err(|e| Error::arrow(name, e))?;
+    let sks = sks.as_primitive::<arrow::datatypes::Int64Type>();
+    Ok((0..batch.num_rows())
+        .filter(|&i| op.is_valid(i) && matches!(op.value(i), "U" | "D") && sks.is_valid(i))
+        .map(|i| sks.value(i))
+        .collect())
 }
 
 /// A range of the first key column, `[low, high)`; `None` is unbounded.

@@ -8,6 +8,7 @@
 
 mod dimension;
 mod fact;
+mod rewrite;
 mod views;
 
 use std::sync::Arc;
