@@ -512,6 +512,7 @@ impl Silver {
             }
             _ => firsts,
         };
+        let unique = by_key(unique, table).map_err(|e| Error::arrow(path, e))?;
         counts.rows_out = unique.iter().map(|b| b.num_rows() as u64).sum();
         counts.rows_duplicate = kept_rows - counts.rows_out;
 
@@ -938,6 +939,82 @@ fn first_per_version(
     Ok(out)
 }
 
+/// For a table that feeds a gold dimension, the rows of a file in key order (one batch;
+/// batches already in order are left alone). Bronze arrives in watermark order, so otherwise
+/// every silver file spans every key, and gold, which reads a dimension's history one key
+/// range at a time, would decode all of silver for each range; in key order, page statistics
+/// skip the rest. Facts are read by file, not by key range, and are left as they come.
+fn by_key(
+    batches: Vec<RecordBatch>,
+    table: &TableSpec,
+) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+    if !table
+        .gold
+        .as_ref()
+        .is_some_and(|g| g.kind == crate::config::GoldKind::Dimension)
+    {
+        return Ok(batches);
+    }
+    let Some(first) = batches.first() else {
+        return Ok(batches);
+    };
+    let schema = first.schema();
+    let Ok(key_columns) = table
+        .keys
+        .iter()
+        .map(|k| schema.index_of(k))
+        .collect::<std::result::Result<Vec<_>, _>>()
+    else {
+        return Ok(batches);
+    };
+    // Only the key columns are concatenated; the rows are gathered once, from the batches.
+    let keys = key_columns
+        .iter()
+        .map(|&i| {
+            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+            arrow::compute::concat(&parts)
+        })
+        .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+    let order = match keys.as_slice() {
+        [one] => arrow::compute::sort_to_indices(one, None, None)?,
+        many => arrow::compute::lexsort_to_indices(
+            &many
+                .iter()
+                .map(|k| arrow::compute::SortColumn {
+                    values: k.clone(),
+                    options: None,
+                })
+                .collect::<Vec<_>>(),
+            None,
+        )?,
+    };
+    if order
+        .values()
+        .iter()
+        .enumerate()
+        .all(|(i, &o)| i == o as usize)
+    {
+        return Ok(batches);
+    }
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut total = 0;
+    for b in &batches {
+        starts.push(total);
+        total += b.num_rows();
+    }
+    let at: Vec<(usize, usize)> = order
+        .values()
+        .iter()
+        .map(|&o| {
+            let o = o as usize;
+            let batch = starts.partition_point(|&s| s <= o) - 1;
+            (batch, o - starts[batch])
+        })
+        .collect();
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    Ok(vec![arrow::compute::interleave_record_batch(&refs, &at)?])
+}
+
 /// Removes rows whose (keys, watermark value) silver already holds, reading only silver's
 /// rows in the file's watermark range (file statistics prune the rest).
 async fn without_loaded(
@@ -1029,6 +1106,45 @@ mod tests {
             fields.into_iter().map(|(_, a)| a).collect(),
         )
         .unwrap()
+    }
+
+    fn spec(name: &str) -> TableSpec {
+        crate::config::Pipeline::parse(crate::config::DEFAULT_PIPELINE, "p")
+            .unwrap()
+            .select(&[name.to_string()])
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn a_dimension_files_rows_come_in_key_order_and_a_facts_as_they_were() {
+        let rows = |ids: Vec<i32>, names: Vec<&str>| {
+            batch(vec![
+                ("user_id", Arc::new(Int32Array::from(ids)) as ArrayRef),
+                ("user_name", Arc::new(StringArray::from(names)) as ArrayRef),
+            ])
+        };
+        let batches = vec![rows(vec![3, 1], vec!["c", "a"]), rows(vec![2], vec!["b"])];
+        let sorted = by_key(batches.clone(), &spec("DimUser")).unwrap();
+        assert_eq!(sorted.len(), 1);
+        assert_eq!(
+            sorted[0],
+            rows(vec![1, 2, 3], vec!["a", "b", "c"]),
+            "whole rows move with their key"
+        );
+        let in_order = vec![rows(vec![1, 2], vec!["a", "b"]), rows(vec![2], vec!["b"])];
+        assert_eq!(
+            by_key(in_order.clone(), &spec("DimUser")).unwrap(),
+            in_order
+        );
+        let streams = vec![batch(vec![(
+            "stream_id",
+            Arc::new(Int64Array::from(vec![9, 4])) as ArrayRef,
+        )])];
+        assert_eq!(
+            by_key(streams.clone(), &spec("FactStream")).unwrap(),
+            streams
+        );
     }
 
     #[test]
