@@ -221,6 +221,8 @@ async fn scd2_scenario(pipeline: &str) {
         (4, 3, "13:30"),  // user 3 arrives later
         (5, 4, "12:30"),
         (6, 1, "10:30"),
+        (7, 2, "10:45"), // two versions of one stream in one file: the later one counts
+        (7, 2, "10:15"),
     ])
     .await;
     let first = h.gold().await;
@@ -248,11 +250,12 @@ async fn scd2_scenario(pipeline: &str) {
             "3,-1,99,10:00",
             "4,-1,3,13:30",
             "5,5,4,12:30",
-            "6,1,1,10:30"
+            "6,1,1,10:30",
+            "7,3,2,10:45"
         ]
     );
     let fact = report(&first, "fact_stream");
-    assert_eq!(fact.inserted, 6);
+    assert_eq!(fact.inserted, 7);
     assert_eq!(fact.unknown, [("user_sk".to_string(), 3)]);
 
     h.users(&[
@@ -296,7 +299,8 @@ async fn scd2_scenario(pipeline: &str) {
             "3,-1,99,10:00",
             "4,9,3,13:30",
             "5,10,4,12:30",
-            "6,2,1,12:30"
+            "6,2,1,12:30",
+            "7,3,2,10:45"
         ]
     );
     let fact = report(&second, "fact_stream");

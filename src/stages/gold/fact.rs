@@ -319,6 +319,19 @@ pub(super) async fn build(
         ctes.join(", "),
         resolve_sql(&columns, "src_n", "N", false)
     );
+    // A chunk in which no key repeats needs no "latest row per key": every row with a
+    // sequence value is its key's latest (and silver's rows are mostly so).
+    let unique_sql = format!(
+        "WITH src_n AS (SELECT {} FROM changes WHERE {} IS NOT NULL) {}",
+        columns
+            .base
+            .iter()
+            .map(|b| q(b))
+            .collect::<Vec<_>>()
+            .join(", "),
+        q(&columns.seq),
+        resolve_sql(&columns, "src_n", "N", false)
+    );
 
     // The dimensions, at the state their own last build left them, and their changes since
     // this fact last looked.
@@ -503,15 +516,11 @@ pub(super) async fn build(
     for chunk in &chunks {
         let _ = ctx.deregister_table("changes");
         register(&ctx, "changes", &changes.table, Some(chunk)).await?;
-        report.rows_in += ctx
-            .table("changes")
-            .await
-            .map_err(df_err(name, "reading silver changes"))?
-            .count()
-            .await
-            .map_err(df_err(name, "reading silver changes"))? as u64;
+        let (rows, unique) = count_keys(&ctx, &columns.keys, name).await?;
+        report.rows_in += rows;
+        let sql = if unique { &unique_sql } else { &new_sql };
         let df = ctx
-            .sql(&new_sql)
+            .sql(sql)
             .await
             .map_err(df_err(name, "resolving dimension keys"))?;
         let txns = next_txns();
@@ -561,6 +570,36 @@ pub(super) async fn build(
         "Built the fact."
     );
     Ok(())
+}
+
+/// The rows of `changes`, and whether no key repeats among them (known for one key column;
+/// with more, assumed to repeat).
+async fn count_keys(ctx: &SessionContext, keys: &[String], name: &str) -> Result<(u64, bool)> {
+    let fail = |e| df_err(name, "reading silver changes")(e);
+    let [key] = keys else {
+        let rows = ctx
+            .table("changes")
+            .await
+            .map_err(fail)?
+            .count()
+            .await
+            .map_err(fail)?;
+        return Ok((rows as u64, false));
+    };
+    let batches = ctx
+        .sql(&format!(
+            "SELECT COUNT(*), COUNT(DISTINCT {k}), COUNT({k}) FROM changes",
+            k = q(key)
+        ))
+        .await
+        .map_err(fail)?
+        .collect()
+        .await
+        .map_err(fail)?;
+    let value = |i: usize| crate::lake::first_int(&batches, i).unwrap_or(0).max(0) as u64;
+    let (rows, distinct, non_null) = (value(0), value(1), value(2));
+    // NULL keys are not distinct values: they make the chunk "repeating", the safe side.
+    Ok((rows, distinct == rows && non_null == rows))
 }
 
 /// The earliest sequence value among a dimension's changes (registered as `changes`), or
