@@ -132,6 +132,31 @@ pub fn int_column(array: &arrow::array::ArrayRef) -> Option<arrow::array::Int64A
     Some(cast.as_primitive::<arrow::datatypes::Int64Type>().clone())
 }
 
+/// The smallest and largest value of `column` in `df`; `None` when it has no non-NULL value.
+pub async fn bounds(
+    df: datafusion::prelude::DataFrame,
+    column: &str,
+) -> datafusion::error::Result<
+    Option<(
+        datafusion::common::ScalarValue,
+        datafusion::common::ScalarValue,
+    )>,
+> {
+    use datafusion::common::{Column, ScalarValue};
+    use datafusion::functions_aggregate::min_max::{max, min};
+    let c = datafusion::prelude::Expr::Column(Column::new_unqualified(column));
+    let batches = df
+        .aggregate(vec![], vec![min(c.clone()), max(c)])?
+        .collect()
+        .await?;
+    let Some(b) = batches.iter().find(|b| b.num_rows() == 1) else {
+        return Ok(None);
+    };
+    let lo = ScalarValue::try_from_array(b.column(0), 0)?;
+    let hi = ScalarValue::try_from_array(b.column(1), 0)?;
+    Ok((!lo.is_null()).then_some((lo, hi)))
+}
+
 /// The first row's value of `column` in a query's result, if it has a row and it is not NULL.
 pub fn first_int(batches: &[arrow::array::RecordBatch], column: usize) -> Option<i64> {
     use arrow::array::Array;

@@ -1024,22 +1024,10 @@ async fn without_loaded(
     table: &TableSpec,
 ) -> datafusion::error::Result<DataFrame> {
     let cdc = column(&table.cdc_column);
-    let bounds = df
-        .clone()
-        .aggregate(
-            vec![],
-            vec![
-                datafusion::functions_aggregate::min_max::min(cdc.clone()).alias("lo"),
-                datafusion::functions_aggregate::min_max::max(cdc.clone()).alias("hi"),
-            ],
-        )?
-        .collect()
-        .await?;
-    let Some(b) = bounds.first().filter(|b| b.num_rows() == 1) else {
+    // No watermark value in the file: no row of it can be in silver already.
+    let Some((lo, hi)) = crate::lake::bounds(df.clone(), &table.cdc_column).await? else {
         return Ok(df);
     };
-    let lo = ScalarValue::try_from_array(b.column(0), 0)?;
-    let hi = ScalarValue::try_from_array(b.column(1), 0)?;
     let provider = crate::lake::delta_provider(delta, ctx, &table.silver_name())
         .await
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;

@@ -561,29 +561,30 @@ pub(super) async fn build(
     Ok(())
 }
 
-/// The `__op` column of computed versions.
-fn op_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+/// A column of computed versions (see [`diff_sql`]).
+fn computed<'a>(batch: &'a RecordBatch, column: &str, name: &str) -> Result<&'a ArrayRef> {
     batch
-        .column_by_name("__op")
-        .and_then(|c| c.as_string_opt::<i32>())
+        .column_by_name(column)
         .ok_or_else(|| Error::UnknownColumn {
             table: name.to_string(),
-            column: "__op".to_string(),
+            column: column.to_string(),
             available: "(computed versions)".to_string(),
+        })
+}
+
+/// The `__op` column of computed versions.
+fn op_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+    computed(batch, "__op", name)?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| Error::Gold {
+            table: name.to_string(),
+            message: "the computed __op column is not text".to_string(),
         })
 }
 
 /// The surrogate keys of the updated and deleted versions of a batch: their stored rows go.
 fn replaced_keys(batch: &RecordBatch, op: &StringArray, sk: &str, name: &str) -> Result<Vec<i64>> {
-    let sks = batch
-        .column_by_name(sk)
-        .ok_or_else(|| Error::UnknownColumn {
-            table: name.to_string(),
-            column: sk.to_string(),
-            available: "(computed versions)".to_string(),
-        })?;
-    let sks = arrow::compute::cast(sks, &DataType::Int64).map_err(|e| Error::arrow(name, e))?;
-    let sks = sks.as_primitive::<arrow::datatypes::Int64Type>();
+    let sks = super::rewrite::surrogate_keys(computed(batch, sk, name)?, name)?;
     Ok((0..batch.num_rows())
         .filter(|&i| op.is_valid(i) && matches!(op.value(i), "U" | "D") && sks.is_valid(i))
         .map(|i| sks.value(i))

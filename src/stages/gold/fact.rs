@@ -18,6 +18,7 @@ use deltalake::kernel::Transaction;
 use tracing::info;
 
 use super::dimension::is_lineage;
+use super::rewrite::file_name;
 use super::{
     SilverChanges, TableReport, append, col, consumed_app_id, count_op, delta_err, df_err,
     insert_from_source, merge_rows, op_is, project, recorded, register, schema_of, silver_changes,
@@ -270,18 +271,18 @@ pub(super) async fn build(
         .map(|k| q(k))
         .collect::<Vec<_>>()
         .join(", ");
+    let base = columns
+        .base
+        .iter()
+        .map(|b| q(b))
+        .collect::<Vec<_>>()
+        .join(", ");
     {
         let tiebreak: String = columns
             .tiebreak
             .iter()
             .map(|t| format!(", {} DESC", q(t)))
             .collect();
-        let base = columns
-            .base
-            .iter()
-            .map(|b| q(b))
-            .collect::<Vec<_>>()
-            .join(", ");
         let s = q(&columns.seq);
         if table.sequence_by() == table.cdc_column {
             // Silver holds one row per (keys, watermark value): the latest row of each key is
@@ -314,23 +315,13 @@ pub(super) async fn build(
             ));
         }
     }
-    let new_sql = format!(
-        "WITH {} {}",
-        ctes.join(", "),
-        resolve_sql(&columns, "src_n", "N", false)
-    );
+    let resolve_new = resolve_sql(&columns, "src_n", "N", false);
+    let new_sql = format!("WITH {} {resolve_new}", ctes.join(", "));
     // A chunk in which no key repeats needs no "latest row per key": every row with a
     // sequence value is its key's latest (and silver's rows are mostly so).
     let unique_sql = format!(
-        "WITH src_n AS (SELECT {} FROM changes WHERE {} IS NOT NULL) {}",
-        columns
-            .base
-            .iter()
-            .map(|b| q(b))
-            .collect::<Vec<_>>()
-            .join(", "),
-        q(&columns.seq),
-        resolve_sql(&columns, "src_n", "N", false)
+        "WITH src_n AS (SELECT {base} FROM changes WHERE {} IS NOT NULL) {resolve_new}",
+        q(&columns.seq)
     );
 
     // The dimensions, at the state their own last build left them, and their changes since
@@ -411,9 +402,7 @@ pub(super) async fn build(
             .base
             .iter()
             .map(|b| {
-                if !needed.contains(b) {
-                    format!("NULL AS {}", q(b))
-                } else if fact_cols.contains(b) {
+                if needed.contains(b) && fact_cols.contains(b) {
                     format!("f.{}", q(b))
                 } else {
                     format!("NULL AS {}", q(b))
@@ -611,26 +600,9 @@ async fn earliest_change(
     name: &str,
 ) -> Result<Option<datafusion::common::ScalarValue>> {
     let fail = |e| df_err(name, "reading the dimension's changes")(e);
-    let batches = ctx
-        .table(changes)
-        .await
-        .map_err(fail)?
-        .aggregate(
-            vec![],
-            vec![datafusion::functions_aggregate::min_max::min(
-                datafusion::prelude::col(datafusion::common::Column::from_name(seq)),
-            )],
-        )
-        .map_err(fail)?
-        .collect()
-        .await
-        .map_err(fail)?;
-    let Some(batch) = batches.iter().find(|b| b.num_rows() == 1) else {
-        return Ok(None);
-    };
-    let value =
-        datafusion::common::ScalarValue::try_from_array(batch.column(0), 0).map_err(fail)?;
-    Ok((!value.is_null()).then_some(value))
+    let changes = ctx.table(changes).await.map_err(fail)?;
+    let bounds = crate::lake::bounds(changes, seq).await.map_err(fail)?;
+    Ok(bounds.map(|(earliest, _)| earliest))
 }
 
 /// Registers the columns of a dimension that its lookup reads (keys, surrogate key, validity,
@@ -681,13 +653,17 @@ fn chunk_files(changes: &SilverChanges, limit: usize, silver: &str) -> Result<Ve
     let snapshot = changes.table.snapshot().map_err(delta_err(silver))?;
     // Keyed by file name (delta-rs names data files uniquely), so each lookup is one probe;
     // a file not found counts as a full chunk, which only makes chunks smaller.
-    let file_name = |path: &str| path.rsplit('/').next().unwrap_or(path).to_string();
     let rows: std::collections::HashMap<String, usize> = snapshot
         .log_data()
         .iter()
-        .map(|f| (file_name(&f.path()), f.num_records().unwrap_or(limit)))
+        .map(|f| {
+            (
+                file_name(&f.path()).to_string(),
+                f.num_records().unwrap_or(limit),
+            )
+        })
         .collect();
-    let rows_of = |uri: &str| rows.get(&file_name(uri)).copied().unwrap_or(limit);
+    let rows_of = |uri: &str| rows.get(file_name(uri)).copied().unwrap_or(limit);
     let mut chunks: Vec<Vec<String>> = Vec::new();
     let mut in_chunk = 0;
     for file in &changes.files {
@@ -746,25 +722,15 @@ async fn overlaps(
     name: &str,
     keys: &[String],
 ) -> Result<bool> {
-    use datafusion::functions_aggregate::min_max::{max, min};
     let fail = |e| df_err(name, "looking for the new keys in the table")(e);
     let key = |k: &String| datafusion::prelude::col(datafusion::common::Column::from_name(k));
     let changes = ctx.table("changes").await.map_err(fail)?;
-    let bounds = changes
-        .clone()
-        .aggregate(vec![], vec![min(key(&keys[0])), max(key(&keys[0]))])
-        .map_err(fail)?
-        .collect()
+    let Some((lo, hi)) = crate::lake::bounds(changes.clone(), &keys[0])
         .await
-        .map_err(fail)?;
-    let Some(b) = bounds.iter().find(|b| b.num_rows() == 1) else {
+        .map_err(fail)?
+    else {
         return Ok(false);
     };
-    let lo = datafusion::common::ScalarValue::try_from_array(b.column(0), 0).map_err(fail)?;
-    let hi = datafusion::common::ScalarValue::try_from_array(b.column(1), 0).map_err(fail)?;
-    if lo.is_null() {
-        return Ok(false);
-    }
     let _ = ctx.deregister_table("__target");
     register(ctx, "__target", target, None).await?;
     let existing = ctx

@@ -10,8 +10,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, new_null_array};
-use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, new_null_array,
+};
+use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
@@ -172,11 +174,10 @@ async fn files_holding(
     let mut files = HashSet::new();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(df_err(name, "reading the table's keys"))?;
-        let sks = int64(batch.column(0)).map_err(|e| Error::arrow(name, e))?;
+        let sks = surrogate_keys(batch.column(0), name)?;
         let paths = arrow::compute::cast(batch.column(1), &DataType::Utf8)
             .map_err(|e| Error::arrow(name, e))?;
         let paths = paths.as_string::<i32>();
-        let sks = sks.as_primitive::<Int64Type>();
         for i in 0..batch.num_rows() {
             if sks.is_valid(i) && keys.contains(&sks.value(i)) && paths.is_valid(i) {
                 files.insert(file_name(paths.value(i)).to_string());
@@ -221,8 +222,7 @@ impl Rewrite {
                         .collect::<Vec<_>>()
                         .join(", "),
                 })?;
-            let sks = int64(sks).map_err(|e| Error::arrow(&name, e))?;
-            let sks = sks.as_primitive::<Int64Type>();
+            let sks = surrogate_keys(sks, &name)?;
             let keep: BooleanArray = (0..sks.len())
                 .map(|i| Some(!(sks.is_valid(i) && self.replaced.contains(&sks.value(i)))))
                 .collect();
@@ -235,12 +235,19 @@ impl Rewrite {
 }
 
 /// The last segment of a file path or URI: delta-rs names data files uniquely.
-fn file_name(path: &str) -> &str {
+pub(super) fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-fn int64(column: &ArrayRef) -> std::result::Result<ArrayRef, arrow::error::ArrowError> {
-    arrow::compute::cast(column, &DataType::Int64)
+/// A surrogate-key column as 64-bit integers.
+pub(super) fn surrogate_keys(column: &ArrayRef, name: &str) -> Result<Int64Array> {
+    crate::lake::int_column(column).ok_or_else(|| Error::Gold {
+        table: name.to_string(),
+        message: format!(
+            "a surrogate key column of type {} is not an integer",
+            column.data_type()
+        ),
+    })
 }
 
 /// `batch` with the columns of `schema`, by name, in its types.
@@ -286,13 +293,10 @@ mod tests {
         let batches = ctx.read_table(provider).unwrap().collect().await.unwrap();
         let mut out = Vec::new();
         for b in batches {
-            let sks = int64(b.column(0)).unwrap();
+            let sks = surrogate_keys(b.column(0), "t").unwrap();
             let labels = arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
             for i in 0..b.num_rows() {
-                out.push((
-                    sks.as_primitive::<Int64Type>().value(i),
-                    labels.as_string::<i32>().value(i).to_string(),
-                ));
+                out.push((sks.value(i), labels.as_string::<i32>().value(i).to_string()));
             }
         }
         out.sort();
