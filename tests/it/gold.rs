@@ -316,6 +316,41 @@ async fn scd2_scenario(pipeline: &str) {
     assert_eq!(report(&third, "dim_user").version, dim.version);
 }
 
+/// One run's silver files repeat a key, each file's keys unique: the key ends with its newest
+/// row, once, whether its files are one chunk, or chunks written apart while a chunk whose
+/// key range no other chunk reaches streams with the other such chunks.
+#[tokio::test]
+async fn a_key_in_two_files_of_one_run_ends_with_its_newest_row() {
+    for pipeline in [
+        PIPELINE.to_string(),
+        format!("[settings]\nchunk_rows = 1\n{PIPELINE}"),
+    ] {
+        let h = Lakehouse::new(&pipeline);
+        h.users(&[(1, "US", "a", "10:00"), (1, "CA", "b", "12:00")])
+            .await;
+        h.streams(&[(1, 1, "11:00"), (2, 1, "11:30")]).await;
+        h.streams(&[(3, 1, "12:30"), (1, 1, "12:15")]).await; // stream 1, corrected
+        h.streams(&[(10, 1, "13:00"), (11, 1, "13:10")]).await;
+        h.streams(&[(20, 1, "09:00")]).await; // before the user's first version
+        let run = h.gold().await;
+        assert_eq!(
+            h.csv(FACT).await,
+            [
+                "1,2,1,12:15",
+                "2,1,1,11:30",
+                "3,2,1,12:30",
+                "10,2,1,13:00",
+                "11,2,1,13:10",
+                "20,-1,1,09:00"
+            ],
+            "{pipeline}"
+        );
+        let fact = report(&run, "fact_stream");
+        assert_eq!(fact.rows_in, 7, "{pipeline}");
+        assert_eq!(fact.unknown, [("user_sk".to_string(), 1)], "{pipeline}");
+    }
+}
+
 const SCD1: &str = r#"
 [[tables]]
 name = "DimUser"

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int64Type, Schema};
+use datafusion::common::ScalarValue;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, lit};
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
@@ -171,66 +172,68 @@ impl FactColumns {
 /// `SELECT` resolving every lookup for the rows of `src` (which has the base columns), with
 /// `op` as `__op`. With `only_changed`, `src` also has `__old_<column>` for every resolved
 /// column and only rows where one of them moves are kept.
+///
+/// Each lookup is `dimension RIGHT JOIN (rows so far)`: the dimension is the join's left,
+/// build side whenever the planner keeps the written order (`dimensions_built_once`), so one
+/// hash table per dimension serves a stream of any number of facts.
 pub(super) fn resolve_sql(c: &FactColumns, src: &str, op: &str, only_changed: bool) -> String {
     let s = q(&c.seq);
-    let mut select: Vec<String> = c.keys.iter().map(|k| format!("src.{}", q(k))).collect();
-    let mut joins = String::new();
-    let mut moved: Vec<String> = Vec::new();
+    let mut rows = format!("{src} AS r0");
     for (i, l) in c.lookups.iter().enumerate() {
-        let d = format!("d{i}");
-        let sk_expr = format!("COALESCE({d}.{}, CAST(-1 AS BIGINT))", q(&l.sk));
-        select.push(format!("{sk_expr} AS {}", q(&l.sk)));
-        moved.push(format!(
-            "({sk_expr} IS DISTINCT FROM src.{})",
-            q(&format!("__old_{}", l.sk))
-        ));
+        let (d, r) = (format!("d{i}"), format!("r{i}"));
         let on: Vec<String> =
             l.on.iter()
                 .zip(&l.dim_keys)
                 .map(|(from, key)| {
-                    let value = match from {
-                        From::Fact(col) => format!("src.{}", q(col)),
-                        From::Lookup(j, col) => format!("d{j}.{}", q(col)),
-                    };
-                    format!("{d}.{} = {value}", q(key))
+                    let (From::Fact(value) | From::Lookup(_, value)) = from;
+                    format!("{d}.{} = {r}.{}", q(key), q(value))
                 })
                 .collect();
         let period = if l.scd2 {
             format!(
-                " AND {d}.valid_from <= src.{s} AND ({d}.valid_to IS NULL OR src.{s} < {d}.valid_to)"
+                " AND {d}.valid_from <= {r}.{s} AND ({d}.valid_to IS NULL OR {r}.{s} < {d}.valid_to)"
             )
         } else {
             String::new()
         };
-        joins.push_str(&format!(
-            " LEFT JOIN {} AS {d} ON {}{period}",
-            q(&l.dimension),
-            on.join(" AND ")
-        ));
-    }
-    select.extend(
-        c.base
+        let carried: String = l
+            .carried
             .iter()
-            .filter(|b| !c.keys.contains(b))
-            .map(|b| format!("src.{}", q(b))),
-    );
-    for (i, l) in c.lookups.iter().enumerate() {
-        for col in &l.carried {
-            select.push(format!("d{i}.{} AS {}", q(col), q(col)));
-            moved.push(format!(
-                "(d{i}.{} IS DISTINCT FROM src.{})",
+            .map(|col| format!(", {d}.{c} AS {c}", c = q(col)))
+            .collect();
+        rows = format!(
+            "(SELECT {r}.*, COALESCE({d}.{sk}, CAST(-1 AS BIGINT)) AS {sk}{carried} \
+             FROM {dim} AS {d} RIGHT JOIN {rows} ON {on}{period}) AS r{next}",
+            sk = q(&l.sk),
+            dim = q(&l.dimension),
+            on = on.join(" AND "),
+            next = i + 1,
+        );
+    }
+    let r = format!("r{}", c.lookups.len());
+    let select: Vec<String> = c
+        .output()
+        .iter()
+        .map(|col| format!("{r}.{}", q(col)))
+        .collect();
+    let moved: Vec<String> = c
+        .resolved()
+        .iter()
+        .map(|col| {
+            format!(
+                "({r}.{} IS DISTINCT FROM {r}.{})",
                 q(col),
                 q(&format!("__old_{col}"))
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     let filter = if only_changed && !moved.is_empty() {
         format!(" WHERE {}", moved.join(" OR "))
     } else {
         String::new()
     };
     format!(
-        "SELECT {}, '{op}' AS __op FROM {src} AS src{joins}{filter}",
+        "SELECT {}, '{op}' AS __op FROM {rows}{filter}",
         select.join(", ")
     )
 }
@@ -442,7 +445,42 @@ pub(super) async fn build(
     // Re-resolved facts first, then the new rows: a key in both ends with its newest row
     // (the new rows' merge lets a newer sequence win), resolved against today's dimensions.
     let chunks = chunk_files(&changes, chunk_rows, &silver_name)?;
-    let writes = usize::from(!affected.is_empty()) + chunks.len();
+    let mut shapes = Vec::with_capacity(chunks.len());
+    for chunk in &chunks {
+        let _ = ctx.deregister_table("changes");
+        register(&ctx, "changes", &changes.table, Some(chunk)).await?;
+        shapes.push(chunk_keys(&ctx, &columns.keys, name).await?);
+    }
+    // A chunk whose keys are unique, in a range no other chunk's keys reach and not yet in
+    // the table needs neither "latest row per key" nor a merge, whenever it is written. All
+    // such chunks stream through ONE query: each dimension's hash table is built once, not
+    // once per chunk (at scale 10, 25 chunks each re-hashed two million dimension rows).
+    let mut together: Vec<usize> = Vec::new();
+    for (i, shape) in shapes.iter().enumerate() {
+        let Some(range) = shape.range.as_ref().filter(|_| shape.unique) else {
+            continue;
+        };
+        let alone = shapes
+            .iter()
+            .enumerate()
+            .all(|(j, other)| j == i || other.range.as_ref().is_none_or(|o| disjoint(range, o)));
+        if !alone {
+            continue;
+        }
+        if target.version().is_some() {
+            let _ = ctx.deregister_table("changes");
+            register(&ctx, "changes", &changes.table, Some(&chunks[i])).await?;
+            if overlaps(&ctx, &target, name, &columns.keys, range).await? {
+                continue;
+            }
+        }
+        together.push(i);
+    }
+    let apart: Vec<usize> = (0..chunks.len())
+        .filter(|i| !together.contains(i))
+        .collect();
+    let writes =
+        usize::from(!affected.is_empty()) + usize::from(!together.is_empty()) + apart.len();
     if writes == 0 {
         return Ok(());
     }
@@ -502,32 +540,37 @@ pub(super) async fn build(
         };
     }
     let mut appended: Vec<String> = Vec::new();
-    for chunk in &chunks {
+    if !together.is_empty() {
+        let files: Vec<String> = together.iter().flat_map(|&i| chunks[i].clone()).collect();
         let _ = ctx.deregister_table("changes");
-        register(&ctx, "changes", &changes.table, Some(chunk)).await?;
-        let (rows, unique) = count_keys(&ctx, &columns.keys, name).await?;
-        report.rows_in += rows;
-        let sql = if unique { &unique_sql } else { &new_sql };
+        register(&ctx, "changes", &changes.table, Some(&files)).await?;
+        report.rows_in += together.iter().map(|&i| shapes[i].rows).sum::<u64>();
+        let streaming = dimensions_built_once(&ctx);
+        let df = streaming
+            .sql(&unique_sql)
+            .await
+            .map_err(df_err(name, "resolving dimension keys"))?;
+        let txns = next_txns();
+        target = append_tracked(&streaming, target, name, df, &output, txns, &mut appended).await?;
+    }
+    for &i in &apart {
+        let _ = ctx.deregister_table("changes");
+        register(&ctx, "changes", &changes.table, Some(&chunks[i])).await?;
+        let shape = &shapes[i];
+        report.rows_in += shape.rows;
+        let sql = if shape.unique { &unique_sql } else { &new_sql };
         let df = ctx
             .sql(sql)
             .await
             .map_err(df_err(name, "resolving dimension keys"))?;
         let txns = next_txns();
-        let streamed =
-            target.version().is_none() || !overlaps(&ctx, &target, name, &columns.keys).await?;
+        let streamed = match (&shape.range, target.version()) {
+            (_, None) | (None, _) => true,
+            (Some(range), Some(_)) => !overlaps(&ctx, &target, name, &columns.keys, range).await?,
+        };
         if streamed {
             // No key of the chunk is in the table: the rows stream straight into new files.
-            let before: HashSet<String> = match target.version() {
-                Some(_) => target.get_file_uris().map_err(delta_err(name))?.collect(),
-                None => HashSet::new(),
-            };
-            target = append_plan(&ctx, target, name, df, &output, txns).await?;
-            appended.extend(
-                target
-                    .get_file_uris()
-                    .map_err(delta_err(name))?
-                    .filter(|f| !before.contains(f)),
-            );
+            target = append_tracked(&ctx, target, name, df, &output, txns, &mut appended).await?;
         } else {
             let rows = df
                 .collect()
@@ -561,24 +604,23 @@ pub(super) async fn build(
     Ok(())
 }
 
-/// The rows of `changes`, and whether no key repeats among them (known for one key column;
-/// with more, assumed to repeat).
-async fn count_keys(ctx: &SessionContext, keys: &[String], name: &str) -> Result<(u64, bool)> {
+/// What one chunk of new rows holds, from its first key column alone.
+struct ChunkKeys {
+    rows: u64,
+    /// No key repeats and none is NULL (known for one key column; with more, assumed false).
+    unique: bool,
+    /// The smallest and largest value of the first key column.
+    range: Option<(ScalarValue, ScalarValue)>,
+}
+
+/// Counts the rows of `changes`, and the distinct and non-null values of its first key column
+/// and their range, in one aggregate.
+async fn chunk_keys(ctx: &SessionContext, keys: &[String], name: &str) -> Result<ChunkKeys> {
     let fail = |e| df_err(name, "reading silver changes")(e);
-    let [key] = keys else {
-        let rows = ctx
-            .table("changes")
-            .await
-            .map_err(fail)?
-            .count()
-            .await
-            .map_err(fail)?;
-        return Ok((rows as u64, false));
-    };
     let batches = ctx
         .sql(&format!(
-            "SELECT COUNT(*), COUNT(DISTINCT {k}), COUNT({k}) FROM changes",
-            k = q(key)
+            "SELECT COUNT(*), COUNT(DISTINCT {k}), COUNT({k}), MIN({k}), MAX({k}) FROM changes",
+            k = q(&keys[0])
         ))
         .await
         .map_err(fail)?
@@ -587,8 +629,47 @@ async fn count_keys(ctx: &SessionContext, keys: &[String], name: &str) -> Result
         .map_err(fail)?;
     let value = |i: usize| crate::lake::first_int(&batches, i).unwrap_or(0).max(0) as u64;
     let (rows, distinct, non_null) = (value(0), value(1), value(2));
-    // NULL keys are not distinct values: they make the chunk "repeating", the safe side.
-    Ok((rows, distinct == rows && non_null == rows))
+    let scalar = |i: usize| {
+        batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| ScalarValue::try_from_array(b.column(i), 0).ok())
+            .filter(|v| !v.is_null())
+    };
+    Ok(ChunkKeys {
+        rows,
+        // NULL keys are not distinct values: they make the chunk "repeating", the safe side.
+        unique: keys.len() == 1 && distinct == rows && non_null == rows,
+        range: scalar(3).zip(scalar(4)),
+    })
+}
+
+/// Whether two closed key ranges share no value (values that do not compare count as
+/// sharing).
+fn disjoint(a: &(ScalarValue, ScalarValue), b: &(ScalarValue, ScalarValue)) -> bool {
+    use std::cmp::Ordering::Less;
+    a.1.partial_cmp(&b.0) == Some(Less) || b.1.partial_cmp(&a.0) == Some(Less)
+}
+
+/// A session over the same tables whose planner keeps each join's written order and builds
+/// a hash table of up to 512 MB or 16M rows in one piece: `resolve_sql` puts every dimension
+/// on the build side, so however many facts stream through, each dimension is hashed once and
+/// both partitions probe it. Left to statistics, the planner builds on the smaller side, the
+/// facts, and probes the whole dimension with every batch of them.
+fn dimensions_built_once(ctx: &SessionContext) -> SessionContext {
+    // The catalog (and every table registered in it) is shared; a fresh default one would
+    // replace it for both sessions.
+    let mut config = ctx
+        .copied_config()
+        .with_create_default_catalog_and_schema(false);
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.join_reordering = false;
+    optimizer.hash_join_single_partition_threshold = 512 << 20;
+    optimizer.hash_join_single_partition_threshold_rows = 16_000_000;
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
+        .with_config(config)
+        .build();
+    SessionContext::new_with_state(state)
 }
 
 /// The earliest sequence value among a dimension's changes (registered as `changes`), or
@@ -721,16 +802,12 @@ async fn overlaps(
     target: &DeltaTable,
     name: &str,
     keys: &[String],
+    (lo, hi): &(ScalarValue, ScalarValue),
 ) -> Result<bool> {
     let fail = |e| df_err(name, "looking for the new keys in the table")(e);
     let key = |k: &String| datafusion::prelude::col(datafusion::common::Column::from_name(k));
     let changes = ctx.table("changes").await.map_err(fail)?;
-    let Some((lo, hi)) = crate::lake::bounds(changes.clone(), &keys[0])
-        .await
-        .map_err(fail)?
-    else {
-        return Ok(false);
-    };
+    let (lo, hi) = (lo.clone(), hi.clone());
     let _ = ctx.deregister_table("__target");
     register(ctx, "__target", target, None).await?;
     let existing = ctx
@@ -771,6 +848,35 @@ async fn overlaps(
     Ok(found > 0)
 }
 
+/// Where the writer closes a fact file. Each of its partitions builds the file it writes in
+/// memory, so this bounds the write's memory (delta-rs's default, 100 MB, held 200 MB for
+/// the two partitions of a first build); a few dozen MB is still a large file for readers.
+const FACT_FILE_BYTES: u64 = 32 << 20;
+
+/// `append_plan`, adding the files it wrote to `appended` (their rows are counted at the end).
+async fn append_tracked(
+    ctx: &SessionContext,
+    target: DeltaTable,
+    name: &str,
+    df: DataFrame,
+    output: &[String],
+    txns: Vec<Transaction>,
+    appended: &mut Vec<String>,
+) -> Result<DeltaTable> {
+    let before: HashSet<String> = match target.version() {
+        Some(_) => target.get_file_uris().map_err(delta_err(name))?.collect(),
+        None => HashSet::new(),
+    };
+    let target = append_plan(ctx, target, name, df, output, txns).await?;
+    appended.extend(
+        target
+            .get_file_uris()
+            .map_err(delta_err(name))?
+            .filter(|f| !before.contains(f)),
+    );
+    Ok(target)
+}
+
 /// Appends the rows of the query `df` in one commit carrying `txns`, streaming. A missing
 /// table is first created empty with the stored schema (every column nullable, plain strings);
 /// a crash between the two leaves an empty table with no consumed version, which the next run
@@ -796,6 +902,7 @@ async fn append_plan(
     target
         .write(Vec::new())
         .with_writer_properties(properties)
+        .with_target_file_size(std::num::NonZeroU64::new(FACT_FILE_BYTES))
         .with_input_plan(df.into_unoptimized_plan())
         .with_session_state(std::sync::Arc::new(ctx.state()))
         .with_save_mode(deltalake::protocol::SaveMode::Append)
