@@ -480,7 +480,7 @@ impl Silver {
                 source: e,
             }
         };
-        let transformed = transform(&ctx, table, batches, path)
+        let transformed = transform(&ctx, table, batches)
             .map_err(df_err("applying the silver columns"))?
             .collect()
             .await
@@ -520,17 +520,20 @@ impl Silver {
         drop_if_empty.push(RESCUED.to_string());
         let (schema, unique) =
             finalize(schema, unique, &drop_if_empty).map_err(|e| Error::arrow(path, e))?;
-        let properties = crate::lake::parquet_properties(&schema).build();
         let batches = if unique.is_empty() {
             vec![RecordBatch::new_empty(schema)]
         } else {
             unique
         };
+        let rows = with_lineage(&ctx, batches, path).map_err(df_err("adding lineage"))?;
+        let properties = crate::lake::parquet_properties(rows.schema().as_arrow()).build();
         let props = CommitProperties::default()
             .with_application_transaction(Transaction::new(&app_id, file_version))
             .with_max_retries(0);
         let written = delta
-            .write(batches)
+            .write(Vec::new())
+            .with_input_plan(rows.into_unoptimized_plan())
+            .with_session_state(Arc::new(ctx.state()))
             .with_writer_properties(properties)
             .with_save_mode(SaveMode::Append)
             .with_schema_mode(SchemaMode::Merge)
@@ -618,7 +621,8 @@ fn session() -> SessionContext {
     let config = SessionConfig::new()
         .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
         .with_target_partitions(2);
-    SessionContext::new_with_config(config)
+    // Delta's planner: the writer takes the rows as a query (`with_lineage`).
+    crate::lake::delta_session(config)
 }
 
 fn read_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, String> {
@@ -731,11 +735,12 @@ fn column(name: &str) -> Expr {
 }
 
 /// The pipeline file's columns, renames and drops, plus lineage, as a DataFusion plan.
+/// The silver columns of a file's rows and its expectations' results (lineage is added as the
+/// rows are written, see `with_lineage`).
 fn transform(
     ctx: &SessionContext,
     table: &TableSpec,
     batches: Vec<RecordBatch>,
-    file: &str,
 ) -> datafusion::error::Result<DataFrame> {
     let df = ctx.read_batches(batches)?;
     let schema = df.schema().clone();
@@ -757,15 +762,6 @@ fn transform(
     {
         select.push(parse(&c.name, &c.expr)?);
     }
-    select.push(lit(file.to_string()).alias(SOURCE_FILE));
-    let now = chrono::Utc::now().timestamp_micros();
-    select.push(
-        lit(ScalarValue::TimestampMicrosecond(
-            Some(now),
-            Some("UTC".into()),
-        ))
-        .alias(INGESTED_AT),
-    );
     let mut df = df.select(select)?;
     for r in &spec.rename {
         df = df.with_column_renamed(&r.from, &r.to)?;
@@ -780,6 +776,26 @@ fn transform(
         df = df.with_column(&format!("__expect_{i}"), expr)?;
     }
     Ok(df)
+}
+
+/// The rows to write, with the lineage columns last: the bronze file's path and the load
+/// time. As a query, so the writer makes them one batch at a time: a whole file's worth of
+/// the same path, repeated, was half the memory of a fact row in every copy the steps
+/// before writing make.
+fn with_lineage(
+    ctx: &SessionContext,
+    batches: Vec<RecordBatch>,
+    file: &str,
+) -> datafusion::error::Result<DataFrame> {
+    let now = ScalarValue::TimestampMicrosecond(
+        Some(chrono::Utc::now().timestamp_micros()),
+        Some("UTC".into()),
+    );
+    // Nullable like every stored column (a bare literal is not): `CASE` without `ELSE`.
+    let nullable = |value: Expr| datafusion::logical_expr::when(lit(true), value).end();
+    ctx.read_batches(batches)?
+        .with_column(SOURCE_FILE, nullable(lit(file.to_string()))?)?
+        .with_column(INGESTED_AT, nullable(lit(now))?)
 }
 
 struct Checked {
