@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, new_null_array,
+};
 use arrow::compute::kernels::cast::{CastOptions, cast_with_options};
 use arrow::compute::{and, filter_record_batch, not};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -925,34 +927,89 @@ fn first_per_version(
         .iter()
         .map(|n| schema.index_of(n))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let converter = RowConverter::new(
-        indices
-            .iter()
-            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-            .collect(),
-    )?;
-    // Rows are compared as their row-format bytes, borrowed from the converted batches (no
-    // per-row allocation), under a fast non-cryptographic hash (the keys are our own data).
-    let rows = batches
-        .iter()
-        .map(|batch| {
-            let columns: Vec<ArrayRef> = indices.iter().map(|&i| batch.column(i).clone()).collect();
-            converter.convert_columns(&columns)
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let mut seen: std::collections::HashSet<&[u8], foldhash::fast::RandomState> =
-        std::collections::HashSet::with_capacity_and_hasher(total, Default::default());
+    let masks: Vec<BooleanArray> = match integer_pairs(&batches, &indices) {
+        // One integer-like key and the watermark, neither NULL (the usual case): each row is
+        // one number, hashed and compared as such. Compared as row-format bytes (a memcmp per
+        // probe), this set was a tenth of a fact file's silver time (perf, 10M streams).
+        Some(pairs) => {
+            let mut seen: std::collections::HashSet<u128, foldhash::fast::RandomState> =
+                std::collections::HashSet::with_capacity_and_hasher(total, Default::default());
+            pairs
+                .iter()
+                .map(|p| p.iter().map(|v| Some(seen.insert(*v))).collect())
+                .collect()
+        }
+        // Otherwise rows are compared as their row-format bytes, borrowed from the converted
+        // batches (no per-row allocation), under a fast non-cryptographic hash (the keys are
+        // our own data).
+        None => {
+            let converter = RowConverter::new(
+                indices
+                    .iter()
+                    .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+                    .collect(),
+            )?;
+            let rows = batches
+                .iter()
+                .map(|batch| {
+                    let columns: Vec<ArrayRef> =
+                        indices.iter().map(|&i| batch.column(i).clone()).collect();
+                    converter.convert_columns(&columns)
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut seen: std::collections::HashSet<&[u8], foldhash::fast::RandomState> =
+                std::collections::HashSet::with_capacity_and_hasher(total, Default::default());
+            rows.iter()
+                .map(|rows| rows.iter().map(|r| Some(seen.insert(r.data()))).collect())
+                .collect()
+        }
+    };
     let mut out = Vec::with_capacity(batches.len());
-    for (batch, rows) in batches.iter().zip(&rows) {
-        let mask: BooleanArray = rows.iter().map(|r| Some(seen.insert(r.data()))).collect();
+    for (batch, mask) in batches.iter().zip(&masks) {
         if mask.true_count() == batch.num_rows() {
             out.push(batch.clone());
         } else {
-            out.push(filter_record_batch(batch, &mask)?);
+            out.push(filter_record_batch(batch, mask)?);
         }
     }
     Ok(out)
+}
+
+/// Per batch, each row's two columns at `indices` as one number (the first in the high
+/// half), when both are integers, dates or timestamps without NULLs; `None` otherwise.
+fn integer_pairs(batches: &[RecordBatch], indices: &[usize]) -> Option<Vec<Vec<u128>>> {
+    use arrow::datatypes::Int64Type;
+    let [a, b] = indices else {
+        return None;
+    };
+    let as_i64 = |column: &ArrayRef| -> Option<arrow::array::Int64Array> {
+        let t = column.data_type();
+        let integer_like = t.is_integer()
+            || matches!(
+                t,
+                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+            );
+        if !integer_like || column.null_count() > 0 {
+            return None;
+        }
+        let cast = arrow::compute::cast(column, &DataType::Int64).ok()?;
+        // An unsigned value past i64 casts to NULL: then the rows take the general path.
+        (cast.null_count() == 0).then(|| cast.as_primitive::<Int64Type>().clone())
+    };
+    batches
+        .iter()
+        .map(|batch| {
+            let (high, low) = (as_i64(batch.column(*a))?, as_i64(batch.column(*b))?);
+            Some(
+                high.values()
+                    .iter()
+                    .zip(low.values())
+                    .map(|(&h, &l)| (u128::from(h as u64) << 64) | u128::from(l as u64))
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 /// For a table that feeds a gold dimension, the rows of a file in key order (one batch;
@@ -1118,6 +1175,70 @@ mod tests {
             .select(&[name.to_string()])
             .unwrap()
             .remove(0)
+    }
+
+    /// The first row of each (key, watermark) stays, across batches, whether the pair is
+    /// compared as one number or (with a NULL watermark) as row-format bytes; a negative key
+    /// and a key equal to another row's watermark stay distinct.
+    #[test]
+    fn the_first_row_per_key_and_watermark_stays_on_both_paths() {
+        use arrow::array::TimestampMicrosecondArray;
+        let rows = |ids: Vec<i32>, at: Vec<Option<i64>>, tag: Vec<&str>| {
+            batch(vec![
+                ("user_id", Arc::new(Int32Array::from(ids)) as ArrayRef),
+                (
+                    "updated_at",
+                    Arc::new(TimestampMicrosecondArray::from(at).with_timezone("UTC")) as ArrayRef,
+                ),
+                ("tag", Arc::new(StringArray::from(tag)) as ArrayRef),
+            ])
+        };
+        let tags = |batches: Vec<RecordBatch>| -> Vec<String> {
+            batches
+                .iter()
+                .flat_map(|b| {
+                    let tags = b.column(2).as_string::<i32>().clone();
+                    (0..tags.len())
+                        .map(|i| tags.value(i).to_string())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let spec = spec("DimUser");
+        let numbers = vec![
+            rows(
+                vec![1, 1, -1, 5],
+                vec![Some(5), Some(5), Some(5), Some(1)],
+                vec!["a", "dup", "b", "c"],
+            ),
+            rows(
+                vec![1, 5, 1],
+                vec![Some(6), Some(1), Some(5)],
+                vec!["d", "dup", "dup"],
+            ),
+        ];
+        assert!(integer_pairs(&numbers, &[0, 1]).is_some());
+        assert_eq!(
+            tags(first_per_version(numbers, &spec).unwrap()),
+            ["a", "b", "c", "d"]
+        );
+        let with_null = vec![
+            rows(
+                vec![1, 1, -1, 5],
+                vec![Some(5), Some(5), None, Some(1)],
+                vec!["a", "dup", "b", "c"],
+            ),
+            rows(
+                vec![1, -1, 1],
+                vec![Some(6), None, Some(5)],
+                vec!["d", "dup", "dup"],
+            ),
+        ];
+        assert!(integer_pairs(&with_null, &[0, 1]).is_none());
+        assert_eq!(
+            tags(first_per_version(with_null, &spec).unwrap()),
+            ["a", "b", "c", "d"]
+        );
     }
 
     #[test]
