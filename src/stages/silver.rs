@@ -312,8 +312,11 @@ impl Silver {
             .filter(|p| p.ends_with(".parquet"))
             .collect();
         files.sort();
+        // The table as this run last left it: each file then reads only the commits since,
+        // not the whole log again (25 files replayed 325 commits' file lists in all).
+        let mut latest = None;
         for file in files {
-            let outcome = self.process_file(table, &file).await?;
+            let outcome = self.load_file(table, &file, &mut latest).await?;
             report.counts.add(&outcome.counts);
             crate::progress::add(outcome.counts.rows_out);
             match outcome.status {
@@ -348,10 +351,21 @@ impl Silver {
     /// Processes one bronze file (what the blob trigger calls), retrying when another
     /// writer commits to the same table first.
     pub async fn process_file(&self, table: &TableSpec, path: &str) -> Result<FileOutcome> {
+        self.load_file(table, path, &mut None).await
+    }
+
+    /// `process_file`, starting from `latest` (the table as a previous file left it, brought
+    /// up to date here) and leaving the table this file's commit made in it.
+    async fn load_file(
+        &self,
+        table: &TableSpec,
+        path: &str,
+        latest: &mut Option<DeltaTable>,
+    ) -> Result<FileOutcome> {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.try_file(table, path).await {
+            match self.try_file(table, path, latest).await {
                 Err(Error::Delta { source, .. })
                     if is_conflict(&source) && tries < COMMIT_TRIES =>
                 {
@@ -365,7 +379,12 @@ impl Silver {
         }
     }
 
-    async fn try_file(&self, table: &TableSpec, path: &str) -> Result<FileOutcome> {
+    async fn try_file(
+        &self,
+        table: &TableSpec,
+        path: &str,
+        latest: &mut Option<DeltaTable>,
+    ) -> Result<FileOutcome> {
         let name = table.silver_name();
         let delta_err = |e: DeltaTableError| Error::Delta {
             table: name.clone(),
@@ -392,7 +411,14 @@ impl Silver {
         };
         let file_version = meta.last_modified.timestamp_millis();
         let app_id = format!("tunelake.silver:{path}");
-        let delta = self.open(table).await?;
+        // Taken: after a failure (a conflict included) the next try opens the table afresh.
+        let delta = match latest.take() {
+            Some(mut delta) if delta.version().is_some() => {
+                delta.update_incremental(None).await.map_err(delta_err)?;
+                delta
+            }
+            _ => self.open(table).await?,
+        };
         if delta.version().is_some() {
             let loaded = delta
                 .snapshot()
@@ -401,6 +427,7 @@ impl Silver {
                 .await
                 .map_err(delta_err)?;
             if loaded.is_some_and(|v| v >= file_version) {
+                *latest = Some(delta);
                 return Ok(outcome(
                     FileStatus::AlreadyLoaded,
                     Counts::default(),
@@ -454,12 +481,9 @@ impl Silver {
                 )
                 .await
                 .map_err(delta_err)?;
-            return Ok(outcome(
-                FileStatus::Committed,
-                counts,
-                written.version(),
-                None,
-            ));
+            let version = written.version();
+            *latest = Some(written);
+            return Ok(outcome(FileStatus::Committed, counts, version, None));
         }
         // Rename targets come from another bronze column, not from bronze under their name.
         let computed: Vec<&str> = table.silver.rename.iter().map(|r| r.to.as_str()).collect();
@@ -543,6 +567,7 @@ impl Silver {
             .await
             .map_err(delta_err)?;
         let version = written.version();
+        *latest = Some(written);
         info!(
             file = path,
             rows_in = counts.rows_in,
