@@ -551,7 +551,7 @@ pub(super) async fn build(
             .await
             .map_err(df_err(name, "resolving dimension keys"))?;
         let txns = next_txns();
-        target = append_tracked(&streaming, target, name, df, &output, txns, &mut appended).await?;
+        target = append_plan(&streaming, target, name, df, &output, txns, &mut appended).await?;
     }
     for &i in &apart {
         let _ = ctx.deregister_table("changes");
@@ -570,7 +570,7 @@ pub(super) async fn build(
         };
         if streamed {
             // No key of the chunk is in the table: the rows stream straight into new files.
-            target = append_tracked(&ctx, target, name, df, &output, txns, &mut appended).await?;
+            target = append_plan(&ctx, target, name, df, &output, txns, &mut appended).await?;
         } else {
             let rows = df
                 .collect()
@@ -853,8 +853,12 @@ async fn overlaps(
 /// the two partitions of a first build); a few dozen MB is still a large file for readers.
 const FACT_FILE_BYTES: u64 = 32 << 20;
 
-/// `append_plan`, adding the files it wrote to `appended` (their rows are counted at the end).
-async fn append_tracked(
+/// Appends the rows of the query `df` in one commit carrying `txns`, streaming. A missing
+/// table is first created empty with the stored schema (every column nullable, plain strings);
+/// a crash between the two leaves an empty table with no consumed version, which the next run
+/// fills through the ordinary path. The files it wrote are added to `appended` (their rows
+/// are counted at the end).
+async fn append_plan(
     ctx: &SessionContext,
     target: DeltaTable,
     name: &str,
@@ -867,28 +871,6 @@ async fn append_tracked(
         Some(_) => target.get_file_uris().map_err(delta_err(name))?.collect(),
         None => HashSet::new(),
     };
-    let target = append_plan(ctx, target, name, df, output, txns).await?;
-    appended.extend(
-        target
-            .get_file_uris()
-            .map_err(delta_err(name))?
-            .filter(|f| !before.contains(f)),
-    );
-    Ok(target)
-}
-
-/// Appends the rows of the query `df` in one commit carrying `txns`, streaming. A missing
-/// table is first created empty with the stored schema (every column nullable, plain strings);
-/// a crash between the two leaves an empty table with no consumed version, which the next run
-/// fills through the ordinary path.
-async fn append_plan(
-    ctx: &SessionContext,
-    target: DeltaTable,
-    name: &str,
-    df: DataFrame,
-    output: &[String],
-    txns: Vec<Transaction>,
-) -> Result<DeltaTable> {
     let df = crate::lake::storable_df(df, Some(output))
         .map_err(df_err(name, "shaping the fact's rows"))?;
     let target = match target.version() {
@@ -899,7 +881,7 @@ async fn append_plan(
         }
     };
     let properties = crate::lake::parquet_properties(df.schema().as_arrow()).build();
-    target
+    let target = target
         .write(Vec::new())
         .with_writer_properties(properties)
         .with_target_file_size(std::num::NonZeroU64::new(FACT_FILE_BYTES))
@@ -908,7 +890,14 @@ async fn append_plan(
         .with_save_mode(deltalake::protocol::SaveMode::Append)
         .with_commit_properties(super::commit_properties(txns))
         .await
-        .map_err(super::delta_err(name))
+        .map_err(super::delta_err(name))?;
+    appended.extend(
+        target
+            .get_file_uris()
+            .map_err(delta_err(name))?
+            .filter(|f| !before.contains(f)),
+    );
+    Ok(target)
 }
 
 /// Adds to the report the rows (and unknown members) of the files this run appended,
