@@ -76,15 +76,19 @@ def main():
     ap.add_argument("--tunelake", required=True)
     ap.add_argument("--scale", type=float, default=1)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=42,
+                    help="gen_data.py's seed; the harness that checks us uses another one")
     ap.add_argument("--peers", nargs="+", default=["duckdb", "polars_delta", "pyspark"])
     ap.add_argument("--work", default=os.path.join(HERE, "work"))
     a = ap.parse_args()
     py = os.path.join(a.peers_dir, "venv", "bin", "python")
-    sf = f"sf{a.scale:g}"
+    # Data and outputs of another seed live beside the default's, so neither is regenerated.
+    sf = f"sf{a.scale:g}" + ("" if a.seed == 42 else f"-seed{a.seed}")
     data = os.path.join(a.work, "data", sf)
     os.makedirs(os.path.join(a.work, "logs"), exist_ok=True)
     if not os.path.exists(os.path.join(data, "manifest.json")):
-        subprocess.run([py, os.path.join(a.peers_dir, "gen_data.py"), "--scale", str(a.scale), "--out", data],
+        subprocess.run([py, os.path.join(a.peers_dir, "gen_data.py"), "--scale", str(a.scale),
+                        "--seed", str(a.seed), "--out", data],
                        check=True)
     contenders = ["tunelake"] + a.peers
     results = {c: {"full": [], "incremental": []} for c in contenders}
@@ -101,9 +105,11 @@ def main():
                       f"{r['rss_mb']:>6} MB", flush=True)
     med = {c: {s: {k: statistics.median(x[k] for x in v) for k in ("wall_s", "cpu_s", "rss_mb")}
                for s, v in steps.items()} for c, steps in results.items()}
-    lines = [f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, scale {a.scale:g}, {a.reps} repetitions",
+    lines = [f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, scale {a.scale:g}, seed {a.seed}, "
+             f"{a.reps} repetitions",
              "", f"Machine: {platform.machine()}, {os.cpu_count()} CPUs reported, {platform.platform()}. "
-             f"Command: `benches/run.sh --scale {a.scale:g} --reps {a.reps} --peers {' '.join(a.peers)}`.", "",
+             f"Command: `benches/run.sh --scale {a.scale:g} --seed {a.seed} --reps {a.reps} "
+             f"--peers {' '.join(a.peers)}`.", "",
              "| contender | full wall s | full CPU s | full peak RSS MB | incr. wall s | incr. CPU s | incr. peak RSS MB |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for c in contenders:

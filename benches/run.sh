@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tunelake against the peers (DuckDB, Polars + delta-rs, PySpark) on the same generated data:
-#   benches/run.sh --scale 10 [--reps 3] [--peers duckdb polars_delta pyspark]
+#   benches/run.sh --scale 10 [--seed 42] [--reps 3] [--peers duckdb polars_delta pyspark]
 # Sets up the peers' virtualenv (shared/peers/setup.sh), generates the data once per scale,
 # builds tunelake in release, then runs every contender full and incremental, alternating,
 # and writes benches/RESULTS.md. Not part of CI.
