@@ -957,14 +957,7 @@ fn first_per_version(
         // One integer-like key and the watermark, neither NULL (the usual case): each row is
         // one number, hashed and compared as such. Compared as row-format bytes (a memcmp per
         // probe), this set was a tenth of a fact file's silver time (perf, 10M streams).
-        Some(pairs) => {
-            let mut seen: std::collections::HashSet<u128, foldhash::fast::RandomState> =
-                std::collections::HashSet::with_capacity_and_hasher(total, Default::default());
-            pairs
-                .iter()
-                .map(|p| p.iter().map(|v| Some(seen.insert(*v))).collect())
-                .collect()
-        }
+        Some(pairs) => first_of_pairs(&pairs, total),
         // Otherwise rows are compared as their row-format bytes, borrowed from the converted
         // batches (no per-row allocation), under a fast non-cryptographic hash (the keys are
         // our own data).
@@ -999,6 +992,75 @@ fn first_per_version(
         }
     }
     Ok(out)
+}
+
+/// The first row of each (key, watermark) pair (see [`integer_pairs`]), per batch.
+///
+/// When the file's keys are dense (their range at most four times its rows, as the near-
+/// sequential ids of a fact file, or a dimension file's ids), each key gets a slot holding the
+/// first watermark it came with, and only a key that comes with a second watermark goes to a
+/// hash set. Slots are visited in the file's order, so this is a sequential pass where the
+/// set was a random probe per row: the set was a tenth of silver's time for 10M streams.
+fn first_of_pairs(pairs: &[Vec<u128>], total: usize) -> Vec<BooleanArray> {
+    let key = |p: u128| i128::from((p >> 64) as u64 as i64);
+    let (low, high) = pairs
+        .iter()
+        .flatten()
+        .fold((i128::MAX, i128::MIN), |(l, h), &p| {
+            (l.min(key(p)), h.max(key(p)))
+        });
+    match usize::try_from(high - low + 1) {
+        Ok(span) if total > 0 && span <= total.saturating_mul(4) => {
+            dense_firsts(pairs, |p| (key(p) - low) as usize, span)
+        }
+        _ => hashed_firsts(pairs, total),
+    }
+}
+
+/// [`first_of_pairs`] with a hash set of every pair.
+fn hashed_firsts(pairs: &[Vec<u128>], total: usize) -> Vec<BooleanArray> {
+    let mut seen: std::collections::HashSet<u128, foldhash::fast::RandomState> =
+        std::collections::HashSet::with_capacity_and_hasher(total, Default::default());
+    pairs
+        .iter()
+        .map(|p| p.iter().map(|v| Some(seen.insert(*v))).collect())
+        .collect()
+}
+
+/// [`first_of_pairs`] with a slot per key in `0..span` (`slot` maps a pair to it).
+fn dense_firsts(
+    pairs: &[Vec<u128>],
+    slot: impl Fn(u128) -> usize,
+    span: usize,
+) -> Vec<BooleanArray> {
+    const EMPTY: u8 = 0;
+    const ONE: u8 = 1;
+    const MANY: u8 = 2;
+    let mut state = vec![EMPTY; span];
+    let mut first = vec![0u64; span];
+    let mut many: std::collections::HashSet<u128, foldhash::fast::RandomState> = Default::default();
+    let mut is_first = |p: u128| -> bool {
+        let i = slot(p);
+        let watermark = p as u64;
+        match state[i] {
+            EMPTY => {
+                state[i] = ONE;
+                first[i] = watermark;
+                true
+            }
+            ONE if first[i] == watermark => false,
+            ONE => {
+                state[i] = MANY;
+                many.insert((p >> 64 << 64) | u128::from(first[i]));
+                many.insert(p)
+            }
+            _ => many.insert(p),
+        }
+    };
+    pairs
+        .iter()
+        .map(|p| p.iter().map(|&v| Some(is_first(v))).collect())
+        .collect()
 }
 
 /// Per batch, each row's two columns at `indices` as one number (the first in the high
@@ -1263,6 +1325,42 @@ mod tests {
         assert_eq!(
             tags(first_per_version(with_null, &spec).unwrap()),
             ["a", "b", "c", "d"]
+        );
+    }
+
+    #[test]
+    fn dense_keys_find_the_same_first_rows_as_the_hash_set() {
+        // Near-sequential ids with repeats, keys seen with several watermarks, negative keys.
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        let pairs: Vec<Vec<u128>> = (0..3)
+            .map(|_| {
+                (0..5_000)
+                    .map(|_| {
+                        let key = (next() % 6_000) as i64 - 100;
+                        let watermark = (next() % 3) as i64 * 1_000_000_007;
+                        (u128::from(key as u64) << 64) | u128::from(watermark as u64)
+                    })
+                    .collect()
+            })
+            .collect();
+        let total = 15_000;
+        let dense = first_of_pairs(&pairs, total);
+        assert_eq!(dense, hashed_firsts(&pairs, total));
+        let kept: usize = dense.iter().map(|m| m.true_count()).sum();
+        assert!(kept > 6_000 && kept < total, "{kept}");
+        // A key range far wider than the rows takes the hash set, with the same answer.
+        let sparse = vec![vec![1u128 << 100, 1, 1 << 100, 2, 1]];
+        let firsts = first_of_pairs(&sparse, 5);
+        assert_eq!(firsts, hashed_firsts(&sparse, 5));
+        assert_eq!(
+            firsts[0],
+            BooleanArray::from(vec![true, true, false, true, false])
         );
     }
 
