@@ -135,9 +135,10 @@ fn join_on(a: &str, b: &str, keys: &[String]) -> String {
         .join(" AND ")
 }
 
-/// The SQL that reads the whole silver history of every key in `changes`, sorted by key,
+/// The SQL that reads the whole silver history of every key in `changes` (`whole`: every
+/// key of silver), sorted by key,
 /// sequence value, and (for rows with the same both) the preferred row first.
-pub(super) fn history_sql(c: &DimColumns) -> String {
+pub(super) fn history_sql(c: &DimColumns, whole: bool) -> String {
     let s = q(&c.seq);
     let tiebreak: String = c
         .tiebreak
@@ -145,13 +146,26 @@ pub(super) fn history_sql(c: &DimColumns) -> String {
         .map(|t| format!(", s.{} DESC", q(t)))
         .collect();
     let attrs: String = c.attrs.iter().map(|a| format!(", s.{}", q(a))).collect();
+    // When every silver row is a change (nothing consumed yet), the join with the changed
+    // keys only drops NULL keys: a filter does that without hashing every key twice.
+    let source = if whole {
+        let not_null: String = c
+            .keys
+            .iter()
+            .map(|k| format!(" AND s.{} IS NOT NULL", q(k)))
+            .collect();
+        format!("silver AS s WHERE s.{s} IS NOT NULL{not_null}")
+    } else {
+        format!(
+            "silver AS s JOIN (SELECT DISTINCT {k} FROM changes) AS c ON {on} \
+             WHERE s.{s} IS NOT NULL",
+            k = list("", &c.keys),
+            on = join_on("s", "c", &c.keys),
+        )
+    };
     format!(
-        "SELECT {sk}, s.{s} AS __seq{attrs} \
-         FROM silver AS s JOIN (SELECT DISTINCT {k} FROM changes) AS c ON {on} \
-         WHERE s.{s} IS NOT NULL ORDER BY {sk}, s.{s}{tiebreak}",
+        "SELECT {sk}, s.{s} AS __seq{attrs} FROM {source} ORDER BY {sk}, s.{s}{tiebreak}",
         sk = list("s.", &c.keys),
-        k = list("", &c.keys),
-        on = join_on("s", "c", &c.keys),
     )
 }
 
@@ -442,7 +456,7 @@ pub(super) async fn build(
                 .map_err(df_err(name, "reading a key range"))?;
         }
         let history = ctx
-            .sql(&history_sql(&columns))
+            .sql(&history_sql(&columns, consumed.is_none()))
             .await
             .map_err(df_err(name, "reading the history of the changed keys"))?;
         let history_schema: SchemaRef = Arc::new(history.schema().as_arrow().clone());
