@@ -47,8 +47,8 @@ pub async fn delta_provider(
 /// largest single cost of writing and did not make them smaller. Plain, they were 8 bytes a
 /// value for snappy to compress (its largest cost in the profile). Delta-packed, ascending ids
 /// and timestamps take a few bits a value: at scale 10 the lake is half the size (937 -> 466
-/// MB) and the full run 13% faster (benches/RESULTS.md). Every reader we promise reads the
-/// encoding (Spark 3.3+, DuckDB, Polars, pyarrow, delta-rs).
+/// MB) and the full run 13% faster (benches/RESULTS.md). DuckDB, Polars and Spark 4.3 read
+/// the files back (checked by hand; Spark's vectorized reader has the encoding since 3.3).
 pub fn parquet_properties(
     schema: &arrow::datatypes::Schema,
 ) -> parquet::file::properties::WriterPropertiesBuilder {

@@ -955,8 +955,9 @@ fn first_per_version(
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let masks: Vec<BooleanArray> = match integer_pairs(&batches, &indices) {
         // One integer-like key and the watermark, neither NULL (the usual case): each row is
-        // one number, hashed and compared as such. Compared as row-format bytes (a memcmp per
-        // probe), this set was a tenth of a fact file's silver time (perf, 10M streams).
+        // one number, found by slot or hash (`first_of_pairs`). Compared as row-format bytes
+        // (a memcmp per probe), this set was a tenth of a fact file's silver time (perf, 10M
+        // streams).
         Some(pairs) => first_of_pairs(&pairs, total),
         // Otherwise rows are compared as their row-format bytes, borrowed from the converted
         // batches (no per-row allocation), under a fast non-cryptographic hash (the keys are

@@ -135,9 +135,9 @@ fn join_on(a: &str, b: &str, keys: &[String]) -> String {
         .join(" AND ")
 }
 
-/// The SQL that reads the whole silver history of every key in `changes` (`whole`: every
-/// key of silver), sorted by key,
-/// sequence value, and (for rows with the same both) the preferred row first.
+/// The SQL that reads the whole silver history of every key in `changes` (`whole`: of every
+/// key in silver), sorted by key, sequence value, and (for rows with the same both) the
+/// preferred row first.
 pub(super) fn history_sql(c: &DimColumns, whole: bool) -> String {
     let s = q(&c.seq);
     let tiebreak: String = c
