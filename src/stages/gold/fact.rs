@@ -169,18 +169,57 @@ impl FactColumns {
     }
 }
 
+/// The SQL function names of lookup `i`'s index (`lookup::functions`): its surrogate key's,
+/// then `<that>_<j>` for carried column `j`.
+fn index_function(i: usize) -> String {
+    format!("__pit_{i}")
+}
+
 /// `SELECT` resolving every lookup for the rows of `src` (which has the base columns), with
 /// `op` as `__op`. With `only_changed`, `src` also has `__old_<column>` for every resolved
 /// column and only rows where one of them moves are kept.
 ///
-/// Each lookup is `dimension RIGHT JOIN (rows so far)`: the dimension is the join's left,
-/// build side whenever the planner keeps the written order (`dimensions_built_once`), so one
-/// hash table per dimension serves a stream of any number of facts.
-pub(super) fn resolve_sql(c: &FactColumns, src: &str, op: &str, only_changed: bool) -> String {
+/// A lookup with an index (`indexed[i]`) is a call of its functions. Any other is
+/// `dimension RIGHT JOIN (rows so far)`: the dimension is the join's left, build side
+/// whenever the planner keeps the written order (`dimensions_built_once`), so one hash table
+/// per dimension serves a stream of any number of facts.
+pub(super) fn resolve_sql(
+    c: &FactColumns,
+    src: &str,
+    op: &str,
+    only_changed: bool,
+    indexed: &[bool],
+) -> String {
     let s = q(&c.seq);
     let mut rows = format!("{src} AS r0");
     for (i, l) in c.lookups.iter().enumerate() {
         let (d, r) = (format!("d{i}"), format!("r{i}"));
+        if indexed.get(i).copied().unwrap_or(false) {
+            let f = index_function(i);
+            let mut args: Vec<String> =
+                l.on.iter()
+                    .map(|from| {
+                        let (From::Fact(value) | From::Lookup(_, value)) = from;
+                        format!("{r}.{}", q(value))
+                    })
+                    .collect();
+            if l.scd2 {
+                args.push(format!("{r}.{s}"));
+            }
+            let args = args.join(", ");
+            let carried: String = l
+                .carried
+                .iter()
+                .enumerate()
+                .map(|(j, col)| format!(", {f}_{j}({args}) AS {}", q(col)))
+                .collect();
+            rows = format!(
+                "(SELECT {r}.*, {f}({args}) AS {sk}{carried} FROM {rows}) AS r{next}",
+                sk = q(&l.sk),
+                next = i + 1,
+            );
+            continue;
+        }
         let on: Vec<String> =
             l.on.iter()
                 .zip(&l.dim_keys)
@@ -318,14 +357,6 @@ pub(super) async fn build(
             ));
         }
     }
-    let resolve_new = resolve_sql(&columns, "src_n", "N", false);
-    let new_sql = format!("WITH {} {resolve_new}", ctes.join(", "));
-    // A chunk in which no key repeats needs no "latest row per key": every row with a
-    // sequence value is its key's latest (and silver's rows are mostly so).
-    let unique_sql = format!(
-        "WITH src_n AS (SELECT {base} FROM changes WHERE {} IS NOT NULL) {resolve_new}",
-        q(&columns.seq)
-    );
 
     // The dimensions, at the state their own last build left them, and their changes since
     // this fact last looked.
@@ -354,6 +385,8 @@ pub(super) async fn build(
             })
         }))
         .collect();
+    let mut indexed: Vec<bool> = Vec::new();
+    let mut carried_types: Vec<Schema> = Vec::new();
     for (i, l) in columns.lookups.iter().enumerate() {
         let dim = lake.delta_table(&table_path(&l.dimension)).await?;
         let Some(dim_consumed) = recorded(&dim, &consumed_app_id(&l.silver), &l.dimension).await?
@@ -366,7 +399,19 @@ pub(super) async fn build(
                 ),
             });
         };
-        cache_lookup(&ctx, &dim, l, name).await?;
+        // The type the lookup's key value has on the fact's side.
+        let fact_key = match l.on.as_slice() {
+            [From::Fact(c)] => silver_schema.field_with_name(c).ok(),
+            [From::Lookup(j, c)] => carried_types
+                .get(*j)
+                .and_then(|t| t.field_with_name(c).ok()),
+            _ => None,
+        }
+        .map(|f| f.data_type().clone());
+        let carried =
+            cache_lookup(&ctx, &dim, l, i, fact_key.as_ref(), &fact_seq_type, name).await?;
+        indexed.push(carried.1);
+        carried_types.push(carried.0);
         let lookup_id = lookup_app_id(&l.dimension);
         txns.push(Transaction::new(&lookup_id, dim_consumed));
         let Some(fact_cols) = &fact_columns else {
@@ -442,6 +487,14 @@ pub(super) async fn build(
             s = q(&columns.seq),
         ));
     }
+    let resolve_new = resolve_sql(&columns, "src_n", "N", false, &indexed);
+    let new_sql = format!("WITH {} {resolve_new}", ctes.join(", "));
+    // A chunk in which no key repeats needs no "latest row per key": every row with a
+    // sequence value is its key's latest (and silver's rows are mostly so).
+    let unique_sql = format!(
+        "WITH src_n AS (SELECT {base} FROM changes WHERE {} IS NOT NULL) {resolve_new}",
+        q(&columns.seq)
+    );
     // Re-resolved facts first, then the new rows: a key in both ends with its newest row
     // (the new rows' merge lets a newer sequence win), resolved against today's dimensions.
     let chunks = chunk_files(&changes, chunk_rows, &silver_name)?;
@@ -500,7 +553,7 @@ pub(super) async fn build(
         let sql = format!(
             "WITH aff AS ({}), src_r AS (SELECT * FROM aff) {}",
             affected.join(" UNION "),
-            resolve_sql(&columns, "src_r", "R", true)
+            resolve_sql(&columns, "src_r", "R", true, &indexed)
         );
         let df = ctx
             .sql(&sql)
@@ -686,16 +739,22 @@ async fn earliest_change(
     Ok(bounds.map(|(earliest, _)| earliest))
 }
 
-/// Registers the columns of a dimension that its lookup reads (keys, surrogate key, validity,
-/// carried columns) as an in-memory table under the dimension's name. Every chunk of new rows
-/// and the re-resolution join against it: read once, not decoded from parquet per chunk
-/// (at scale 10 that was 28 chunks times 2.2M dimension rows on a first build).
+/// Reads the columns of a dimension that its lookup uses (keys, surrogate key, validity,
+/// carried columns) once, into memory: every chunk of new rows and the re-resolution use
+/// them, instead of decoding parquet per chunk (at scale 10 that was 28 chunks times 2.2M
+/// dimension rows on a first build). They become the lookup's index and its functions
+/// (`lookup::PointInTime`) when its types allow, else an in-memory table under the
+/// dimension's name for the join. Returns the schema of the carried columns and whether the
+/// lookup is indexed.
 async fn cache_lookup(
     ctx: &SessionContext,
     dim: &DeltaTable,
     l: &Lookup,
+    i: usize,
+    fact_key: Option<&arrow::datatypes::DataType>,
+    fact_seq: &arrow::datatypes::DataType,
     name: &str,
-) -> Result<()> {
+) -> Result<(Schema, bool)> {
     let fail = |e| df_err(name, "reading a dimension for its lookup")(e);
     let raw = format!("__raw_{}", l.dimension);
     register(ctx, &raw, dim, None).await?;
@@ -721,11 +780,38 @@ async fn cache_lookup(
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(fail)?;
     let _ = ctx.deregister_table(raw.as_str());
+    let carried = schema
+        .project(
+            &l.carried
+                .iter()
+                .filter_map(|c| schema.index_of(c).ok())
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| Error::arrow(name, e))?;
+    let index = match (l.dim_keys.as_slice(), fact_key) {
+        ([key], Some(fact_key)) => {
+            let shape = super::lookup::Shape {
+                key,
+                sk: &l.sk,
+                period: l.scd2.then_some(fact_seq),
+                carried: &l.carried,
+                fact_key,
+            };
+            super::lookup::PointInTime::build(&l.dimension, &schema, &batches, &shape)?
+        }
+        _ => None,
+    };
+    if let Some(index) = index {
+        for f in super::lookup::functions(&index_function(i), index) {
+            ctx.register_udf(f);
+        }
+        return Ok((carried, true));
+    }
     let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).map_err(fail)?;
     let _ = ctx.deregister_table(l.dimension.as_str());
     ctx.register_table(l.dimension.as_str(), std::sync::Arc::new(table))
         .map_err(fail)?;
-    Ok(())
+    Ok((carried, false))
 }
 
 /// The added silver files in groups of at most `limit` rows (a bigger file is a group alone),

@@ -8,6 +8,7 @@
 
 mod dimension;
 mod fact;
+mod lookup;
 mod rewrite;
 mod views;
 

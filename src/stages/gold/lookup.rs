@@ -1,0 +1,600 @@
+//! A fact's point-in-time dimension lookups as in-memory indexes, called from SQL as scalar
+//! functions: for each fact row, the dimension version whose key equals the row's and whose
+//! period holds its sequence value.
+//!
+//! This is what `dimension RIGHT JOIN facts ON key AND valid_from <= seq AND seq < valid_to`
+//! computes, without the join: DataFusion's hash join gathers every version of a key and then
+//! filters the pairs, where here a key's versions sit side by side in one array and a probe
+//! reads one offset and one or two versions. At scale 10 the join's probes alone were a fifth
+//! of the fact's time. Only single integer keys (and periods of the fact's own sequence type)
+//! take this path; other lookups keep the join.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::{cast, concat_batches, take};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::common::exec_err;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::error::{Error, Result};
+
+/// One version of a dimension member: its period (`to` is `i64::MAX` while open) and its
+/// surrogate key, together so that a probe touches one place.
+#[derive(Debug, Clone, Copy)]
+struct Version {
+    from: i64,
+    to: i64,
+    sk: i64,
+}
+
+/// Where a key's versions are.
+enum Keys {
+    /// `offsets[k - min] .. offsets[k - min + 1]`, for keys that fill most of their range.
+    Dense {
+        min: i64,
+        offsets: Vec<u32>,
+    },
+    Sparse(HashMap<i64, (u32, u32)>),
+}
+
+/// One dimension's versions, ordered by key then `valid_from`.
+pub(super) struct PointInTime {
+    dimension: String,
+    /// Whether versions have periods (SCD2); an SCD1 member has one row.
+    periods: bool,
+    keys: Keys,
+    versions: Vec<Version>,
+    /// The carried columns, in version order.
+    carried: Vec<ArrayRef>,
+}
+
+impl std::fmt::Debug for PointInTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PointInTime")
+            .field("dimension", &self.dimension)
+            .field("versions", &self.versions.len())
+            .finish()
+    }
+}
+
+/// Types whose values compare as the `i64` they cast to.
+fn integer(t: &DataType) -> bool {
+    use DataType::*;
+    matches!(t, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32)
+}
+
+/// Types whose order is that of their `i64` values (same type on both sides).
+fn ordered_as_i64(t: &DataType) -> bool {
+    integer(t)
+        || matches!(
+            t,
+            DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+        )
+}
+
+/// What one lookup needs from the dimension's cached rows.
+pub(super) struct Shape<'a> {
+    pub key: &'a str,
+    pub sk: &'a str,
+    /// `Some(fact sequence type)` for SCD2 dimensions.
+    pub period: Option<&'a DataType>,
+    pub carried: &'a [String],
+    /// The type of the fact's value matched to the key.
+    pub fact_key: &'a DataType,
+}
+
+impl PointInTime {
+    /// The index over a dimension's rows, or `None` when its key or period types need the
+    /// join (several key columns, non-integer keys, a period of another type than the fact's
+    /// sequence).
+    pub(super) fn build(
+        dimension: &str,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        shape: &Shape,
+    ) -> Result<Option<Self>> {
+        let type_of = |c: &str| {
+            schema
+                .field_with_name(c)
+                .map(|f| f.data_type().clone())
+                .ok()
+        };
+        let Some(key_type) = type_of(shape.key) else {
+            return Ok(None);
+        };
+        if !integer(&key_type) || !integer(shape.fact_key) {
+            return Ok(None);
+        }
+        if let Some(seq) = shape.period {
+            let (from, to) = (type_of("valid_from"), type_of("valid_to"));
+            if from.as_ref() != Some(seq) || to.as_ref() != Some(seq) || !ordered_as_i64(seq) {
+                return Ok(None);
+            }
+        }
+        let fail = |e| Error::arrow(format!("the lookup index of {dimension}"), e);
+        let all = concat_batches(schema, batches).map_err(fail)?;
+        let int64 = |c: &str| -> Result<Int64Array> {
+            let column = all
+                .column_by_name(c)
+                .ok_or_else(|| Error::Gold {
+                    table: dimension.to_string(),
+                    message: format!("its lookup column {c} is missing"),
+                })?
+                .clone();
+            let column = cast(&column, &DataType::Int64).map_err(fail)?;
+            Ok(column.as_primitive::<Int64Type>().clone())
+        };
+        let key = int64(shape.key)?;
+        let sk = int64(shape.sk)?;
+        let periods = match shape.period {
+            Some(_) => Some((int64("valid_from")?, int64("valid_to")?)),
+            None => None,
+        };
+        // Rows that no fact can match (the unknown member's NULL key, a version with no start)
+        // are left out, as the join's equality and `valid_from <=` leave them out.
+        let mut order: Vec<(i64, i64, u32)> = (0..all.num_rows())
+            .filter(|&i| key.is_valid(i))
+            .filter(|&i| periods.as_ref().is_none_or(|(from, _)| from.is_valid(i)))
+            .map(|i| {
+                let from = periods.as_ref().map_or(0, |(from, _)| from.value(i));
+                (key.value(i), from, i as u32)
+            })
+            .collect();
+        order.sort_unstable();
+        let versions: Vec<Version> = order
+            .iter()
+            .map(|&(_, from, row)| {
+                let row = row as usize;
+                let to = periods
+                    .as_ref()
+                    .filter(|(_, to)| to.is_valid(row))
+                    .map_or(i64::MAX, |(_, to)| to.value(row));
+                let sk = if sk.is_valid(row) { sk.value(row) } else { -1 };
+                Version { from, to, sk }
+            })
+            .collect();
+        let rows = UInt32Array::from_iter_values(order.iter().map(|&(_, _, row)| row));
+        let mut carried = Vec::with_capacity(shape.carried.len());
+        for c in shape.carried {
+            let column = all.column_by_name(c).ok_or_else(|| Error::Gold {
+                table: dimension.to_string(),
+                message: format!("its carried column {c} is missing"),
+            })?;
+            carried.push(take(column, &rows, None).map_err(fail)?);
+        }
+        let keys = index_keys(order.iter().map(|&(k, _, _)| k), order.len());
+        Ok(Some(PointInTime {
+            dimension: dimension.to_string(),
+            periods: shape.period.is_some(),
+            keys,
+            versions,
+            carried,
+        }))
+    }
+
+    fn range(&self, key: i64) -> Range<usize> {
+        match &self.keys {
+            Keys::Dense { min, offsets } => {
+                let Some(slot) = key
+                    .checked_sub(*min)
+                    .and_then(|s| usize::try_from(s).ok())
+                    .filter(|&s| s + 1 < offsets.len())
+                else {
+                    return 0..0;
+                };
+                offsets[slot] as usize..offsets[slot + 1] as usize
+            }
+            Keys::Sparse(map) => map
+                .get(&key)
+                .map_or(0..0, |&(start, end)| start as usize..end as usize),
+        }
+    }
+
+    /// Requests the memory of `key`'s offsets, for a probe a few rows on.
+    fn prefetch_key(&self, key: i64) {
+        if let Keys::Dense { min, offsets } = &self.keys
+            && let Some(slot) = key
+                .checked_sub(*min)
+                .and_then(|s| usize::try_from(s).ok())
+                .and_then(|s| offsets.get(s))
+        {
+            prefetch(slot);
+        }
+    }
+
+    /// The version a row matches among its key's `range`: the latest one whose period holds
+    /// `seq` (periods of one member do not overlap; if they did, the join would have repeated
+    /// the fact row), or for SCD1 the member's row.
+    fn find_in(&self, mut range: Range<usize>, seq: Option<i64>) -> Option<u32> {
+        if !self.periods {
+            return (!range.is_empty()).then_some(range.start as u32);
+        }
+        let seq = seq?;
+        range
+            .rfind(|&j| {
+                let v = &self.versions[j];
+                v.from <= seq && seq < v.to
+            })
+            .map(|j| j as u32)
+    }
+
+    #[cfg(test)]
+    fn find(&self, key: i64, seq: Option<i64>) -> Option<u32> {
+        self.find_in(self.range(key), seq)
+    }
+
+    /// For each row of `keys` (and `seq`), its version's position, NULL where none matches.
+    ///
+    /// A probe is two dependent reads at random places of tables bigger than the caches (a
+    /// key's offsets, then its versions), which cost a memory latency each. Done in two
+    /// passes, first every row's range then every row's version, each read is requested
+    /// `AHEAD` rows before it is needed, so that many are in flight at once: 80 -> 31 ns a
+    /// probe, measured on 20M probes into a million keys.
+    fn positions(&self, key: &ArrayRef, seq: Option<&ArrayRef>) -> Result<UInt32Array> {
+        const AHEAD: usize = 16;
+        let fail = |e| Error::arrow(format!("looking up {}", self.dimension), e);
+        let key = cast(key, &DataType::Int64).map_err(fail)?;
+        let key = key.as_primitive::<Int64Type>();
+        let seq = match seq {
+            Some(seq) => Some(cast(seq, &DataType::Int64).map_err(fail)?),
+            None => None,
+        };
+        let seq = seq.as_ref().map(|s| s.as_primitive::<Int64Type>());
+        let keys = key.values();
+        let ranges: Vec<Range<usize>> = (0..keys.len())
+            .map(|i| {
+                if let Some(&ahead) = keys.get(i + AHEAD) {
+                    self.prefetch_key(ahead);
+                }
+                if key.is_null(i) {
+                    0..0
+                } else {
+                    self.range(keys[i])
+                }
+            })
+            .collect();
+        Ok((0..keys.len())
+            .map(|i| {
+                let ahead = ranges.get(i + AHEAD).and_then(|r| r.end.checked_sub(1));
+                if let Some(version) = ahead.and_then(|j| self.versions.get(j)) {
+                    prefetch(version);
+                }
+                let at = seq.and_then(|s| s.is_valid(i).then(|| s.value(i)));
+                self.find_in(ranges[i].clone(), at)
+            })
+            .collect())
+    }
+}
+
+/// Asks the CPU to bring `value`'s cache line in (a hint: nothing on other architectures).
+#[inline]
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: a prefetch reads nothing the program sees and cannot fault; the address is that
+    // of a live reference.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
+/// Dense offsets when the keys fill at least a quarter of their range, else a map.
+fn index_keys(sorted: impl Iterator<Item = i64> + Clone, len: usize) -> Keys {
+    let (Some(min), Some(max)) = (sorted.clone().next(), sorted.clone().last()) else {
+        return Keys::Sparse(HashMap::new());
+    };
+    let span = max.checked_sub(min).and_then(|s| usize::try_from(s).ok());
+    match span.filter(|&s| s / 4 <= len) {
+        Some(span) => {
+            let mut offsets = vec![0u32; span + 2];
+            for k in sorted {
+                offsets[(k - min) as usize + 1] += 1;
+            }
+            for slot in 1..offsets.len() {
+                offsets[slot] += offsets[slot - 1];
+            }
+            Keys::Dense { min, offsets }
+        }
+        None => {
+            let mut map: HashMap<i64, (u32, u32)> = HashMap::new();
+            for (i, k) in sorted.enumerate() {
+                let end = i as u32 + 1;
+                map.entry(k)
+                    .and_modify(|r| r.1 = end)
+                    .or_insert((end - 1, end));
+            }
+            Keys::Sparse(map)
+        }
+    }
+}
+
+/// What a lookup function returns: the surrogate key (`-1` where no version matches) or
+/// one carried column (NULL there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Output {
+    Sk,
+    Carried(usize),
+}
+
+/// `name(key, seq)` (SCD2) or `name(key)` (SCD1) over one index.
+#[derive(Debug)]
+struct LookupUdf {
+    name: String,
+    index: Arc<PointInTime>,
+    output: Output,
+    returns: DataType,
+    signature: Signature,
+}
+
+impl PartialEq for LookupUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.output == other.output
+            && Arc::ptr_eq(&self.index, &other.index)
+    }
+}
+
+impl Eq for LookupUdf {}
+
+impl Hash for LookupUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.output.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for LookupUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(self.returns.clone())
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let Some(key) = arrays.first() else {
+            return exec_err!("{} needs the key", self.name);
+        };
+        let positions = self
+            .index
+            .positions(key, arrays.get(1))
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let out: ArrayRef = match self.output {
+            Output::Sk => Arc::new(Int64Array::from_iter_values(
+                positions
+                    .iter()
+                    .map(|p| p.map_or(-1, |p| self.index.versions[p as usize].sk)),
+            )),
+            Output::Carried(c) => take(&self.index.carried[c], &positions, None)?,
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// The functions of one index: the surrogate key's, then one per carried column.
+pub(super) fn functions(prefix: &str, index: PointInTime) -> Vec<ScalarUDF> {
+    let index = Arc::new(index);
+    let args = if index.periods { 2 } else { 1 };
+    let mut outputs = vec![(prefix.to_string(), Output::Sk, DataType::Int64)];
+    for (c, column) in index.carried.iter().enumerate() {
+        let name = format!("{prefix}_{c}");
+        outputs.push((name, Output::Carried(c), column.data_type().clone()));
+    }
+    outputs
+        .into_iter()
+        .map(|(name, output, returns)| {
+            ScalarUDF::new_from_impl(LookupUdf {
+                name,
+                index: index.clone(),
+                output,
+                returns,
+                signature: Signature::any(args, Volatility::Immutable),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int32Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+
+    fn ts() -> DataType {
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    }
+
+    /// (sk, key, valid_from, valid_to, name)
+    type Row<'a> = (i64, Option<i32>, Option<i64>, Option<i64>, &'a str);
+
+    /// A dimension of rows, in the order given.
+    fn dimension(rows: &[Row]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("sk", DataType::Int64, true),
+            Field::new("id", DataType::Int32, true),
+            Field::new("valid_from", ts(), true),
+            Field::new("valid_to", ts(), true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let column = |f: fn(&Row) -> Option<i64>| {
+            TimestampMicrosecondArray::from(rows.iter().map(f).collect::<Vec<_>>())
+                .with_timezone("UTC")
+        };
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int32Array::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(column(|r| r.2)),
+                Arc::new(column(|r| r.3)),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.4))),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn index(batch: &RecordBatch, scd2: bool, fact_key: DataType) -> Option<PointInTime> {
+        let carried = ["name".to_string()];
+        let seq = ts();
+        let shape = Shape {
+            key: "id",
+            sk: "sk",
+            period: scd2.then_some(&seq),
+            carried: &carried,
+            fact_key: &fact_key,
+        };
+        PointInTime::build("dim", &batch.schema(), std::slice::from_ref(batch), &shape).unwrap()
+    }
+
+    /// Every probe against a brute-force scan of the rows with the join's rule.
+    #[test]
+    fn finds_the_version_valid_at_each_time_as_the_join_would() {
+        let rows = [
+            (-1, None, None, None, "Unknown"),
+            (12, Some(2), Some(30), None, "b2"),
+            (10, Some(1), Some(10), Some(20), "a1"),
+            (11, Some(2), Some(10), Some(30), "b1"),
+            (13, Some(1), Some(20), None, "a2"),
+            (14, Some(7), None, None, "no start"),
+            (15, Some(9), Some(50), Some(60), "i1"),
+        ];
+        let batch = dimension(&rows);
+        let pit = index(&batch, true, DataType::Int64).unwrap();
+        assert!(matches!(pit.keys, Keys::Dense { .. }));
+        for key in [None, Some(0), Some(1), Some(2), Some(7), Some(9), Some(10)] {
+            for seq in [
+                None,
+                Some(5),
+                Some(10),
+                Some(19),
+                Some(20),
+                Some(29),
+                Some(30),
+                Some(55),
+                Some(60),
+            ] {
+                let expected = rows
+                    .iter()
+                    .find(|r| {
+                        key.is_some()
+                            && r.1.map(i64::from) == key
+                            && matches!((r.2, seq), (Some(f), Some(s)) if f <= s)
+                            && match (r.3, seq) {
+                                (None, Some(_)) => true,
+                                (Some(t), Some(s)) => s < t,
+                                _ => false,
+                            }
+                    })
+                    .map(|r| r.0);
+                let found = pit
+                    .find(key.unwrap_or(0), seq)
+                    .filter(|_| key.is_some())
+                    .map(|p| pit.versions[p as usize].sk);
+                assert_eq!(found, expected, "key {key:?} at {seq:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn functions_return_minus_one_and_null_where_nothing_matches() {
+        let batch = dimension(&[
+            (1, Some(100), Some(0), None, "x"),
+            (2, Some(5_000_000), Some(0), None, "y"),
+        ]);
+        let pit = index(&batch, true, DataType::Int32).unwrap();
+        assert!(matches!(pit.keys, Keys::Sparse(_)), "two keys far apart");
+        let udfs = functions("__pit_0", pit);
+        let keys: ArrayRef = Arc::new(Int32Array::from(vec![
+            Some(5_000_000),
+            None,
+            Some(100),
+            Some(3),
+        ]));
+        let seq: ArrayRef = Arc::new(
+            TimestampMicrosecondArray::from(vec![Some(1), Some(1), None, Some(1)])
+                .with_timezone("UTC"),
+        );
+        let call = |udf: &ScalarUDF| {
+            let args = ScalarFunctionArgs {
+                args: vec![
+                    ColumnarValue::Array(keys.clone()),
+                    ColumnarValue::Array(seq.clone()),
+                ],
+                arg_fields: vec![
+                    Arc::new(Field::new("k", DataType::Int32, true)),
+                    Arc::new(Field::new("s", ts(), true)),
+                ],
+                number_rows: 4,
+                return_field: Arc::new(Field::new("out", udf.return_type(&[]).unwrap(), true)),
+                config_options: Arc::new(Default::default()),
+            };
+            match udf.invoke_with_args(args).unwrap() {
+                ColumnarValue::Array(a) => a,
+                ColumnarValue::Scalar(_) => panic!("an array"),
+            }
+        };
+        let sk = call(&udfs[0]);
+        assert_eq!(
+            sk.as_primitive::<Int64Type>().values().to_vec(),
+            [2, -1, -1, -1],
+            "NULL key, NULL time and a missing key all give the unknown member"
+        );
+        let name = call(&udfs[1]);
+        let name = name.as_string::<i32>();
+        assert_eq!(name.value(0), "y");
+        assert_eq!(name.null_count(), 3);
+    }
+
+    #[test]
+    fn scd1_matches_by_key_alone_and_other_types_keep_the_join() {
+        let batch = dimension(&[(3, Some(4), None, None, "only")]);
+        let pit = index(&batch, false, DataType::Int64).unwrap();
+        assert_eq!(pit.find(4, None), Some(0));
+        assert_eq!(pit.find(5, None), None);
+        assert!(
+            index(&batch, true, DataType::Utf8).is_none(),
+            "a text fact key"
+        );
+        let other = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let carried = [];
+        let shape = Shape {
+            key: "id",
+            sk: "sk",
+            period: Some(&other),
+            carried: &carried,
+            fact_key: &DataType::Int64,
+        };
+        let built =
+            PointInTime::build("dim", &batch.schema(), std::slice::from_ref(&batch), &shape)
+                .unwrap();
+        assert!(
+            built.is_none(),
+            "a fact sequence of another type than the periods"
+        );
+    }
+}
