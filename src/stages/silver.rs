@@ -314,9 +314,26 @@ impl Silver {
         files.sort();
         // The table as this run last left it: each file then reads only the commits since,
         // not the whole log again (25 files replayed 325 commits' file lists in all).
-        let mut latest = None;
-        for file in files {
-            let outcome = self.load_file(table, &file, &mut latest).await?;
+        let opened = self.open(table).await?;
+        let mut latest = opened.version().is_some().then_some(opened);
+        // The next file is read and cleaned while this one is written: the two halves of a
+        // file's work, on two threads. Only once the table exists, whose schema the rows are
+        // fitted to (a file that changes it has the next one prepared again).
+        let mut ahead: Option<Ahead> = None;
+        for (i, file) in files.iter().enumerate() {
+            let prepared = match ahead.take() {
+                Some(next) => next.wait().await,
+                None => None,
+            };
+            if let Some(next) = files.get(i + 1)
+                && let Some(schema) = latest.as_ref().and_then(table_schema)
+            {
+                let (lake, spec, path) = (self.lake.clone(), table.clone(), next.clone());
+                ahead = Some(Ahead(tokio::spawn(async move {
+                    prepare(&lake, &spec, &path, Some(schema)).await
+                })));
+            }
+            let outcome = self.load_file(table, file, &mut latest, prepared).await?;
             report.counts.add(&outcome.counts);
             crate::progress::add(outcome.counts.rows_out);
             match outcome.status {
@@ -327,7 +344,7 @@ impl Silver {
                     if outcome.counts.rows_dropped > 0 {
                         report
                             .quarantined_rows
-                            .push(rows_quarantine_path(table, &file));
+                            .push(rows_quarantine_path(table, file));
                     }
                 }
                 FileStatus::AlreadyLoaded | FileStatus::Vanished => report.skipped += 1,
@@ -351,21 +368,24 @@ impl Silver {
     /// Processes one bronze file (what the blob trigger calls), retrying when another
     /// writer commits to the same table first.
     pub async fn process_file(&self, table: &TableSpec, path: &str) -> Result<FileOutcome> {
-        self.load_file(table, path, &mut None).await
+        self.load_file(table, path, &mut None, None).await
     }
 
     /// `process_file`, starting from `latest` (the table as a previous file left it, brought
-    /// up to date here) and leaving the table this file's commit made in it.
+    /// up to date here) and leaving the table this file's commit made in it. `prepared` is
+    /// the file read and cleaned ahead, used if the table's schema is still the one it was
+    /// fitted to.
     async fn load_file(
         &self,
         table: &TableSpec,
         path: &str,
         latest: &mut Option<DeltaTable>,
+        mut prepared: Option<Prepared>,
     ) -> Result<FileOutcome> {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.try_file(table, path, latest).await {
+            match self.try_file(table, path, latest, prepared.take()).await {
                 Err(Error::Delta { source, .. })
                     if is_conflict(&source) && tries < COMMIT_TRIES =>
                 {
@@ -384,6 +404,7 @@ impl Silver {
         table: &TableSpec,
         path: &str,
         latest: &mut Option<DeltaTable>,
+        prepared: Option<Prepared>,
     ) -> Result<FileOutcome> {
         let name = table.silver_name();
         let delta_err = |e: DeltaTableError| Error::Delta {
@@ -436,12 +457,16 @@ impl Silver {
                 ));
             }
         }
-        let Some(bytes) = self.lake.get_opt(path).await? else {
-            return Ok(outcome(FileStatus::Vanished, Counts::default(), None, None));
+        let existing_schema = table_schema(&delta);
+        let prepared = match prepared {
+            Some(p) if p.fitted_to == existing_schema => p,
+            _ => prepare(&self.lake, table, path, existing_schema.clone()).await?,
         };
-        let batches = match read_parquet(bytes) {
-            Ok(b) => b,
-            Err(reason) => {
+        let (mut counts, schema, firsts, kept_rows, dropped) = match prepared.body {
+            Body::Vanished => {
+                return Ok(outcome(FileStatus::Vanished, Counts::default(), None, None));
+            }
+            Body::Unreadable(reason) => {
                 self.quarantine_file(table, path, &reason).await?;
                 return Ok(outcome(
                     FileStatus::Quarantined,
@@ -450,52 +475,37 @@ impl Silver {
                     Some(reason),
                 ));
             }
+            Body::Empty(counts) => {
+                // Nothing to transform: record the file in an empty commit when there is a
+                // table to record it in; before the first rows there is nothing to create.
+                let Some(existing) = existing_schema else {
+                    return Ok(outcome(FileStatus::Vanished, counts, None, None));
+                };
+                let written = delta
+                    .write(vec![RecordBatch::new_empty(existing)])
+                    .with_save_mode(SaveMode::Append)
+                    .with_commit_properties(
+                        CommitProperties::default()
+                            .with_application_transaction(Transaction::new(&app_id, file_version))
+                            .with_max_retries(0),
+                    )
+                    .await
+                    .map_err(delta_err)?;
+                let version = written.version();
+                *latest = Some(written);
+                return Ok(outcome(FileStatus::Committed, counts, version, None));
+            }
+            Body::Rows {
+                counts,
+                schema,
+                firsts,
+                kept_rows,
+                dropped,
+            } => (counts, schema, firsts, kept_rows, dropped),
         };
-        let existing_schema = match delta.version() {
-            Some(_) => Some(
-                delta
-                    .snapshot()
-                    .map_err(delta_err)?
-                    .snapshot()
-                    .arrow_schema(),
-            ),
-            None => None,
-        };
-        let mut counts = Counts {
-            rows_in: batches.iter().map(|b| b.num_rows() as u64).sum(),
-            ..Counts::default()
-        };
-        if counts.rows_in == 0 {
-            // Nothing to transform: record the file in an empty commit when there is a table
-            // to record it in; before the first rows there is nothing to create.
-            let Some(existing) = existing_schema else {
-                return Ok(outcome(FileStatus::Vanished, counts, None, None));
-            };
-            let written = delta
-                .write(vec![RecordBatch::new_empty(existing)])
-                .with_save_mode(SaveMode::Append)
-                .with_commit_properties(
-                    CommitProperties::default()
-                        .with_application_transaction(Transaction::new(&app_id, file_version))
-                        .with_max_retries(0),
-                )
-                .await
-                .map_err(delta_err)?;
-            let version = written.version();
-            *latest = Some(written);
-            return Ok(outcome(FileStatus::Committed, counts, version, None));
+        if let Some(dropped) = dropped {
+            self.quarantine_rows(table, path, dropped).await?;
         }
-        // Rename targets come from another bronze column, not from bronze under their name.
-        let computed: Vec<&str> = table.silver.rename.iter().map(|r| r.to.as_str()).collect();
-        let (batches, rescued) = rescue(
-            batches,
-            existing_schema.as_ref(),
-            &computed,
-            &table.name,
-            path,
-        )?;
-        counts.rows_rescued = rescued;
-
         let ctx = session();
         let df_err = |context: &'static str| {
             let table = table.name.clone();
@@ -506,20 +516,6 @@ impl Silver {
                 source: e,
             }
         };
-        let transformed = transform(&ctx, table, batches)
-            .map_err(df_err("applying the silver columns"))?
-            .collect()
-            .await
-            .map_err(df_err("applying the silver columns"))?;
-        let rules = table.expectations();
-        let checked = check_expectations(transformed, &rules, &table.name, path, &mut counts)?;
-        if let Some(dropped) = checked.dropped {
-            self.quarantine_rows(table, path, dropped).await?;
-        }
-
-        let kept_rows: u64 = checked.kept.iter().map(|b| b.num_rows() as u64).sum();
-        let schema = checked.schema.clone();
-        let firsts = first_per_version(checked.kept, table).map_err(|e| Error::arrow(path, e))?;
         let unique = match &existing_schema {
             Some(existing)
                 if kept_rows > 0 && existing.field_with_name(&table.cdc_column).is_ok() =>
@@ -628,6 +624,114 @@ impl Silver {
         info!(rows = batch.num_rows(), to = %path, "Rows broke drop expectations; quarantined.");
         self.lake.put(&path, Bytes::from(buffer)).await
     }
+}
+
+/// A bronze file read and cleaned, before it meets the table: what can be done for the next
+/// file while the one before it is written.
+struct Prepared {
+    /// The table schema the rows were fitted to (`None`: there was no table yet).
+    fitted_to: Option<SchemaRef>,
+    body: Body,
+}
+
+enum Body {
+    /// Gone before it could be read.
+    Vanished,
+    /// Not parquet (the reason), to be quarantined.
+    Unreadable(String),
+    /// No rows.
+    Empty(Counts),
+    /// The first row per (key, watermark) of the rows the expectations kept, and those they
+    /// dropped.
+    Rows {
+        counts: Counts,
+        schema: SchemaRef,
+        firsts: Vec<RecordBatch>,
+        kept_rows: u64,
+        dropped: Option<RecordBatch>,
+    },
+}
+
+/// The preparation of the next file, on a task of its own; dropped (an error before it is
+/// used), it is cancelled: it has written nothing.
+struct Ahead(tokio::task::JoinHandle<Result<Prepared>>);
+
+impl Ahead {
+    /// The prepared file, or `None` when preparing failed: the file is then prepared again
+    /// in its turn, where the error (a `fail` expectation, say) belongs to it.
+    async fn wait(mut self) -> Option<Prepared> {
+        (&mut self.0).await.ok().and_then(|r| r.ok())
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The table's schema, once it has one.
+fn table_schema(delta: &DeltaTable) -> Option<SchemaRef> {
+    delta.version()?;
+    delta.snapshot().ok().map(|s| s.snapshot().arrow_schema())
+}
+
+/// Reads a bronze file, fits it to the table's types (`existing`), applies the silver
+/// columns and the expectations and keeps the first row per (key, watermark). Writes
+/// nothing: quarantining is left to the commit, in file order.
+async fn prepare(
+    lake: &Lake,
+    table: &TableSpec,
+    path: &str,
+    existing: Option<SchemaRef>,
+) -> Result<Prepared> {
+    let done = |body| {
+        Ok(Prepared {
+            fitted_to: existing.clone(),
+            body,
+        })
+    };
+    let Some(bytes) = lake.get_opt(path).await? else {
+        return done(Body::Vanished);
+    };
+    let batches = match read_parquet(bytes) {
+        Ok(b) => b,
+        Err(reason) => return done(Body::Unreadable(reason)),
+    };
+    let mut counts = Counts {
+        rows_in: batches.iter().map(|b| b.num_rows() as u64).sum(),
+        ..Counts::default()
+    };
+    if counts.rows_in == 0 {
+        return done(Body::Empty(counts));
+    }
+    // Rename targets come from another bronze column, not from bronze under their name.
+    let computed: Vec<&str> = table.silver.rename.iter().map(|r| r.to.as_str()).collect();
+    let (batches, rescued) = rescue(batches, existing.as_ref(), &computed, &table.name, path)?;
+    counts.rows_rescued = rescued;
+    let ctx = session();
+    let fail = |e| Error::DataFusion {
+        table: table.name.clone(),
+        file: path.to_string(),
+        context: "applying the silver columns".to_string(),
+        source: e,
+    };
+    let transformed = transform(&ctx, table, batches)
+        .map_err(fail)?
+        .collect()
+        .await
+        .map_err(fail)?;
+    let rules = table.expectations();
+    let checked = check_expectations(transformed, &rules, &table.name, path, &mut counts)?;
+    let kept_rows: u64 = checked.kept.iter().map(|b| b.num_rows() as u64).sum();
+    let firsts = first_per_version(checked.kept, table).map_err(|e| Error::arrow(path, e))?;
+    done(Body::Rows {
+        counts,
+        schema: checked.schema,
+        firsts,
+        kept_rows,
+        dropped: checked.dropped,
+    })
 }
 
 /// Where the rows of a bronze file that broke `drop` rules go (deterministic: a retry replaces).
