@@ -303,19 +303,41 @@ impl Silver {
     }
 
     async fn catch_up(&self, table: &TableSpec, report: &mut TableReport) -> Result<()> {
-        let mut files: Vec<String> = self
+        let mut listed: Vec<object_store::ObjectMeta> = self
             .lake
             .list(&bronze_dir(&table.name))
             .await?
             .into_iter()
-            .map(|m| m.location.to_string())
-            .filter(|p| p.ends_with(".parquet"))
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
             .collect();
-        files.sort();
+        listed.sort_by(|a, b| a.location.cmp(&b.location));
         // The table as this run last left it: each file then reads only the commits since,
         // not the whole log again (25 files replayed 325 commits' file lists in all).
         let opened = self.open(table).await?;
         let mut latest = opened.version().is_some().then_some(opened);
+        // Files the table already records are passed over here, before any is read ahead
+        // (each file's commit checks again, against the table as it is then).
+        let delta_err = |source| Error::Delta {
+            table: table.silver_name(),
+            source,
+        };
+        let mut files: Vec<String> = Vec::with_capacity(listed.len());
+        for meta in listed {
+            let path = meta.location.to_string();
+            if let Some(delta) = &latest {
+                let loaded = delta
+                    .snapshot()
+                    .map_err(delta_err)?
+                    .transaction_version(delta.log_store().as_ref(), &file_app_id(&path))
+                    .await
+                    .map_err(delta_err)?;
+                if loaded.is_some_and(|v| v >= meta.last_modified.timestamp_millis()) {
+                    report.skipped += 1;
+                    continue;
+                }
+            }
+            files.push(path);
+        }
         // The next file is read and cleaned while this one is written: the two halves of a
         // file's work, on two threads. Only once the table exists, whose schema the rows are
         // fitted to (a file that changes it has the next one prepared again).
@@ -431,7 +453,7 @@ impl Silver {
             Err(e) => return Err(Error::lake(path, e)),
         };
         let file_version = meta.last_modified.timestamp_millis();
-        let app_id = format!("tunelake.silver:{path}");
+        let app_id = file_app_id(path);
         // Taken: after a failure (a conflict included) the next try opens the table afresh.
         let delta = match latest.take() {
             Some(mut delta) if delta.version().is_some() => {
@@ -624,6 +646,12 @@ impl Silver {
         info!(rows = batch.num_rows(), to = %path, "Rows broke drop expectations; quarantined.");
         self.lake.put(&path, Bytes::from(buffer)).await
     }
+}
+
+/// The app id under which silver records a bronze file (its version: the file's
+/// last-modified time in milliseconds).
+fn file_app_id(path: &str) -> String {
+    format!("tunelake.silver:{path}")
 }
 
 /// A bronze file read and cleaned, before it meets the table: what can be done for the next
