@@ -169,8 +169,8 @@ impl FactColumns {
     }
 }
 
-/// The SQL function names of lookup `i`'s index (`lookup::functions`): its surrogate key's,
-/// then `<that>_<j>` for carried column `j`.
+/// The name of lookup `i`'s surrogate-key function (`lookup::functions`); its carried columns'
+/// are `lookup::carried_function` of it.
 fn index_function(i: usize) -> String {
     format!("__pit_{i}")
 }
@@ -211,7 +211,10 @@ pub(super) fn resolve_sql(
                 .carried
                 .iter()
                 .enumerate()
-                .map(|(j, col)| format!(", {f}_{j}({args}) AS {}", q(col)))
+                .map(|(j, col)| {
+                    let c = super::lookup::carried_function(&f, j);
+                    format!(", {c}({args}) AS {}", q(col))
+                })
                 .collect();
             rows = format!(
                 "(SELECT {r}.*, {f}({args}) AS {sk}{carried} FROM {rows}) AS r{next}",
@@ -408,10 +411,10 @@ pub(super) async fn build(
             _ => None,
         }
         .map(|f| f.data_type().clone());
-        let carried =
+        let (carried, is_indexed) =
             cache_lookup(&ctx, &dim, l, i, fact_key.as_ref(), &fact_seq_type, name).await?;
-        indexed.push(carried.1);
-        carried_types.push(carried.0);
+        indexed.push(is_indexed);
+        carried_types.push(carried);
         let lookup_id = lookup_app_id(&l.dimension);
         txns.push(Transaction::new(&lookup_id, dim_consumed));
         let Some(fact_cols) = &fact_columns else {

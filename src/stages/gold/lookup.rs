@@ -14,9 +14,9 @@ use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::{cast, concat_batches, take};
-use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, take};
+use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::exec_err;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -127,8 +127,7 @@ impl PointInTime {
                     message: format!("its lookup column {c} is missing"),
                 })?
                 .clone();
-            let column = cast(&column, &DataType::Int64).map_err(fail)?;
-            Ok(column.as_primitive::<Int64Type>().clone())
+            as_i64(&column, dimension)
         };
         let key = int64(shape.key)?;
         let sk = int64(shape.sk)?;
@@ -181,11 +180,7 @@ impl PointInTime {
     fn range(&self, key: i64) -> Range<usize> {
         match &self.keys {
             Keys::Dense { min, offsets } => {
-                let Some(slot) = key
-                    .checked_sub(*min)
-                    .and_then(|s| usize::try_from(s).ok())
-                    .filter(|&s| s + 1 < offsets.len())
-                else {
+                let Some(slot) = slot(*min, key).filter(|&s| s + 1 < offsets.len()) else {
                     return 0..0;
                 };
                 offsets[slot] as usize..offsets[slot + 1] as usize
@@ -199,12 +194,9 @@ impl PointInTime {
     /// Requests the memory of `key`'s offsets, for a probe a few rows on.
     fn prefetch_key(&self, key: i64) {
         if let Keys::Dense { min, offsets } = &self.keys
-            && let Some(slot) = key
-                .checked_sub(*min)
-                .and_then(|s| usize::try_from(s).ok())
-                .and_then(|s| offsets.get(s))
+            && let Some(offset) = slot(*min, key).and_then(|s| offsets.get(s))
         {
-            prefetch(slot);
+            prefetch(offset);
         }
     }
 
@@ -238,14 +230,9 @@ impl PointInTime {
     /// probe, measured on 20M probes into a million keys.
     fn positions(&self, key: &ArrayRef, seq: Option<&ArrayRef>) -> Result<UInt32Array> {
         const AHEAD: usize = 16;
-        let fail = |e| Error::arrow(format!("looking up {}", self.dimension), e);
-        let key = cast(key, &DataType::Int64).map_err(fail)?;
-        let key = key.as_primitive::<Int64Type>();
-        let seq = match seq {
-            Some(seq) => Some(cast(seq, &DataType::Int64).map_err(fail)?),
-            None => None,
-        };
-        let seq = seq.as_ref().map(|s| s.as_primitive::<Int64Type>());
+        let key = as_i64(key, &self.dimension)?;
+        let seq = seq.map(|s| as_i64(s, &self.dimension)).transpose()?;
+        let seq = seq.as_ref();
         let keys = key.values();
         let ranges: Vec<Range<usize>> = (0..keys.len())
             .map(|i| {
@@ -272,6 +259,11 @@ impl PointInTime {
     }
 }
 
+/// A key's place among dense offsets starting at `min`, if it is not below them.
+fn slot(min: i64, key: i64) -> Option<usize> {
+    key.checked_sub(min).and_then(|s| usize::try_from(s).ok())
+}
+
 /// Asks the CPU to bring `value`'s cache line in (a hint: nothing on other architectures).
 #[inline]
 fn prefetch<T>(value: &T) {
@@ -285,6 +277,17 @@ fn prefetch<T>(value: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = value;
+}
+
+/// `column` as `i64` values (integers, dates and timestamps, as `build` admits them).
+fn as_i64(column: &ArrayRef, dimension: &str) -> Result<Int64Array> {
+    crate::lake::int_column(column).ok_or_else(|| Error::Gold {
+        table: dimension.to_string(),
+        message: format!(
+            "a lookup value of type {} is not an integer",
+            column.data_type()
+        ),
+    })
 }
 
 /// Dense offsets when the keys fill at least a quarter of their range, else a map.
@@ -394,13 +397,20 @@ impl ScalarUDFImpl for LookupUdf {
     }
 }
 
-/// The functions of one index: the surrogate key's, then one per carried column.
+/// The name of the function that returns carried column `c` of the index whose surrogate-key
+/// function is `prefix`.
+pub(super) fn carried_function(prefix: &str, c: usize) -> String {
+    format!("{prefix}_{c}")
+}
+
+/// The functions of one index: the surrogate key's (`prefix`), then one per carried column
+/// (`carried_function`).
 pub(super) fn functions(prefix: &str, index: PointInTime) -> Vec<ScalarUDF> {
     let index = Arc::new(index);
     let args = if index.periods { 2 } else { 1 };
     let mut outputs = vec![(prefix.to_string(), Output::Sk, DataType::Int64)];
     for (c, column) in index.carried.iter().enumerate() {
-        let name = format!("{prefix}_{c}");
+        let name = carried_function(prefix, c);
         outputs.push((name, Output::Carried(c), column.data_type().clone()));
     }
     outputs
@@ -420,7 +430,8 @@ pub(super) fn functions(prefix: &str, index: PointInTime) -> Vec<ScalarUDF> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int32Array, StringArray, TimestampMicrosecondArray};
+    use arrow::array::{AsArray, Int32Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::Int64Type;
     use arrow::datatypes::{Field, Schema, TimeUnit};
 
     fn ts() -> DataType {
