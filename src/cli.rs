@@ -272,7 +272,18 @@ pub async fn run(cli: Cli) -> Result<bool> {
             let lake = Lake::connect(&cli.lake).await?;
             let run_id = new_run_id();
             let mut ok = true;
-            if stage.is_none_or(|s| s == Stage::Ingest) {
+            if stage.is_none() {
+                let flow = runs::flow(&run_id, &cli.source, &lake, &pipeline, &tables).await?;
+                if !cli.quiet {
+                    print_ingest(&flow.ingest);
+                    print_silver(&flow.silver);
+                    print_gold(&flow.gold);
+                }
+                return Ok(report_errors(&flow.ingest)
+                    & report_silver_errors(&flow.silver)
+                    & report_gold_errors(&flow.gold));
+            }
+            if stage == Some(Stage::Ingest) {
                 let report =
                     runs::ingest(&run_id, &cli.source, &lake, &pipeline, &tables, None).await?;
                 if !cli.quiet {
@@ -280,14 +291,14 @@ pub async fn run(cli: Cli) -> Result<bool> {
                 }
                 ok &= report_errors(&report);
             }
-            if stage.is_none_or(|s| s == Stage::Silver) {
+            if stage == Some(Stage::Silver) {
                 let report = runs::silver(&run_id, &lake, &pipeline, &tables).await?;
                 if !cli.quiet {
                     print_silver(&report);
                 }
                 ok &= report_silver_errors(&report);
             }
-            if stage.is_none_or(|s| s == Stage::Gold) {
+            if stage == Some(Stage::Gold) {
                 let report = runs::gold(&run_id, &lake, &pipeline, &tables).await?;
                 if !cli.quiet {
                     print_gold(&report);
@@ -667,15 +678,15 @@ const DEMO_QUERIES: [(&str, &str); 5] = [
     ),
 ];
 
-/// One demo round: the three stages under one run id, each printed; false when a table failed.
+/// One demo round: the whole pipeline as one run, each stage printed; false when a table failed.
 async fn demo_round(run_id: &str, source: &str, lake: &Lake, pipeline: &Pipeline) -> Result<bool> {
-    let ingest = runs::ingest(run_id, source, lake, pipeline, &pipeline.tables, None).await?;
-    print_ingest(&ingest);
-    let silver = runs::silver(run_id, lake, pipeline, &pipeline.tables).await?;
-    print_silver(&silver);
-    let gold = runs::gold(run_id, lake, pipeline, &pipeline.tables).await?;
-    print_gold(&gold);
-    Ok(report_errors(&ingest) & report_silver_errors(&silver) & report_gold_errors(&gold))
+    let flow = runs::flow(run_id, source, lake, pipeline, &pipeline.tables).await?;
+    print_ingest(&flow.ingest);
+    print_silver(&flow.silver);
+    print_gold(&flow.gold);
+    Ok(report_errors(&flow.ingest)
+        & report_silver_errors(&flow.silver)
+        & report_gold_errors(&flow.gold))
 }
 
 /// Builds the report of a run and writes it to `out`.

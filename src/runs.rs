@@ -1,10 +1,15 @@
 //! One run of a stage, as the command line and the Function App start it: the stage itself,
-//! its rows in the event log, and one alert when a table failed.
+//! its rows in the event log, and one alert when a table failed. Also the whole pipeline as
+//! one run ([`flow`]), where each table moves on as soon as what it needs is done.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+use tokio::sync::{Semaphore, watch};
+
 use crate::alert::{self, Alert, Failure, Graph};
-use crate::config::{Pipeline, TableSpec};
+use crate::config::{GoldKind, Pipeline, TableSpec};
 use crate::error::Result;
 use crate::lake::{Lake, events};
 use crate::stages::Status;
@@ -33,10 +38,16 @@ pub async fn ingest(
     .with_from(from)
     .run(tables)
     .await;
+    ingested(lake, &report, started).await?;
+    Ok(report)
+}
+
+/// Records an ingest run in the event log and alerts on its failed tables.
+async fn ingested(lake: &Lake, report: &IngestReport, started: DateTime<Utc>) -> Result<()> {
     events::append(lake, &report.events(started)).await?;
     let failed = report.tables.iter().map(|t| (&t.table, t.status, &t.error));
     notify(lake, &report.run_id, "ingest", failures(failed)).await;
-    Ok(report)
+    Ok(())
 }
 
 /// Loads every bronze file of `tables` that silver has not recorded.
@@ -50,6 +61,12 @@ pub async fn silver(
     let report = Silver::new(lake.clone(), pipeline.settings.clone(), run_id)
         .run(tables)
         .await;
+    silvered(lake, &report, started).await?;
+    Ok(report)
+}
+
+/// Records a silver run in the event log and alerts on its failed tables and quarantines.
+async fn silvered(lake: &Lake, report: &SilverReport, started: DateTime<Utc>) -> Result<()> {
     events::append(lake, &report.events(started)).await?;
     let failures = report
         .events(started)
@@ -62,7 +79,7 @@ pub async fn silver(
         })
         .collect();
     notify(lake, &report.run_id, "silver", failures).await;
-    Ok(report)
+    Ok(())
 }
 
 /// Brings the gold tables of `tables` (and the views) up to date.
@@ -74,9 +91,137 @@ pub async fn gold(
 ) -> Result<GoldReport> {
     let started = chrono::Utc::now();
     let report = Gold::new(lake.clone(), run_id).run(pipeline, tables).await;
+    golden(lake, &report, started).await?;
+    Ok(report)
+}
+
+/// Records a gold run in the event log and alerts on its failed tables.
+async fn golden(lake: &Lake, report: &GoldReport, started: DateTime<Utc>) -> Result<()> {
     events::append(lake, &report.events(started)).await?;
     let failed = report.tables.iter().map(|t| (&t.table, t.status, &t.error));
     notify(lake, &report.run_id, "gold", failures(failed)).await;
+    Ok(())
+}
+
+/// What a whole-pipeline run did, stage by stage.
+pub struct FlowReport {
+    pub ingest: IngestReport,
+    pub silver: SilverReport,
+    pub gold: GoldReport,
+}
+
+/// The whole pipeline over `tables` as one run, without waiting for a stage to finish every
+/// table: a table goes on to silver as soon as its own ingest is done, a dimension to gold as
+/// soon as its silver is, and a fact's gold as soon as its own silver is, reading each
+/// dimension it looks up (of those in `tables`) once that one is built; the views come last,
+/// when every table of the pipeline is in `tables`. Each stage does exactly what it does when run alone, as the Function App's
+/// triggers run it, and takes at most `max_concurrency` tables at once; only the idle time
+/// between stages goes (a small table no longer waits for the largest one's ingest).
+/// The event log and alerts are per stage, as for the stages run one by one.
+pub async fn flow(
+    run_id: &str,
+    source_url: &str,
+    lake: &Lake,
+    pipeline: &Pipeline,
+    tables: &[TableSpec],
+) -> Result<FlowReport> {
+    let source = crate::source::open(source_url).await?;
+    let limit = pipeline.settings.max_concurrency.max(1);
+    // Ingest, silver, gold dimensions, gold facts. Facts have their own: one waiting for a
+    // dimension must not hold a place that dimension needs.
+    let gates: [Semaphore; 4] = std::array::from_fn(|_| Semaphore::new(limit));
+    let gold = Arc::new(Gold::new(lake.clone(), run_id));
+    let is = |t: &TableSpec, kind: GoldKind| t.gold.as_ref().is_some_and(|g| g.kind == kind);
+    // Each dimension's gold build says when it is over, failed or not: a fact then resolves
+    // against whatever it left, as after a gold stage in which that dimension failed.
+    let (mut announcers, built): (HashMap<_, _>, HashMap<_, _>) = tables
+        .iter()
+        .filter(|t| is(t, GoldKind::Dimension))
+        .filter_map(|t| t.gold.as_ref())
+        .map(|g| {
+            let (tx, rx) = watch::channel(false);
+            ((g.name.clone(), tx), (g.name.clone(), rx))
+        })
+        .unzip();
+    let chains = tables.iter().map(|table| {
+        let mut waits = crate::stages::gold::Built::default();
+        for l in table.gold.iter().flat_map(|g| &g.lookups) {
+            if let Some(done) = built.get(&l.dimension) {
+                waits.expect(&l.dimension, done.clone());
+            }
+        }
+        let announce = table.gold.as_ref().and_then(|g| announcers.remove(&g.name));
+        let (source, gates, gold) = (source.clone(), &gates, gold.clone());
+        async move {
+            let one = std::slice::from_ref(table);
+            let mut started = [Utc::now(); 3];
+            let ingest = {
+                let _gate = gates[0].acquire().await;
+                started[0] = Utc::now();
+                Ingest::new(source, lake.clone(), pipeline.settings.clone(), run_id)
+                    .run(one)
+                    .await
+            };
+            let silver = {
+                let _gate = gates[1].acquire().await;
+                started[1] = Utc::now();
+                Silver::new(lake.clone(), pipeline.settings.clone(), run_id)
+                    .run(one)
+                    .await
+            };
+            let gold = {
+                let _gate = gates[if is(table, GoldKind::Fact) { 3 } else { 2 }]
+                    .acquire()
+                    .await;
+                started[2] = Utc::now();
+                gold.tables(pipeline, one, &waits).await
+            };
+            if let Some(tx) = announce {
+                let _ = tx.send(true);
+            }
+            (ingest.tables, silver.tables, gold, started)
+        }
+    });
+    let done = futures::future::join_all(chains).await;
+    let first = |stage: usize| {
+        done.iter()
+            .map(|d| d.3[stage])
+            .min()
+            .unwrap_or_else(Utc::now)
+    };
+    let started = [first(0), first(1), first(2)];
+    let mut report = FlowReport {
+        ingest: IngestReport {
+            run_id: run_id.to_string(),
+            tables: Vec::new(),
+        },
+        silver: SilverReport {
+            run_id: run_id.to_string(),
+            tables: Vec::new(),
+        },
+        gold: GoldReport {
+            run_id: run_id.to_string(),
+            tables: Vec::new(),
+        },
+    };
+    let mut facts = Vec::new();
+    for ((ingest, silver, gold, _), table) in done.into_iter().zip(tables) {
+        report.ingest.tables.extend(ingest);
+        report.silver.tables.extend(silver);
+        // Reported as a gold stage run reports them: dimensions, then facts, then views.
+        if is(table, GoldKind::Fact) {
+            facts.extend(gold);
+        } else {
+            report.gold.tables.extend(gold);
+        }
+    }
+    report.gold.tables.extend(facts);
+    if pipeline.tables.iter().all(|t| tables.contains(t)) {
+        report.gold.tables.extend(gold.views(pipeline).await);
+    }
+    ingested(lake, &report.ingest, started[0]).await?;
+    silvered(lake, &report.silver, started[1]).await?;
+    golden(lake, &report.gold, started[2]).await?;
     Ok(report)
 }
 

@@ -288,6 +288,7 @@ pub(super) async fn build(
     table: &TableSpec,
     all: &[TableSpec],
     chunk_rows: usize,
+    built: &super::Built,
     report: &mut TableReport,
 ) -> Result<()> {
     let Some(gold) = &table.gold else {
@@ -361,6 +362,40 @@ pub(super) async fn build(
         }
     }
 
+    // The chunks of new rows need no dimension: in a whole-pipeline run they are read
+    // while the dimensions are still being built.
+    let chunks = chunk_files(&changes, chunk_rows, &silver_name)?;
+    let mut shapes = Vec::with_capacity(chunks.len());
+    for chunk in &chunks {
+        let _ = ctx.deregister_table("changes");
+        register(&ctx, "changes", &changes.table, Some(chunk)).await?;
+        shapes.push(chunk_keys(&ctx, &columns.keys, name).await?);
+    }
+    // A chunk whose keys are unique, in a range no other chunk's keys reach and not yet in
+    // the table needs neither "latest row per key" nor a merge, whenever it is written. All
+    // such chunks stream through ONE query: each dimension's hash table is built once, not
+    // once per chunk (at scale 10, 25 chunks each re-hashed two million dimension rows).
+    let mut together: Vec<usize> = Vec::new();
+    for (i, shape) in shapes.iter().enumerate() {
+        let Some(range) = shape.range.as_ref().filter(|_| shape.unique) else {
+            continue;
+        };
+        let alone = shapes
+            .iter()
+            .enumerate()
+            .all(|(j, other)| j == i || other.range.as_ref().is_none_or(|o| disjoint(range, o)));
+        if !alone {
+            continue;
+        }
+        if target.version().is_some() {
+            let _ = ctx.deregister_table("changes");
+            register(&ctx, "changes", &changes.table, Some(&chunks[i])).await?;
+            if overlaps(&ctx, &target, name, &columns.keys, range).await? {
+                continue;
+            }
+        }
+        together.push(i);
+    }
     // The dimensions, at the state their own last build left them, and their changes since
     // this fact last looked.
     let mut affected: Vec<String> = Vec::new();
@@ -388,31 +423,45 @@ pub(super) async fn build(
             })
         }))
         .collect();
-    let mut indexed: Vec<bool> = Vec::new();
-    let mut carried_types: Vec<Schema> = Vec::new();
-    for (i, l) in columns.lookups.iter().enumerate() {
-        let dim = lake.delta_table(&table_path(&l.dimension)).await?;
-        let Some(dim_consumed) = recorded(&dim, &consumed_app_id(&l.silver), &l.dimension).await?
-        else {
-            return Err(Error::Gold {
-                table: name.to_string(),
-                message: format!(
-                    "it looks up gold.{} which has not been built (see that table's error, or load silver.{} first)",
-                    l.dimension, l.silver
-                ),
-            });
-        };
-        // The type the lookup's key value has on the fact's side.
-        let fact_key = match l.on.as_slice() {
+    // The type a lookup's key value has on the fact's side.
+    let fact_key = |l: &Lookup, carried_types: &[Schema]| {
+        match l.on.as_slice() {
             [From::Fact(c)] => silver_schema.field_with_name(c).ok(),
             [From::Lookup(j, c)] => carried_types
                 .get(*j)
                 .and_then(|t| t.field_with_name(c).ok()),
             _ => None,
         }
-        .map(|f| f.data_type().clone());
-        let (carried, is_indexed) =
-            cache_lookup(&ctx, &dim, l, i, fact_key.as_ref(), &fact_seq_type, name).await?;
+        .map(|f| f.data_type().clone())
+    };
+    // Lookups keyed by fact columns read their dimensions side by side, each once it is
+    // built: one dimension still being built holds up none of the others. A lookup keyed by
+    // a carried column needs its predecessor's types, so it is read in turn below.
+    let mut opened =
+        futures::future::try_join_all(columns.lookups.iter().enumerate().map(|(i, l)| {
+            let direct = l.on.iter().all(|f| matches!(f, From::Fact(_)));
+            let key = fact_key(l, &[]);
+            let (ctx, fact_seq_type) = (&ctx, &fact_seq_type);
+            async move {
+                if !direct {
+                    return Ok(None);
+                }
+                let opened =
+                    open_lookup(ctx, lake, built, l, i, key.as_ref(), fact_seq_type, name).await?;
+                Ok::<_, Error>(Some(opened))
+            }
+        }))
+        .await?;
+    let mut indexed: Vec<bool> = Vec::new();
+    let mut carried_types: Vec<Schema> = Vec::new();
+    for (i, l) in columns.lookups.iter().enumerate() {
+        let (dim_consumed, carried, is_indexed) = match opened.get_mut(i).and_then(Option::take) {
+            Some(opened) => opened,
+            None => {
+                let key = fact_key(l, &carried_types);
+                open_lookup(&ctx, lake, built, l, i, key.as_ref(), &fact_seq_type, name).await?
+            }
+        };
         indexed.push(is_indexed);
         carried_types.push(carried);
         let lookup_id = lookup_app_id(&l.dimension);
@@ -500,38 +549,6 @@ pub(super) async fn build(
     );
     // Re-resolved facts first, then the new rows: a key in both ends with its newest row
     // (the new rows' merge lets a newer sequence win), resolved against today's dimensions.
-    let chunks = chunk_files(&changes, chunk_rows, &silver_name)?;
-    let mut shapes = Vec::with_capacity(chunks.len());
-    for chunk in &chunks {
-        let _ = ctx.deregister_table("changes");
-        register(&ctx, "changes", &changes.table, Some(chunk)).await?;
-        shapes.push(chunk_keys(&ctx, &columns.keys, name).await?);
-    }
-    // A chunk whose keys are unique, in a range no other chunk's keys reach and not yet in
-    // the table needs neither "latest row per key" nor a merge, whenever it is written. All
-    // such chunks stream through ONE query: each dimension's hash table is built once, not
-    // once per chunk (at scale 10, 25 chunks each re-hashed two million dimension rows).
-    let mut together: Vec<usize> = Vec::new();
-    for (i, shape) in shapes.iter().enumerate() {
-        let Some(range) = shape.range.as_ref().filter(|_| shape.unique) else {
-            continue;
-        };
-        let alone = shapes
-            .iter()
-            .enumerate()
-            .all(|(j, other)| j == i || other.range.as_ref().is_none_or(|o| disjoint(range, o)));
-        if !alone {
-            continue;
-        }
-        if target.version().is_some() {
-            let _ = ctx.deregister_table("changes");
-            register(&ctx, "changes", &changes.table, Some(&chunks[i])).await?;
-            if overlaps(&ctx, &target, name, &columns.keys, range).await? {
-                continue;
-            }
-        }
-        together.push(i);
-    }
     let apart: Vec<usize> = (0..chunks.len())
         .filter(|i| !together.contains(i))
         .collect();
@@ -742,6 +759,36 @@ async fn earliest_change(
     Ok(bounds.map(|(earliest, _)| earliest))
 }
 
+/// Reads lookup `i`'s dimension once it is built (see [`cache_lookup`]). Returns the silver
+/// version the dimension has consumed, the schema of the carried columns and whether the
+/// lookup is indexed.
+#[allow(clippy::too_many_arguments)]
+async fn open_lookup(
+    ctx: &SessionContext,
+    lake: &Lake,
+    built: &super::Built,
+    l: &Lookup,
+    i: usize,
+    fact_key: Option<&arrow::datatypes::DataType>,
+    fact_seq: &arrow::datatypes::DataType,
+    name: &str,
+) -> Result<(i64, Schema, bool)> {
+    built.wait(&l.dimension).await;
+    let dim = lake.delta_table(&table_path(&l.dimension)).await?;
+    let Some(dim_consumed) = recorded(&dim, &consumed_app_id(&l.silver), &l.dimension).await?
+    else {
+        return Err(Error::Gold {
+            table: name.to_string(),
+            message: format!(
+                "it looks up gold.{} which has not been built (see that table's error, or load silver.{} first)",
+                l.dimension, l.silver
+            ),
+        });
+    };
+    let (carried, indexed) = cache_lookup(ctx, &dim, l, i, fact_key, fact_seq, name).await?;
+    Ok((dim_consumed, carried, indexed))
+}
+
 /// Reads the columns of a dimension that its lookup uses (keys, surrogate key, validity,
 /// carried columns) once, into memory: every chunk of new rows and the re-resolution use
 /// them, instead of decoding parquet per chunk (at scale 10 that was 28 chunks times 2.2M
@@ -759,7 +806,7 @@ async fn cache_lookup(
     name: &str,
 ) -> Result<(Schema, bool)> {
     let fail = |e| df_err(name, "reading a dimension for its lookup")(e);
-    let raw = format!("__raw_{}", l.dimension);
+    let raw = format!("__raw_{i}");
     register(ctx, &raw, dim, None).await?;
     let mut wanted: Vec<&String> = l.dim_keys.iter().chain([&l.sk]).collect();
     let period = ["valid_from".to_string(), "valid_to".to_string()];

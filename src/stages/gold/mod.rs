@@ -12,6 +12,7 @@ mod lookup;
 mod rewrite;
 mod views;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +20,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use serde::Serialize;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::Status;
@@ -171,6 +173,24 @@ impl Gold {
     /// table of the pipeline is in `only`.
     pub async fn run(self, pipeline: &Pipeline, only: &[TableSpec]) -> GoldReport {
         let this = Arc::new(self);
+        let mut tables = this.tables(pipeline, only, &Built::default()).await;
+        if pipeline.tables.iter().all(|t| only.contains(t)) {
+            tables.extend(this.views(pipeline).await);
+        }
+        GoldReport {
+            run_id: this.run_id.clone(),
+            tables,
+        }
+    }
+
+    /// Brings the gold tables of `only` up to date with silver: dimensions first, then facts.
+    /// A fact also waits, where it first reads one, for the dimensions `built` names.
+    pub async fn tables(
+        self: &Arc<Self>,
+        pipeline: &Pipeline,
+        only: &[TableSpec],
+        built: &Built,
+    ) -> Vec<TableReport> {
         let of_kind = |kind: GoldKind| -> Vec<TableSpec> {
             only.iter()
                 .filter(|t| t.gold.as_ref().is_some_and(|g| g.kind == kind))
@@ -180,8 +200,9 @@ impl Gold {
         let mut tables = Vec::new();
         // Dimensions are independent of each other; facts need them all.
         for kind in [GoldKind::Dimension, GoldKind::Fact] {
-            let worker = this.clone();
+            let worker = self.clone();
             let dims = Arc::new(pipeline.tables.clone());
+            let built = built.clone();
             let chunks = (
                 pipeline.settings.chunk_rows as usize,
                 pipeline.settings.dimension_chunk_keys as usize,
@@ -189,12 +210,13 @@ impl Gold {
             let reports = super::per_table(
                 &of_kind(kind),
                 pipeline.settings.max_concurrency,
-                &this.run_id,
+                &self.run_id,
                 "gold",
                 move |table| {
                     let this = worker.clone();
                     let all = dims.clone();
-                    async move { this.table(&table, &all, chunks).await }
+                    let built = built.clone();
+                    async move { this.table(&table, &all, chunks, &built).await }
                 },
                 |table, message| {
                     let mut r = report_for(table);
@@ -206,18 +228,23 @@ impl Gold {
             .await;
             tables.extend(reports);
         }
-        let all_tables = pipeline.tables.iter().all(|t| only.contains(t));
-        for view in pipeline.views.iter().filter(|_| all_tables) {
+        tables
+    }
+
+    /// Refreshes the business views, in the pipeline's order.
+    pub async fn views(&self, pipeline: &Pipeline) -> Vec<TableReport> {
+        let mut tables = Vec::new();
+        for view in &pipeline.views {
             let start = Instant::now();
             let tracker = crate::progress::Tracker::start("gold", &view.name);
             let mut report = TableReport::new(&view.name, "view", None);
-            match views::refresh(&this.lake, pipeline, view).await {
+            match views::refresh(&self.lake, pipeline, view).await {
                 Ok(Some((rows, version))) => {
                     report.status = Status::Ok;
                     report.inserted = rows;
                     report.version = version;
                 }
-                Ok(None) => report.version = current_version(&this.lake, &view.name).await,
+                Ok(None) => report.version = current_version(&self.lake, &view.name).await,
                 Err(e) => {
                     warn!(view = %view.name, error = %e, "The view failed.");
                     report.status = Status::Failed;
@@ -228,10 +255,7 @@ impl Gold {
             tracker.finish(report.status.as_str(), report.inserted);
             tables.push(report);
         }
-        GoldReport {
-            run_id: this.run_id.clone(),
-            tables,
-        }
+        tables
     }
 
     /// Builds one gold table; `chunks` is (fact rows, dimension keys) per chunk.
@@ -240,6 +264,7 @@ impl Gold {
         table: &TableSpec,
         all: &[TableSpec],
         chunks: (usize, usize),
+        built: &Built,
     ) -> TableReport {
         let start = Instant::now();
         let mut report = report_for(table);
@@ -251,7 +276,7 @@ impl Gold {
                     dimension::build(&self.lake, table, chunks.1, &mut report).await
                 }
                 Some(GoldKind::Fact) => {
-                    fact::build(&self.lake, table, all, chunks.0, &mut report).await
+                    fact::build(&self.lake, table, all, chunks.0, built, &mut report).await
                 }
                 None => Ok(()),
             };
@@ -276,6 +301,28 @@ impl Gold {
         }
         report.seconds = start.elapsed().as_secs_f64();
         report
+    }
+}
+
+/// The dimensions still being built while a fact's gold starts (in a whole-pipeline run,
+/// `runs::flow`): each says when its build is over, failed or not. A fact reads a dimension
+/// only after that; meanwhile it does the work that needs none (its silver changes, its
+/// chunks, the dimensions already built). Empty when the dimensions were built before.
+#[derive(Debug, Clone, Default)]
+pub struct Built(HashMap<String, watch::Receiver<bool>>);
+
+impl Built {
+    /// The dimension `name` will say on `done` when its build is over.
+    pub fn expect(&mut self, name: &str, done: watch::Receiver<bool>) {
+        self.0.insert(name.to_string(), done);
+    }
+
+    /// Returns once the dimension `name` is not being built.
+    pub(super) async fn wait(&self, name: &str) {
+        if let Some(done) = self.0.get(name) {
+            // An error means the build's task is gone: nothing left to wait for.
+            let _ = done.clone().wait_for(|done| *done).await;
+        }
     }
 }
 
