@@ -374,6 +374,20 @@ fn the_whole_pipeline_as_one_run_equals_the_stages_run_one_by_one() {
         for stage in ["ingest", "silver", "gold"] {
             run(&["--lake", "staged", "run", "--stage", stage]);
         }
+        for silver in ["users", "artists", "tracks", "dates", "streams"] {
+            let count = |lake: &str| {
+                let sql = format!("SELECT count(*) AS n FROM silver.{silver}");
+                let (code, out, err) =
+                    tunelake(d, &["--lake", lake, "sql", &sql, "--format", "csv"]);
+                assert_eq!(code, 0, "{err}");
+                out
+            };
+            assert_eq!(
+                count("flow"),
+                count("staged"),
+                "round {round}, silver.{silver}"
+            );
+        }
         let (flow, staged) = (gold_tables(d, "flow"), gold_tables(d, "staged"));
         for ((table, want), (_, got)) in staged.iter().zip(&flow) {
             assert!(!want.is_empty(), "{table} is empty");
