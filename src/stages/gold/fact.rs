@@ -678,6 +678,7 @@ pub(super) async fn build(
 }
 
 /// What one chunk of new rows holds, from its first key column alone.
+#[derive(Debug, PartialEq)]
 struct ChunkKeys {
     rows: u64,
     /// No key repeats and none is NULL (known for one key column; with more, assumed false).
@@ -689,6 +690,90 @@ struct ChunkKeys {
 /// Counts the rows of `changes`, and the distinct and non-null values of its first key column
 /// and their range, in one aggregate.
 async fn chunk_keys(ctx: &SessionContext, keys: &[String], name: &str) -> Result<ChunkKeys> {
+    if let [key] = keys
+        && let Some(shape) = integer_chunk_keys(ctx, key, name).await?
+    {
+        return Ok(shape);
+    }
+    sql_chunk_keys(ctx, keys, name).await
+}
+
+/// [`chunk_keys`] for one integer key column (of a type that fits in 64-bit signed), without
+/// the hash aggregate of `COUNT(DISTINCT)`: at scale 10 that was 0.9 s of the fact's
+/// critical path for 25 chunks, reading the column 0.06 s. Repeats are found with a bitmap
+/// over the chunk's key range when it is dense (fact keys mostly are), else by sorting.
+/// `None` for any other key type.
+async fn integer_chunk_keys(
+    ctx: &SessionContext,
+    key: &str,
+    name: &str,
+) -> Result<Option<ChunkKeys>> {
+    use arrow::datatypes::DataType::*;
+    let fail = |e| df_err(name, "reading silver changes")(e);
+    let df = ctx
+        .table("changes")
+        .await
+        .map_err(fail)?
+        .select(vec![datafusion::prelude::col(
+            datafusion::common::Column::from_name(key),
+        )])
+        .map_err(fail)?;
+    let key_type = df.schema().field(0).data_type().clone();
+    if !matches!(
+        key_type,
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32
+    ) {
+        return Ok(None);
+    }
+    let batches = df.collect().await.map_err(fail)?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut values: Vec<i64> = Vec::with_capacity(rows);
+    for batch in &batches {
+        let Some(column) = crate::lake::int_column(batch.column(0)) else {
+            return Ok(None);
+        };
+        values.extend(column.iter().flatten());
+    }
+    let (Some(&lo), Some(&hi)) = (values.iter().min(), values.iter().max()) else {
+        return Ok(Some(ChunkKeys {
+            rows: rows as u64,
+            unique: rows == 0,
+            range: None,
+        }));
+    };
+    let range = |v: i64| ScalarValue::Int64(Some(v)).cast_to(&key_type).map_err(fail);
+    let range = Some((range(lo)?, range(hi)?));
+    // NULL keys are not distinct values: they make the chunk "repeating", the safe side.
+    let unique = values.len() == rows && !repeats(&mut values, lo, hi);
+    Ok(Some(ChunkKeys {
+        rows: rows as u64,
+        unique,
+        range,
+    }))
+}
+
+/// Whether a value occurs twice in `values`, all within `lo..=hi` (may reorder them).
+fn repeats(values: &mut [i64], lo: i64, hi: i64) -> bool {
+    let width = (i128::from(hi) - i128::from(lo) + 1) as u128;
+    if width <= 64 * values.len() as u128 {
+        let mut seen = vec![0u64; (width as usize).div_ceil(64)];
+        for &v in values.iter() {
+            let at = (v - lo) as usize;
+            let (word, bit) = (at / 64, 1u64 << (at % 64));
+            if seen[word] & bit != 0 {
+                return true;
+            }
+            seen[word] |= bit;
+        }
+        false
+    } else {
+        values.sort_unstable();
+        values.windows(2).any(|w| w[0] == w[1])
+    }
+}
+
+/// [`chunk_keys`] by SQL, for any key.
+async fn sql_chunk_keys(ctx: &SessionContext, keys: &[String], name: &str) -> Result<ChunkKeys> {
     let fail = |e| df_err(name, "reading silver changes")(e);
     let batches = ctx
         .sql(&format!(
@@ -1070,4 +1155,91 @@ async fn count_appended(
         *unknown += value(i + 1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+
+    async fn both(column: ArrayRef) -> (Option<ChunkKeys>, ChunkKeys) {
+        let ctx = SessionContext::new();
+        let batch = RecordBatch::try_from_iter([("k", column)]).unwrap();
+        // Two batches, so a repeat can straddle them.
+        let half = batch.num_rows() / 2;
+        let batches = vec![
+            batch.slice(0, half),
+            batch.slice(half, batch.num_rows() - half),
+        ];
+        let table =
+            datafusion::datasource::MemTable::try_new(batch.schema(), vec![batches]).unwrap();
+        ctx.register_table("changes", Arc::new(table)).unwrap();
+        let keys = ["k".to_string()];
+        (
+            integer_chunk_keys(&ctx, "k", "t").await.unwrap(),
+            sql_chunk_keys(&ctx, &keys, "t").await.unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn integer_chunks_are_described_as_count_distinct_describes_them() {
+        let nearly_sorted: Vec<i64> = (0..5000)
+            .map(|i| if i % 97 == 0 { 20_000 - i } else { i })
+            .collect();
+        let mut repeated = nearly_sorted.clone();
+        repeated[4000] = repeated[10];
+        let cases: Vec<(&str, ArrayRef, bool)> = vec![
+            (
+                "dense, unique",
+                Arc::new(Int64Array::from(nearly_sorted.clone())),
+                true,
+            ),
+            (
+                "dense, a repeat across batches",
+                Arc::new(Int64Array::from(repeated)),
+                false,
+            ),
+            (
+                "sparse, unique",
+                Arc::new(Int64Array::from(vec![i64::MIN, -5, 0, 1 << 40, i64::MAX])),
+                true,
+            ),
+            (
+                "sparse, a repeat",
+                Arc::new(Int64Array::from(vec![1 << 50, 3, -(1 << 50), 3])),
+                false,
+            ),
+            (
+                "a NULL key",
+                Arc::new(Int32Array::from(vec![Some(1), None, Some(3), Some(4)])),
+                false,
+            ),
+            (
+                "32-bit",
+                Arc::new(Int32Array::from(vec![7, -2, 5, 6])),
+                true,
+            ),
+            (
+                "only NULLs",
+                Arc::new(Int32Array::from(vec![None, None])),
+                false,
+            ),
+            (
+                "no rows",
+                Arc::new(Int32Array::from(Vec::<i32>::new())),
+                true,
+            ),
+        ];
+        for (case, column, unique) in cases {
+            let (fast, sql) = both(column).await;
+            let fast = fast.expect(case);
+            assert_eq!(fast, sql, "{case}");
+            assert_eq!(fast.unique, unique, "{case}");
+        }
+        // Other key types go by SQL.
+        let strings: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "a"]));
+        let (fast, sql) = both(strings).await;
+        assert!(fast.is_none() && !sql.unique);
+    }
 }
