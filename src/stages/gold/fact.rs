@@ -446,8 +446,15 @@ pub(super) async fn build(
                 if !direct {
                     return Ok(None);
                 }
-                let opened =
-                    open_lookup(ctx, lake, built, l, i, key.as_ref(), fact_seq_type, name).await?;
+                let opened = open_lookup(
+                    ctx,
+                    lake,
+                    built,
+                    (l, i),
+                    (key.as_ref(), fact_seq_type),
+                    name,
+                )
+                .await?;
                 Ok::<_, Error>(Some(opened))
             }
         }))
@@ -459,7 +466,15 @@ pub(super) async fn build(
             Some(opened) => opened,
             None => {
                 let key = fact_key(l, &carried_types);
-                open_lookup(&ctx, lake, built, l, i, key.as_ref(), &fact_seq_type, name).await?
+                open_lookup(
+                    &ctx,
+                    lake,
+                    built,
+                    (l, i),
+                    (key.as_ref(), &fact_seq_type),
+                    name,
+                )
+                .await?
             }
         };
         indexed.push(is_indexed);
@@ -844,18 +859,18 @@ async fn earliest_change(
     Ok(bounds.map(|(earliest, _)| earliest))
 }
 
-/// Reads lookup `i`'s dimension once it is built (see [`cache_lookup`]). Returns the silver
-/// version the dimension has consumed, the schema of the carried columns and whether the
-/// lookup is indexed.
-#[allow(clippy::too_many_arguments)]
+/// Reads lookup `i`'s dimension once it is built (see [`cache_lookup`], which `types`, the
+/// fact's key and sequence types, are for). Returns the silver version the dimension has
+/// consumed, the schema of the carried columns and whether the lookup is indexed.
 async fn open_lookup(
     ctx: &SessionContext,
     lake: &Lake,
     built: &super::Built,
-    l: &Lookup,
-    i: usize,
-    fact_key: Option<&arrow::datatypes::DataType>,
-    fact_seq: &arrow::datatypes::DataType,
+    (l, i): (&Lookup, usize),
+    (fact_key, fact_seq): (
+        Option<&arrow::datatypes::DataType>,
+        &arrow::datatypes::DataType,
+    ),
     name: &str,
 ) -> Result<(i64, Schema, bool)> {
     built.wait(&l.dimension).await;
