@@ -114,10 +114,11 @@ pub struct FlowReport {
 /// table: a table goes on to silver as soon as its own ingest is done, a dimension to gold as
 /// soon as its silver is, and a fact's gold as soon as its own silver is, reading each
 /// dimension it looks up (of those in `tables`) once that one is built; the views come last,
-/// when every table of the pipeline is in `tables`. Each stage does exactly what it does when run alone, as the Function App's
-/// triggers run it, and takes at most `max_concurrency` tables at once; only the idle time
-/// between stages goes (a small table no longer waits for the largest one's ingest).
-/// The event log and alerts are per stage, as for the stages run one by one.
+/// when every table of the pipeline is in `tables`. Each stage does exactly what it does
+/// when run alone, as the Function App's triggers run it, and takes at most `max_concurrency`
+/// tables at once; only the idle time between stages goes (a small table no longer waits for
+/// the largest one's ingest). The event log and alerts are per stage, as for the stages run
+/// one by one.
 pub async fn flow(
     run_id: &str,
     source_url: &str,
