@@ -715,7 +715,7 @@ async fn chunk_keys(ctx: &SessionContext, keys: &[String], name: &str) -> Result
 
 /// [`chunk_keys`] for one integer key column (of a type that fits in 64-bit signed), without
 /// the hash aggregate of `COUNT(DISTINCT)`: at scale 10 that was 0.9 s of the fact's
-/// critical path for 25 chunks, reading the column 0.06 s. Repeats are found with a bitmap
+/// critical path for 25 chunks, reading the column about 0.06 s. Repeats are found with a bitmap
 /// over the chunk's key range when it is dense (fact keys mostly are), else by sorting.
 /// `None` for any other key type.
 async fn integer_chunk_keys(
