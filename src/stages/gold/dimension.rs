@@ -22,7 +22,7 @@ use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{Expr, SessionContext, lit};
 use deltalake::kernel::Transaction;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::rewrite::Rewrite;
 use super::{
@@ -468,6 +468,11 @@ pub(super) async fn build(
         .await
         .map_err(df_err(name, "reading silver changes"))? as u64;
     let ranges = key_ranges(&ctx, &columns.keys[0], chunk_keys, name).await?;
+    debug!(
+        rows_in = report.rows_in,
+        ranges = ranges.len(),
+        "Split the changed keys."
+    );
     let output = columns.output();
     let mut target = target;
     let mut sk_base = max_sk;
@@ -512,6 +517,12 @@ pub(super) async fn build(
         let history = arrow::compute::concat_batches(&history_schema, &history)
             .map_err(|e| Error::arrow(name, e))?;
         let new_versions = versions(&columns, &history).map_err(|e| Error::arrow(name, e))?;
+        debug!(
+            range = i,
+            history = history.num_rows(),
+            versions = new_versions.num_rows(),
+            "Read the history of a key range."
+        );
         drop(history);
         let (schema, rows) = if gold_columns.is_none() {
             let rows =
@@ -533,6 +544,7 @@ pub(super) async fn build(
                 .map_err(df_err(name, "computing versions"))?;
             (schema, rows)
         };
+        debug!(range = i, "Compared the versions with the table.");
         let inserted = count_op(&rows, "I", |_, _| true);
         let updated = count_op(&rows, "U", |_, _| true);
         let deleted = count_op(&rows, "D", |_, _| true);
@@ -609,6 +621,7 @@ pub(super) async fn build(
             let stored = schema_of(&target, name)?;
             append(target, name, stored, Vec::new(), txns).await?
         } else {
+            debug!("Wrote the new versions; rewriting the files they replace.");
             rewrite.commit(&ctx, target, txns).await?
         };
     }

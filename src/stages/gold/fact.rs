@@ -16,7 +16,7 @@ use datafusion::common::ScalarValue;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, lit};
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::dimension::is_lineage;
 use super::rewrite::file_name;
@@ -371,6 +371,7 @@ pub(super) async fn build(
         register(&ctx, "changes", &changes.table, Some(chunk)).await?;
         shapes.push(chunk_keys(&ctx, &columns.keys, name).await?);
     }
+    debug!(chunks = chunks.len(), "Described the chunks of new rows.");
     // A chunk whose keys are unique, in a range no other chunk's keys reach and not yet in
     // the table needs neither "latest row per key" nor a merge, whenever it is written. All
     // such chunks stream through ONE query: each dimension's hash table is built once, not
@@ -885,7 +886,9 @@ async fn open_lookup(
             ),
         });
     };
+    debug!(dimension = %l.dimension, "Reading a dimension for its lookup.");
     let (carried, indexed) = cache_lookup(ctx, &dim, l, i, fact_key, fact_seq, name).await?;
+    debug!(dimension = %l.dimension, indexed, "Read a dimension for its lookup.");
     Ok((dim_consumed, carried, indexed))
 }
 

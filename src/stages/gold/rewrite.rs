@@ -111,6 +111,7 @@ impl Rewrite {
             .map_err(delta_err(&name))?
             .filter(|uri| touched.contains(file_name(uri)))
             .collect();
+        tracing::debug!(files = uris.len(), "Found the files holding replaced rows.");
         if !uris.is_empty() {
             self.copy_kept_rows(ctx, &target, &uris).await?;
         }
