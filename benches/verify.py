@@ -11,9 +11,9 @@ Where the contracts differ, the comparison is narrowed, not skipped (see RESULTS
   compared on their current rows, without surrogate keys or validity dates, and every
   dimension without tunelake's unknown member (key NULL);
 - fact surrogate keys are point in time in tunelake: the fact is compared on its natural
-  columns (every row);
-- the peers denormalize artist_name and genre into dim_track; tunelake's star keeps them in
-  dim_artist (the views join them), so dim_track is compared without those two columns.
+  columns (every row).
+dim_track's artist_name and genre, copied from the artist's current row when a track version
+is written (the pipeline file's dimension `lookups`), are compared like its other columns.
 Each table's digest is its row count plus order-independent sums of 64-bit row hashes over the
 columns cast to canonical types. Exit code 1 when a table disagrees.
 """
@@ -34,8 +34,8 @@ CHECKS = {
                              "listen_duration_min", "device_type", "stream_timestamp"], None, None),
     ("gold", "dim_user"): (["user_id", "user_name", "country", "subscription_type", "start_date", "end_date",
                             "is_active"], "current", None),
-    ("gold", "dim_track"): (["track_id", "track_name", "artist_id", "album_name", "duration_sec", "duration_min",
-                             "duration_flag", "release_date"], "current", None),
+    ("gold", "dim_track"): (["track_id", "track_name", "artist_id", "artist_name", "genre", "album_name",
+                             "duration_sec", "duration_min", "duration_flag", "release_date"], "current", None),
     ("gold", "dim_date"): (["date_key", "date", "day", "month", "year", "weekday", "is_weekend"], "known", None),
     ("gold", "fact_stream"): (["stream_id", "user_id", "track_id", "date_key", "listen_duration",
                                "listen_duration_min", "device_type", "stream_timestamp"], None, None),

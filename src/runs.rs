@@ -171,6 +171,13 @@ pub async fn flow(
                     .await
             };
             let gold = {
+                // A dimension that copies columns from others waits for them before it takes
+                // a place they may need.
+                if is(table, GoldKind::Dimension) {
+                    for l in table.gold.iter().flat_map(|g| &g.lookups) {
+                        waits.wait(&l.dimension).await;
+                    }
+                }
                 let _gate = gates[if is(table, GoldKind::Fact) { 3 } else { 2 }]
                     .acquire()
                     .await;

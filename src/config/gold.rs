@@ -41,6 +41,8 @@ pub struct GoldSpec {
     /// The surrogate key column (default: `<entity>_sk`, `dim_user` → `user_sk`).
     pub surrogate_key: Option<String>,
     /// Facts: the dimensions whose surrogate keys each row carries, looked up in order.
+    /// Dimensions: the dimensions whose current attributes (`columns`) each new version
+    /// copies when it is written (a snowflake's outrigger, flattened).
     #[serde(default)]
     pub lookups: Vec<LookupSpec>,
 }
@@ -148,39 +150,60 @@ pub(super) fn validate(
                     format!("must be 1 or 2, not {}", g.scd_type),
                 );
             }
-            if !g.lookups.is_empty() {
-                problem(
-                    format!("{at}.lookups"),
-                    "only facts (kind = \"fact\") look up dimensions".into(),
-                );
-            }
-        }
-        GoldKind::Fact => {
+            // A dimension copies attributes of another's current members (the track's
+            // artist name): one level, so that the dimensions build in two waves.
             for (i, l) in g.lookups.iter().enumerate() {
-                let Some((_, dim)) = dims.iter().find(|(n, _)| *n == l.dimension) else {
+                let at = format!("{at}.lookups[{i}]");
+                if l.columns.is_empty() {
                     problem(
-                        format!("{at}.lookups[{i}].dimension"),
-                        format!(
-                            "{:?} is not a gold dimension of this file (they are: {})",
-                            l.dimension,
-                            dims.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                        ),
+                        format!("{at}.columns"),
+                        "a dimension's lookup names the columns it copies".into(),
                     );
-                    continue;
-                };
-                if l.on.len() != dim.keys.len() {
+                }
+                if l.dimension == g.name {
                     problem(
-                        format!("{at}.lookups[{i}].on"),
+                        format!("{at}.dimension"),
+                        "a dimension cannot look itself up".into(),
+                    );
+                } else if let Some((_, dim)) = dims.iter().find(|(n, _)| *n == l.dimension)
+                    && dim.gold.as_ref().is_some_and(|d| !d.lookups.is_empty())
+                {
+                    problem(
+                        format!("{at}.dimension"),
                         format!(
-                            "names {} column(s), but {} has {} key(s): {}",
-                            l.on.len(),
-                            l.dimension,
-                            dim.keys.len(),
-                            dim.keys.join(", ")
+                            "{} looks up another dimension itself; a dimension may only look up \
+                             one that does not",
+                            l.dimension
                         ),
                     );
                 }
             }
+        }
+        GoldKind::Fact => {}
+    }
+    for (i, l) in g.lookups.iter().enumerate() {
+        let Some((_, dim)) = dims.iter().find(|(n, _)| *n == l.dimension) else {
+            problem(
+                format!("{at}.lookups[{i}].dimension"),
+                format!(
+                    "{:?} is not a gold dimension of this file (they are: {})",
+                    l.dimension,
+                    dims.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ),
+            );
+            continue;
+        };
+        if l.on.len() != dim.keys.len() {
+            problem(
+                format!("{at}.lookups[{i}].on"),
+                format!(
+                    "names {} column(s), but {} has {} key(s): {}",
+                    l.on.len(),
+                    l.dimension,
+                    dim.keys.len(),
+                    dim.keys.join(", ")
+                ),
+            );
         }
     }
 }

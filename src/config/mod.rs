@@ -648,6 +648,57 @@ colour = "blue"
     }
 
     #[test]
+    fn a_dimension_copies_named_columns_from_a_dimension_that_copies_none() {
+        let table = |name: &str, gold: &str| {
+            format!(
+                "[[tables]]\nname = \"{name}\"\ncdc_column = \"c\"\nkeys = [\"k\"]\n[tables.gold]\n{gold}\n"
+            )
+        };
+        let text = [
+            table("A", "name = \"dim_a\""),
+            table(
+                "B",
+                "name = \"dim_b\"\nlookups = [{ dimension = \"dim_a\", on = [\"a\"], columns = [\"x\"] }]",
+            ),
+            table(
+                "C",
+                "name = \"dim_c\"\nlookups = [{ dimension = \"dim_b\", on = [\"b\"], columns = [\"y\"] }, \
+                 { dimension = \"dim_c\", on = [\"c\"], columns = [\"z\"] }, \
+                 { dimension = \"dim_a\", on = [\"a\"] }]",
+            ),
+        ]
+        .concat();
+        let Error::Config { problems, .. } = Pipeline::parse(&text, "p.toml").unwrap_err() else {
+            panic!()
+        };
+        let found: Vec<_> = problems
+            .iter()
+            .map(|p| {
+                (
+                    p.location.as_str(),
+                    p.message.split(' ').next().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("tables[2] (C).gold.lookups[0].dimension", "dim_b"),
+                ("tables[2] (C).gold.lookups[1].dimension", "a"),
+                ("tables[2] (C).gold.lookups[2].columns", "a"),
+            ]
+        );
+        // Table B alone is fine: it copies from a dimension that copies nothing.
+        assert!(
+            Pipeline::parse(
+                &text[..text.find("[[tables]]\nname = \"C\"").unwrap()],
+                "p.toml"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn silver_rules_are_checked_as_sql_expressions() {
         let text = r#"
 [[tables]]

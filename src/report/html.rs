@@ -167,7 +167,7 @@ pub fn page(report: &Report) -> Result<String> {
          <span style=\"background:#f1f3f4;border-color:#80868b\"></span>nothing new\
          <span style=\"background:#fce8e6;border-color:#d93025\"></span>failed\
          <span style=\"background:#fff;border-color:#bdc1c6\"></span>not in this run\
-         · dashed arrows: a fact's dimension lookups</div></section>",
+         · dashed arrows: dimension lookups</div></section>",
         lineage::svg(report)
     );
 

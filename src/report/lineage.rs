@@ -40,7 +40,7 @@ pub fn svg(report: &Report) -> String {
         })
         .collect();
     for &(from, to) in &report.edges {
-        // Dimension → fact (a lookup) is dashed: it is a join, not a copy.
+        // A lookup (into a fact or another dimension) is dashed: a join, not a copy.
         let lookup = report.nodes[from].layer == "gold" && report.nodes[to].layer == "gold";
         let look = StyleAttr::new(Color::new(0x5f6368ff), 1, None, 0, FONT);
         let arrow = Arrow::new(

@@ -179,9 +179,10 @@ fn lineage_of(pipeline: &Pipeline, events: &[Event]) -> (Vec<Node>, Vec<(usize, 
         }
     }
     for table in &pipeline.tables {
-        let Some(gold) = table.gold.as_ref().filter(|g| g.kind == GoldKind::Fact) else {
+        let Some(gold) = table.gold.as_ref() else {
             continue;
         };
+        // A fact's lookups, and the dimensions another dimension copies columns from.
         for lookup in &gold.lookups {
             if let (Some(&dim), Some(&fact)) = (
                 gold_index.get(&lookup.dimension),

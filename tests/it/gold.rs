@@ -654,3 +654,131 @@ async fn the_star_schema_holds_its_invariants_over_several_source_batches() {
     );
     assert_ne!(v[6], "0", "some streams must be on past user versions");
 }
+
+/// A dimension that copies another's attributes, listed before it: the track's artist name.
+const OUTRIGGER: &str = r#"
+[[tables]]
+name = "DimTrack"
+cdc_column = "updated_at"
+keys = ["track_id"]
+[tables.silver]
+name = "tracks"
+[tables.gold]
+name = "dim_track"
+lookups = [{ dimension = "dim_artist", on = ["artist_id"], columns = ["artist_name"] }]
+
+[[tables]]
+name = "DimArtist"
+cdc_column = "updated_at"
+keys = ["artist_id"]
+[tables.silver]
+name = "artists"
+[tables.gold]
+name = "dim_artist"
+"#;
+
+impl Lakehouse {
+    /// Appends rows (id, reference or name, time of day) to silver `table`, whose columns
+    /// are named `id`, then `other` (an integer when `other_is_id`, else text).
+    async fn rows(&self, table: &str, names: [&str; 2], rows: &[(i32, &str, &str)]) {
+        let other: arrow::array::ArrayRef = if names[1].ends_with("_id") {
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.1.parse::<i32>().unwrap()),
+            ))
+        } else {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1)))
+        };
+        let other_type = other.data_type().clone();
+        self.append(
+            table,
+            vec![
+                (
+                    names[0],
+                    DataType::Int32,
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
+                ),
+                (names[1], other_type, other),
+                (
+                    "updated_at",
+                    utc(),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| ts(r.2)))
+                            .with_timezone("UTC"),
+                    ),
+                ),
+            ],
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_version_copies_the_current_attributes_of_the_dimension_it_looks_up() {
+    let h = Lakehouse::new(OUTRIGGER);
+    let artists = ["artist_id", "artist_name"];
+    let tracks = ["track_id", "artist_id"];
+    h.rows(
+        "artists",
+        artists,
+        &[
+            (1, "Ann", "10:00"),
+            (2, "Bob", "10:00"),
+            (1, "Anna", "11:00"),
+        ],
+    )
+    .await;
+    h.rows(
+        "tracks",
+        tracks,
+        &[
+            (100, "1", "10:00"),
+            (101, "2", "10:00"),
+            (102, "9", "10:00"), // an artist that does not exist
+            (100, "2", "12:00"), // moved to another artist: a new version
+        ],
+    )
+    .await;
+    h.gold().await;
+    const SQL: &str = "SELECT track_sk, track_id, artist_id, artist_name, \
+        date_format(valid_from, '%H:%M'), is_current FROM gold.dim_track \
+        ORDER BY track_id NULLS FIRST, valid_from";
+    // Every version written now takes the artist as it is now (as the peers' join does).
+    assert_eq!(
+        h.csv(SQL).await,
+        [
+            "-1,,,Unknown,,true",
+            "1,100,1,Anna,10:00,false",
+            "2,100,2,Bob,12:00,true",
+            "3,101,2,Bob,10:00,true",
+            "4,102,9,,10:00,true",
+        ]
+    );
+    h.rows("artists", artists, &[(2, "Bobby", "13:00")]).await;
+    h.rows(
+        "tracks",
+        tracks,
+        &[(101, "1", "14:00"), (103, "2", "14:00")],
+    )
+    .await;
+    let second = h.gold().await;
+    assert_eq!(
+        (
+            report(&second, "dim_track").inserted,
+            report(&second, "dim_track").updated
+        ),
+        (2, 1)
+    );
+    // Versions written before keep what they copied; the new ones copy today's artists.
+    assert_eq!(
+        h.csv(SQL).await,
+        [
+            "-1,,,Unknown,,true",
+            "1,100,1,Anna,10:00,false",
+            "2,100,2,Bob,12:00,true",
+            "3,101,2,Bob,10:00,false",
+            "5,101,1,Anna,14:00,true",
+            "4,102,9,,10:00,true",
+            "6,103,2,Bobby,14:00,true",
+        ]
+    );
+}

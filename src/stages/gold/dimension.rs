@@ -24,6 +24,7 @@ use datafusion::prelude::{Expr, SessionContext, lit};
 use deltalake::kernel::Transaction;
 use tracing::{debug, info};
 
+use super::outrigger::Outrigger;
 use super::rewrite::Rewrite;
 use super::{
     TableReport, append, col, consumed_app_id, count_op, df_err, insert_from_source, merge_rows,
@@ -56,6 +57,8 @@ pub(super) struct DimColumns {
     pub tracked: Vec<String>,
     /// Silver columns that order two rows with the same key and sequence value.
     pub tiebreak: Vec<String>,
+    /// Columns copied from other dimensions (`lookups`, see `outrigger`).
+    pub copied: Vec<String>,
     pub scd2: bool,
 }
 
@@ -92,6 +95,23 @@ impl DimColumns {
             .filter(|a| **a != seq && !gold.track_history_except.contains(a))
             .cloned()
             .collect();
+        let copied: Vec<String> = gold
+            .lookups
+            .iter()
+            .flat_map(|l| l.columns.iter().cloned())
+            .collect();
+        if let Some(c) = copied
+            .iter()
+            .find(|c| names.contains(&c.as_str()) || copied.iter().filter(|d| d == c).count() > 1)
+        {
+            return Err(Error::Gold {
+                table: gold.name.clone(),
+                message: format!(
+                    "its lookups copy a column {c}, which it already has (from silver.{} or another lookup)",
+                    table.silver_name()
+                ),
+            });
+        }
         let tiebreak = [INGESTED_AT, SOURCE_FILE]
             .iter()
             .filter(|c| names.contains(c))
@@ -104,6 +124,7 @@ impl DimColumns {
             attrs,
             tracked,
             tiebreak,
+            copied,
             scd2,
         })
     }
@@ -113,6 +134,7 @@ impl DimColumns {
         let mut out = vec![self.sk.clone()];
         out.extend(self.keys.iter().cloned());
         out.extend(self.attrs.iter().cloned());
+        out.extend(self.copied.iter().cloned());
         if self.scd2 {
             out.extend(["valid_from", "valid_to", "is_current"].map(String::from));
         }
@@ -303,6 +325,7 @@ pub(super) fn diff_sql(
             let mut picked = vec![format!("g.{sk}")];
             picked.extend(c.keys.iter().map(|k| format!("g.{}", q(k))));
             picked.extend(c.attrs.iter().map(|a| pick(a)));
+            picked.extend(c.copied.iter().map(|a| pick(a)));
             if c.scd2 {
                 picked.extend(["valid_from", "valid_to"].map(|p| format!("g.{p}")));
             }
@@ -313,8 +336,13 @@ pub(super) fn diff_sql(
             )
         }
         None => format!(
-            "o AS (SELECT CAST(NULL AS BIGINT) AS {sk}, {k}{a}{period} FROM n WHERE false)",
-            a = attrs("")
+            "o AS (SELECT CAST(NULL AS BIGINT) AS {sk}, {k}{a}{copied}{period} FROM n WHERE false)",
+            a = attrs(""),
+            copied = c
+                .copied
+                .iter()
+                .map(|a| format!(", NULL AS {}", q(a)))
+                .collect::<String>(),
         ),
     };
     let mut differs: Vec<String> = c
@@ -354,17 +382,24 @@ pub(super) fn diff_sql(
     } else {
         ""
     };
+    // A version keeps the copied values it was written with (new ones get theirs later).
+    let stored_copied: String = c
+        .copied
+        .iter()
+        .map(|a| format!(", o.{a} AS {a}", a = q(a)))
+        .collect();
+    let copied: String = c.copied.iter().map(|a| format!(", {}", q(a))).collect();
     format!(
         "WITH {touched}, {old}, \
          d AS (SELECT o.{sk} AS __old_sk, \
             CASE WHEN n.{first_key} IS NULL THEN 'D' WHEN o.{sk} IS NULL THEN 'I' \
                  WHEN {differs} THEN 'U' ELSE 'S' END AS __op, \
             COALESCE({closed}, false) AS __closed, \
-            {keys_coalesced}{na}{n_period} \
+            {keys_coalesced}{na}{stored_copied}{n_period} \
             FROM n FULL OUTER JOIN o ON {on}) \
          SELECT CASE WHEN __op = 'I' THEN CAST({max_sk} AS BIGINT) + CAST(ROW_NUMBER() OVER \
                 (PARTITION BY __op ORDER BY {k}{order_period}) AS BIGINT) ELSE __old_sk END AS {sk}, \
-            {k}{a}{current}, __op, __closed \
+            {k}{a}{copied}{current}, __op, __closed \
          FROM d WHERE __op <> 'S'",
         na = attrs("n."),
         a = attrs(""),
@@ -423,6 +458,7 @@ pub(super) fn first_rows(
 pub(super) async fn build(
     lake: &Lake,
     table: &TableSpec,
+    all: &[TableSpec],
     chunk_keys: usize,
     report: &mut TableReport,
 ) -> Result<()> {
@@ -467,6 +503,10 @@ pub(super) async fn build(
         .count()
         .await
         .map_err(df_err(name, "reading silver changes"))? as u64;
+    let mut outriggers = Vec::with_capacity(gold.lookups.len());
+    for l in &gold.lookups {
+        outriggers.push(Outrigger::open(lake, l, all, name).await?);
+    }
     let ranges = key_ranges(&ctx, &columns.keys[0], chunk_keys, name).await?;
     debug!(
         rows_in = report.rows_in,
@@ -545,6 +585,11 @@ pub(super) async fn build(
             (schema, rows)
         };
         debug!(range = i, "Compared the versions with the table.");
+        let rows = rows
+            .iter()
+            .map(|batch| with_copied(batch, &outriggers, name))
+            .collect::<Result<Vec<_>>>()?;
+        let schema = with_copied(&RecordBatch::new_empty(schema), &outriggers, name)?.schema();
         let inserted = count_op(&rows, "I", |_, _| true);
         let updated = count_op(&rows, "U", |_, _| true);
         let deleted = count_op(&rows, "D", |_, _| true);
@@ -670,6 +715,49 @@ fn replaced_keys(batch: &RecordBatch, op: &StringArray, sk: &str, name: &str) ->
         .collect())
 }
 
+/// `batch` (rows with `__op`) with the columns copied from other dimensions: an inserted
+/// version takes the current member's values, any other keeps those it has.
+fn with_copied(batch: &RecordBatch, outriggers: &[Outrigger], name: &str) -> Result<RecordBatch> {
+    if outriggers.is_empty() {
+        return Ok(batch.clone());
+    }
+    let op = op_column(batch, name)?;
+    let inserted = arrow::compute::kernels::cmp::eq(op, &StringArray::new_scalar("I"))
+        .map_err(|e| Error::arrow(name, e))?;
+    let mut fields: Vec<arrow::datatypes::FieldRef> =
+        batch.schema().fields().iter().cloned().collect();
+    let mut columns = batch.columns().to_vec();
+    for outrigger in outriggers {
+        for (column, new) in outrigger.values(batch, name)? {
+            let value = match batch.column_by_name(&column) {
+                Some(stored) => {
+                    let stored = arrow::compute::cast(stored, new.data_type())
+                        .map_err(|e| Error::arrow(name, e))?;
+                    arrow::compute::kernels::zip::zip(&inserted, &new, &stored)
+                        .map_err(|e| Error::arrow(name, e))?
+                }
+                None => new,
+            };
+            let field = Arc::new(arrow::datatypes::Field::new(
+                &column,
+                value.data_type().clone(),
+                true,
+            ));
+            match fields.iter().position(|f| *f.name() == column) {
+                Some(i) => {
+                    fields[i] = field;
+                    columns[i] = value;
+                }
+                None => {
+                    fields.push(field);
+                    columns.push(value);
+                }
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| Error::arrow(name, e))
+}
+
 /// A range of the first key column, `[low, high)`; `None` is unbounded.
 type KeyRange = (Option<ScalarValue>, Option<ScalarValue>);
 
@@ -746,7 +834,7 @@ fn unknown_member(schema: &SchemaRef, c: &DimColumns) -> Result<RecordBatch> {
                 Arc::new(Int64Array::from(vec![-1]))
             } else if c.scd2 && name == "is_current" {
                 Arc::new(BooleanArray::from(vec![true]))
-            } else if c.attrs.contains(name)
+            } else if (c.attrs.contains(name) || c.copied.contains(name))
                 && matches!(
                     f.data_type(),
                     DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8

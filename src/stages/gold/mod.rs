@@ -9,6 +9,7 @@
 mod dimension;
 mod fact;
 mod lookup;
+mod outrigger;
 mod rewrite;
 mod views;
 
@@ -191,15 +192,25 @@ impl Gold {
         only: &[TableSpec],
         built: &Built,
     ) -> Vec<TableReport> {
-        let of_kind = |kind: GoldKind| -> Vec<TableSpec> {
+        // Dimensions that copy columns from others come after those (which look up none).
+        let of_kind = |(kind, copies): (GoldKind, bool)| -> Vec<TableSpec> {
             only.iter()
-                .filter(|t| t.gold.as_ref().is_some_and(|g| g.kind == kind))
+                .filter(|t| {
+                    t.gold.as_ref().is_some_and(|g| {
+                        g.kind == kind && (kind == GoldKind::Fact || g.lookups.is_empty() != copies)
+                    })
+                })
                 .cloned()
                 .collect()
         };
         let mut tables = Vec::new();
-        // Dimensions are independent of each other; facts need them all.
-        for kind in [GoldKind::Dimension, GoldKind::Fact] {
+        // Dimensions are independent of each other, but for the columns some copy; facts
+        // need them all.
+        for kind in [
+            (GoldKind::Dimension, false),
+            (GoldKind::Dimension, true),
+            (GoldKind::Fact, false),
+        ] {
             let worker = self.clone();
             let dims = Arc::new(pipeline.tables.clone());
             let built = built.clone();
@@ -273,7 +284,7 @@ impl Gold {
             tries += 1;
             let result = match table.gold.as_ref().map(|g| g.kind) {
                 Some(GoldKind::Dimension) => {
-                    dimension::build(&self.lake, table, chunks.1, &mut report).await
+                    dimension::build(&self.lake, table, all, chunks.1, &mut report).await
                 }
                 Some(GoldKind::Fact) => {
                     fact::build(&self.lake, table, all, chunks.0, built, &mut report).await
@@ -318,7 +329,7 @@ impl Built {
     }
 
     /// Returns once the dimension `name` is not being built.
-    pub(super) async fn wait(&self, name: &str) {
+    pub async fn wait(&self, name: &str) {
         if let Some(done) = self.0.get(name) {
             // An error means the build's task is gone: nothing left to wait for.
             let _ = done.clone().wait_for(|done| *done).await;
