@@ -55,6 +55,18 @@ fn utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
+/// A UTC timestamp column named `name` of times of day on 2024-01-01.
+fn times<'a>(
+    name: &'a str,
+    times: impl Iterator<Item = &'a str>,
+) -> (&'a str, DataType, arrow::array::ArrayRef) {
+    (
+        name,
+        utc(),
+        Arc::new(TimestampMicrosecondArray::from_iter_values(times.map(ts)).with_timezone("UTC")),
+    )
+}
+
 impl Lakehouse {
     fn new(pipeline: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -111,14 +123,7 @@ impl Lakehouse {
                     DataType::Utf8,
                     Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
                 ),
-                (
-                    "updated_at",
-                    utc(),
-                    Arc::new(
-                        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| ts(r.3)))
-                            .with_timezone("UTC"),
-                    ),
-                ),
+                times("updated_at", rows.iter().map(|r| r.3)),
             ],
         )
         .await;
@@ -139,14 +144,7 @@ impl Lakehouse {
                     DataType::Int32,
                     Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1))),
                 ),
-                (
-                    "stream_timestamp",
-                    utc(),
-                    Arc::new(
-                        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| ts(r.2)))
-                            .with_timezone("UTC"),
-                    ),
-                ),
+                times("stream_timestamp", rows.iter().map(|r| r.2)),
             ],
         )
         .await;
@@ -180,6 +178,11 @@ impl Lakehouse {
 
 fn report<'a>(r: &'a GoldReport, table: &str) -> &'a tunelake::stages::gold::TableReport {
     r.tables.iter().find(|t| t.table == table).unwrap()
+}
+
+fn inserted_updated(r: &GoldReport, table: &str) -> (u64, u64) {
+    let t = report(r, table);
+    (t.inserted, t.updated)
 }
 
 const DIM: &str = "SELECT user_sk, user_id, country, note, \
@@ -380,13 +383,7 @@ async fn scd1_keeps_the_latest_change_per_key_and_its_surrogate_key() {
     ])
     .await;
     let r = h.gold().await;
-    assert_eq!(
-        (
-            report(&r, "dim_user").inserted,
-            report(&r, "dim_user").updated
-        ),
-        (1, 1)
-    );
+    assert_eq!(inserted_updated(&r, "dim_user"), (1, 1));
     assert_eq!(
         h.table(
             "SELECT user_sk, user_id, country, note, date_format(updated_at, '%H:%M') AS updated_at \
@@ -678,8 +675,8 @@ name = "dim_artist"
 "#;
 
 impl Lakehouse {
-    /// Appends rows (id, reference or name, time of day) to silver `table`, whose columns
-    /// are named `id`, then `other` (an integer when `other_is_id`, else text).
+    /// Appends rows (id, second column, time of day) to silver `table`, whose first two
+    /// columns are `names` (the second an integer when its name ends in `_id`, else text).
     async fn rows(&self, table: &str, names: [&str; 2], rows: &[(i32, &str, &str)]) {
         let other: arrow::array::ArrayRef = if names[1].ends_with("_id") {
             Arc::new(Int32Array::from_iter_values(
@@ -698,14 +695,7 @@ impl Lakehouse {
                     Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
                 ),
                 (names[1], other_type, other),
-                (
-                    "updated_at",
-                    utc(),
-                    Arc::new(
-                        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| ts(r.2)))
-                            .with_timezone("UTC"),
-                    ),
-                ),
+                times("updated_at", rows.iter().map(|r| r.2)),
             ],
         )
         .await;
@@ -761,13 +751,7 @@ async fn a_new_version_copies_the_current_attributes_of_the_dimension_it_looks_u
     )
     .await;
     let second = h.gold().await;
-    assert_eq!(
-        (
-            report(&second, "dim_track").inserted,
-            report(&second, "dim_track").updated
-        ),
-        (2, 1)
-    );
+    assert_eq!(inserted_updated(&second, "dim_track"), (2, 1));
     // Versions written before keep what they copied; the new ones copy today's artists.
     assert_eq!(
         h.csv(SQL).await,
