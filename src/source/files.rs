@@ -4,6 +4,8 @@
 //! A table's files are `<base>/<Table>/*` or `<base>/<Table>.parquet|csv|json`, or those listed
 //! in the pipeline file. The watermark filter is the same `(low, high]` as the SQL sources',
 //! applied with Arrow kernels; timestamps become microsecond UTC as from the SQL sources.
+//! A remote parquet file's schema and high watermark come from its footer by range reads;
+//! only an extract downloads it.
 
 use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek};
@@ -15,10 +17,13 @@ use arrow::compute::kernels::cmp::{gt, lt_eq};
 use arrow::compute::{and, cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ArrowReaderBuilder;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 
 use super::columns;
 use super::{BatchStream, Source};
@@ -316,8 +321,8 @@ fn parquet_batches<R: parquet::file::reader::ChunkReader + 'static>(
 /// The minimum and maximum watermark value of every row group of a parquet file, from its
 /// statistics, as ordinals; `None` when the file has no such column or its type has no
 /// ordinal. A row group without statistics has nulls.
-fn watermark_statistics<R: parquet::file::reader::ChunkReader>(
-    builder: &ParquetRecordBatchReaderBuilder<R>,
+fn watermark_statistics<T>(
+    builder: &ArrowReaderBuilder<T>,
     column: &str,
 ) -> Option<(Int64Array, Int64Array)> {
     let groups = builder.metadata().row_groups();
@@ -326,6 +331,45 @@ fn watermark_statistics<R: parquet::file::reader::ChunkReader>(
     let mins = ordinal(&converter.row_group_mins(groups).ok()?).ok()?;
     let maxes = ordinal(&converter.row_group_maxes(groups).ok()?).ok()?;
     (mins.len() == groups.len() && maxes.len() == groups.len()).then_some((mins, maxes))
+}
+
+/// The largest watermark value the row groups' statistics of a parquet file give, and the
+/// row groups (with rows) that have none, whose watermark column must be read.
+fn statistics_max<T>(
+    name: &str,
+    builder: &ArrowReaderBuilder<T>,
+    column: &str,
+) -> Result<(Option<i64>, Vec<usize>)> {
+    if builder.schema().column_with_name(column).is_none() {
+        return Err(Error::SourceQuery {
+            table: name.to_string(),
+            message: format!("file {name}: no column {column}"),
+        });
+    }
+    let groups = builder.metadata().row_groups();
+    let mut best: Option<i64> = None;
+    let mut unread = Vec::new();
+    match watermark_statistics(builder, column) {
+        Some((_, maxes)) => {
+            for (i, group) in groups.iter().enumerate() {
+                if maxes.is_valid(i) {
+                    best = best.max(Some(maxes.value(i)));
+                } else if group.num_rows() > 0 {
+                    unread.push(i);
+                }
+            }
+        }
+        None => unread = (0..groups.len()).collect(),
+    }
+    Ok((best, unread))
+}
+
+/// The largest watermark value of a batch read for [`statistics_max`]'s unread row groups.
+fn batch_max(name: &str, batch: &RecordBatch, column: &str) -> Result<Option<i64>> {
+    match batch.column_by_name(column) {
+        Some(values) => Ok(arrow::compute::max(&ordinal(values).map_err(wrap(name))?)),
+        None => Ok(None),
+    }
 }
 
 /// The largest watermark value of a parquet file: from the row groups' statistics, reading
@@ -341,24 +385,7 @@ fn parquet_max<R: parquet::file::reader::ChunkReader + 'static>(
     };
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| fail(e.to_string()))?;
-    if builder.schema().column_with_name(column).is_none() {
-        return Err(fail(format!("no column {column}")));
-    }
-    let groups = builder.metadata().row_groups();
-    let mut best: Option<i64> = None;
-    let mut unread = Vec::new();
-    match watermark_statistics(&builder, column) {
-        Some((_, maxes)) => {
-            for (i, group) in groups.iter().enumerate() {
-                if maxes.is_valid(i) {
-                    best = best.max(Some(maxes.value(i)));
-                } else if group.num_rows() > 0 {
-                    unread.push(i);
-                }
-            }
-        }
-        None => unread = (0..groups.len()).collect(),
-    }
+    let (mut best, unread) = statistics_max(name, &builder, column)?;
     if unread.is_empty() {
         return Ok(best);
     }
@@ -370,11 +397,103 @@ fn parquet_max<R: parquet::file::reader::ChunkReader + 'static>(
         .build()
         .map_err(|e| fail(e.to_string()))?;
     for batch in batches {
-        let batch = batch.map_err(wrap(name))?;
-        if let Some(values) = batch.column_by_name(column) {
-            let values = ordinal(values).map_err(wrap(name))?;
-            best = best.max(arrow::compute::max(&values));
-        }
+        best = best.max(batch_max(name, &batch.map_err(wrap(name))?, column)?);
+    }
+    Ok(best)
+}
+
+/// A file on a web server, read by byte ranges (a parquet footer, some column chunks).
+struct Ranged {
+    store: Arc<dyn ObjectStore>,
+    path: object_store::path::Path,
+    size: u64,
+}
+
+impl AsyncFileReader for Ranged {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        Box::pin(async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _: Option<&'a parquet::arrow::arrow_reader::ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<
+        'a,
+        parquet::errors::Result<Arc<parquet::file::metadata::ParquetMetaData>>,
+    > {
+        Box::pin(async move {
+            let size = self.size;
+            let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        })
+    }
+}
+
+/// A parquet file on a web server, opened from its footer (a HEAD and range reads).
+async fn remote_parquet(
+    name: &str,
+    url: &str,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<ParquetRecordBatchStreamBuilder<Ranged>> {
+    let path = object_store::path::Path::from(name);
+    let size = store
+        .head(&path)
+        .await
+        .map_err(|e| Error::lake(format!("{url}{name}"), e))?
+        .size;
+    let reader = Ranged {
+        store: store.clone(),
+        path,
+        size,
+    };
+    ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| Error::SourceQuery {
+            table: name.to_string(),
+            message: format!("file {url}{name}: {e}"),
+        })
+}
+
+/// [`parquet_max`] of a file on a web server, by ranges: its footer, and only the watermark
+/// column of row groups without statistics, never the whole file.
+async fn remote_parquet_max(
+    name: &str,
+    url: &str,
+    store: &Arc<dyn ObjectStore>,
+    column: &str,
+) -> Result<Option<i64>> {
+    let fail = |e: String| Error::SourceQuery {
+        table: name.to_string(),
+        message: format!("file {url}{name}: {e}"),
+    };
+    let builder = remote_parquet(name, url, store).await?;
+    let (mut best, unread) = statistics_max(name, &builder, column)?;
+    if unread.is_empty() {
+        return Ok(best);
+    }
+    let mask = ProjectionMask::columns(builder.parquet_schema(), [column]);
+    let mut batches = builder
+        .with_row_groups(unread)
+        .with_projection(mask)
+        .with_batch_size(65_536)
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    while let Some(batch) = batches.next().await {
+        best = best.max(batch_max(
+            name,
+            &batch.map_err(|e| fail(e.to_string()))?,
+            column,
+        )?);
     }
     Ok(best)
 }
@@ -541,6 +660,13 @@ impl Source for FilesSource {
 
     async fn schema(&self, table: &TableSpec) -> Result<SchemaRef> {
         let files = self.files(table).await?;
+        if let Base::Http { url, store } = &self.base
+            && is_parquet(&files[0])
+        {
+            // The footer has the schema: no need to download the file.
+            let builder = remote_parquet(&files[0], url, store).await?;
+            return Ok(normalized(builder.schema()));
+        }
         let input = self.input(&files[0]).await?;
         let name = files[0].clone();
         tokio::task::spawn_blocking(move || {
@@ -559,6 +685,11 @@ impl Source for FilesSource {
                 continue;
             }
             // Parquet: the footer's statistics, not the rows (a big file costs a footer read).
+            if let Base::Http { url, store } = &self.base {
+                let max = remote_parquet_max(&name, url, store, &table.cdc_column).await?;
+                best = best.max(max);
+                continue;
+            }
             let input = self.input(&name).await?;
             let cdc = table.cdc_column.clone();
             let max = tokio::task::spawn_blocking(move || match input {

@@ -150,9 +150,18 @@ async fn a_missing_table_or_folder_is_named() {
     assert!(err.contains("/no/such/folder"), "{err}");
 }
 
-/// Serves the files of `dir` over plain HTTP on loopback: HEAD and GET, 404 when missing,
-/// the headers object_store reads (length, last-modified, etag). Returns the base URL.
+/// Serves the files of `dir` over plain HTTP on loopback: HEAD and GET (whole, or one
+/// `Range: bytes=a-b`), 404 when missing, the headers object_store reads (length,
+/// last-modified, etag). Returns the base URL.
 async fn serve_folder(dir: std::path::PathBuf) -> String {
+    serve_counted(dir, Default::default()).await
+}
+
+/// [`serve_folder`], adding to `served` the body bytes it sends.
+async fn serve_counted(
+    dir: std::path::PathBuf,
+    served: Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -161,7 +170,7 @@ async fn serve_folder(dir: std::path::PathBuf) -> String {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
-            let dir = dir.clone();
+            let (dir, served) = (dir.clone(), served.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
@@ -176,15 +185,31 @@ async fn serve_folder(dir: std::path::PathBuf) -> String {
                 let mut words = request.split_whitespace();
                 let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or("/"));
                 let file = dir.join(path.trim_start_matches('/'));
+                let range = request.lines().find_map(|l| {
+                    let (a, b) = l
+                        .strip_prefix("Range: bytes=")
+                        .or_else(|| l.strip_prefix("range: bytes="))?
+                        .split_once('-')?;
+                    Some((a.parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?))
+                });
                 let response = match std::fs::read(&file) {
-                    Ok(body) => {
+                    Ok(whole) => {
+                        let (status, body, extra) = match range {
+                            Some((a, b)) if a <= b && b < whole.len() => (
+                                "206 Partial Content",
+                                whole[a..=b].to_vec(),
+                                format!("Content-Range: bytes {a}-{b}/{}\r\n", whole.len()),
+                            ),
+                            _ => ("200 OK", whole.clone(), String::new()),
+                        };
                         let head = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Tue, 01 Oct 2024 10:00:00 GMT\r\nETag: \"{}\"\r\nConnection: close\r\n\r\n",
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}Last-Modified: Tue, 01 Oct 2024 10:00:00 GMT\r\nETag: \"{}\"\r\nConnection: close\r\n\r\n",
                             body.len(),
-                            body.len()
+                            whole.len()
                         );
                         let mut out = head.into_bytes();
                         if method == "GET" {
+                            served.fetch_add(body.len(), std::sync::atomic::Ordering::SeqCst);
                             out.extend_from_slice(&body);
                         }
                         out
@@ -233,4 +258,60 @@ async fn files_over_http_are_found_by_table_name_and_ingested() {
     );
     let wm = std::fs::read_to_string(lake.join("bronze/_watermarks/DimDate.json")).unwrap();
     assert!(wm.contains("\"2024-01-02\""), "{wm}");
+}
+
+#[tokio::test]
+async fn a_remote_parquet_files_high_watermark_costs_its_footer_not_the_file() {
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use std::sync::atomic::Ordering;
+    // With statistics (two row groups), the footer is enough; without, only the watermark
+    // column is read, one of the file's two equal ones. Bounds in percent of the file.
+    let cases = [
+        (
+            WriterProperties::builder()
+                .set_max_row_group_row_count(Some(100_000))
+                .build(),
+            10,
+        ),
+        (
+            WriterProperties::builder()
+                .set_statistics_enabled(EnabledStatistics::None)
+                .set_dictionary_enabled(false)
+                .build(),
+            60,
+        ),
+    ];
+    for (props, percent) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let www = dir.path().join("www");
+        let path = www.join("data/FactStream.parquet");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let rows = streams(0..200_000, 1_700_000_000_000_000);
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            rows.schema(),
+            Some(props),
+        )
+        .unwrap();
+        w.write(&rows).unwrap();
+        w.close().unwrap();
+        let size = std::fs::metadata(&path).unwrap().len() as usize;
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let base = serve_counted(www, served.clone()).await;
+        let lake = dir.path().join("lake");
+        let first = ingest(&format!("files:{base}"), &lake, &["FactStream"]).await;
+        assert_eq!(first.tables[0].rows, 200_000, "{first:?}");
+        let wm = std::fs::read_to_string(lake.join("bronze/_watermarks/FactStream.json")).unwrap();
+        // The last stream: 199,999 s after the base.
+        assert!(wm.contains("2023-11-17T05:46:39"), "{wm}");
+        // Nothing new: the second run finds the same high watermark from part of the file.
+        served.store(0, Ordering::SeqCst);
+        let second = ingest(&format!("files:{base}"), &lake, &["FactStream"]).await;
+        assert_eq!(second.tables[0].rows, 0, "{second:?}");
+        let read = served.load(Ordering::SeqCst);
+        assert!(
+            read > 0 && read * 100 < size * percent,
+            "{read} bytes of a {size}-byte file ({percent}% at most)"
+        );
+    }
 }
