@@ -875,17 +875,7 @@ async fn open_lookup(
     name: &str,
 ) -> Result<(i64, Schema, bool)> {
     built.wait(&l.dimension).await;
-    let dim = lake.delta_table(&table_path(&l.dimension)).await?;
-    let Some(dim_consumed) = recorded(&dim, &consumed_app_id(&l.silver), &l.dimension).await?
-    else {
-        return Err(Error::Gold {
-            table: name.to_string(),
-            message: format!(
-                "it looks up gold.{} which has not been built (see that table's error, or load silver.{} first)",
-                l.dimension, l.silver
-            ),
-        });
-    };
+    let (dim, dim_consumed) = super::built_dimension(lake, &l.dimension, &l.silver, name).await?;
     debug!(dimension = %l.dimension, "Reading a dimension for its lookup.");
     let (carried, indexed) = cache_lookup(ctx, &dim, l, i, fact_key, fact_seq, name).await?;
     debug!(dimension = %l.dimension, indexed, "Read a dimension for its lookup.");

@@ -434,6 +434,26 @@ async fn recorded(table: &DeltaTable, app_id: &str, name: &str) -> Result<Option
 }
 
 /// A table at a given version (or `None` before its first commit).
+/// Gold dimension `dimension` (built from silver `silver`) as `owner` reads it to look it up,
+/// and the silver version it has consumed; an error naming both when it was never built.
+async fn built_dimension(
+    lake: &Lake,
+    dimension: &str,
+    silver: &str,
+    owner: &str,
+) -> Result<(DeltaTable, i64)> {
+    let dim = lake.delta_table(&table_path(dimension)).await?;
+    match recorded(&dim, &consumed_app_id(silver), dimension).await? {
+        Some(consumed) => Ok((dim, consumed)),
+        None => Err(Error::Gold {
+            table: owner.to_string(),
+            message: format!(
+                "it looks up gold.{dimension} which has not been built (see that table's error, or load silver.{silver} first)"
+            ),
+        }),
+    }
+}
+
 async fn table_at(lake: &Lake, path: &str, version: u64) -> Result<DeltaTable> {
     deltalake::DeltaTableBuilder::from_url(lake.table_url(path)?)
         .map_err(delta_err(path))?

@@ -12,9 +12,8 @@ use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{cast, concat_batches, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
-use datafusion::prelude::SessionContext;
 
-use super::{consumed_app_id, df_err, recorded, register, table_path};
+use super::{built_dimension, df_err, register};
 use crate::config::{LookupSpec, TableSpec};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
@@ -56,18 +55,8 @@ impl Outrigger {
                 l.dimension
             )));
         };
-        let dim = lake.delta_table(&table_path(&l.dimension)).await?;
-        if recorded(&dim, &consumed_app_id(&spec.silver_name()), &l.dimension)
-            .await?
-            .is_none()
-        {
-            return Err(fail(format!(
-                "it looks up gold.{} which has not been built (see that table's error, or load silver.{} first)",
-                l.dimension,
-                spec.silver_name()
-            )));
-        }
-        let ctx = SessionContext::new();
+        let (dim, _) = built_dimension(lake, &l.dimension, &spec.silver_name(), owner).await?;
+        let ctx = super::session();
         let raw = "__outrigger";
         register(&ctx, raw, &dim, None).await?;
         let quoted = |c: &str| crate::config::ident::quote_ansi(c);
