@@ -15,8 +15,10 @@ use arrow::datatypes::{Int64Type, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, lit};
 use deltalake::DeltaTable;
-use deltalake::kernel::Transaction;
-use tracing::{debug, info};
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, Transaction};
+use deltalake::protocol::DeltaOperation;
+use tracing::{Instrument, debug, info};
 
 use super::dimension::is_lineage;
 use super::rewrite::file_name;
@@ -628,7 +630,6 @@ pub(super) async fn build(
             .await?
         };
     }
-    let mut appended: Vec<String> = Vec::new();
     if !together.is_empty() {
         let files: Vec<String> = together.iter().flat_map(|&i| chunks[i].clone()).collect();
         let _ = ctx.deregister_table("changes");
@@ -640,7 +641,7 @@ pub(super) async fn build(
             .await
             .map_err(df_err(name, "resolving dimension keys"))?;
         let txns = next_txns();
-        target = append_plan(&streaming, target, name, df, &output, txns, &mut appended).await?;
+        target = append_plan(target, name, df, &output, txns, &columns, report).await?;
     }
     for &i in &apart {
         let _ = ctx.deregister_table("changes");
@@ -659,7 +660,7 @@ pub(super) async fn build(
         };
         if streamed {
             // No key of the chunk is in the table: the rows stream straight into new files.
-            target = append_plan(&ctx, target, name, df, &output, txns, &mut appended).await?;
+            target = append_plan(target, name, df, &output, txns, &columns, report).await?;
         } else {
             let rows = df
                 .collect()
@@ -676,9 +677,6 @@ pub(super) async fn build(
             })
             .await?;
         }
-    }
-    if !appended.is_empty() {
-        count_appended(&ctx, &target, &appended, name, &columns, report).await?;
     }
     report.version = target.version();
     report.status = Status::Ok;
@@ -1077,30 +1075,31 @@ async fn overlaps(
     Ok(found > 0)
 }
 
-/// Where the writer closes a fact file. Each of its partitions builds the file it writes in
-/// memory, so this bounds that part of the write's memory whatever the size of the stream
+/// Where a writer closes a fact file. Each writer (one per partition of the query) builds the
+/// file it writes in memory, so this bounds that part of the write's memory whatever the size of the stream
 /// (delta-rs's default is 100 MB per file; at scale 10 the measured peaks with either were
 /// within noise of each other); a few dozen MB is still a large file for readers.
 const FACT_FILE_BYTES: u64 = 32 << 20;
 
-/// Appends the rows of the query `df` in one commit carrying `txns`, streaming. A missing
-/// table is first created empty with the stored schema (every column nullable, plain strings);
-/// a crash between the two leaves an empty table with no consumed version, which the next run
-/// fills through the ordinary path. The files it wrote are added to `appended` (their rows
-/// are counted at the end).
+/// Appends the rows of the query `df` in one commit carrying `txns`, streaming, and adds
+/// them (and the unknown members they point to) to the report. A missing table is first
+/// created empty with the stored schema (every column nullable, plain strings); a crash
+/// between the two leaves an empty table with no consumed version, which the next run fills
+/// through the ordinary path.
+///
+/// Each partition of the query has its own writer on its own task: a Delta write of a plan
+/// drains every partition through one writer (delta-rs 1.1), so the parquet encoding of a
+/// fact, most of its cost, ran on one core. A partition reads a contiguous run of silver's
+/// files, so each writer's files keep silver's key order.
 async fn append_plan(
-    ctx: &SessionContext,
     target: DeltaTable,
     name: &str,
     df: DataFrame,
     output: &[String],
     txns: Vec<Transaction>,
-    appended: &mut Vec<String>,
+    columns: &FactColumns,
+    report: &mut TableReport,
 ) -> Result<DeltaTable> {
-    let before: HashSet<String> = match target.version() {
-        Some(_) => target.get_file_uris().map_err(delta_err(name))?.collect(),
-        None => HashSet::new(),
-    };
     let df = crate::lake::storable_df(df, Some(output))
         .map_err(df_err(name, "shaping the fact's rows"))?;
     let target = match target.version() {
@@ -1110,59 +1109,110 @@ async fn append_plan(
             append(target, name, schema, Vec::new(), Vec::new()).await?
         }
     };
-    let properties = crate::lake::parquet_properties(df.schema().as_arrow()).build();
-    let target = target
-        .write(Vec::new())
-        .with_writer_properties(properties)
-        .with_target_file_size(std::num::NonZeroU64::new(FACT_FILE_BYTES))
-        .with_input_plan(df.into_unoptimized_plan())
-        .with_session_state(std::sync::Arc::new(ctx.state()))
-        .with_save_mode(deltalake::protocol::SaveMode::Append)
-        .with_commit_properties(super::commit_properties(txns))
+    let schema = schema_of(&target, name)?;
+    let streams = df
+        .execute_stream_partitioned()
         .await
-        .map_err(super::delta_err(name))?;
-    appended.extend(
-        target
-            .get_file_uris()
-            .map_err(delta_err(name))?
-            .filter(|f| !before.contains(f)),
-    );
+        .map_err(df_err(name, "resolving dimension keys"))?;
+    let sks: Vec<String> = columns.lookups.iter().map(|l| l.sk.clone()).collect();
+    let mut tasks = Vec::with_capacity(streams.len());
+    for stream in streams {
+        let writer = super::rewrite::writer(
+            &target,
+            name,
+            &schema,
+            std::num::NonZeroU64::new(FACT_FILE_BYTES),
+        )?;
+        let write = write_partition(
+            stream,
+            writer,
+            schema.clone(),
+            sks.clone(),
+            name.to_string(),
+        );
+        tasks.push(tokio::spawn(write.in_current_span()));
+    }
+    let mut adds = Vec::new();
+    for i in 0..tasks.len() {
+        let failure = match (&mut tasks[i]).await {
+            Ok(Ok(written)) => {
+                adds.extend(written.adds.into_iter().map(Action::Add));
+                report.inserted += written.rows;
+                for ((_, unknown), counted) in unknown_slots(report, columns).zip(written.unknown) {
+                    *unknown += counted;
+                }
+                continue;
+            }
+            Ok(Err(e)) => e,
+            Err(e) => Error::Task(format!("writing gold.{name}: {e}")),
+        };
+        // The other writers' files would never be committed: stop them.
+        tasks[i + 1..].iter().for_each(|t| t.abort());
+        return Err(failure);
+    }
+    let snapshot = target.snapshot().map_err(delta_err(name))?;
+    let commit = CommitBuilder::from(super::commit_properties(txns))
+        .with_actions(adds)
+        .build(
+            Some(snapshot),
+            target.log_store(),
+            DeltaOperation::Write {
+                mode: deltalake::protocol::SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(delta_err(name))?;
+    let mut target = target;
+    target
+        .update_incremental(Some(commit.version()))
+        .await
+        .map_err(delta_err(name))?;
     Ok(target)
 }
 
-/// Adds to the report the rows (and unknown members) of the files this run appended,
-/// read back from them.
-async fn count_appended(
-    ctx: &SessionContext,
-    written: &DeltaTable,
-    files: &[String],
-    name: &str,
-    columns: &FactColumns,
-    report: &mut TableReport,
-) -> Result<()> {
-    register(ctx, "__written", written, Some(files)).await?;
-    let unknown: Vec<String> = columns
-        .lookups
-        .iter()
-        .map(|l| format!("SUM(CASE WHEN {} = -1 THEN 1 ELSE 0 END)", q(&l.sk)))
-        .collect();
-    let sql = format!(
-        "SELECT COUNT(*){} FROM __written",
-        unknown.iter().map(|u| format!(", {u}")).collect::<String>()
-    );
-    let batches = ctx
-        .sql(&sql)
-        .await
-        .map_err(df_err(name, "counting the first build"))?
-        .collect()
-        .await
-        .map_err(df_err(name, "counting the first build"))?;
-    let value = |i: usize| crate::lake::first_int(&batches, i).unwrap_or(0).max(0) as u64;
-    report.inserted += value(0);
-    for (i, (_, unknown)) in unknown_slots(report, columns).enumerate() {
-        *unknown += value(i + 1);
+/// What one partition's writer wrote: its files, rows, and rows per lookup that point to the
+/// unknown member.
+struct Written {
+    adds: Vec<deltalake::kernel::Add>,
+    rows: u64,
+    unknown: Vec<u64>,
+}
+
+/// Writes one partition of a fact's new rows into new files (committed by the caller).
+async fn write_partition(
+    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    mut writer: deltalake::datafile::writer::DeltaWriter,
+    schema: arrow::datatypes::SchemaRef,
+    sks: Vec<String>,
+    name: String,
+) -> Result<Written> {
+    use futures::StreamExt;
+    let mut written = Written {
+        adds: Vec::new(),
+        rows: 0,
+        unknown: vec![0; sks.len()],
+    };
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(df_err(&name, "resolving dimension keys"))?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let batch = super::rewrite::fit(&batch, &schema).map_err(|e| Error::arrow(&name, e))?;
+        written.rows += batch.num_rows() as u64;
+        for (unknown, sk) in written.unknown.iter_mut().zip(&sks) {
+            if let Some(c) = batch
+                .column_by_name(sk)
+                .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            {
+                *unknown += c.iter().filter(|v| *v == Some(-1)).count() as u64;
+            }
+        }
+        writer.write(&batch).await.map_err(delta_err(&name))?;
     }
-    Ok(())
+    written.adds = writer.close().await.map_err(delta_err(&name))?;
+    Ok(written)
 }
 
 #[cfg(test)]

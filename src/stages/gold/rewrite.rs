@@ -45,18 +45,7 @@ impl Rewrite {
     /// Starts a change to `target` (which exists), whose rows are identified by `sk`.
     pub(super) fn new(target: &DeltaTable, name: &str, sk: &str) -> Result<Self> {
         let schema = schema_of(target, name)?;
-        let snapshot = target.snapshot().map_err(delta_err(name))?.snapshot();
-        let stats = WriterStatsConfig::from_config(snapshot.table_configuration());
-        let config = WriterConfig::new(
-            schema.clone(),
-            Vec::new(),
-            Some(crate::lake::parquet_properties(&schema).build()),
-            Some(snapshot.table_properties().target_file_size()),
-            None,
-            stats.num_indexed_cols,
-            stats.stats_columns,
-        );
-        let writer = DeltaWriter::new(target.log_store().object_store(None), config);
+        let writer = writer(target, name, &schema, None)?;
         Ok(Rewrite {
             name: name.to_string(),
             sk: sk.to_string(),
@@ -149,6 +138,32 @@ impl Rewrite {
     }
 }
 
+/// A writer of new data files for `target` (which exists), whose rows have the table's
+/// `schema`, closing a file past `file_size` bytes (default: the table's target file size).
+/// Its files are committed by the caller.
+pub(super) fn writer(
+    target: &DeltaTable,
+    name: &str,
+    schema: &SchemaRef,
+    file_size: Option<std::num::NonZeroU64>,
+) -> Result<DeltaWriter> {
+    let snapshot = target.snapshot().map_err(delta_err(name))?.snapshot();
+    let stats = WriterStatsConfig::from_config(snapshot.table_configuration());
+    let config = WriterConfig::new(
+        schema.clone(),
+        Vec::new(),
+        Some(crate::lake::parquet_properties(schema).build()),
+        Some(file_size.unwrap_or_else(|| snapshot.table_properties().target_file_size())),
+        None,
+        stats.num_indexed_cols,
+        stats.stats_columns,
+    );
+    Ok(DeltaWriter::new(
+        target.log_store().object_store(None),
+        config,
+    ))
+}
+
 /// The names of the files of `target` that hold one of `keys` in column `sk` (reading only
 /// that column and the file name).
 async fn files_holding(
@@ -175,13 +190,29 @@ async fn files_holding(
     let mut files = HashSet::new();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(df_err(name, "reading the table's keys"))?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
         let sks = surrogate_keys(batch.column(0), name)?;
-        let paths = arrow::compute::cast(batch.column(1), &DataType::Utf8)
-            .map_err(|e| Error::arrow(name, e))?;
+        // The file column is dictionary encoded (one value per file): casting it to text
+        // would copy a path per row, so rows are matched to files through the keys.
+        let (paths, index): (ArrayRef, Vec<usize>) = match batch.column(1).as_any_dictionary_opt() {
+            Some(d) if d.values().is_empty() => continue,
+            Some(d) => (d.values().clone(), d.normalized_keys()),
+            None => (batch.column(1).clone(), (0..batch.num_rows()).collect()),
+        };
+        let paths =
+            arrow::compute::cast(&paths, &DataType::Utf8).map_err(|e| Error::arrow(name, e))?;
         let paths = paths.as_string::<i32>();
-        for i in 0..batch.num_rows() {
-            if sks.is_valid(i) && keys.contains(&sks.value(i)) && paths.is_valid(i) {
-                files.insert(file_name(paths.value(i)).to_string());
+        let mut hit = vec![false; paths.len()];
+        for (i, &p) in index.iter().enumerate() {
+            if sks.is_valid(i) && batch.column(1).is_valid(i) && keys.contains(&sks.value(i)) {
+                hit[p] = true;
+            }
+        }
+        for (p, hit) in hit.into_iter().enumerate() {
+            if hit && paths.is_valid(p) {
+                files.insert(file_name(paths.value(p)).to_string());
             }
         }
     }
@@ -252,7 +283,7 @@ pub(super) fn surrogate_keys(column: &ArrayRef, name: &str) -> Result<Int64Array
 }
 
 /// `batch` with the columns of `schema`, by name, in its types.
-fn fit(
+pub(super) fn fit(
     batch: &RecordBatch,
     schema: &SchemaRef,
 ) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
