@@ -18,6 +18,7 @@ use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::DeltaOperation;
+use futures::{StreamExt, TryStreamExt};
 use tracing::{Instrument, debug, info};
 
 use super::dimension::is_lineage;
@@ -367,12 +368,28 @@ pub(super) async fn build(
     // The chunks of new rows need no dimension: in a whole-pipeline run they are read
     // while the dimensions are still being built.
     let chunks = chunk_files(&changes, chunk_rows, &silver_name)?;
-    let mut shapes = Vec::with_capacity(chunks.len());
-    for chunk in &chunks {
-        let _ = ctx.deregister_table("changes");
-        register(&ctx, "changes", &changes.table, Some(chunk)).await?;
-        shapes.push(chunk_keys(&ctx, &columns.keys, name).await?);
-    }
+    // Two at a time, each on its own task: at scale 10 the 26 chunks of a first build took
+    // 0.3 s one by one, between silver's end and the fact's first write.
+    let shapes: Vec<ChunkKeys> =
+        futures::stream::iter(chunks.iter().cloned().enumerate().map(|(i, chunk)| {
+            let (ctx, silver) = (ctx.clone(), changes.table.clone());
+            let (keys, table) = (columns.keys.clone(), name.to_string());
+            let describe = async move {
+                let view = format!("__chunk{i}");
+                register(&ctx, &view, &silver, Some(&chunk)).await?;
+                let shape = chunk_keys(&ctx, &view, &keys, &table).await;
+                let _ = ctx.deregister_table(view.as_str());
+                shape
+            };
+            let task = tokio::spawn(describe.in_current_span());
+            async move {
+                task.await
+                    .map_err(|e| Error::Task(format!("describing a chunk of gold.{name}: {e}")))?
+            }
+        }))
+        .buffered(2)
+        .try_collect()
+        .await?;
     debug!(chunks = chunks.len(), "Described the chunks of new rows.");
     // A chunk whose keys are unique, in a range no other chunk's keys reach and not yet in
     // the table needs neither "latest row per key" nor a merge, whenever it is written. All
@@ -703,13 +720,18 @@ struct ChunkKeys {
 
 /// Counts the rows of `changes`, and the distinct and non-null values of its first key column
 /// and their range, in one aggregate.
-async fn chunk_keys(ctx: &SessionContext, keys: &[String], name: &str) -> Result<ChunkKeys> {
+async fn chunk_keys(
+    ctx: &SessionContext,
+    table: &str,
+    keys: &[String],
+    name: &str,
+) -> Result<ChunkKeys> {
     if let [key] = keys
-        && let Some(shape) = integer_chunk_keys(ctx, key, name).await?
+        && let Some(shape) = integer_chunk_keys(ctx, table, key, name).await?
     {
         return Ok(shape);
     }
-    sql_chunk_keys(ctx, keys, name).await
+    sql_chunk_keys(ctx, table, keys, name).await
 }
 
 /// [`chunk_keys`] for one integer key column (of a type that fits in 64-bit signed), without
@@ -719,13 +741,14 @@ async fn chunk_keys(ctx: &SessionContext, keys: &[String], name: &str) -> Result
 /// `None` for any other key type.
 async fn integer_chunk_keys(
     ctx: &SessionContext,
+    table: &str,
     key: &str,
     name: &str,
 ) -> Result<Option<ChunkKeys>> {
     use arrow::datatypes::DataType::*;
     let fail = |e| df_err(name, "reading silver changes")(e);
     let df = ctx
-        .table("changes")
+        .table(table)
         .await
         .map_err(fail)?
         .select(vec![datafusion::prelude::col(
@@ -787,12 +810,18 @@ fn repeats(values: &mut [i64], lo: i64, hi: i64) -> bool {
 }
 
 /// [`chunk_keys`] by SQL, for any key.
-async fn sql_chunk_keys(ctx: &SessionContext, keys: &[String], name: &str) -> Result<ChunkKeys> {
+async fn sql_chunk_keys(
+    ctx: &SessionContext,
+    table: &str,
+    keys: &[String],
+    name: &str,
+) -> Result<ChunkKeys> {
     let fail = |e| df_err(name, "reading silver changes")(e);
     let batches = ctx
         .sql(&format!(
-            "SELECT COUNT(*), COUNT(DISTINCT {k}), COUNT({k}), MIN({k}), MAX({k}) FROM changes",
-            k = q(&keys[0])
+            "SELECT COUNT(*), COUNT(DISTINCT {k}), COUNT({k}), MIN({k}), MAX({k}) FROM {t}",
+            k = q(&keys[0]),
+            t = q(table)
         ))
         .await
         .map_err(fail)?
@@ -1188,7 +1217,6 @@ async fn write_partition(
     sks: Vec<String>,
     name: String,
 ) -> Result<Written> {
-    use futures::StreamExt;
     let mut written = Written {
         adds: Vec::new(),
         rows: 0,
@@ -1235,8 +1263,8 @@ mod tests {
         ctx.register_table("changes", Arc::new(table)).unwrap();
         let keys = ["k".to_string()];
         (
-            integer_chunk_keys(&ctx, "k", "t").await.unwrap(),
-            sql_chunk_keys(&ctx, &keys, "t").await.unwrap(),
+            integer_chunk_keys(&ctx, "changes", "k", "t").await.unwrap(),
+            sql_chunk_keys(&ctx, "changes", &keys, "t").await.unwrap(),
         )
     }
 
