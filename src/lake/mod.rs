@@ -53,6 +53,7 @@ pub fn parquet_properties(
     schema: &arrow::datatypes::Schema,
 ) -> parquet::file::properties::WriterPropertiesBuilder {
     use arrow::datatypes::DataType;
+    use parquet::file::properties::EnabledStatistics;
     use parquet::schema::types::ColumnPath;
     schema.fields().iter().fold(
         parquet::file::properties::WriterProperties::builder()
@@ -61,7 +62,16 @@ pub fn parquet_properties(
             .set_dictionary_enabled(false),
         |b, f| match f.data_type() {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-                b.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), true)
+                let path = || ColumnPath::from(f.name().as_str());
+                let b = b.set_column_dictionary_enabled(path(), true);
+                // Lineage and rescue text (`_source_file`, `_rescued_data`) is never filtered
+                // on, and its min/max cost two comparisons of a long value per row: 4.5% of
+                // silver's time for a fact (perf, 10M streams).
+                if f.name().starts_with('_') {
+                    b.set_column_statistics_enabled(path(), EnabledStatistics::None)
+                } else {
+                    b
+                }
             }
             DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(_, _) => b
                 .set_column_encoding(
