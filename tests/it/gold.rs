@@ -39,7 +39,7 @@ lookups = [{ dimension = "dim_user", on = ["user_id"] }]
 /// A lake whose silver tables the test writes directly, so gold sees exactly the change
 /// sequences a test wants.
 struct Lakehouse {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     lake: Lake,
     pipeline: Pipeline,
     files: std::cell::Cell<u32>,
@@ -72,7 +72,7 @@ impl Lakehouse {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::open(dir.path().join("lake").to_str().unwrap()).unwrap();
         Lakehouse {
-            _dir: dir,
+            dir,
             lake,
             pipeline: Pipeline::parse(pipeline, "test pipeline").unwrap(),
             files: std::cell::Cell::new(0),
@@ -352,6 +352,55 @@ async fn a_key_in_two_files_of_one_run_ends_with_its_newest_row() {
         assert_eq!(fact.rows_in, 7, "{pipeline}");
         assert_eq!(fact.unknown, [("user_sk".to_string(), 1)], "{pipeline}");
     }
+}
+
+/// Chunks whose keys neither repeat nor reach another's go through one query whose
+/// partitions each have their own writer: every row must land once, in one commit, and the
+/// counts (taken from the rows as they are written) must be those of the table.
+#[tokio::test]
+async fn a_fact_written_by_several_writers_holds_every_row_once_in_one_commit() {
+    let h = Lakehouse::new(PIPELINE);
+    h.users(&[(1, "US", "a", "10:00"), (2, "FR", "x", "10:00")])
+        .await;
+    // Eight files of disjoint, ascending stream ids; every third stream's user never exists.
+    let mut expected_unknown = 0;
+    for file in 0..8i64 {
+        let rows: Vec<(i64, i32, &str)> = (0..50i64)
+            .map(|i| {
+                let id = file * 1000 + i;
+                let user = if id % 3 == 0 { 99 } else { 1 + (id % 2) as i32 };
+                (id, user, "11:00")
+            })
+            .collect();
+        expected_unknown += rows.iter().filter(|r| r.1 == 99).count() as u64;
+        h.streams(&rows).await;
+    }
+    let run = h.gold().await;
+    let fact = report(&run, "fact_stream");
+    assert_eq!((fact.rows_in, fact.inserted), (400, 400));
+    assert_eq!(fact.unknown, [("user_sk".to_string(), expected_unknown)]);
+    assert_eq!(
+        fact.version,
+        Some(1),
+        "created, then one commit of every row"
+    );
+    assert_eq!(
+        h.csv(
+            "SELECT count(*), count(DISTINCT stream_id), sum(CASE WHEN user_sk = -1 THEN 1 ELSE 0 END) \
+             FROM gold.fact_stream"
+        )
+        .await,
+        [format!("400,400,{expected_unknown}")]
+    );
+    // Each writer names its files part-NNNNN-<writer id>-c000: two ids, two writers.
+    let dir = h.dir.path().join("lake/gold/fact_stream");
+    let writers: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".parquet"))
+        .map(|n| n.split('-').skip(2).take(5).collect::<Vec<_>>().join("-"))
+        .collect();
+    assert_eq!(writers.len(), 2, "{writers:?}");
 }
 
 const SCD1: &str = r#"
