@@ -5,6 +5,7 @@ pub mod areas;
 pub mod azurite;
 pub mod events;
 pub mod watermark;
+pub mod writers;
 
 use std::path::PathBuf;
 use std::sync::Arc;

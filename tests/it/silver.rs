@@ -336,6 +336,83 @@ async fn a_value_that_no_longer_fits_its_type_is_rescued_not_dropped() {
     );
 }
 
+/// A big bronze file that brings no new column is written by two writers: both files must
+/// land in one commit that records the file, every row once, and a retry must add nothing.
+#[tokio::test]
+async fn a_big_file_is_written_by_two_writers_in_one_commit_exactly_once() {
+    let fx = Fixture::seeded(0.005);
+    assert!(!fx.ingest(&["DimTrack"], None).await.failed());
+    let tables = [spec("DimTrack")];
+    assert!(!silver(&fx, &tables).await.failed());
+    let open = || async {
+        let url =
+            url::Url::from_directory_path(fx.lake.join("silver/tracks").canonicalize().unwrap())
+                .unwrap();
+        deltalake::DeltaTable::try_from_url(url).await.unwrap()
+    };
+    let before = open().await;
+    let files_before = before.get_file_uris().unwrap().count();
+
+    let rows = 150_000;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("track_id", DataType::Int32, true),
+        Field::new("track_name", DataType::Utf8, true),
+        Field::new("duration_sec", DataType::Int32, true),
+        Field::new("updated_at", utc(), true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int32Array::from_iter_values(1_000_000..1_000_000 + rows)),
+            Arc::new(StringArray::from_iter_values(
+                (0..rows).map(|i| format!("track {i}")),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                (0..rows).map(|i| 60 + i % 400),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(
+                    (0..rows as i64).map(|i| 1_800_000_000_000_000 + i),
+                )
+                .with_timezone("UTC"),
+            ),
+        ],
+    )
+    .unwrap();
+    let path = write_bronze(&fx, "DimTrack", "DimTrack_big_00000.parquet", &batch);
+    let report = silver(&fx, &tables).await;
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!(report.tables[0].counts.rows_out, rows as u64);
+
+    let after = open().await;
+    assert_eq!(
+        after.version(),
+        before.version().map(|v| v + 1),
+        "one commit"
+    );
+    assert_eq!(
+        after.get_file_uris().unwrap().count(),
+        files_before + 2,
+        "two writers, a file each"
+    );
+    assert_eq!(
+        query(
+            &fx,
+            "tracks",
+            "SELECT count(DISTINCT track_id) = count(*) AND count(*) = 150000 \
+             AND min(track_id) = 1000000 AND max(track_id) = 1149999 \
+             AND count(*) FILTER (WHERE duration_flag IS NULL) = 0 \
+             FROM t WHERE _source_file LIKE '%big%'"
+        )
+        .await,
+        "true"
+    );
+    assert_eq!(
+        file_status(&fx, "DimTrack", &path).await,
+        FileStatus::AlreadyLoaded
+    );
+}
+
 #[tokio::test]
 async fn a_corrupt_file_is_quarantined_with_a_reason_and_the_others_load() {
     let fx = Fixture::seeded(0.005);

@@ -15,9 +15,7 @@ use arrow::datatypes::{Int64Type, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, lit};
 use deltalake::DeltaTable;
-use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::kernel::{Action, Transaction};
-use deltalake::protocol::DeltaOperation;
+use deltalake::kernel::Transaction;
 use futures::{StreamExt, TryStreamExt};
 use tracing::{Instrument, debug, info};
 
@@ -367,7 +365,7 @@ pub(super) async fn build(
 
     // The chunks of new rows need no dimension: in a whole-pipeline run they are read
     // while the dimensions are still being built.
-    let chunks = chunk_files(&changes, chunk_rows, &silver_name)?;
+    let chunks = chunk_files(&changes, chunk_rows, &silver_name, &columns.keys[0])?;
     // Two at a time, each on its own task: at scale 10 the 26 chunks of a first build took
     // 0.3 s one by one, between silver's end and the fact's first write.
     let shapes: Vec<ChunkKeys> =
@@ -985,33 +983,65 @@ async fn cache_lookup(
 }
 
 /// The added silver files in groups of at most `limit` rows (a bigger file is a group alone),
-/// by the row counts the silver log keeps per file.
-fn chunk_files(changes: &SilverChanges, limit: usize, silver: &str) -> Result<Vec<Vec<String>>> {
+/// by the row counts the silver log keeps per file, in the order of their smallest first key
+/// when the log has it for every file: files next to each other in key order make chunks
+/// whose key ranges do not overlap, which are then written together. (The log lists files in
+/// no particular order, and silver writes a big bronze file as two files of one commit.)
+fn chunk_files(
+    changes: &SilverChanges,
+    limit: usize,
+    silver: &str,
+    first_key: &str,
+) -> Result<Vec<Vec<String>>> {
     let snapshot = changes.table.snapshot().map_err(delta_err(silver))?;
     // Keyed by file name (delta-rs names data files uniquely), so each lookup is one probe;
     // a file not found counts as a full chunk, which only makes chunks smaller.
-    let rows: std::collections::HashMap<String, usize> = snapshot
+    let logged: std::collections::HashMap<String, (usize, Option<serde_json::Value>)> = snapshot
         .log_data()
         .iter()
         .map(|f| {
+            let min = f
+                .stats()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|s| s.get("minValues")?.get(first_key).cloned());
             (
                 file_name(&f.path()).to_string(),
-                f.num_records().unwrap_or(limit),
+                (f.num_records().unwrap_or(limit), min),
             )
         })
         .collect();
-    let rows_of = |uri: &str| rows.get(file_name(uri)).copied().unwrap_or(limit);
+    let rows_of = |uri: &str| logged.get(file_name(uri)).map_or(limit, |l| l.0);
+    let min_of = |uri: &str| logged.get(file_name(uri)).and_then(|l| l.1.as_ref());
+    let mut files = changes.files.clone();
+    let mins: Vec<Option<&serde_json::Value>> = files.iter().map(|f| min_of(f)).collect();
+    if mins
+        .iter()
+        .all(|m| m.is_some_and(serde_json::Value::is_number))
+    {
+        files.sort_by(|a, b| {
+            let n = |f: &str| min_of(f).and_then(serde_json::Value::as_f64);
+            n(a).partial_cmp(&n(b)).unwrap_or(std::cmp::Ordering::Equal)
+        });
+    } else if mins
+        .iter()
+        .all(|m| m.is_some_and(serde_json::Value::is_string))
+    {
+        files.sort_by(|a, b| {
+            let t = |f: &str| min_of(f).and_then(serde_json::Value::as_str);
+            t(a).cmp(&t(b))
+        });
+    }
     let mut chunks: Vec<Vec<String>> = Vec::new();
     let mut in_chunk = 0;
-    for file in &changes.files {
-        let n = rows_of(file);
+    for file in files {
+        let n = rows_of(&file);
         match chunks.last_mut() {
             Some(chunk) if in_chunk + n <= limit => {
-                chunk.push(file.clone());
+                chunk.push(file);
                 in_chunk += n;
             }
             _ => {
-                chunks.push(vec![file.clone()]);
+                chunks.push(vec![file]);
                 in_chunk = n;
             }
         }
@@ -1138,109 +1168,35 @@ async fn append_plan(
             append(target, name, schema, Vec::new(), Vec::new()).await?
         }
     };
-    let schema = schema_of(&target, name)?;
     let streams = df
         .execute_stream_partitioned()
         .await
         .map_err(df_err(name, "resolving dimension keys"))?;
     let sks: Vec<String> = columns.lookups.iter().map(|l| l.sk.clone()).collect();
-    let mut tasks = Vec::with_capacity(streams.len());
-    for stream in streams {
-        let writer = super::rewrite::writer(
-            &target,
-            name,
-            &schema,
-            std::num::NonZeroU64::new(FACT_FILE_BYTES),
-        )?;
-        let write = write_partition(
-            stream,
-            writer,
-            schema.clone(),
-            sks.clone(),
-            name.to_string(),
-        );
-        tasks.push(tokio::spawn(write.in_current_span()));
-    }
-    let mut adds = Vec::new();
-    for i in 0..tasks.len() {
-        let failure = match (&mut tasks[i]).await {
-            Ok(Ok(written)) => {
-                adds.extend(written.adds.into_iter().map(Action::Add));
-                report.inserted += written.rows;
-                for ((_, unknown), counted) in unknown_slots(report, columns).zip(written.unknown) {
-                    *unknown += counted;
-                }
-                continue;
-            }
-            Ok(Err(e)) => e,
-            Err(e) => Error::Task(format!("writing gold.{name}: {e}")),
-        };
-        // The other writers' files would never be committed: stop them.
-        tasks[i + 1..].iter().for_each(|t| t.abort());
-        return Err(failure);
-    }
-    let snapshot = target.snapshot().map_err(delta_err(name))?;
-    let commit = CommitBuilder::from(super::commit_properties(txns))
-        .with_actions(adds)
-        .build(
-            Some(snapshot),
-            target.log_store(),
-            DeltaOperation::Write {
-                mode: deltalake::protocol::SaveMode::Append,
-                partition_by: None,
-                predicate: None,
-            },
-        )
-        .await
-        .map_err(delta_err(name))?;
-    let mut target = target;
-    target
-        .update_incremental(Some(commit.version()))
-        .await
-        .map_err(delta_err(name))?;
-    Ok(target)
-}
-
-/// What one partition's writer wrote: its files, rows, and rows per lookup that point to the
-/// unknown member.
-struct Written {
-    adds: Vec<deltalake::kernel::Add>,
-    rows: u64,
-    unknown: Vec<u64>,
-}
-
-/// Writes one partition of a fact's new rows into new files (committed by the caller).
-async fn write_partition(
-    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
-    mut writer: deltalake::datafile::writer::DeltaWriter,
-    schema: arrow::datatypes::SchemaRef,
-    sks: Vec<String>,
-    name: String,
-) -> Result<Written> {
-    let mut written = Written {
-        adds: Vec::new(),
-        rows: 0,
-        unknown: vec![0; sks.len()],
+    // Rows pointing to each lookup's unknown member, counted as they are written.
+    let unknown = move |batch: &arrow::array::RecordBatch| -> Vec<u64> {
+        sks.iter()
+            .map(|sk| {
+                batch
+                    .column_by_name(sk)
+                    .and_then(|c| c.as_primitive_opt::<Int64Type>())
+                    .map_or(0, |c| c.iter().filter(|v| *v == Some(-1)).count() as u64)
+            })
+            .collect()
     };
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(df_err(&name, "resolving dimension keys"))?;
-        if batch.num_rows() == 0 {
-            continue;
-        }
-        let batch = super::rewrite::fit(&batch, &schema).map_err(|e| Error::arrow(&name, e))?;
-        written.rows += batch.num_rows() as u64;
-        for (unknown, sk) in written.unknown.iter_mut().zip(&sks) {
-            if let Some(c) = batch
-                .column_by_name(sk)
-                .and_then(|c| c.as_primitive_opt::<Int64Type>())
-            {
-                *unknown += c.iter().filter(|v| *v == Some(-1)).count() as u64;
-            }
-        }
-        writer.write(&batch).await.map_err(delta_err(&name))?;
+    let written = crate::lake::writers::write_streams(
+        &target,
+        name,
+        streams,
+        std::num::NonZeroU64::new(FACT_FILE_BYTES),
+        unknown,
+    )
+    .await?;
+    report.inserted += written.rows;
+    for ((_, unknown), counted) in unknown_slots(report, columns).zip(written.counted) {
+        *unknown += counted;
     }
-    written.adds = writer.close().await.map_err(delta_err(&name))?;
-    Ok(written)
+    crate::lake::writers::commit_append(target, name, written.adds, txns).await
 }
 
 #[cfg(test)]

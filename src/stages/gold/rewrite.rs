@@ -8,20 +8,15 @@
 //! per replaced key.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, new_null_array,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
-use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
+use deltalake::datafile::writer::DeltaWriter;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, Transaction};
-use deltalake::operations::write::configs::WriterStatsConfig;
 use deltalake::protocol::DeltaOperation;
-use deltalake::table::config::TablePropertiesExt;
 use futures::StreamExt;
 
 use super::{commit_properties, delta_err, df_err, schema_of};
@@ -45,7 +40,7 @@ impl Rewrite {
     /// Starts a change to `target` (which exists), whose rows are identified by `sk`.
     pub(super) fn new(target: &DeltaTable, name: &str, sk: &str) -> Result<Self> {
         let schema = schema_of(target, name)?;
-        let writer = writer(target, name, &schema, None)?;
+        let writer = crate::lake::writers::delta_writer(target, name, &schema, None)?;
         Ok(Rewrite {
             name: name.to_string(),
             sk: sk.to_string(),
@@ -67,7 +62,8 @@ impl Rewrite {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let batch = fit(batch, &self.schema).map_err(|e| Error::arrow(&self.name, e))?;
+        let batch = crate::lake::writers::fit(batch, &self.schema)
+            .map_err(|e| Error::arrow(&self.name, e))?;
         self.writer
             .write(&batch)
             .await
@@ -136,32 +132,6 @@ impl Rewrite {
             .map_err(delta_err(&name))?;
         Ok(target)
     }
-}
-
-/// A writer of new data files for `target` (which exists), whose rows have the table's
-/// `schema`, closing a file past `file_size` bytes (default: the table's target file size).
-/// Its files are committed by the caller.
-pub(super) fn writer(
-    target: &DeltaTable,
-    name: &str,
-    schema: &SchemaRef,
-    file_size: Option<std::num::NonZeroU64>,
-) -> Result<DeltaWriter> {
-    let snapshot = target.snapshot().map_err(delta_err(name))?.snapshot();
-    let stats = WriterStatsConfig::from_config(snapshot.table_configuration());
-    let config = WriterConfig::new(
-        schema.clone(),
-        Vec::new(),
-        Some(crate::lake::parquet_properties(schema).build()),
-        Some(file_size.unwrap_or_else(|| snapshot.table_properties().target_file_size())),
-        None,
-        stats.num_indexed_cols,
-        stats.stats_columns,
-    );
-    Ok(DeltaWriter::new(
-        target.log_store().object_store(None),
-        config,
-    ))
 }
 
 /// The names of the files of `target` that hold one of `keys` in column `sk` (reading only
@@ -282,27 +252,12 @@ pub(super) fn surrogate_keys(column: &ArrayRef, name: &str) -> Result<Int64Array
     })
 }
 
-/// `batch` with the columns of `schema`, by name, in its types.
-pub(super) fn fit(
-    batch: &RecordBatch,
-    schema: &SchemaRef,
-) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) => arrow::compute::cast(c, f.data_type()),
-            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(Arc::clone(schema), columns)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
 
     fn rows(sks: std::ops::RangeInclusive<i64>, label: &str) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
