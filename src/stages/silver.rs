@@ -965,10 +965,6 @@ fn transform(
     Ok(df)
 }
 
-/// The rows to write, with the lineage columns last: the bronze file's path and the load
-/// time. As a query, so the writer makes them one batch at a time: a whole file's worth of
-/// the same path, repeated, was half the memory of a fact row in every copy the steps
-/// before writing make.
 /// Rows per file from which silver writes a file's rows with two writers (each half at least
 /// a default row group), below which one file is better for readers.
 const TWO_WRITERS_ROWS: u64 = 128 * 1024;
@@ -1007,7 +1003,12 @@ fn halves(batches: Vec<RecordBatch>) -> Vec<Vec<RecordBatch>> {
     vec![first, second]
 }
 
-/// The rows with the lineage columns, in the given partitions.
+/// The rows to write, with the lineage columns last: the bronze file's path and the load
+/// time. As a query, so the writer makes them one batch at a time: a whole file's worth of
+/// the same path, repeated, was half the memory of a fact row in every copy the steps
+/// before writing make.
+///
+/// In the given partitions (each a writer's, when there are two).
 fn with_lineage(
     ctx: &SessionContext,
     partitions: Vec<Vec<RecordBatch>>,
@@ -1659,5 +1660,30 @@ mod tests {
         assert_eq!(names, ["id", "kept"]);
         assert!(schema.fields().iter().all(|f| f.is_nullable()));
         assert_eq!(out[0].num_columns(), 2);
+    }
+
+    #[test]
+    fn halves_split_the_rows_in_order_into_two_equal_parts() {
+        let ids = |r: std::ops::Range<i64>| -> RecordBatch {
+            batch(vec![(
+                "id",
+                Arc::new(Int64Array::from_iter_values(r)) as ArrayRef,
+            )])
+        };
+        // 3 + 4 + 6 rows: the middle falls inside the third batch.
+        let parts = halves(vec![ids(0..3), ids(3..7), ids(7..13)]);
+        let values = |part: &[RecordBatch]| -> Vec<i64> {
+            part.iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_primitive::<arrow::datatypes::Int64Type>()
+                        .values()
+                        .to_vec()
+                })
+                .collect()
+        };
+        assert_eq!(parts.len(), 2);
+        assert_eq!(values(&parts[0]), (0..6).collect::<Vec<_>>());
+        assert_eq!(values(&parts[1]), (6..13).collect::<Vec<_>>());
     }
 }
