@@ -231,6 +231,27 @@ impl PointInTime {
     /// `AHEAD` rows before it is needed, so that many are in flight at once: 80 -> 31 ns a
     /// probe, measured on 20M probes into a million keys.
     fn positions(&self, key: &ArrayRef, seq: Option<&ArrayRef>) -> Result<UInt32Array> {
+        Ok(self
+            .probe(key, seq, |j| j.map(|j| j as u32))?
+            .into_iter()
+            .collect())
+    }
+
+    /// For each row, its version's surrogate key, `-1` where none matches: read in the probe,
+    /// while the version is in cache, instead of from positions in a second pass.
+    fn surrogate_keys(&self, key: &ArrayRef, seq: Option<&ArrayRef>) -> Result<Int64Array> {
+        Ok(Int64Array::from(self.probe(key, seq, |j| {
+            j.map_or(-1, |j| self.versions[j].sk)
+        })?))
+    }
+
+    /// `matched(version index)` for each row of `keys` (and `seq`); see [`Self::positions`].
+    fn probe<T>(
+        &self,
+        key: &ArrayRef,
+        seq: Option<&ArrayRef>,
+        matched: impl Fn(Option<usize>) -> T,
+    ) -> Result<Vec<T>> {
         const AHEAD: usize = 16;
         let key = as_i64(key, &self.dimension)?;
         let seq = seq.map(|s| as_i64(s, &self.dimension)).transpose()?;
@@ -255,7 +276,7 @@ impl PointInTime {
                     prefetch(version);
                 }
                 let at = seq.and_then(|s| s.is_valid(i).then(|| s.value(i)));
-                self.find_in(ranges[i].clone(), at)
+                matched(self.find_in(ranges[i].clone(), at).map(|j| j as usize))
             })
             .collect())
     }
@@ -383,17 +404,17 @@ impl ScalarUDFImpl for LookupUdf {
         let Some(key) = arrays.first() else {
             return exec_err!("{} needs the key", self.name);
         };
-        let positions = self
-            .index
-            .positions(key, arrays.get(1))
-            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let external = |e: Error| datafusion::error::DataFusionError::External(Box::new(e));
         let out: ArrayRef = match self.output {
-            Output::Sk => Arc::new(Int64Array::from_iter_values(
-                positions
-                    .iter()
-                    .map(|p| p.map_or(-1, |p| self.index.versions[p as usize].sk)),
-            )),
-            Output::Carried(c) => take(&self.index.carried[c], &positions, None)?,
+            Output::Sk => Arc::new(
+                self.index
+                    .surrogate_keys(key, arrays.get(1))
+                    .map_err(external)?,
+            ),
+            Output::Carried(c) => {
+                let positions = self.index.positions(key, arrays.get(1)).map_err(external)?;
+                take(&self.index.carried[c], &positions, None)?
+            }
         };
         Ok(ColumnarValue::Array(out))
     }
