@@ -276,6 +276,27 @@ fn utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
+/// A bronze DimTrack batch of ids, names, durations (of any type) and update times (µs).
+fn tracks(
+    ids: Int32Array,
+    names: StringArray,
+    durations: arrow::array::ArrayRef,
+    updated: Vec<i64>,
+) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("track_id", DataType::Int32, true),
+        Field::new("track_name", DataType::Utf8, true),
+        Field::new("duration_sec", durations.data_type().clone(), true),
+        Field::new("updated_at", utc(), true),
+    ]));
+    let updated = TimestampMicrosecondArray::from(updated).with_timezone("UTC");
+    RecordBatch::try_new(
+        schema,
+        vec![Arc::new(ids), Arc::new(names), durations, Arc::new(updated)],
+    )
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_value_that_no_longer_fits_its_type_is_rescued_not_dropped() {
     let fx = Fixture::seeded(0.005);
@@ -283,25 +304,12 @@ async fn a_value_that_no_longer_fits_its_type_is_rescued_not_dropped() {
     let tables = [spec("DimTrack")];
     assert!(!silver(&fx, &tables).await.failed());
     // The source changed duration_sec from INT to VARCHAR: "200" still fits, "3:20" does not.
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("track_id", DataType::Int32, true),
-        Field::new("track_name", DataType::Utf8, true),
-        Field::new("duration_sec", DataType::Utf8, true),
-        Field::new("updated_at", utc(), true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int32Array::from(vec![1, 2])),
-            Arc::new(StringArray::from(vec!["a-b", "c"])),
-            Arc::new(StringArray::from(vec!["200", "3:20"])),
-            Arc::new(
-                TimestampMicrosecondArray::from(vec![1_800_000_000_000_000, 1_800_000_000_000_001])
-                    .with_timezone("UTC"),
-            ),
-        ],
-    )
-    .unwrap();
+    let batch = tracks(
+        Int32Array::from(vec![1, 2]),
+        StringArray::from(vec!["a-b", "c"]),
+        Arc::new(StringArray::from(vec!["200", "3:20"])),
+        vec![1_800_000_000_000_000, 1_800_000_000_000_001],
+    );
     write_bronze(&fx, "DimTrack", "DimTrack_x_y_00000.parquet", &batch);
     let report = silver(&fx, &tables).await;
     assert!(!report.failed(), "{report:?}");
@@ -354,31 +362,16 @@ async fn a_big_file_is_written_by_two_writers_in_one_commit_exactly_once() {
     let files_before = before.get_file_uris().unwrap().count();
 
     let rows = 150_000;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("track_id", DataType::Int32, true),
-        Field::new("track_name", DataType::Utf8, true),
-        Field::new("duration_sec", DataType::Int32, true),
-        Field::new("updated_at", utc(), true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int32Array::from_iter_values(1_000_000..1_000_000 + rows)),
-            Arc::new(StringArray::from_iter_values(
-                (0..rows).map(|i| format!("track {i}")),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                (0..rows).map(|i| 60 + i % 400),
-            )),
-            Arc::new(
-                TimestampMicrosecondArray::from_iter_values(
-                    (0..rows as i64).map(|i| 1_800_000_000_000_000 + i),
-                )
-                .with_timezone("UTC"),
-            ),
-        ],
-    )
-    .unwrap();
+    let batch = tracks(
+        Int32Array::from_iter_values(1_000_000..1_000_000 + rows),
+        StringArray::from_iter_values((0..rows).map(|i| format!("track {i}"))),
+        Arc::new(Int32Array::from_iter_values(
+            (0..rows).map(|i| 60 + i % 400),
+        )),
+        (0..rows as i64)
+            .map(|i| 1_800_000_000_000_000 + i)
+            .collect(),
+    );
     let path = write_bronze(&fx, "DimTrack", "DimTrack_big_00000.parquet", &batch);
     let report = silver(&fx, &tables).await;
     assert!(!report.failed(), "{report:?}");
