@@ -153,6 +153,14 @@ pub enum Error {
     Report { run_id: String, message: String },
 }
 
+/// Maps delta-rs errors to [`Error::Delta`] for `table` (for `map_err`).
+pub fn delta_err(table: &str) -> impl Fn(deltalake::DeltaTableError) -> Error + '_ {
+    move |e| Error::Delta {
+        table: table.to_string(),
+        source: e,
+    }
+}
+
 impl Error {
     /// Wraps an object-store error with the lake path it concerns.
     pub fn lake(path: impl ToString, source: object_store::Error) -> Self {

@@ -21,14 +21,7 @@ use deltalake::table::config::TablePropertiesExt;
 use futures::StreamExt;
 use tracing::Instrument;
 
-use crate::error::{Error, Result};
-
-fn delta_err(table: &str) -> impl Fn(deltalake::DeltaTableError) -> Error + '_ {
-    move |e| Error::Delta {
-        table: table.to_string(),
-        source: e,
-    }
-}
+use crate::error::{Error, Result, delta_err};
 
 /// A writer of new data files for `target` (which exists), whose rows have the table's
 /// `schema`, closing a file past `file_size` bytes (default: the table's target file size).
@@ -83,11 +76,13 @@ pub struct Written {
 
 /// Writes each stream into new files of `target` (which exists) with its own writer, on its
 /// own task, fitting the rows to the table's schema; `count` tallies each batch as it is
-/// written (e.g. rows pointing to an unknown member). Nothing is committed: see
-/// [`commit_append`]. If one writer fails, the others are stopped.
+/// written (e.g. rows pointing to an unknown member). `from` names what the rows are computed
+/// from, for errors. Nothing is committed: see [`commit_append`]. If one writer fails, the
+/// others are stopped.
 pub async fn write_streams<C>(
     target: &DeltaTable,
     name: &str,
+    from: &str,
     streams: Vec<SendableRecordBatchStream>,
     file_size: Option<NonZeroU64>,
     count: C,
@@ -108,7 +103,7 @@ where
             writer,
             schema.clone(),
             count.clone(),
-            name.to_string(),
+            (name.to_string(), from.to_string()),
         );
         tasks.push(tokio::spawn(write.in_current_span()));
     }
@@ -145,7 +140,7 @@ async fn write_one<C>(
     mut writer: DeltaWriter,
     schema: SchemaRef,
     count: C,
-    name: String,
+    (name, from): (String, String),
 ) -> Result<(Vec<Add>, u64, Vec<u64>)>
 where
     C: Fn(&RecordBatch) -> Vec<u64>,
@@ -154,7 +149,7 @@ where
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| Error::DataFusion {
             table: name.clone(),
-            file: name.clone(),
+            file: from.clone(),
             context: "computing the rows to write".to_string(),
             source: e,
         })?;

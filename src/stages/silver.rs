@@ -585,6 +585,7 @@ impl Silver {
                 let written = crate::lake::writers::write_streams(
                     &delta,
                     &silver_name,
+                    path,
                     streams,
                     None,
                     |_| Vec::new(),

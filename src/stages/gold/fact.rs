@@ -716,8 +716,8 @@ struct ChunkKeys {
     range: Option<(ScalarValue, ScalarValue)>,
 }
 
-/// Counts the rows of `changes`, and the distinct and non-null values of its first key column
-/// and their range, in one aggregate.
+/// Counts the rows of the registered `table` (one chunk of changes), and the distinct and
+/// non-null values of its first key column and their range, in one aggregate.
 async fn chunk_keys(
     ctx: &SessionContext,
     table: &str,
@@ -1146,10 +1146,8 @@ const FACT_FILE_BYTES: u64 = 32 << 20;
 /// between the two leaves an empty table with no consumed version, which the next run fills
 /// through the ordinary path.
 ///
-/// Each partition of the query has its own writer on its own task: a Delta write of a plan
-/// drains every partition through one writer (delta-rs 1.1), so the parquet encoding of a
-/// fact, most of its cost, ran on one core. A partition reads a contiguous run of silver's
-/// files, so each writer's files keep silver's key order.
+/// Each partition of the query has its own writer (see `lake::writers`); a partition reads a
+/// contiguous run of silver's files, so each writer's files keep silver's key order.
 async fn append_plan(
     target: DeltaTable,
     name: &str,
@@ -1187,6 +1185,7 @@ async fn append_plan(
     let written = crate::lake::writers::write_streams(
         &target,
         name,
+        &super::table_path(name),
         streams,
         std::num::NonZeroU64::new(FACT_FILE_BYTES),
         unknown,

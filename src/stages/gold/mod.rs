@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use super::Status;
 use crate::config::{GoldKind, Pipeline, TableSpec};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, delta_err};
 use crate::lake::Lake;
 
 /// Commit attempts when another writer commits to the same gold table first.
@@ -399,13 +399,6 @@ fn session() -> SessionContext {
         .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
         .with_target_partitions(2);
     crate::lake::delta_session(config)
-}
-
-fn delta_err(table: &str) -> impl Fn(deltalake::DeltaTableError) -> Error + '_ {
-    move |e| Error::Delta {
-        table: table.to_string(),
-        source: e,
-    }
 }
 
 fn df_err<'a>(
