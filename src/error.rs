@@ -146,6 +146,15 @@ pub enum Error {
     #[error("gold table {table}: {message}")]
     Gold { table: String, message: String },
 
+    #[error(
+        "gold table {table}: gold.{dimension} did not commit the versions it handed over ({reason})"
+    )]
+    HandOver {
+        table: String,
+        dimension: String,
+        reason: String,
+    },
+
     #[error("a background task failed: {0}")]
     Task(String),
 

@@ -13,7 +13,7 @@ use crate::config::{GoldKind, Pipeline, TableSpec};
 use crate::error::Result;
 use crate::lake::{Lake, events};
 use crate::stages::Status;
-use crate::stages::gold::{Gold, GoldReport};
+use crate::stages::gold::{Gold, GoldReport, Progress};
 use crate::stages::ingest::{Ingest, IngestReport};
 use crate::stages::silver::{Silver, SilverReport};
 
@@ -140,8 +140,8 @@ pub async fn flow(
         .filter(|t| is(t, GoldKind::Dimension))
         .filter_map(|t| t.gold.as_ref())
         .map(|g| {
-            let (tx, rx) = watch::channel(false);
-            ((g.name.clone(), tx), (g.name.clone(), rx))
+            let (tx, rx) = watch::channel(Progress::Building);
+            ((g.name.clone(), Arc::new(tx)), (g.name.clone(), rx))
         })
         .unzip();
     let chains = tables.iter().map(|table| {
@@ -152,6 +152,9 @@ pub async fn flow(
             }
         }
         let announce = table.gold.as_ref().and_then(|g| announcers.remove(&g.name));
+        if let (Some(to), Some(g)) = (&announce, &table.gold) {
+            waits.announce(&g.name, to.clone());
+        }
         let (source, gates, gold) = (source.clone(), &gates, gold.clone());
         async move {
             let one = std::slice::from_ref(table);
@@ -185,12 +188,15 @@ pub async fn flow(
                 gold.tables(pipeline, one, &waits).await
             };
             if let Some(tx) = announce {
-                let _ = tx.send(true);
+                let _ = tx.send(Progress::Done);
             }
             (ingest.tables, silver.tables, gold, started)
         }
     });
-    let done = futures::future::join_all(chains).await;
+    let chains = futures::future::join_all(chains);
+    // Only the facts' receivers stay: a dimension no fact waits for keeps no staged rows.
+    drop(built);
+    let done = chains.await;
     let first = |stage: usize| {
         done.iter()
             .map(|d| d.3[stage])

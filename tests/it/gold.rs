@@ -8,10 +8,11 @@ use std::sync::Arc;
 use arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::protocol::SaveMode;
+use tokio::sync::watch;
 use tunelake::config::Pipeline;
 use tunelake::lake::Lake;
 use tunelake::stages::Status;
-use tunelake::stages::gold::{Gold, GoldReport};
+use tunelake::stages::gold::{Built, Gold, GoldReport, Progress, Staged};
 
 const PIPELINE: &str = r#"
 [[tables]]
@@ -160,6 +161,68 @@ impl Lakehouse {
         report
     }
 
+    /// Gold as a whole-pipeline run builds it: the fact waits for dim_user, which hands it
+    /// its staged versions before committing them. The dimension's progress reaches the fact
+    /// through a relay that holds `Done` back until the fact has taken the staged versions,
+    /// and checks meanwhile that the fact has not committed before the dimension.
+    async fn gold_handing_over(&self) -> GoldReport {
+        let (dim_tx, mut dim_rx) = watch::channel(Progress::Building);
+        let dim_tx = Arc::new(dim_tx);
+        let (fact_tx, fact_rx) = watch::channel(Progress::Building);
+        let mut dim_built = Built::default();
+        dim_built.announce("dim_user", dim_tx.clone());
+        let mut fact_built = Built::default();
+        fact_built.expect("dim_user", fact_rx);
+        let fact_version = self.version("fact_stream").await;
+        let gold = Arc::new(Gold::new(self.lake.clone(), "test"));
+        let tables = &self.pipeline.tables;
+        let fact = gold.tables(&self.pipeline, &tables[1..2], &fact_built);
+        let dimension = async {
+            let report = gold.tables(&self.pipeline, &tables[..1], &dim_built).await;
+            dim_tx.send(Progress::Done).unwrap();
+            report
+        };
+        let relay = async {
+            let staged = match &*dim_rx
+                .wait_for(|p| !matches!(p, Progress::Building))
+                .await
+                .unwrap()
+            {
+                Progress::Staged(staged) => staged.clone(),
+                other => panic!("dim_user handed nothing over: {other:?}"),
+            };
+            fact_tx.send(Progress::Staged(staged.clone())).unwrap();
+            dim_rx
+                .wait_for(|p| matches!(p, Progress::Done))
+                .await
+                .unwrap();
+            taken(&staged).await;
+            assert_eq!(
+                self.version("fact_stream").await,
+                fact_version,
+                "the fact committed first"
+            );
+            fact_tx.send(Progress::Done).unwrap();
+        };
+        let (mut report, dim, ()) = tokio::join!(fact, dimension, relay);
+        report.splice(0..0, dim);
+        for t in &report {
+            assert_ne!(t.status, Status::Failed, "{:?}", t.error);
+        }
+        GoldReport {
+            run_id: "test".to_string(),
+            tables: report,
+        }
+    }
+
+    async fn version(&self, table: &str) -> Option<u64> {
+        self.lake
+            .delta_table(&format!("gold/{table}"))
+            .await
+            .unwrap()
+            .version()
+    }
+
     async fn table(&self, sql: &str) -> String {
         let batches = tunelake::query::run(&self.lake, sql).await.unwrap();
         tunelake::query::render(&batches, tunelake::query::Format::Table).unwrap()
@@ -174,6 +237,17 @@ impl Lakehouse {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// Returns once a fact has resolved against `staged`.
+async fn taken(staged: &Staged) {
+    for _ in 0..3000 {
+        if staged.taken.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no fact resolved against the staged versions in 30 s");
 }
 
 fn report<'a>(r: &'a GoldReport, table: &str) -> &'a tunelake::stages::gold::TableReport {
@@ -194,7 +268,15 @@ const FACT: &str = "SELECT stream_id, user_sk, user_id, date_format(stream_times
 
 #[tokio::test]
 async fn scd2_versions_follow_sequence_order_whatever_order_changes_arrive_in() {
-    scd2_scenario(PIPELINE).await;
+    scd2_scenario(PIPELINE, false).await;
+}
+
+/// The same scenario with the second run's fact resolved against dim_user's staged versions
+/// (a late change, a split version, a deleted one, facts re-resolved and merged), committed
+/// only after the dimension: the same tables and counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fact_resolved_against_a_dimensions_staged_versions_gives_the_same_gold() {
+    scd2_scenario(PIPELINE, true).await;
 }
 
 /// The same scenario with every silver file its own fact chunk and every key its own
@@ -203,10 +285,10 @@ async fn scd2_versions_follow_sequence_order_whatever_order_changes_arrive_in() 
 #[tokio::test]
 async fn the_scd2_scenario_in_the_smallest_chunks_gives_the_same_gold() {
     let chunked = format!("[settings]\nchunk_rows = 1\ndimension_chunk_keys = 1\n{PIPELINE}");
-    scd2_scenario(&chunked).await;
+    scd2_scenario(&chunked, false).await;
 }
 
-async fn scd2_scenario(pipeline: &str) {
+async fn scd2_scenario(pipeline: &str, hand_over: bool) {
     let h = Lakehouse::new(pipeline);
     h.users(&[
         (1, "US", "a", "10:00"),
@@ -271,7 +353,11 @@ async fn scd2_scenario(pipeline: &str) {
     ])
     .await;
     h.streams(&[(6, 1, "12:30")]).await; // stream 6 corrected: a later time
-    let second = h.gold().await;
+    let second = if hand_over {
+        h.gold_handing_over().await
+    } else {
+        h.gold().await
+    };
     let dim = report(&second, "dim_user");
     assert_eq!((dim.inserted, dim.updated, dim.deleted), (5, 2, 1));
     assert_eq!(
@@ -317,6 +403,63 @@ async fn scd2_scenario(pipeline: &str) {
         third.tables
     );
     assert_eq!(report(&third, "dim_user").version, dim.version);
+}
+
+/// A dimension that hands over versions and then commits something else (here: nothing):
+/// the fact that resolved against them commits none of its rows, and is built again from the
+/// dimension as it stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fact_never_commits_rows_resolved_against_versions_its_dimension_did_not_commit() {
+    let h = Lakehouse::new(PIPELINE);
+    h.users(&[(1, "US", "a", "10:00"), (2, "FR", "x", "10:00")])
+        .await;
+    h.streams(&[(1, 1, "11:00")]).await;
+    h.gold().await;
+    h.streams(&[(2, 1, "12:00"), (3, 2, "12:30")]).await;
+    let base = h.version("dim_user").await.unwrap();
+    let fact_version = h.version("fact_stream").await.unwrap();
+    // A version of user 1 replacing both users' rows, which dim_user never commits.
+    let rows = RecordBatch::try_from_iter([
+        (
+            "user_sk",
+            Arc::new(Int64Array::from(vec![999])) as arrow::array::ArrayRef,
+        ),
+        ("user_id", Arc::new(Int32Array::from(vec![1]))),
+        (
+            "valid_from",
+            Arc::new(TimestampMicrosecondArray::from(vec![ts("00:00")]).with_timezone("UTC")),
+        ),
+        (
+            "valid_to",
+            Arc::new(TimestampMicrosecondArray::from(vec![None::<i64>]).with_timezone("UTC")),
+        ),
+    ])
+    .unwrap();
+    let silver = h.lake.delta_table("silver/users").await.unwrap();
+    let staged = Arc::new(Staged {
+        base,
+        consumed: silver.version().unwrap() as i64,
+        rows: vec![rows],
+        replaced: [1, 2].into(),
+        taken: Default::default(),
+    });
+    let (fact_tx, fact_rx) = watch::channel(Progress::Staged(staged.clone()));
+    let mut built = Built::default();
+    built.expect("dim_user", fact_rx);
+    let gold = Arc::new(Gold::new(h.lake.clone(), "test"));
+    let fact = gold.tables(&h.pipeline, &h.pipeline.tables[1..2], &built);
+    let dimension = async {
+        taken(&staged).await;
+        fact_tx.send(Progress::Done).unwrap();
+    };
+    let (report, ()) = tokio::join!(fact, dimension);
+    assert_eq!(report[0].status, Status::Ok, "{:?}", report[0].error);
+    assert_eq!(report[0].inserted, 2);
+    assert_eq!(
+        h.csv(FACT).await,
+        ["1,1,1,11:00", "2,1,1,12:00", "3,2,2,12:30"]
+    );
+    assert_eq!(h.version("fact_stream").await, Some(fact_version + 1));
 }
 
 /// One run's silver files repeat a key, each file's keys unique: the key ends with its newest

@@ -460,6 +460,7 @@ pub(super) async fn build(
     table: &TableSpec,
     all: &[TableSpec],
     chunk_keys: usize,
+    built: &super::Built,
     report: &mut TableReport,
 ) -> Result<()> {
     let Some(gold) = &table.gold else {
@@ -522,6 +523,18 @@ pub(super) async fn build(
         Some(stored) if output.iter().all(|c| stored.contains(c)) => {
             Some(Rewrite::new(&target, name, &columns.sk)?)
         }
+        _ => None,
+    };
+    // What the single commit will change, for the facts waiting to resolve against it.
+    let base = target.version();
+    let mut staged = match (&rewrite, base) {
+        (Some(_), Some(base)) if built.announces(name) => Some(super::Staged {
+            base,
+            consumed: changes.version as i64,
+            rows: Vec::new(),
+            replaced: HashSet::new(),
+            taken: Default::default(),
+        }),
         _ => None,
     };
     for (i, range) in ranges.iter().enumerate() {
@@ -612,7 +625,12 @@ pub(super) async fn build(
                 let new = arrow::compute::filter_record_batch(batch, &new)
                     .map_err(|e| Error::arrow(name, e))?;
                 rewrite.write(&new).await?;
-                rewrite.replace(replaced_keys(batch, op, &columns.sk, name)?);
+                let replaced = replaced_keys(batch, op, &columns.sk, name)?;
+                if let Some(staged) = staged.as_mut() {
+                    staged.rows.push(new);
+                    staged.replaced.extend(&replaced);
+                }
+                rewrite.replace(replaced);
             }
             continue;
         }
@@ -667,6 +685,9 @@ pub(super) async fn build(
             append(target, name, stored, Vec::new(), txns).await?
         } else {
             debug!("Wrote the new versions; rewriting the files they replace.");
+            if let Some(staged) = staged {
+                built.stage(name, staged);
+            }
             rewrite.commit(&ctx, target, txns).await?
         };
     }

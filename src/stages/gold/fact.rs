@@ -452,6 +452,7 @@ pub(super) async fn build(
         }
         .map(|f| f.data_type().clone())
     };
+    let hand_over = HandOver::default();
     // Lookups keyed by fact columns read their dimensions side by side, each once it is
     // built: one dimension still being built holds up none of the others. A lookup keyed by
     // a carried column needs its predecessor's types, so it is read in turn below.
@@ -459,15 +460,14 @@ pub(super) async fn build(
         futures::future::try_join_all(columns.lookups.iter().enumerate().map(|(i, l)| {
             let direct = l.on.iter().all(|f| matches!(f, From::Fact(_)));
             let key = fact_key(l, &[]);
-            let (ctx, fact_seq_type) = (&ctx, &fact_seq_type);
+            let (ctx, fact_seq_type, hand_over) = (&ctx, &fact_seq_type, &hand_over);
             async move {
                 if !direct {
                     return Ok(None);
                 }
                 let opened = open_lookup(
                     ctx,
-                    lake,
-                    built,
+                    (lake, built, hand_over),
                     (l, i),
                     (key.as_ref(), fact_seq_type),
                     name,
@@ -486,8 +486,7 @@ pub(super) async fn build(
                 let key = fact_key(l, &carried_types);
                 open_lookup(
                     &ctx,
-                    lake,
-                    built,
+                    (lake, built, &hand_over),
                     (l, i),
                     (key.as_ref(), &fact_seq_type),
                     name,
@@ -629,6 +628,9 @@ pub(super) async fn build(
         let (_, rows) = project(&rows, &schema, &written, name)?;
         report.updated = count_op(&rows, "R", |_, _| true);
         let txns = next_txns();
+        if report.updated > 0 || !txns.is_empty() {
+            hand_over.confirm(lake, built, name).await?;
+        }
         target = if report.updated == 0 {
             if txns.is_empty() {
                 target
@@ -656,7 +658,8 @@ pub(super) async fn build(
             .await
             .map_err(df_err(name, "resolving dimension keys"))?;
         let txns = next_txns();
-        target = append_plan(target, name, df, &output, txns, &columns, report).await?;
+        let commit = (txns, &hand_over, (lake, built));
+        target = append_plan(target, name, df, &output, commit, &columns, report).await?;
     }
     for &i in &apart {
         let _ = ctx.deregister_table("changes");
@@ -675,7 +678,8 @@ pub(super) async fn build(
         };
         if streamed {
             // No key of the chunk is in the table: the rows stream straight into new files.
-            target = append_plan(target, name, df, &output, txns, &columns, report).await?;
+            let commit = (txns, &hand_over, (lake, built));
+            target = append_plan(target, name, df, &output, commit, &columns, report).await?;
         } else {
             let rows = df
                 .collect()
@@ -686,6 +690,7 @@ pub(super) async fn build(
                 *unknown += count_op(&rows, "N", |b, i| is_unknown(b, i, &l.sk));
             }
             let newer = op_is("N").and(col("s", &columns.seq).gt_eq(col("t", &columns.seq)));
+            hand_over.confirm(lake, built, name).await?;
             target = merge_rows(&ctx, target, name, rows, key_match(&columns), txns, |m| {
                 m.when_matched_update(|u| update_from_source(u, newer, &output))?
                     .when_not_matched_insert(|i| insert_from_source(i, op_is("N"), &output))
@@ -885,13 +890,14 @@ async fn earliest_change(
     Ok(bounds.map(|(earliest, _)| earliest))
 }
 
-/// Reads lookup `i`'s dimension once it is built (see [`cache_lookup`], which `types`, the
-/// fact's key and sequence types, are for). Returns the silver version the dimension has
-/// consumed, the schema of the carried columns and whether the lookup is indexed.
+/// Reads lookup `i`'s dimension once it is built, or once it has staged its versions (then
+/// as the table will be after its commit, which `hand_over` is told to wait for); see
+/// [`cache_lookup`], which `types`, the fact's key and sequence types, are for. Returns the
+/// silver version the dimension has consumed, the schema of the carried columns and whether
+/// the lookup is indexed.
 async fn open_lookup(
     ctx: &SessionContext,
-    lake: &Lake,
-    built: &super::Built,
+    (lake, built, hand_over): (&Lake, &super::Built, &HandOver),
     (l, i): (&Lookup, usize),
     (fact_key, fact_seq): (
         Option<&arrow::datatypes::DataType>,
@@ -899,12 +905,80 @@ async fn open_lookup(
     ),
     name: &str,
 ) -> Result<(i64, Schema, bool)> {
-    built.wait(&l.dimension).await;
-    let (dim, dim_consumed) = super::built_dimension(lake, &l.dimension, &l.silver, name).await?;
-    debug!(dimension = %l.dimension, "Reading a dimension for its lookup.");
-    let (carried, indexed) = cache_lookup(ctx, &dim, l, i, fact_key, fact_seq, name).await?;
+    let (dim, dim_consumed, staged) = match built.staged(&l.dimension).await {
+        Some(staged) => {
+            let path = table_path(&l.dimension);
+            let dim = super::table_at(lake, &path, staged.base).await?;
+            hand_over.expect(l, &staged);
+            staged
+                .taken
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (dim, staged.consumed, Some(staged))
+        }
+        None => {
+            built.wait(&l.dimension).await;
+            let (dim, consumed) =
+                super::built_dimension(lake, &l.dimension, &l.silver, name).await?;
+            (dim, consumed, None)
+        }
+    };
+    debug!(dimension = %l.dimension, staged = staged.is_some(), "Reading a dimension for its lookup.");
+    let (carried, indexed) = cache_lookup(
+        ctx,
+        (&dim, staged.as_deref()),
+        l,
+        i,
+        fact_key,
+        fact_seq,
+        name,
+    )
+    .await?;
     debug!(dimension = %l.dimension, indexed, "Read a dimension for its lookup.");
     Ok((dim_consumed, carried, indexed))
+}
+
+/// The dimensions whose staged versions a fact resolved against: before its first commit,
+/// each must have committed exactly those, as the version after the one they were staged on.
+/// Otherwise (the dimension failed, or another run committed to it first) the fact's rows
+/// may name versions that do not exist, and nothing of them is committed.
+#[derive(Debug, Default)]
+struct HandOver(std::sync::Mutex<Vec<(String, String, u64, i64)>>);
+
+impl HandOver {
+    fn expect(&self, l: &Lookup, staged: &super::Staged) {
+        if let Ok(mut pending) = self.0.lock() {
+            pending.push((
+                l.dimension.clone(),
+                l.silver.clone(),
+                staged.base,
+                staged.consumed,
+            ));
+        }
+    }
+
+    /// Waits for the dimensions handed over, and checks what they committed.
+    async fn confirm(&self, lake: &Lake, built: &super::Built, name: &str) -> Result<()> {
+        let pending = match self.0.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => return Err(Error::Task(format!("gold.{name}: a lookup task panicked"))),
+        };
+        for (dimension, silver, base, consumed) in pending {
+            built.wait(&dimension).await;
+            let (dim, now) = super::built_dimension(lake, &dimension, &silver, name).await?;
+            if dim.version() != Some(base + 1) || now != consumed {
+                return Err(Error::HandOver {
+                    table: name.to_string(),
+                    reason: format!(
+                        "staged on version {base} consuming silver version {consumed}, the table is at version {} consuming {now}",
+                        dim.version().map_or("none".to_string(), |v| v.to_string())
+                    ),
+                    dimension,
+                });
+            }
+            debug!(dimension = %dimension, "The dimension committed what it handed over.");
+        }
+        Ok(())
+    }
 }
 
 /// Reads the columns of a dimension that its lookup uses (keys, surrogate key, validity,
@@ -916,7 +990,7 @@ async fn open_lookup(
 /// lookup is indexed.
 async fn cache_lookup(
     ctx: &SessionContext,
-    dim: &DeltaTable,
+    (dim, staged): (&DeltaTable, Option<&super::Staged>),
     l: &Lookup,
     i: usize,
     fact_key: Option<&arrow::datatypes::DataType>,
@@ -948,6 +1022,12 @@ async fn cache_lookup(
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(fail)?;
     let _ = ctx.deregister_table(raw.as_str());
+    let batches = match staged {
+        Some(staged) => with_staged(&schema, batches, staged, &l.sk).map_err(|e| {
+            Error::arrow(format!("{name}: the staged versions of {}", l.dimension), e)
+        })?,
+        None => batches,
+    };
     let carried = schema
         .project(
             &l.carried
@@ -980,6 +1060,43 @@ async fn cache_lookup(
     ctx.register_table(l.dimension.as_str(), std::sync::Arc::new(table))
         .map_err(fail)?;
     Ok((carried, false))
+}
+
+/// A dimension's rows (`schema`, read at the version `staged` applies to) as its staged
+/// commit leaves them: without the rows of the replaced surrogate keys, with the staged rows.
+fn with_staged(
+    schema: &arrow::datatypes::SchemaRef,
+    batches: Vec<arrow::array::RecordBatch>,
+    staged: &super::Staged,
+    sk: &str,
+) -> std::result::Result<Vec<arrow::array::RecordBatch>, arrow::error::ArrowError> {
+    use arrow::array::{BooleanArray, RecordBatch};
+    use arrow::error::ArrowError;
+    let column = |batch: &RecordBatch, c: &str| {
+        batch
+            .column_by_name(c)
+            .cloned()
+            .ok_or_else(|| ArrowError::SchemaError(format!("no column {c}")))
+    };
+    let mut out = Vec::with_capacity(batches.len() + staged.rows.len());
+    for batch in batches {
+        let sks = arrow::compute::cast(&column(&batch, sk)?, &arrow::datatypes::DataType::Int64)?;
+        let sks = sks.as_primitive::<Int64Type>();
+        let keep: BooleanArray = sks
+            .iter()
+            .map(|v| Some(v.is_none_or(|v| !staged.replaced.contains(&v))))
+            .collect();
+        out.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+    }
+    for batch in &staged.rows {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| arrow::compute::cast(&column(batch, f.name())?, f.data_type()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        out.push(RecordBatch::try_new(schema.clone(), columns)?);
+    }
+    Ok(out)
 }
 
 /// The added silver files in groups of at most `limit` rows (a bigger file is a group alone),
@@ -1153,7 +1270,7 @@ async fn append_plan(
     name: &str,
     df: DataFrame,
     output: &[String],
-    txns: Vec<Transaction>,
+    (txns, hand_over, (lake, built)): (Vec<Transaction>, &HandOver, (&Lake, &super::Built)),
     columns: &FactColumns,
     report: &mut TableReport,
 ) -> Result<DeltaTable> {
@@ -1195,6 +1312,8 @@ async fn append_plan(
     for ((_, unknown), counted) in unknown_slots(report, columns).zip(written.counted) {
         *unknown += counted;
     }
+    // The rows are written; they are committed once the dimensions they name are.
+    hand_over.confirm(lake, built, name).await?;
     crate::lake::writers::commit_append(target, name, written.adds, txns).await
 }
 

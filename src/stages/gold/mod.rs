@@ -280,18 +280,24 @@ impl Gold {
         let start = Instant::now();
         let mut report = report_for(table);
         let mut tries = 0;
+        let mut built = built.clone();
         loop {
             tries += 1;
             let result = match table.gold.as_ref().map(|g| g.kind) {
                 Some(GoldKind::Dimension) => {
-                    dimension::build(&self.lake, table, all, chunks.1, &mut report).await
+                    dimension::build(&self.lake, table, all, chunks.1, &built, &mut report).await
                 }
                 Some(GoldKind::Fact) => {
-                    fact::build(&self.lake, table, all, chunks.0, built, &mut report).await
+                    fact::build(&self.lake, table, all, chunks.0, &built, &mut report).await
                 }
                 None => Ok(()),
             };
             match result {
+                Err(e @ Error::HandOver { .. }) if !built.refuse_staged => {
+                    info!(error = %e, "Building the fact again, from the dimensions as they stand.");
+                    built.refuse_staged = true;
+                    report = report_for(table);
+                }
                 Err(Error::Delta { source, .. })
                     if super::silver::is_conflict(&source) && tries < COMMIT_TRIES =>
                 {
@@ -316,23 +322,100 @@ impl Gold {
 }
 
 /// The dimensions still being built while a fact's gold starts (in a whole-pipeline run,
-/// `runs::flow`): each says when its build is over, failed or not. A fact reads a dimension
-/// only after that; meanwhile it does the work that needs none (its silver changes, its
-/// chunks, the dimensions already built). Empty when the dimensions were built before.
+/// `runs::flow`): each says when its build is over, failed or not, and, for one that ends in
+/// a single copy-on-write commit, when its versions are computed but not yet committed
+/// ([`Staged`]). A fact reads a dimension only after one of those; meanwhile it does the work
+/// that needs none (its silver changes, its chunks, the dimensions already built). Empty when
+/// the dimensions were built before.
 #[derive(Debug, Clone, Default)]
-pub struct Built(HashMap<String, watch::Receiver<bool>>);
+pub struct Built {
+    waits: HashMap<String, watch::Receiver<Progress>>,
+    announcers: HashMap<String, Arc<watch::Sender<Progress>>>,
+    /// Whether a fact may resolve against staged versions (false once that failed).
+    refuse_staged: bool,
+}
+
+/// How far a dimension's build has got, as the facts that look it up see it.
+#[derive(Debug, Clone, Default)]
+pub enum Progress {
+    #[default]
+    Building,
+    /// Its versions are computed and written, and the commit is under way.
+    Staged(Arc<Staged>),
+    /// The build is over, failed or not.
+    Done,
+}
+
+/// A dimension's change, handed to the facts before its commit: the table at `base` with
+/// the rows of `replaced` taken out and `rows` added is the table after the commit. A fact
+/// resolves against it while the dimension rewrites its files, and commits only once the
+/// dimension's commit is the very next version, recording `consumed` (see
+/// `fact::HandOver`).
+#[derive(Debug)]
+pub struct Staged {
+    /// The table version the change applies to.
+    pub base: u64,
+    /// The silver version the dimension's commit records as consumed.
+    pub consumed: i64,
+    /// The new and changed versions, with every column of the table.
+    pub rows: Vec<arrow::array::RecordBatch>,
+    /// The surrogate keys whose stored rows the commit removes.
+    pub replaced: std::collections::HashSet<i64>,
+    /// How many facts have resolved against these versions.
+    pub taken: std::sync::atomic::AtomicUsize,
+}
 
 impl Built {
-    /// The dimension `name` will say on `done` when its build is over.
-    pub fn expect(&mut self, name: &str, done: watch::Receiver<bool>) {
-        self.0.insert(name.to_string(), done);
+    /// The dimension `name` will say on `progress` how far its build has got.
+    pub fn expect(&mut self, name: &str, progress: watch::Receiver<Progress>) {
+        self.waits.insert(name.to_string(), progress);
+    }
+
+    /// The dimension `name` (built with this) tells the facts on `to` how far it has got.
+    pub fn announce(&mut self, name: &str, to: Arc<watch::Sender<Progress>>) {
+        self.announcers.insert(name.to_string(), to);
+    }
+
+    /// Whether a fact waits for the dimension `name`'s staged versions.
+    fn announces(&self, name: &str) -> bool {
+        self.announcers
+            .get(name)
+            .is_some_and(|to| to.receiver_count() > 0)
+    }
+
+    /// Hands the dimension `name`'s staged versions to the facts waiting for it.
+    fn stage(&self, name: &str, staged: Staged) {
+        if let Some(to) = self.announcers.get(name) {
+            let _ = to.send(Progress::Staged(Arc::new(staged)));
+        }
     }
 
     /// Returns once the dimension `name` is not being built.
     pub async fn wait(&self, name: &str) {
-        if let Some(done) = self.0.get(name) {
+        if let Some(progress) = self.waits.get(name) {
             // An error means the build's task is gone: nothing left to wait for.
-            let _ = done.clone().wait_for(|done| *done).await;
+            let _ = progress
+                .clone()
+                .wait_for(|p| matches!(p, Progress::Done))
+                .await;
+        }
+    }
+
+    /// Returns once the dimension `name` has staged its versions (which it returns) or is
+    /// not being built (`None`).
+    async fn staged(&self, name: &str) -> Option<Arc<Staged>> {
+        if self.refuse_staged {
+            return None;
+        }
+        let progress = self.waits.get(name)?;
+        let mut progress = progress.clone();
+        let seen = progress
+            .wait_for(|p| !matches!(p, Progress::Building))
+            .await
+            .ok()?;
+        match &*seen {
+            Progress::Staged(staged) => Some(staged.clone()),
+            _ => None,
         }
     }
 }
