@@ -135,32 +135,24 @@ impl PointInTime {
             Some(_) => Some((int64("valid_from")?, int64("valid_to")?)),
             None => None,
         };
-        // Rows that no fact can match (the unknown member's NULL key, a version with no start)
-        // are left out, as the join's equality and `valid_from <=` leave them out.
-        let mut order: Vec<(i64, i64, u32)> = (0..all.num_rows())
-            .filter(|&i| key.is_valid(i))
-            .filter(|&i| periods.as_ref().is_none_or(|(from, _)| from.is_valid(i)))
-            .map(|i| {
-                let from = periods.as_ref().map_or(0, |(from, _)| from.value(i));
-                (key.value(i), from, i as u32)
-            })
-            .collect();
-        // A stable sort: it merges the runs already in order (each file is in key order, so
-        // a dimension reads as a few long runs) where an unstable sort partitions them again.
-        order.sort();
+        let (order, keys) = ordered(&key, periods.as_ref().map(|(from, _)| from));
         let versions: Vec<Version> = order
             .iter()
-            .map(|&(_, from, row)| {
+            .map(|&row| {
                 let row = row as usize;
-                let to = periods
-                    .as_ref()
-                    .filter(|(_, to)| to.is_valid(row))
-                    .map_or(i64::MAX, |(_, to)| to.value(row));
+                let (from, to) = periods.as_ref().map_or((0, i64::MAX), |(from, to)| {
+                    let end = if to.is_valid(row) {
+                        to.value(row)
+                    } else {
+                        i64::MAX
+                    };
+                    (from.value(row), end)
+                });
                 let sk = if sk.is_valid(row) { sk.value(row) } else { -1 };
                 Version { from, to, sk }
             })
             .collect();
-        let rows = UInt32Array::from_iter_values(order.iter().map(|&(_, _, row)| row));
+        let rows = UInt32Array::from(order);
         let mut carried = Vec::with_capacity(shape.carried.len());
         for c in shape.carried {
             let column = all.column_by_name(c).ok_or_else(|| Error::Gold {
@@ -169,7 +161,6 @@ impl PointInTime {
             })?;
             carried.push(take(column, &rows, None).map_err(fail)?);
         }
-        let keys = index_keys(order.iter().map(|&(k, _, _)| k), order.len());
         Ok(Some(PointInTime {
             dimension: dimension.to_string(),
             periods: shape.period.is_some(),
@@ -313,34 +304,64 @@ fn as_i64(column: &ArrayRef, dimension: &str) -> Result<Int64Array> {
     })
 }
 
-/// Dense offsets when the keys fill at least a quarter of their range, else a map.
-fn index_keys(sorted: impl Iterator<Item = i64> + Clone, len: usize) -> Keys {
-    let (Some(min), Some(max)) = (sorted.clone().next(), sorted.clone().last()) else {
-        return Keys::Sparse(HashMap::new());
-    };
-    let span = max.checked_sub(min).and_then(|s| usize::try_from(s).ok());
-    match span.filter(|&s| s / 4 <= len) {
-        Some(span) => {
-            let mut offsets = vec![0u32; span + 2];
-            for k in sorted {
-                offsets[(k - min) as usize + 1] += 1;
-            }
-            for slot in 1..offsets.len() {
-                offsets[slot] += offsets[slot - 1];
-            }
-            Keys::Dense { min, offsets }
-        }
-        None => {
-            let mut map: HashMap<i64, (u32, u32)> = HashMap::new();
-            for (i, k) in sorted.enumerate() {
-                let end = i as u32 + 1;
-                map.entry(k)
-                    .and_modify(|r| r.1 = end)
-                    .or_insert((end - 1, end));
-            }
-            Keys::Sparse(map)
-        }
+/// The rows a fact can match (key, and with periods `valid_from`, not NULL: as the join's
+/// equality and `valid_from <=` leave the others out, such as the unknown member) in (key,
+/// `valid_from`, row) order, and where each key's rows are. Keys that fill at least a quarter
+/// of their range are placed by counting (two passes, no comparison sort: a dimension's
+/// index is built on the fact's critical path); others are sorted.
+fn ordered(key: &Int64Array, from: Option<&Int64Array>) -> (Vec<u32>, Keys) {
+    let matchable = |i: usize| key.is_valid(i) && from.is_none_or(|f| f.is_valid(i));
+    let (mut min, mut max, mut count) = (i64::MAX, i64::MIN, 0usize);
+    for i in (0..key.len()).filter(|&i| matchable(i)) {
+        let k = key.value(i);
+        (min, max, count) = (min.min(k), max.max(k), count + 1);
     }
+    let span = max.checked_sub(min).and_then(|s| usize::try_from(s).ok());
+    if let Some(span) = span.filter(|&s| count > 0 && s / 4 <= count) {
+        let mut offsets = vec![0u32; span + 2];
+        for i in (0..key.len()).filter(|&i| matchable(i)) {
+            offsets[(key.value(i) - min) as usize + 1] += 1;
+        }
+        for slot in 1..offsets.len() {
+            offsets[slot] += offsets[slot - 1];
+        }
+        let mut next = offsets.clone();
+        let mut rows = vec![0u32; count];
+        for i in (0..key.len()).filter(|&i| matchable(i)) {
+            let slot = &mut next[(key.value(i) - min) as usize];
+            rows[*slot as usize] = i as u32;
+            *slot += 1;
+        }
+        if let Some(from) = from {
+            for pair in offsets.windows(2) {
+                let versions = &mut rows[pair[0] as usize..pair[1] as usize];
+                if versions.len() > 1 {
+                    // Stable: rows with the same start stay in row order.
+                    versions.sort_by_key(|&row| from.value(row as usize));
+                }
+            }
+        }
+        return (rows, Keys::Dense { min, offsets });
+    }
+    let mut order: Vec<(i64, i64, u32)> = (0..key.len())
+        .filter(|&i| matchable(i))
+        .map(|i| (key.value(i), from.map_or(0, |f| f.value(i)), i as u32))
+        .collect();
+    order.sort_unstable();
+    let keys = sparse_keys(order.iter().map(|&(k, _, _)| k));
+    (order.into_iter().map(|(_, _, row)| row).collect(), keys)
+}
+
+/// Where each key's run of `sorted` keys is.
+fn sparse_keys(sorted: impl Iterator<Item = i64>) -> Keys {
+    let mut map: HashMap<i64, (u32, u32)> = HashMap::new();
+    for (i, k) in sorted.enumerate() {
+        let end = i as u32 + 1;
+        map.entry(k)
+            .and_modify(|r| r.1 = end)
+            .or_insert((end - 1, end));
+    }
+    Keys::Sparse(map)
 }
 
 /// What a lookup function returns: the surrogate key (`-1` where no version matches) or
@@ -551,6 +572,42 @@ mod tests {
                     .map(|p| pit.versions[p as usize].sk);
                 assert_eq!(found, expected, "key {key:?} at {seq:?}");
             }
+        }
+    }
+
+    #[test]
+    fn counting_places_rows_as_sorting_them_does() {
+        // Keys repeated up to four times in scrambled order, ties on valid_from, NULLs.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let n = 20_000;
+        let key =
+            Int64Array::from_iter((0..n).map(|_| (next(50) > 0).then(|| 1000 + next(8000) as i64)));
+        let from = Int64Array::from_iter((0..n).map(|_| (next(50) > 0).then(|| next(5) as i64)));
+        let (rows, keys) = ordered(&key, Some(&from));
+        assert!(matches!(keys, Keys::Dense { .. }));
+        let mut sorted: Vec<(i64, i64, u32)> = (0..n)
+            .filter(|&i| key.is_valid(i) && from.is_valid(i))
+            .map(|i| (key.value(i), from.value(i), i as u32))
+            .collect();
+        sorted.sort();
+        assert_eq!(rows, sorted.iter().map(|r| r.2).collect::<Vec<_>>());
+        let pit = PointInTime {
+            dimension: "d".to_string(),
+            periods: true,
+            keys,
+            versions: Vec::new(),
+            carried: Vec::new(),
+        };
+        for k in [999, 1000, 4321, 8999, 9000] {
+            let expected: Vec<usize> = (0..sorted.len()).filter(|&j| sorted[j].0 == k).collect();
+            let range = pit.range(k);
+            assert_eq!(range.collect::<Vec<_>>(), expected, "key {k}");
         }
     }
 
