@@ -406,6 +406,51 @@ async fn a_big_file_is_written_by_two_writers_in_one_commit_exactly_once() {
     );
 }
 
+/// A file re-delivering versions silver holds, beside new ones: a few held ones or more
+/// than silver holds in memory to probe against (70,000), only the new versions are added.
+#[tokio::test]
+async fn only_new_versions_are_added_however_many_held_ones_a_file_repeats() {
+    let fx = Fixture::seeded(0.005);
+    assert!(!fx.ingest(&["DimTrack"], None).await.failed());
+    let tables = [spec("DimTrack")];
+    assert!(!silver(&fx, &tables).await.failed());
+    let at = 1_800_000_000_000_000_i64;
+    // ids from..to, updated at `at` (even ids) or a microsecond later (odd ids).
+    let file = |name: &str, from: i32, to: i32| {
+        let batch = tracks(
+            Int32Array::from_iter_values((from..to).map(|i| 2_000_000 + i)),
+            StringArray::from_iter_values((from..to).map(|i| format!("track {i}"))),
+            Arc::new(Int32Array::from_iter_values(
+                (from..to).map(|i| 60 + i % 400),
+            )),
+            (from..to).map(|i| at + i64::from(i % 2)).collect(),
+        );
+        write_bronze(&fx, "DimTrack", name, &batch);
+    };
+    file("DimTrack_a_00000.parquet", 0, 70_000);
+    let first = silver(&fx, &tables).await;
+    assert_eq!(first.tables[0].counts.rows_out, 70_000, "{first:?}");
+    // Every held version again and 10,000 new ones: more than are held to probe against.
+    file("DimTrack_b_00000.parquet", 0, 80_000);
+    let second = silver(&fx, &tables).await;
+    assert_eq!(second.tables[0].counts.rows_out, 10_000, "{second:?}");
+    assert_eq!(second.tables[0].counts.rows_duplicate, 70_000);
+    // Three held versions and two new ones.
+    file("DimTrack_c_00000.parquet", 79_997, 80_002);
+    let third = silver(&fx, &tables).await;
+    assert_eq!(third.tables[0].counts.rows_out, 2, "{third:?}");
+    assert_eq!(
+        query(
+            &fx,
+            "tracks",
+            "SELECT count(*) = 80002 AND count(DISTINCT track_id) = 80002 FROM t \
+             WHERE track_id >= 2000000"
+        )
+        .await,
+        "true"
+    );
+}
+
 #[tokio::test]
 async fn a_corrupt_file_is_quarantined_with_a_reason_and_the_others_load() {
     let fx = Fixture::seeded(0.005);
