@@ -482,7 +482,10 @@ async fn current_version(lake: &Lake, name: &str) -> Option<u64> {
 fn session() -> SessionContext {
     let config = SessionConfig::new()
         .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
-        .set_bool("datafusion.execution.parquet.schema_force_view_types", false)
+        .set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        )
         .with_target_partitions(2);
     crate::lake::delta_session(config)
 }
