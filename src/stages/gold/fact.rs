@@ -905,27 +905,46 @@ async fn open_lookup(
     ),
     name: &str,
 ) -> Result<(i64, Schema, bool)> {
-    let (dim, dim_consumed, staged) = match built.staged(&l.dimension).await {
+    // While the dimension is being built, its current version is the one a hand-over will
+    // apply to: it is read meanwhile, off the path from the hand-over to the fact's commit.
+    let early = match built.building(&l.dimension) {
+        true => {
+            let dim = lake.delta_table(&table_path(&l.dimension)).await?;
+            match dim.version() {
+                Some(version) => Some((version, lookup_rows(ctx, &dim, l, i, name).await?)),
+                None => None,
+            }
+        }
+        false => None,
+    };
+    let (rows, dim_consumed, staged) = match built.staged(&l.dimension).await {
         Some(staged) => {
-            let path = table_path(&l.dimension);
-            let dim = super::table_at(lake, &path, staged.base).await?;
+            let rows = match early {
+                Some((version, rows)) if version == staged.base => rows,
+                _ => {
+                    let path = table_path(&l.dimension);
+                    let dim = super::table_at(lake, &path, staged.base).await?;
+                    lookup_rows(ctx, &dim, l, i, name).await?
+                }
+            };
             hand_over.expect(l, &staged);
             staged
                 .taken
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            (dim, staged.consumed, Some(staged))
+            (rows, staged.consumed, Some(staged))
         }
         None => {
+            drop(early);
             built.wait(&l.dimension).await;
             let (dim, consumed) =
                 super::built_dimension(lake, &l.dimension, &l.silver, name).await?;
-            (dim, consumed, None)
+            (lookup_rows(ctx, &dim, l, i, name).await?, consumed, None)
         }
     };
-    debug!(dimension = %l.dimension, staged = staged.is_some(), "Reading a dimension for its lookup.");
+    debug!(dimension = %l.dimension, staged = staged.is_some(), "Have the rows of a dimension for its lookup.");
     let (carried, indexed) = cache_lookup(
         ctx,
-        (&dim, staged.as_deref()),
+        (rows, staged.as_deref()),
         l,
         i,
         fact_key,
@@ -990,7 +1009,7 @@ impl HandOver {
 /// lookup is indexed.
 async fn cache_lookup(
     ctx: &SessionContext,
-    (dim, staged): (&DeltaTable, Option<&super::Staged>),
+    (rows, staged): (Rows, Option<&super::Staged>),
     l: &Lookup,
     i: usize,
     fact_key: Option<&arrow::datatypes::DataType>,
@@ -998,30 +1017,7 @@ async fn cache_lookup(
     name: &str,
 ) -> Result<(Schema, bool)> {
     let fail = |e| df_err(name, "reading a dimension for its lookup")(e);
-    let raw = format!("__raw_{i}");
-    register(ctx, &raw, dim, None).await?;
-    let mut wanted: Vec<&String> = l.dim_keys.iter().chain([&l.sk]).collect();
-    let period = ["valid_from".to_string(), "valid_to".to_string()];
-    if l.scd2 {
-        wanted.extend(&period);
-    }
-    wanted.extend(&l.carried);
-    let mut seen = HashSet::new();
-    wanted.retain(|c| seen.insert(c.as_str()));
-    let df = ctx
-        .table(raw.as_str())
-        .await
-        .map_err(fail)?
-        .select(
-            wanted
-                .iter()
-                .map(|c| datafusion::prelude::col(datafusion::common::Column::from_name(*c)))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(fail)?;
-    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(fail)?;
-    let _ = ctx.deregister_table(raw.as_str());
+    let (schema, batches) = rows;
     let batches = match staged {
         Some(staged) => with_staged(&schema, batches, staged, &l.sk).map_err(|e| {
             Error::arrow(format!("{name}: the staged versions of {}", l.dimension), e)
@@ -1060,6 +1056,46 @@ async fn cache_lookup(
     ctx.register_table(l.dimension.as_str(), std::sync::Arc::new(table))
         .map_err(fail)?;
     Ok((carried, false))
+}
+
+/// The columns of a dimension that a lookup uses, as read.
+type Rows = (arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>);
+
+/// Reads the columns of `dim` that lookup `i` uses (keys, surrogate key, validity, carried
+/// columns).
+async fn lookup_rows(
+    ctx: &SessionContext,
+    dim: &DeltaTable,
+    l: &Lookup,
+    i: usize,
+    name: &str,
+) -> Result<Rows> {
+    let fail = |e| df_err(name, "reading a dimension for its lookup")(e);
+    let raw = format!("__raw_{i}");
+    register(ctx, &raw, dim, None).await?;
+    let mut wanted: Vec<&String> = l.dim_keys.iter().chain([&l.sk]).collect();
+    let period = ["valid_from".to_string(), "valid_to".to_string()];
+    if l.scd2 {
+        wanted.extend(&period);
+    }
+    wanted.extend(&l.carried);
+    let mut seen = HashSet::new();
+    wanted.retain(|c| seen.insert(c.as_str()));
+    let df = ctx
+        .table(raw.as_str())
+        .await
+        .map_err(fail)?
+        .select(
+            wanted
+                .iter()
+                .map(|c| datafusion::prelude::col(datafusion::common::Column::from_name(*c)))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(fail)?;
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(fail)?;
+    let _ = ctx.deregister_table(raw.as_str());
+    Ok((schema, batches))
 }
 
 /// A dimension's rows (`schema`, read at the version `staged` applies to) as its staged

@@ -401,6 +401,15 @@ impl Built {
         }
     }
 
+    /// Whether the dimension `name` is still being built and may hand its versions over.
+    fn building(&self, name: &str) -> bool {
+        !self.refuse_staged
+            && self
+                .waits
+                .get(name)
+                .is_some_and(|p| matches!(*p.borrow(), Progress::Building))
+    }
+
     /// Returns once the dimension `name` has staged its versions (which it returns) or is
     /// not being built (`None`).
     async fn staged(&self, name: &str) -> Option<Arc<Staged>> {
