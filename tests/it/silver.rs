@@ -28,6 +28,15 @@ async fn silver(fx: &Fixture, tables: &[TableSpec]) -> SilverReport {
         .await
 }
 
+/// A small seeded source with `table` ingested and loaded into silver.
+async fn loaded(table: &str) -> (Fixture, [TableSpec; 1]) {
+    let fx = Fixture::seeded(0.005);
+    assert!(!fx.ingest(&[table], None).await.failed());
+    let tables = [spec(table)];
+    assert!(!silver(&fx, &tables).await.failed());
+    (fx, tables)
+}
+
 /// Runs SQL over a silver table registered as `t`; returns the first column of the first row as text.
 async fn query(fx: &Fixture, table: &str, sql: &str) -> String {
     let url =
@@ -220,10 +229,7 @@ async fn reruns_reprocessed_files_and_overlapping_backfills_add_nothing() {
 
 #[tokio::test]
 async fn a_new_source_column_is_added_and_older_rows_are_null() {
-    let fx = Fixture::seeded(0.005);
-    assert!(!fx.ingest(&["DimUser"], None).await.failed());
-    let tables = [spec("DimUser")];
-    assert!(!silver(&fx, &tables).await.failed());
+    let (fx, tables) = loaded("DimUser").await;
     let conn = fx.sql();
     conn.execute_batch(
         "ALTER TABLE DimUser ADD COLUMN loyalty_tier NVARCHAR(20);
@@ -299,10 +305,7 @@ fn tracks(
 
 #[tokio::test]
 async fn a_value_that_no_longer_fits_its_type_is_rescued_not_dropped() {
-    let fx = Fixture::seeded(0.005);
-    assert!(!fx.ingest(&["DimTrack"], None).await.failed());
-    let tables = [spec("DimTrack")];
-    assert!(!silver(&fx, &tables).await.failed());
+    let (fx, tables) = loaded("DimTrack").await;
     // The source changed duration_sec from INT to VARCHAR: "200" still fits, "3:20" does not.
     let batch = tracks(
         Int32Array::from(vec![1, 2]),
@@ -348,10 +351,7 @@ async fn a_value_that_no_longer_fits_its_type_is_rescued_not_dropped() {
 /// land in one commit that records the file, every row once, and a retry must add nothing.
 #[tokio::test]
 async fn a_big_file_is_written_by_two_writers_in_one_commit_exactly_once() {
-    let fx = Fixture::seeded(0.005);
-    assert!(!fx.ingest(&["DimTrack"], None).await.failed());
-    let tables = [spec("DimTrack")];
-    assert!(!silver(&fx, &tables).await.failed());
+    let (fx, tables) = loaded("DimTrack").await;
     let open = || async {
         let url =
             url::Url::from_directory_path(fx.lake.join("silver/tracks").canonicalize().unwrap())
@@ -410,10 +410,7 @@ async fn a_big_file_is_written_by_two_writers_in_one_commit_exactly_once() {
 /// than silver holds in memory to probe against (70,000), only the new versions are added.
 #[tokio::test]
 async fn only_new_versions_are_added_however_many_held_ones_a_file_repeats() {
-    let fx = Fixture::seeded(0.005);
-    assert!(!fx.ingest(&["DimTrack"], None).await.failed());
-    let tables = [spec("DimTrack")];
-    assert!(!silver(&fx, &tables).await.failed());
+    let (fx, tables) = loaded("DimTrack").await;
     let at = 1_800_000_000_000_000_i64;
     // ids from..to, updated at `at` (even ids) or a microsecond later (odd ids).
     let file = |name: &str, from: i32, to: i32| {
@@ -488,9 +485,7 @@ async fn a_corrupt_file_is_quarantined_with_a_reason_and_the_others_load() {
 
 #[tokio::test]
 async fn rows_with_null_keys_are_quarantined_and_the_file_is_recorded() {
-    let fx = Fixture::seeded(0.005);
-    assert!(!fx.ingest(&["DimArtist"], None).await.failed());
-    assert!(!silver(&fx, &[spec("DimArtist")]).await.failed());
+    let (fx, _) = loaded("DimArtist").await;
     let schema = Arc::new(Schema::new(vec![
         Field::new("artist_id", DataType::Int32, true),
         Field::new("artist_name", DataType::Utf8, true),
@@ -616,9 +611,7 @@ async fn renames_and_drops_hold_across_files() {
 
 #[tokio::test]
 async fn an_empty_bronze_file_is_recorded_without_rows() {
-    let fx = Fixture::seeded(0.005);
-    assert!(!fx.ingest(&["DimDate"], None).await.failed());
-    assert!(!silver(&fx, &[spec("DimDate")]).await.failed());
+    let (fx, _) = loaded("DimDate").await;
     let schema = Arc::new(Schema::new(vec![
         Field::new("date_key", DataType::Int32, true),
         Field::new("date", DataType::Date32, true),
