@@ -907,15 +907,14 @@ async fn open_lookup(
 ) -> Result<(i64, Schema, bool)> {
     // While the dimension is being built, its current version is the one a hand-over will
     // apply to: it is read meanwhile, off the path from the hand-over to the fact's commit.
-    let early = match built.building(&l.dimension) {
-        true => {
-            let dim = lake.delta_table(&table_path(&l.dimension)).await?;
-            match dim.version() {
-                Some(version) => Some((version, lookup_rows(ctx, &dim, l, i, name).await?)),
-                None => None,
-            }
+    let early = if built.building(&l.dimension) {
+        let dim = lake.delta_table(&table_path(&l.dimension)).await?;
+        match dim.version() {
+            Some(version) => Some((version, lookup_rows(ctx, &dim, l, i, name).await?)),
+            None => None,
         }
-        false => None,
+    } else {
+        None
     };
     let (rows, dim_consumed, staged) = match built.staged(&l.dimension).await {
         Some(staged) => {

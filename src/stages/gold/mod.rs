@@ -324,9 +324,10 @@ impl Gold {
 /// The dimensions still being built while a fact's gold starts (in a whole-pipeline run,
 /// `runs::flow`): each says when its build is over, failed or not, and, for one that ends in
 /// a single copy-on-write commit, when its versions are computed but not yet committed
-/// ([`Staged`]). A fact reads a dimension only after one of those; meanwhile it does the work
-/// that needs none (its silver changes, its chunks, the dimensions already built). Empty when
-/// the dimensions were built before.
+/// ([`Staged`]). A fact resolves against a dimension only after one of those (it may read the
+/// dimension's current rows before, for a hand-over on that version); meanwhile it does the
+/// work that needs none (its silver changes, its chunks, the dimensions already built). Empty
+/// when the dimensions were built before.
 #[derive(Debug, Clone, Default)]
 pub struct Built {
     waits: HashMap<String, watch::Receiver<Progress>>,
