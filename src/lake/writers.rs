@@ -117,12 +117,7 @@ where
             Ok(Ok((adds, rows, counted))) => {
                 all.adds.extend(adds.into_iter().map(Action::Add));
                 all.rows += rows;
-                if all.counted.len() < counted.len() {
-                    all.counted.resize(counted.len(), 0);
-                }
-                for (sum, c) in all.counted.iter_mut().zip(counted) {
-                    *sum += c;
-                }
+                add_counts(&mut all.counted, counted);
                 continue;
             }
             Ok(Err(e)) => e,
@@ -158,17 +153,21 @@ where
         }
         let batch = fit(&batch, &schema).map_err(|e| Error::arrow(&name, e))?;
         rows += batch.num_rows() as u64;
-        let c = count(&batch);
-        if counted.len() < c.len() {
-            counted.resize(c.len(), 0);
-        }
-        for (sum, c) in counted.iter_mut().zip(c) {
-            *sum += c;
-        }
+        add_counts(&mut counted, count(&batch));
         writer.write(&batch).await.map_err(delta_err(&name))?;
     }
     let adds = writer.close().await.map_err(delta_err(&name))?;
     Ok((adds, rows, counted))
+}
+
+/// Adds `counts` to `sums`, place by place.
+fn add_counts(sums: &mut Vec<u64>, counts: Vec<u64>) {
+    if sums.len() < counts.len() {
+        sums.resize(counts.len(), 0);
+    }
+    for (sum, c) in sums.iter_mut().zip(counts) {
+        *sum += c;
+    }
 }
 
 /// Commits `adds` to `target` as one append, with `txns` and no blind retries (a conflict is

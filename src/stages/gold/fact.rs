@@ -1018,9 +1018,7 @@ async fn cache_lookup(
     let fail = |e| df_err(name, "reading a dimension for its lookup")(e);
     let (schema, batches) = rows;
     let batches = match staged {
-        Some(staged) => with_staged(&schema, batches, staged, &l.sk).map_err(|e| {
-            Error::arrow(format!("{name}: the staged versions of {}", l.dimension), e)
-        })?,
+        Some(staged) => with_staged(&schema, batches, staged, (&l.sk, name))?,
         None => batches,
     };
     let carried = schema
@@ -1103,33 +1101,19 @@ fn with_staged(
     schema: &arrow::datatypes::SchemaRef,
     batches: Vec<arrow::array::RecordBatch>,
     staged: &super::Staged,
-    sk: &str,
-) -> std::result::Result<Vec<arrow::array::RecordBatch>, arrow::error::ArrowError> {
-    use arrow::array::{BooleanArray, RecordBatch};
-    use arrow::error::ArrowError;
-    let column = |batch: &RecordBatch, c: &str| {
-        batch
-            .column_by_name(c)
-            .cloned()
-            .ok_or_else(|| ArrowError::SchemaError(format!("no column {c}")))
-    };
+    (sk, name): (&str, &str),
+) -> Result<Vec<arrow::array::RecordBatch>> {
     let mut out = Vec::with_capacity(batches.len() + staged.rows.len());
-    for batch in batches {
-        let sks = arrow::compute::cast(&column(&batch, sk)?, &arrow::datatypes::DataType::Int64)?;
-        let sks = sks.as_primitive::<Int64Type>();
-        let keep: BooleanArray = sks
-            .iter()
-            .map(|v| Some(v.is_none_or(|v| !staged.replaced.contains(&v))))
-            .collect();
-        out.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+    for batch in &batches {
+        out.push(super::rewrite::without_replaced(
+            batch,
+            sk,
+            &staged.replaced,
+            name,
+        )?);
     }
     for batch in &staged.rows {
-        let columns = schema
-            .fields()
-            .iter()
-            .map(|f| arrow::compute::cast(&column(batch, f.name())?, f.data_type()))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        out.push(RecordBatch::try_new(schema.clone(), columns)?);
+        out.push(crate::lake::writers::fit(batch, schema).map_err(|e| Error::arrow(name, e))?);
     }
     Ok(out)
 }

@@ -211,29 +211,38 @@ impl Rewrite {
             .map_err(df_err(&name, "reading the files to rewrite"))?;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(df_err(&name, "reading the files to rewrite"))?;
-            let sks = batch
-                .column_by_name(&self.sk)
-                .ok_or_else(|| Error::UnknownColumn {
-                    table: name.clone(),
-                    column: self.sk.clone(),
-                    available: batch
-                        .schema()
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
-            let sks = surrogate_keys(sks, &name)?;
-            let keep: BooleanArray = (0..sks.len())
-                .map(|i| Some(!(sks.is_valid(i) && self.replaced.contains(&sks.value(i)))))
-                .collect();
-            let kept = arrow::compute::filter_record_batch(&batch, &keep)
-                .map_err(|e| Error::arrow(&name, e))?;
+            let kept = without_replaced(&batch, &self.sk, &self.replaced, &name)?;
             self.write(&kept).await?;
         }
         Ok(())
     }
+}
+
+/// The stored rows of `batch` whose surrogate key (column `sk`) is not in `replaced`.
+pub(super) fn without_replaced(
+    batch: &RecordBatch,
+    sk: &str,
+    replaced: &HashSet<i64>,
+    name: &str,
+) -> Result<RecordBatch> {
+    let sks = batch
+        .column_by_name(sk)
+        .ok_or_else(|| Error::UnknownColumn {
+            table: name.to_string(),
+            column: sk.to_string(),
+            available: batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    let sks = surrogate_keys(sks, name)?;
+    let keep: BooleanArray = (0..sks.len())
+        .map(|i| Some(!(sks.is_valid(i) && replaced.contains(&sks.value(i)))))
+        .collect();
+    arrow::compute::filter_record_batch(batch, &keep).map_err(|e| Error::arrow(name, e))
 }
 
 /// The last segment of a file path or URI: delta-rs names data files uniquely.
