@@ -401,7 +401,6 @@ impl Ingest {
     ) -> WriterProperties {
         let meta = |k: &str, v: String| KeyValue::new(format!("tunelake.{k}"), v);
         crate::lake::parquet_properties(schema)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_key_value_metadata(Some(vec![
                 meta("table", table.name.clone()),
                 meta("cdc_column", table.cdc_column.clone()),
@@ -422,7 +421,3 @@ struct Written {
     bytes: u64,
     files: Vec<String>,
 }
-
-/// Rows per parquet row group: large enough for efficient scans, small enough that the
-/// writer's buffered row group stays a few MB whatever the table's size.
-const ROW_GROUP_ROWS: usize = 256 * 1024;

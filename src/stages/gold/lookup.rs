@@ -15,7 +15,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, take};
+use arrow::compute::{concat, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::exec_err;
 use datafusion::logical_expr::{
@@ -118,48 +118,49 @@ impl PointInTime {
             }
         }
         let fail = |e| Error::arrow(format!("the lookup index of {dimension}"), e);
-        let all = concat_batches(schema, batches).map_err(fail)?;
-        let int64 = |c: &str| -> Result<Int64Array> {
-            let column = all
-                .column_by_name(c)
-                .ok_or_else(|| Error::Gold {
-                    table: dimension.to_string(),
-                    message: format!("its lookup column {c} is missing"),
-                })?
-                .clone();
-            as_i64(&column, dimension)
-        };
-        let key = int64(shape.key)?;
-        let sk = int64(shape.sk)?;
-        let periods = match shape.period {
-            Some(_) => Some((int64("valid_from")?, int64("valid_to")?)),
-            None => None,
-        };
-        let (order, keys) = ordered(&key, periods.as_ref().map(|(from, _)| from));
-        let versions: Vec<Version> = order
+        // Read batch by batch: concatenating the dimension's rows first held a second copy of
+        // them (36 MB for a million SCD2 versions) at the fact's peak.
+        let parts = batches
             .iter()
-            .map(|&row| {
-                let row = row as usize;
-                let (from, to) = periods.as_ref().map_or((0, i64::MAX), |(from, to)| {
-                    let end = if to.is_valid(row) {
-                        to.value(row)
-                    } else {
-                        i64::MAX
-                    };
-                    (from.value(row), end)
-                });
-                let sk = if sk.is_valid(row) { sk.value(row) } else { -1 };
-                Version { from, to, sk }
+            .map(|batch| {
+                let int64 = |c: &str| -> Result<Int64Array> {
+                    let column = batch.column_by_name(c).ok_or_else(|| Error::Gold {
+                        table: dimension.to_string(),
+                        message: format!("its lookup column {c} is missing"),
+                    })?;
+                    as_i64(column, dimension)
+                };
+                Ok(Part {
+                    key: int64(shape.key)?,
+                    sk: int64(shape.sk)?,
+                    period: match shape.period {
+                        Some(_) => Some((int64("valid_from")?, int64("valid_to")?)),
+                        None => None,
+                    },
+                })
             })
-            .collect();
-        let rows = UInt32Array::from(order);
+            .collect::<Result<Vec<_>>>()?;
+        let (versions, rows, keys) = ordered(&parts);
+        drop(parts);
+        let rows = UInt32Array::from(rows);
         let mut carried = Vec::with_capacity(shape.carried.len());
         for c in shape.carried {
-            let column = all.column_by_name(c).ok_or_else(|| Error::Gold {
-                table: dimension.to_string(),
-                message: format!("its carried column {c} is missing"),
-            })?;
-            carried.push(take(column, &rows, None).map_err(fail)?);
+            let columns = batches
+                .iter()
+                .map(|b| {
+                    b.column_by_name(c).cloned().ok_or_else(|| Error::Gold {
+                        table: dimension.to_string(),
+                        message: format!("its carried column {c} is missing"),
+                    })
+                })
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            let column = match columns.as_slice() {
+                [one] => Arc::clone(one),
+                _ => {
+                    concat(&columns.iter().map(|a| a.as_ref()).collect::<Vec<_>>()).map_err(fail)?
+                }
+            };
+            carried.push(take(&column, &rows, None).map_err(fail)?);
         }
         Ok(Some(PointInTime {
             dimension: dimension.to_string(),
@@ -304,52 +305,150 @@ fn as_i64(column: &ArrayRef, dimension: &str) -> Result<Int64Array> {
     })
 }
 
-/// The rows a fact can match (key, and with periods `valid_from`, not NULL: as the join's
-/// equality and `valid_from <=` leave the others out, such as the unknown member) in (key,
-/// `valid_from`, row) order, and where each key's rows are. Keys that fill at least a quarter
-/// of their range are placed by counting (two passes, no comparison sort: a dimension's
-/// index is built on the fact's critical path); others are sorted.
-fn ordered(key: &Int64Array, from: Option<&Int64Array>) -> (Vec<u32>, Keys) {
-    let matchable = |i: usize| key.is_valid(i) && from.is_none_or(|f| f.is_valid(i));
+/// The columns of one batch of a dimension's rows that its index reads, as `i64`.
+struct Part {
+    key: Int64Array,
+    sk: Int64Array,
+    /// `valid_from` and `valid_to`, for SCD2.
+    period: Option<(Int64Array, Int64Array)>,
+}
+
+impl Part {
+    /// The rows a fact can match, with their keys: a key, and with periods a `valid_from`
+    /// (the join's equality and `valid_from <=` leave the others out, such as the unknown
+    /// member).
+    fn matchable(&self) -> impl Iterator<Item = (usize, i64)> + '_ {
+        (0..self.key.len())
+            .filter(|&i| {
+                self.key.is_valid(i)
+                    && self
+                        .period
+                        .as_ref()
+                        .is_none_or(|(from, _)| from.is_valid(i))
+            })
+            .map(|i| (i, self.key.value(i)))
+    }
+
+    fn version(&self, i: usize) -> Version {
+        let (from, to) = self.period.as_ref().map_or((0, i64::MAX), |(from, to)| {
+            let end = if to.is_valid(i) {
+                to.value(i)
+            } else {
+                i64::MAX
+            };
+            (from.value(i), end)
+        });
+        let sk = if self.sk.is_valid(i) {
+            self.sk.value(i)
+        } else {
+            -1
+        };
+        Version { from, to, sk }
+    }
+}
+
+/// The versions of the rows a fact can match (see [`Part::matchable`]) in (key, `valid_from`,
+/// row) order, the row of each (numbered across `parts`), and where each key's versions are.
+/// Keys that fill at least a quarter of their range are placed by counting (two passes, no
+/// comparison sort: a dimension's index is built on the fact's critical path); others are
+/// sorted.
+fn ordered(parts: &[Part]) -> (Vec<Version>, Vec<u32>, Keys) {
+    let starts: Vec<usize> = parts
+        .iter()
+        .scan(0, |next, p| {
+            let start = *next;
+            *next += p.key.len();
+            Some(start)
+        })
+        .collect();
     let (mut min, mut max, mut count) = (i64::MAX, i64::MIN, 0usize);
-    for i in (0..key.len()).filter(|&i| matchable(i)) {
-        let k = key.value(i);
+    for (_, k) in parts.iter().flat_map(Part::matchable) {
         (min, max, count) = (min.min(k), max.max(k), count + 1);
     }
     let span = max.checked_sub(min).and_then(|s| usize::try_from(s).ok());
     if let Some(span) = span.filter(|&s| count > 0 && s / 4 <= count) {
         let mut offsets = vec![0u32; span + 2];
-        for i in (0..key.len()).filter(|&i| matchable(i)) {
-            offsets[(key.value(i) - min) as usize + 1] += 1;
+        for (_, k) in parts.iter().flat_map(Part::matchable) {
+            offsets[(k - min) as usize + 1] += 1;
         }
         for slot in 1..offsets.len() {
             offsets[slot] += offsets[slot - 1];
         }
         let mut next = offsets.clone();
+        let mut versions = vec![
+            Version {
+                from: 0,
+                to: 0,
+                sk: 0
+            };
+            count
+        ];
         let mut rows = vec![0u32; count];
-        for i in (0..key.len()).filter(|&i| matchable(i)) {
-            let slot = &mut next[(key.value(i) - min) as usize];
-            rows[*slot as usize] = i as u32;
-            *slot += 1;
+        for (part, start) in parts.iter().zip(&starts) {
+            for (i, k) in part.matchable() {
+                let slot = &mut next[(k - min) as usize];
+                versions[*slot as usize] = part.version(i);
+                rows[*slot as usize] = (start + i) as u32;
+                *slot += 1;
+            }
         }
-        if let Some(from) = from {
+        if parts.iter().any(|p| p.period.is_some()) {
             for pair in offsets.windows(2) {
-                let versions = &mut rows[pair[0] as usize..pair[1] as usize];
-                if versions.len() > 1 {
-                    // Stable: rows with the same start stay in row order.
-                    versions.sort_by_key(|&row| from.value(row as usize));
+                let (a, b) = (pair[0] as usize, pair[1] as usize);
+                if b - a > 1 {
+                    by_start(&mut versions[a..b], &mut rows[a..b]);
                 }
             }
         }
-        return (rows, Keys::Dense { min, offsets });
+        return (versions, rows, Keys::Dense { min, offsets });
     }
-    let mut order: Vec<(i64, i64, u32)> = (0..key.len())
-        .filter(|&i| matchable(i))
-        .map(|i| (key.value(i), from.map_or(0, |f| f.value(i)), i as u32))
+    let mut order: Vec<(i64, i64, u32)> = parts
+        .iter()
+        .zip(&starts)
+        .flat_map(|(part, start)| {
+            part.matchable().map(move |(i, k)| {
+                let from = part.period.as_ref().map_or(0, |(from, _)| from.value(i));
+                (k, from, (start + i) as u32)
+            })
+        })
         .collect();
     order.sort_unstable();
     let keys = sparse_keys(order.iter().map(|&(k, _, _)| k));
-    (order.into_iter().map(|(_, _, row)| row).collect(), keys)
+    let versions = order
+        .iter()
+        .map(|&(_, _, row)| {
+            let p = starts.partition_point(|&s| s <= row as usize) - 1;
+            parts[p].version(row as usize - starts[p])
+        })
+        .collect();
+    (
+        versions,
+        order.into_iter().map(|(_, _, row)| row).collect(),
+        keys,
+    )
+}
+
+/// Orders one key's versions (and their rows alike) by `valid_from`, stably: versions with
+/// the same start stay in row order, as they were placed.
+fn by_start(versions: &mut [Version], rows: &mut [u32]) {
+    if versions.len() <= 32 {
+        for i in 1..versions.len() {
+            let mut j = i;
+            while j > 0 && versions[j - 1].from > versions[j].from {
+                versions.swap(j - 1, j);
+                rows.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+        return;
+    }
+    let mut pairs: Vec<(Version, u32)> =
+        versions.iter().copied().zip(rows.iter().copied()).collect();
+    pairs.sort_by_key(|(v, _)| v.from);
+    for (i, (v, row)) in pairs.into_iter().enumerate() {
+        versions[i] = v;
+        rows[i] = row;
+    }
 }
 
 /// Where each key's run of `sorted` keys is.
@@ -589,7 +688,14 @@ mod tests {
         let key =
             Int64Array::from_iter((0..n).map(|_| (next(50) > 0).then(|| 1000 + next(8000) as i64)));
         let from = Int64Array::from_iter((0..n).map(|_| (next(50) > 0).then(|| next(5) as i64)));
-        let (rows, keys) = ordered(&key, Some(&from));
+        // In three batches, as a dimension is read, and numbered across them.
+        let part = |at: usize, len: usize| Part {
+            key: key.slice(at, len),
+            sk: Int64Array::from_iter_values((at..at + len).map(|i| i as i64)),
+            period: Some((from.slice(at, len), Int64Array::new_null(len))),
+        };
+        let parts = [part(0, 7_000), part(7_000, 1), part(7_001, n - 7_001)];
+        let (versions, rows, keys) = ordered(&parts);
         assert!(matches!(keys, Keys::Dense { .. }));
         let mut sorted: Vec<(i64, i64, u32)> = (0..n)
             .filter(|&i| key.is_valid(i) && from.is_valid(i))
@@ -597,6 +703,18 @@ mod tests {
             .collect();
         sorted.sort();
         assert_eq!(rows, sorted.iter().map(|r| r.2).collect::<Vec<_>>());
+        let placed: Vec<(i64, i64)> = versions.iter().map(|v| (v.from, v.sk)).collect();
+        let expected: Vec<(i64, i64)> = sorted.iter().map(|r| (r.1, r.2 as i64)).collect();
+        assert_eq!(placed, expected, "each version is its row's");
+        // Keys spread too thin to count take the sort, with the same order.
+        let spread = |p: &Part| Part {
+            key: Int64Array::from_iter(p.key.iter().map(|k| k.map(|k| k * 1_000_003))),
+            sk: p.sk.clone(),
+            period: p.period.clone(),
+        };
+        let (_, sparse_rows, sparse) = ordered(&parts.iter().map(spread).collect::<Vec<_>>());
+        assert!(matches!(sparse, Keys::Sparse(_)));
+        assert_eq!(sparse_rows, rows);
         let pit = PointInTime {
             dimension: "d".to_string(),
             periods: true,
