@@ -21,7 +21,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, new_null_array,
 };
 use arrow::compute::kernels::cast::{CastOptions, cast_with_options};
-use arrow::compute::{and, filter_record_batch, not};
+use arrow::compute::{and, filter_record_batch, not, prep_null_mask_filter};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::Bytes;
@@ -772,8 +772,14 @@ async fn prepare(
         .map_err(fail)?;
     let rules = table.expectations();
     let checked = check_expectations(transformed, &rules, &table.name, path, &mut counts)?;
-    let kept_rows: u64 = checked.kept.iter().map(|b| b.num_rows() as u64).sum();
-    let firsts = first_per_version(checked.kept, table).map_err(|e| Error::arrow(path, e))?;
+    let kept_rows: u64 = checked
+        .kept
+        .iter()
+        .zip(&checked.passed)
+        .map(|(b, p)| p.as_ref().map_or(b.num_rows(), |p| p.true_count()) as u64)
+        .sum();
+    let firsts = first_per_version(checked.kept, &checked.passed, table)
+        .map_err(|e| Error::arrow(path, e))?;
     done(Body::Rows {
         counts,
         schema: checked.schema,
@@ -843,8 +849,8 @@ fn rescue(
     };
     for batch in batches {
         let rows = batch.num_rows();
-        let mut rescued: Vec<serde_json::Map<String, serde_json::Value>> =
-            vec![serde_json::Map::new(); rows];
+        // Made at the first column that needs a cast: most files need none.
+        let mut rescued: Option<Vec<serde_json::Map<String, serde_json::Value>>> = None;
         let mut fields = Vec::new();
         let mut columns: Vec<ArrayRef> = Vec::new();
         for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
@@ -864,6 +870,7 @@ fn rescue(
                 .unwrap_or_else(|_| new_null_array(&wanted, rows));
             let formatter = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
                 .map_err(|e| Error::arrow(format!("table {table}, file {file}"), e))?;
+            let rescued = rescued.get_or_insert_with(|| vec![serde_json::Map::new(); rows]);
             for (row, map) in rescued.iter_mut().enumerate() {
                 if column.is_valid(row) && cast.is_null(row) {
                     map.insert(
@@ -891,17 +898,22 @@ fn rescue(
             fields.push(Field::new(name, field.data_type().clone(), true));
             columns.push(new_null_array(field.data_type(), rows));
         }
-        let texts: StringArray = rescued
-            .into_iter()
-            .map(|m| {
-                (!m.is_empty()).then(|| {
-                    rescued_rows += 1;
-                    serde_json::Value::Object(m).to_string()
-                })
-            })
-            .collect();
+        let texts: ArrayRef = match rescued {
+            Some(rescued) => Arc::new(
+                rescued
+                    .into_iter()
+                    .map(|m| {
+                        (!m.is_empty()).then(|| {
+                            rescued_rows += 1;
+                            serde_json::Value::Object(m).to_string()
+                        })
+                    })
+                    .collect::<StringArray>(),
+            ),
+            None => new_null_array(&DataType::Utf8, rows),
+        };
         fields.push(Field::new(RESCUED, DataType::Utf8, true));
-        columns.push(Arc::new(texts));
+        columns.push(texts);
         out.push(
             RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
                 .map_err(|e| Error::arrow(format!("table {table}, file {file}"), e))?,
@@ -1026,7 +1038,11 @@ fn with_lineage(
 
 struct Checked {
     schema: SchemaRef,
+    /// The file's batches, with each one's rows that passed the `drop` rules in `passed`
+    /// (`None`: all of them). They are filtered once, with the duplicates, by
+    /// [`first_per_version`]: filtering here too copied nearly every row of a fact file twice.
     kept: Vec<RecordBatch>,
+    passed: Vec<Option<BooleanArray>>,
     dropped: Option<RecordBatch>,
 }
 
@@ -1046,6 +1062,7 @@ fn check_expectations(
         )
     };
     let mut kept = Vec::new();
+    let mut passed_rows = Vec::new();
     let mut dropped = Vec::new();
     let mut schema = None;
     for batch in batches {
@@ -1054,8 +1071,8 @@ fn check_expectations(
             .collect();
         let data = batch.project(&data_columns).map_err(ctx)?;
         let rows = batch.num_rows();
-        let mut keep = BooleanArray::from(vec![true; rows]);
-        let mut failed: Vec<Vec<&str>> = vec![Vec::new(); rows];
+        let mut keep: Option<BooleanArray> = None;
+        let mut drop_rules: Vec<(&str, BooleanArray)> = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             let Some(result) = batch
                 .column_by_name(&format!("__expect_{i}"))
@@ -1066,7 +1083,12 @@ fn check_expectations(
                     message: format!("{:?} is not a boolean expression", rule.rule),
                 });
             };
-            let passed = BooleanArray::from_iter(result.iter().map(|v| Some(v == Some(true))));
+            // NULL counts as broken.
+            let passed = if result.null_count() == 0 {
+                result.clone()
+            } else {
+                prep_null_mask_filter(result)
+            };
             let broken = rows - passed.true_count();
             if broken == 0 {
                 continue;
@@ -1083,24 +1105,28 @@ fn check_expectations(
                     });
                 }
                 Action::Drop => {
-                    for (row, names) in failed.iter_mut().enumerate() {
-                        if !passed.value(row) {
-                            names.push(&rule.name);
-                        }
-                    }
-                    keep = and(&keep, &passed).map_err(ctx)?;
+                    keep = Some(match keep {
+                        Some(k) => and(&k, &passed).map_err(ctx)?,
+                        None => passed.clone(),
+                    });
+                    drop_rules.push((&rule.name, passed));
                 }
             }
         }
         schema.get_or_insert_with(|| data.schema());
-        let drop_mask = not(&keep).map_err(ctx)?;
-        if drop_mask.true_count() > 0 {
+        if let Some(keep) = &keep {
+            let drop_mask = not(keep).map_err(ctx)?;
             let rows_out = filter_record_batch(&data, &drop_mask).map_err(ctx)?;
-            let names: StringArray = failed
-                .iter()
-                .zip(drop_mask.iter())
-                .filter(|(_, d)| *d == Some(true))
-                .map(|(n, _)| Some(n.join(",")))
+            let names: StringArray = (0..rows)
+                .filter(|&row| !keep.value(row))
+                .map(|row| {
+                    let broke: Vec<&str> = drop_rules
+                        .iter()
+                        .filter(|(_, passed)| !passed.value(row))
+                        .map(|(name, _)| *name)
+                        .collect();
+                    Some(broke.join(","))
+                })
                 .collect();
             let mut fields: Vec<Field> = rows_out
                 .schema()
@@ -1114,7 +1140,8 @@ fn check_expectations(
             dropped
                 .push(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(ctx)?);
         }
-        kept.push(filter_record_batch(&data, &keep).map_err(ctx)?);
+        kept.push(data);
+        passed_rows.push(keep);
     }
     counts.rows_dropped = dropped.iter().map(|b| b.num_rows() as u64).sum();
     let dropped = match dropped.first() {
@@ -1126,6 +1153,7 @@ fn check_expectations(
     Ok(Checked {
         schema: schema.unwrap_or_else(|| Arc::new(Schema::empty())),
         kept,
+        passed: passed_rows,
         dropped,
     })
 }
@@ -1135,6 +1163,7 @@ fn check_expectations(
 /// per column and was the slowest, hungriest step of a file (measured: 1M streams).
 fn first_per_version(
     batches: Vec<RecordBatch>,
+    passed: &[Option<BooleanArray>],
     table: &TableSpec,
 ) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
     use arrow::row::{RowConverter, SortField};
@@ -1157,7 +1186,7 @@ fn first_per_version(
         // one number, found by slot or hash (`first_of_pairs`). Compared as row-format bytes
         // (a memcmp per probe), this set was a tenth of a fact file's silver time (perf, 10M
         // streams).
-        Some(pairs) => first_of_pairs(&pairs, total),
+        Some(pairs) => first_of_pairs(&pairs, passed, total),
         // Otherwise rows are compared as their row-format bytes, borrowed from the converted
         // batches (no per-row allocation), under a fast non-cryptographic hash (the keys are
         // our own data).
@@ -1179,7 +1208,14 @@ fn first_per_version(
             let mut seen: std::collections::HashSet<&[u8], foldhash::fast::RandomState> =
                 std::collections::HashSet::with_capacity_and_hasher(total, Default::default());
             rows.iter()
-                .map(|rows| rows.iter().map(|r| Some(seen.insert(r.data()))).collect())
+                .enumerate()
+                .map(|(b, rows)| {
+                    let counts = counted(passed, b);
+                    rows.iter()
+                        .enumerate()
+                        .map(|(i, r)| Some(counts(i) && seen.insert(r.data())))
+                        .collect()
+                })
                 .collect()
         }
     };
@@ -1201,7 +1237,11 @@ fn first_per_version(
 /// first watermark it came with, and only a key that comes with a second watermark goes to a
 /// hash set. Slots are visited in the file's order, so this is a sequential pass where the
 /// set was a random probe per row: the set was a tenth of silver's time for 10M streams.
-fn first_of_pairs(pairs: &[Vec<u128>], total: usize) -> Vec<BooleanArray> {
+fn first_of_pairs(
+    pairs: &[Vec<u128>],
+    passed: &[Option<BooleanArray>],
+    total: usize,
+) -> Vec<BooleanArray> {
     let key = |p: u128| i128::from((p >> 64) as u64 as i64);
     let range = pairs.iter().flatten().map(|&p| key(p)).fold(None, |r, k| {
         Some(r.map_or((k, k), |(l, h): (i128, i128)| (l.min(k), h.max(k))))
@@ -1209,25 +1249,44 @@ fn first_of_pairs(pairs: &[Vec<u128>], total: usize) -> Vec<BooleanArray> {
     // Keys are i64, so the span of any range fits an i128.
     match range.map(|(low, high)| (low, usize::try_from(high - low + 1))) {
         Some((low, Ok(span))) if span <= total.saturating_mul(4) => {
-            dense_firsts(pairs, |p| (key(p) - low) as usize, span)
+            dense_firsts(pairs, passed, |p| (key(p) - low) as usize, span)
         }
-        _ => hashed_firsts(pairs, total),
+        _ => hashed_firsts(pairs, passed, total),
     }
 }
 
 /// [`first_of_pairs`] with a hash set of every pair.
-fn hashed_firsts(pairs: &[Vec<u128>], total: usize) -> Vec<BooleanArray> {
+fn hashed_firsts(
+    pairs: &[Vec<u128>],
+    passed: &[Option<BooleanArray>],
+    total: usize,
+) -> Vec<BooleanArray> {
     let mut seen: std::collections::HashSet<u128, foldhash::fast::RandomState> =
         std::collections::HashSet::with_capacity_and_hasher(total, Default::default());
     pairs
         .iter()
-        .map(|p| p.iter().map(|v| Some(seen.insert(*v))).collect())
+        .enumerate()
+        .map(|(b, p)| {
+            let counts = counted(passed, b);
+            p.iter()
+                .enumerate()
+                .map(|(i, v)| Some(counts(i) && seen.insert(*v)))
+                .collect()
+        })
         .collect()
+}
+
+/// Whether row `i` of batch `b` takes part in finding first rows: it passed the `drop` rules
+/// (rows that did not are neither kept nor the first of their pair).
+fn counted(passed: &[Option<BooleanArray>], b: usize) -> impl Fn(usize) -> bool + '_ {
+    let passed = passed.get(b).and_then(Option::as_ref);
+    move |i| passed.is_none_or(|p| p.value(i))
 }
 
 /// [`first_of_pairs`] with a slot per key in `0..span` (`slot` maps a pair to it).
 fn dense_firsts(
     pairs: &[Vec<u128>],
+    passed: &[Option<BooleanArray>],
     slot: impl Fn(u128) -> usize,
     span: usize,
 ) -> Vec<BooleanArray> {
@@ -1257,7 +1316,14 @@ fn dense_firsts(
     };
     pairs
         .iter()
-        .map(|p| p.iter().map(|&v| Some(is_first(v))).collect())
+        .enumerate()
+        .map(|(b, p)| {
+            let counts = counted(passed, b);
+            p.iter()
+                .enumerate()
+                .map(|(i, &v)| Some(counts(i) && is_first(v)))
+                .collect()
+        })
         .collect()
 }
 
@@ -1526,7 +1592,7 @@ mod tests {
         ];
         assert!(integer_pairs(&numbers, &[0, 1]).is_some());
         assert_eq!(
-            tags(first_per_version(numbers, &spec).unwrap()),
+            tags(first_per_version(numbers, &[], &spec).unwrap()),
             ["a", "b", "c", "d"]
         );
         let with_null = vec![
@@ -1543,9 +1609,30 @@ mod tests {
         ];
         assert!(integer_pairs(&with_null, &[0, 1]).is_none());
         assert_eq!(
-            tags(first_per_version(with_null, &spec).unwrap()),
+            tags(first_per_version(with_null, &[], &spec).unwrap()),
             ["a", "b", "c", "d"]
         );
+        // Rows that broke a drop rule are neither kept nor the first of their pair: the next
+        // row of the same key and watermark that passed is (both paths).
+        for at in [Some(9), None] {
+            let batches = vec![
+                rows(
+                    vec![1, 1, 2],
+                    vec![Some(5), Some(5), at],
+                    vec!["x", "a", "b"],
+                ),
+                rows(vec![2, 3], vec![at, Some(7)], vec!["dup", "y"]),
+            ];
+            let passed = [
+                Some(BooleanArray::from(vec![false, true, true])),
+                Some(BooleanArray::from(vec![true, false])),
+            ];
+            assert_eq!(
+                tags(first_per_version(batches, &passed, &spec).unwrap()),
+                ["a", "b"],
+                "watermark {at:?}"
+            );
+        }
     }
 
     #[test]
@@ -1570,16 +1657,16 @@ mod tests {
             })
             .collect();
         // Batches without rows (all quarantined) have no key range.
-        assert_eq!(first_of_pairs(&[vec![], vec![]], 0).len(), 2);
+        assert_eq!(first_of_pairs(&[vec![], vec![]], &[], 0).len(), 2);
         let total = 15_000;
-        let dense = first_of_pairs(&pairs, total);
-        assert_eq!(dense, hashed_firsts(&pairs, total));
+        let dense = first_of_pairs(&pairs, &[], total);
+        assert_eq!(dense, hashed_firsts(&pairs, &[], total));
         let kept: usize = dense.iter().map(|m| m.true_count()).sum();
         assert!(kept > 6_000 && kept < total, "{kept}");
         // A key range far wider than the rows takes the hash set, with the same answer.
         let sparse = vec![vec![1u128 << 100, 1, 1 << 100, 2, 1]];
-        let firsts = first_of_pairs(&sparse, 5);
-        assert_eq!(firsts, hashed_firsts(&sparse, 5));
+        let firsts = first_of_pairs(&sparse, &[], 5);
+        assert_eq!(firsts, hashed_firsts(&sparse, &[], 5));
         assert_eq!(
             firsts[0],
             BooleanArray::from(vec![true, true, false, true, false])
