@@ -496,6 +496,7 @@ fn session() -> SessionContext {
             "datafusion.execution.parquet.schema_force_view_types",
             false,
         )
+        .set_bool("datafusion.execution.parquet.pushdown_filters", true)
         .with_target_partitions(2);
     crate::lake::delta_session(config)
 }
@@ -606,7 +607,7 @@ async fn register(
     table
         .update_datafusion_session(&ctx.state())
         .map_err(delta_err(name))?;
-    let mut builder = table.table_provider();
+    let mut builder = table.table_provider().with_session(Arc::new(ctx.state()));
     if let Some(files) = files {
         builder = builder.with_file_paths(files.iter().cloned());
     }

@@ -145,6 +145,7 @@ async fn files_holding(
 ) -> Result<HashSet<String>> {
     let provider = target
         .table_provider()
+        .with_session(std::sync::Arc::new(ctx.state()))
         .with_file_column(FILE_COLUMN)
         .await
         .map_err(df_err(name, "reading the table's keys"))?;
@@ -200,6 +201,7 @@ impl Rewrite {
         let name = self.name.clone();
         let provider = target
             .table_provider()
+            .with_session(std::sync::Arc::new(ctx.state()))
             .with_file_paths(uris.iter().cloned())
             .await
             .map_err(df_err(&name, "reading the files to rewrite"))?;
