@@ -368,52 +368,26 @@ pub(super) async fn build(
     let chunks = chunk_files(&changes, chunk_rows, &silver_name, &columns.keys[0])?;
     // Two at a time, each on its own task: at scale 10 the 26 chunks of a first build took
     // 0.3 s one by one, between silver's end and the fact's first write.
-    let shapes: Vec<ChunkKeys> =
-        futures::stream::iter(chunks.iter().cloned().enumerate().map(|(i, chunk)| {
-            let (ctx, silver) = (ctx.clone(), changes.table.clone());
-            let (keys, table) = (columns.keys.clone(), name.to_string());
-            let describe = async move {
-                let view = format!("__chunk{i}");
-                register(&ctx, &view, &silver, Some(&chunk)).await?;
-                let shape = chunk_keys(&ctx, &view, &keys, &table).await;
-                let _ = ctx.deregister_table(view.as_str());
-                shape
-            };
-            let task = tokio::spawn(describe.in_current_span());
-            async move {
-                task.await
-                    .map_err(|e| Error::Task(format!("describing a chunk of gold.{name}: {e}")))?
-            }
-        }))
-        .buffered(2)
-        .try_collect()
-        .await?;
-    debug!(chunks = chunks.len(), "Described the chunks of new rows.");
-    // A chunk whose keys are unique, in a range no other chunk's keys reach and not yet in
-    // the table needs neither "latest row per key" nor a merge, whenever it is written. All
-    // such chunks stream through ONE query: each dimension's hash table is built once, not
-    // once per chunk (at scale 10, 25 chunks each re-hashed two million dimension rows).
-    let mut together: Vec<usize> = Vec::new();
-    for (i, shape) in shapes.iter().enumerate() {
-        let Some(range) = shape.range.as_ref().filter(|_| shape.unique) else {
-            continue;
+    // Described while the lookups' dimensions are read (below): both are on the path from
+    // silver's end to the fact's first write.
+    let describe = futures::stream::iter(chunks.iter().cloned().enumerate().map(|(i, chunk)| {
+        let (ctx, silver) = (ctx.clone(), changes.table.clone());
+        let (keys, table) = (columns.keys.clone(), name.to_string());
+        let describe = async move {
+            let view = format!("__chunk{i}");
+            register(&ctx, &view, &silver, Some(&chunk)).await?;
+            let shape = chunk_keys(&ctx, &view, &keys, &table).await;
+            let _ = ctx.deregister_table(view.as_str());
+            shape
         };
-        let alone = shapes
-            .iter()
-            .enumerate()
-            .all(|(j, other)| j == i || other.range.as_ref().is_none_or(|o| disjoint(range, o)));
-        if !alone {
-            continue;
+        let task = tokio::spawn(describe.in_current_span());
+        async move {
+            task.await
+                .map_err(|e| Error::Task(format!("describing a chunk of gold.{name}: {e}")))?
         }
-        if target.version().is_some() {
-            let _ = ctx.deregister_table("changes");
-            register(&ctx, "changes", &changes.table, Some(&chunks[i])).await?;
-            if overlaps(&ctx, &target, name, &columns.keys, range).await? {
-                continue;
-            }
-        }
-        together.push(i);
-    }
+    }))
+    .buffered(2)
+    .try_collect::<Vec<ChunkKeys>>();
     // The dimensions, at the state their own last build left them, and their changes since
     // this fact last looked.
     let mut affected: Vec<String> = Vec::new();
@@ -456,27 +430,52 @@ pub(super) async fn build(
     // Lookups keyed by fact columns read their dimensions side by side, each once it is
     // built: one dimension still being built holds up none of the others. A lookup keyed by
     // a carried column needs its predecessor's types, so it is read in turn below.
-    let mut opened =
-        futures::future::try_join_all(columns.lookups.iter().enumerate().map(|(i, l)| {
-            let direct = l.on.iter().all(|f| matches!(f, From::Fact(_)));
-            let key = fact_key(l, &[]);
-            let (ctx, fact_seq_type, hand_over) = (&ctx, &fact_seq_type, &hand_over);
-            async move {
-                if !direct {
-                    return Ok(None);
-                }
-                let opened = open_lookup(
-                    ctx,
-                    (lake, built, hand_over),
-                    (l, i),
-                    (key.as_ref(), fact_seq_type),
-                    name,
-                )
-                .await?;
-                Ok::<_, Error>(Some(opened))
+    let open = futures::future::try_join_all(columns.lookups.iter().enumerate().map(|(i, l)| {
+        let direct = l.on.iter().all(|f| matches!(f, From::Fact(_)));
+        let key = fact_key(l, &[]);
+        let (ctx, fact_seq_type, hand_over) = (&ctx, &fact_seq_type, &hand_over);
+        async move {
+            if !direct {
+                return Ok(None);
             }
-        }))
-        .await?;
+            let opened = open_lookup(
+                ctx,
+                (lake, built, hand_over),
+                (l, i),
+                (key.as_ref(), fact_seq_type),
+                name,
+            )
+            .await?;
+            Ok::<_, Error>(Some(opened))
+        }
+    }));
+    let (shapes, mut opened) = futures::try_join!(describe, open)?;
+    debug!(chunks = chunks.len(), "Described the chunks of new rows.");
+    // A chunk whose keys are unique, in a range no other chunk's keys reach and not yet in
+    // the table needs neither "latest row per key" nor a merge, whenever it is written. All
+    // such chunks stream through ONE query: each dimension's hash table is built once, not
+    // once per chunk (at scale 10, 25 chunks each re-hashed two million dimension rows).
+    let mut together: Vec<usize> = Vec::new();
+    for (i, shape) in shapes.iter().enumerate() {
+        let Some(range) = shape.range.as_ref().filter(|_| shape.unique) else {
+            continue;
+        };
+        let alone = shapes
+            .iter()
+            .enumerate()
+            .all(|(j, other)| j == i || other.range.as_ref().is_none_or(|o| disjoint(range, o)));
+        if !alone {
+            continue;
+        }
+        if target.version().is_some() {
+            let _ = ctx.deregister_table("changes");
+            register(&ctx, "changes", &changes.table, Some(&chunks[i])).await?;
+            if overlaps(&ctx, &target, name, &columns.keys, range).await? {
+                continue;
+            }
+        }
+        together.push(i);
+    }
     let mut indexed: Vec<bool> = Vec::new();
     let mut carried_types: Vec<Schema> = Vec::new();
     for (i, l) in columns.lookups.iter().enumerate() {
