@@ -1070,13 +1070,7 @@ mod tests {
     #[test]
     fn key_ranges_split_distinct_keys_as_sorting_them_does() {
         // Dense (bitmap) and spread-out (sort) keys, repeated, negative and unordered.
-        let mut state = 11u64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = super::super::scrambled(11u64);
         for spread in [1i64, 1_000_003] {
             let values: Vec<i64> = (0..5_000)
                 .map(|_| (next(3_000) as i64 - 1_000) * spread)

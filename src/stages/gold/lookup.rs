@@ -677,13 +677,7 @@ mod tests {
     #[test]
     fn counting_places_rows_as_sorting_them_does() {
         // Keys repeated up to four times in scrambled order, ties on valid_from, NULLs.
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = super::super::scrambled(0x2545_f491_4f6c_dd1d_u64);
         let n = 20_000;
         let key =
             Int64Array::from_iter((0..n).map(|_| (next(50) > 0).then(|| 1000 + next(8000) as i64)));

@@ -775,3 +775,16 @@ async fn append(
         .await
         .map_err(delta_err(name))
 }
+
+/// A repeatable stream of scrambled numbers below `n` (xorshift), for tests that compare two
+/// ways of computing the same thing on many inputs.
+#[cfg(test)]
+fn scrambled(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut state = seed;
+    move |n| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    }
+}
