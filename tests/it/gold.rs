@@ -440,7 +440,7 @@ async fn a_fact_never_commits_rows_resolved_against_versions_its_dimension_did_n
         base,
         consumed: silver.version().unwrap() as i64,
         rows: vec![rows],
-        replaced: [1, 2].into(),
+        replaced: [1, 2].into_iter().collect(),
         taken: Default::default(),
     });
     let (fact_tx, fact_rx) = watch::channel(Progress::Staged(staged.clone()));

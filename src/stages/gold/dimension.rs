@@ -532,7 +532,7 @@ pub(super) async fn build(
             base,
             consumed: changes.version as i64,
             rows: Vec::new(),
-            replaced: HashSet::new(),
+            replaced: Default::default(),
             taken: Default::default(),
         }),
         _ => None,

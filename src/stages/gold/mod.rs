@@ -361,7 +361,7 @@ pub struct Staged {
     /// The new and changed versions, with every column of the table.
     pub rows: Vec<arrow::array::RecordBatch>,
     /// The surrogate keys whose stored rows the commit removes.
-    pub replaced: std::collections::HashSet<i64>,
+    pub replaced: rewrite::SurrogateKeys,
     /// How many facts have resolved against these versions.
     pub taken: std::sync::atomic::AtomicUsize,
 }

@@ -25,6 +25,12 @@ use crate::error::{Error, Result};
 /// The scan column that names each row's file.
 const FILE_COLUMN: &str = "__tunelake_file";
 
+/// A set of surrogate keys, probed once per stored row (up to three times per row of a
+/// dimension in one run: finding the files, copying them, and a fact's hand-over), so with
+/// a fast hash instead of std's SipHash (the incremental run at scale 10: 1.70–1.84 s
+/// before, 1.57–1.67 s after, alternating).
+pub(super) type SurrogateKeys = HashSet<i64, foldhash::fast::RandomState>;
+
 /// One pending change to a gold table.
 pub(super) struct Rewrite {
     name: String,
@@ -32,7 +38,7 @@ pub(super) struct Rewrite {
     schema: SchemaRef,
     writer: DeltaWriter,
     /// Surrogate keys whose stored row goes (replaced by a written row, or deleted).
-    replaced: HashSet<i64>,
+    replaced: SurrogateKeys,
     written: usize,
 }
 
@@ -46,7 +52,7 @@ impl Rewrite {
             sk: sk.to_string(),
             schema,
             writer,
-            replaced: HashSet::new(),
+            replaced: SurrogateKeys::default(),
             written: 0,
         })
     }
@@ -141,7 +147,7 @@ async fn files_holding(
     target: &DeltaTable,
     name: &str,
     sk: &str,
-    keys: &HashSet<i64>,
+    keys: &SurrogateKeys,
 ) -> Result<HashSet<String>> {
     let provider = target
         .table_provider()
@@ -224,7 +230,7 @@ impl Rewrite {
 pub(super) fn without_replaced(
     batch: &RecordBatch,
     sk: &str,
-    replaced: &HashSet<i64>,
+    replaced: &SurrogateKeys,
     name: &str,
 ) -> Result<RecordBatch> {
     let sks = batch
@@ -241,9 +247,9 @@ pub(super) fn without_replaced(
                 .join(", "),
         })?;
     let sks = surrogate_keys(sks, name)?;
-    let keep: BooleanArray = (0..sks.len())
-        .map(|i| Some(!(sks.is_valid(i) && replaced.contains(&sks.value(i)))))
-        .collect();
+    let keep = BooleanArray::from(arrow::buffer::BooleanBuffer::collect_bool(sks.len(), |i| {
+        !(sks.is_valid(i) && replaced.contains(&sks.value(i)))
+    }));
     arrow::compute::filter_record_batch(batch, &keep).map_err(|e| Error::arrow(name, e))
 }
 
