@@ -604,10 +604,7 @@ async fn register(
     table: &DeltaTable,
     files: Option<&[String]>,
 ) -> Result<()> {
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(delta_err(name))?;
-    let mut builder = table.table_provider().with_session(Arc::new(ctx.state()));
+    let mut builder = scan(ctx, table, name)?;
     if let Some(files) = files {
         builder = builder.with_file_paths(files.iter().cloned());
     }
@@ -617,6 +614,20 @@ async fn register(
     ctx.register_table(name, provider)
         .map_err(df_err(name, "registering the table"))?;
     Ok(())
+}
+
+/// The provider builder of a scan of `table` in gold's session: its object store registered
+/// in `ctx`, and the session's settings applied to the scan (without the session, delta-rs
+/// reads text as string views, and gold casts them back to the strings it stores).
+fn scan(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    name: &str,
+) -> Result<deltalake::delta_datafusion::TableProviderBuilder> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(delta_err(name))?;
+    Ok(table.table_provider().with_session(Arc::new(ctx.state())))
 }
 
 /// The commit properties of a gold commit: the versions it consumed, no blind retries (a

@@ -149,9 +149,7 @@ async fn files_holding(
     sk: &str,
     keys: &SurrogateKeys,
 ) -> Result<HashSet<String>> {
-    let provider = target
-        .table_provider()
-        .with_session(std::sync::Arc::new(ctx.state()))
+    let provider = super::scan(ctx, target, name)?
         .with_file_column(FILE_COLUMN)
         .await
         .map_err(df_err(name, "reading the table's keys"))?;
@@ -205,9 +203,7 @@ impl Rewrite {
         uris: &[String],
     ) -> Result<()> {
         let name = self.name.clone();
-        let provider = target
-            .table_provider()
-            .with_session(std::sync::Arc::new(ctx.state()))
+        let provider = super::scan(ctx, target, &name)?
             .with_file_paths(uris.iter().cloned())
             .await
             .map_err(df_err(&name, "reading the files to rewrite"))?;
