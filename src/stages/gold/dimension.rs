@@ -295,8 +295,8 @@ pub(super) fn versions(
 
 /// The SQL that compares the new versions (table `n`, from [`versions`]) of every key in
 /// `changes` with `gold` (when `gold_columns` is given): the rows to write, with `__op` I
-/// (insert), U (update) or D (delete), `__closed` (a current version got a `valid_to`) and
-/// surrogate keys.
+/// (insert), U (update) or D (delete), `__closed` (a current version got a `valid_to`),
+/// `__period_only` (an update that changes only `valid_to`) and surrogate keys.
 pub(super) fn diff_sql(
     c: &DimColumns,
     gold_columns: Option<&HashSet<String>>,
@@ -351,6 +351,21 @@ pub(super) fn diff_sql(
         .map(|a| format!("(n.{a} IS DISTINCT FROM o.{a})", a = q(a)))
         .collect();
     let mut on = join_on("n", "o", &c.keys);
+    // A stored SCD2 version whose attributes stay and whose end alone moves: its file can be
+    // rewritten with only `valid_to` and `is_current` re-encoded (see `rewrite`).
+    let period_only = if c.scd2 {
+        let attrs_same = if differs.is_empty() {
+            "true".to_string()
+        } else {
+            format!("NOT ({})", differs.join(" OR "))
+        };
+        format!(
+            "COALESCE(n.{first} IS NOT NULL AND o.{sk} IS NOT NULL AND {attrs_same}, false)",
+            first = q(&c.keys[0])
+        )
+    } else {
+        "false".to_string()
+    };
     if c.scd2 {
         differs.push("(n.valid_to IS DISTINCT FROM o.valid_to)".to_string());
         on.push_str(" AND n.valid_from = o.valid_from");
@@ -394,12 +409,12 @@ pub(super) fn diff_sql(
          d AS (SELECT o.{sk} AS __old_sk, \
             CASE WHEN n.{first_key} IS NULL THEN 'D' WHEN o.{sk} IS NULL THEN 'I' \
                  WHEN {differs} THEN 'U' ELSE 'S' END AS __op, \
-            COALESCE({closed}, false) AS __closed, \
+            COALESCE({closed}, false) AS __closed, {period_only} AS __period_only, \
             {keys_coalesced}{na}{stored_copied}{n_period} \
             FROM n FULL OUTER JOIN o ON {on}) \
          SELECT CASE WHEN __op = 'I' THEN CAST({max_sk} AS BIGINT) + CAST(ROW_NUMBER() OVER \
                 (PARTITION BY __op ORDER BY {k}{order_period}) AS BIGINT) ELSE __old_sk END AS {sk}, \
-            {k}{a}{copied}{current}, __op, __closed \
+            {k}{a}{copied}{current}, __op, __closed, __period_only \
          FROM d WHERE __op <> 'S'",
         na = attrs("n."),
         a = attrs(""),
@@ -618,19 +633,42 @@ pub(super) async fn build(
         if let Some(rewrite) = rewrite.as_mut() {
             // Inserted and updated versions are written now; an updated or deleted one's
             // stored row goes when the rewrite commits.
+            // A version whose end alone moves is ended where it is stored; the facts see
+            // it as any other replaced version.
             for batch in &rows {
                 let op = op_column(batch, name)?;
+                let in_place = match batch.column_by_name("__period_only") {
+                    Some(p) if rewrite.ends_in_place() => p.as_boolean_opt().cloned(),
+                    _ => None,
+                }
+                .unwrap_or_else(|| BooleanArray::from(vec![false; batch.num_rows()]));
                 let new = arrow::compute::kernels::cmp::neq(op, &StringArray::new_scalar("D"))
                     .map_err(|e| Error::arrow(name, e))?;
-                let new = arrow::compute::filter_record_batch(batch, &new)
-                    .map_err(|e| Error::arrow(name, e))?;
-                rewrite.write(&new).await?;
-                let replaced = replaced_keys(batch, op, &columns.sk, name)?;
+                let written =
+                    arrow::compute::and_not(&new, &in_place).map_err(|e| Error::arrow(name, e))?;
+                rewrite
+                    .write(
+                        &arrow::compute::filter_record_batch(batch, &written)
+                            .map_err(|e| Error::arrow(name, e))?,
+                    )
+                    .await?;
+                rewrite.end(batch, &in_place)?;
+                rewrite.replace(replaced_keys(
+                    batch,
+                    op,
+                    &columns.sk,
+                    Some(&in_place),
+                    name,
+                )?);
                 if let Some(staged) = staged.as_mut() {
-                    staged.rows.push(new);
-                    staged.replaced.extend(&replaced);
+                    staged.rows.push(
+                        arrow::compute::filter_record_batch(batch, &new)
+                            .map_err(|e| Error::arrow(name, e))?,
+                    );
+                    staged
+                        .replaced
+                        .extend(replaced_keys(batch, op, &columns.sk, None, name)?);
                 }
-                rewrite.replace(replaced);
             }
             continue;
         }
@@ -727,11 +765,20 @@ fn op_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> 
         })
 }
 
-/// The surrogate keys of the updated and deleted versions of a batch: their stored rows go.
-fn replaced_keys(batch: &RecordBatch, op: &StringArray, sk: &str, name: &str) -> Result<Vec<i64>> {
+/// The surrogate keys of the updated and deleted versions of a batch (but those `except`
+/// picks): their stored rows go.
+fn replaced_keys(
+    batch: &RecordBatch,
+    op: &StringArray,
+    sk: &str,
+    except: Option<&BooleanArray>,
+    name: &str,
+) -> Result<Vec<i64>> {
     let sks = super::rewrite::surrogate_keys(computed(batch, sk, name)?, name)?;
+    let excepted = |i: usize| except.is_some_and(|e| e.is_valid(i) && e.value(i));
     Ok((0..batch.num_rows())
         .filter(|&i| op.is_valid(i) && matches!(op.value(i), "U" | "D") && sks.is_valid(i))
+        .filter(|&i| !excepted(i))
         .map(|i| sks.value(i))
         .collect())
 }

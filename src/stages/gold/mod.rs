@@ -10,6 +10,7 @@ mod dimension;
 mod fact;
 mod lookup;
 mod outrigger;
+mod patch;
 mod rewrite;
 mod views;
 

@@ -7,7 +7,7 @@
 //! dimension took 750 MB). Here memory is one batch and the writer's open file, plus 8 bytes
 //! per replaced key.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -18,7 +18,9 @@ use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::DeltaOperation;
 use futures::StreamExt;
+use object_store::ObjectStoreExt;
 
+use super::patch::{self, Ends, IS_CURRENT, VALID_TO};
 use super::{commit_properties, delta_err, df_err, schema_of};
 use crate::error::{Error, Result};
 
@@ -39,6 +41,8 @@ pub(super) struct Rewrite {
     writer: DeltaWriter,
     /// Surrogate keys whose stored row goes (replaced by a written row, or deleted).
     replaced: SurrogateKeys,
+    /// Stored SCD2 versions that only get a new end (see `patch`).
+    ends: Ends,
     written: usize,
 }
 
@@ -53,13 +57,61 @@ impl Rewrite {
             schema,
             writer,
             replaced: SurrogateKeys::default(),
+            ends: Ends::default(),
             written: 0,
         })
     }
 
     /// Whether the change would alter nothing.
     pub(super) fn is_empty(&self) -> bool {
-        self.written == 0 && self.replaced.is_empty()
+        self.written == 0 && self.replaced.is_empty() && self.ends.is_empty()
+    }
+
+    /// Whether stored rows can be ended in place: the table has SCD2's `valid_to` (a
+    /// timestamp) and `is_current`.
+    pub(super) fn ends_in_place(&self) -> bool {
+        let typed = |name: &str, ok: fn(&DataType) -> bool| {
+            self.schema
+                .field_with_name(name)
+                .is_ok_and(|f| ok(f.data_type()))
+        };
+        typed(VALID_TO, |t| matches!(t, DataType::Timestamp(_, _)))
+            && typed(IS_CURRENT, |t| t == &DataType::Boolean)
+    }
+
+    /// Ends the stored rows of the surrogate keys of `batch`'s rows picked by `which`, with
+    /// the rows' `valid_to`: their other columns stay as stored. Only for a table that
+    /// [`Rewrite::ends_in_place`].
+    pub(super) fn end(&mut self, batch: &RecordBatch, which: &BooleanArray) -> Result<()> {
+        if which.true_count() == 0 {
+            return Ok(());
+        }
+        let name = &self.name;
+        let column = |c: &str| {
+            batch.column_by_name(c).ok_or_else(|| Error::UnknownColumn {
+                table: name.clone(),
+                column: c.to_string(),
+                available: "(computed versions)".to_string(),
+            })
+        };
+        let sks = surrogate_keys(column(&self.sk)?, name)?;
+        let stored = self
+            .schema
+            .field_with_name(VALID_TO)
+            .map_err(|e| Error::arrow(name, e))?
+            .data_type();
+        // In the table's own type first, so that the raw values are in its unit.
+        let to = arrow::compute::cast(column(VALID_TO)?, stored)
+            .and_then(|to| arrow::compute::cast(&to, &DataType::Int64))
+            .map_err(|e| Error::arrow(name, e))?;
+        let to = to.as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..batch.num_rows() {
+            if which.is_valid(i) && which.value(i) && sks.is_valid(i) {
+                self.ends
+                    .insert(sks.value(i), to.is_valid(i).then(|| to.value(i)));
+            }
+        }
+        Ok(())
     }
 
     /// Writes new rows (inserted, or replacing a row named with [`Rewrite::replace`]). Columns
@@ -92,34 +144,58 @@ impl Rewrite {
         txns: Vec<Transaction>,
     ) -> Result<DeltaTable> {
         let name = self.name.clone();
-        let touched = if self.replaced.is_empty() {
-            HashSet::new()
+        let touched = if self.replaced.is_empty() && self.ends.is_empty() {
+            HashMap::new()
         } else {
-            files_holding(ctx, &target, &name, &self.sk, &self.replaced).await?
+            files_holding(ctx, &target, &name, &self.sk, &self.replaced, &self.ends).await?
         };
+        let snapshot = target.snapshot().map_err(delta_err(&name))?;
+        // A file that only has rows to end is copied with two columns re-encoded; one that
+        // loses rows is rewritten row by row (ending rows as it goes).
+        let mut actions: Vec<Action> = Vec::new();
+        let mut rows_go: HashSet<String> = HashSet::new();
+        let store = target.log_store().object_store(None);
+        for file in snapshot.log_data().iter() {
+            let file_name = file_name(&file.path()).to_string();
+            match touched.get(&file_name) {
+                None => {}
+                Some(true) => {
+                    rows_go.insert(file_name);
+                }
+                Some(false) => match patched(&name, &self.sk, &self.ends, &store, &file).await? {
+                    Some(add) => actions.push(Action::Add(add)),
+                    None => {
+                        rows_go.insert(file_name);
+                    }
+                },
+            }
+        }
         let uris: Vec<String> = target
             .get_file_uris()
             .map_err(delta_err(&name))?
-            .filter(|uri| touched.contains(file_name(uri)))
+            .filter(|uri| rows_go.contains(file_name(uri)))
             .collect();
-        tracing::debug!(files = uris.len(), "Found the files holding replaced rows.");
+        tracing::debug!(
+            files = touched.len(),
+            rewritten = uris.len(),
+            "Found the files holding replaced or ended rows."
+        );
         if !uris.is_empty() {
             self.copy_kept_rows(ctx, &target, &uris).await?;
         }
-        let mut actions: Vec<Action> = self
-            .writer
-            .close()
-            .await
-            .map_err(delta_err(&name))?
-            .into_iter()
-            .map(Action::Add)
-            .collect();
-        let snapshot = target.snapshot().map_err(delta_err(&name))?;
+        actions.extend(
+            self.writer
+                .close()
+                .await
+                .map_err(delta_err(&name))?
+                .into_iter()
+                .map(Action::Add),
+        );
         actions.extend(
             snapshot
                 .log_data()
                 .iter()
-                .filter(|f| touched.contains(file_name(&f.path())))
+                .filter(|f| touched.contains_key(file_name(&f.path())))
                 .map(|f| Action::Remove(f.remove_action(true))),
         );
         let commit = CommitBuilder::from(commit_properties(txns))
@@ -140,15 +216,17 @@ impl Rewrite {
     }
 }
 
-/// The names of the files of `target` that hold one of `keys` in column `sk` (reading only
-/// that column and the file name).
+/// The names of the files of `target` that hold one of `replaced` or `ends` in column `sk`
+/// (reading only that column and the file name), each with whether it holds one of
+/// `replaced`.
 async fn files_holding(
     ctx: &SessionContext,
     target: &DeltaTable,
     name: &str,
     sk: &str,
-    keys: &SurrogateKeys,
-) -> Result<HashSet<String>> {
+    replaced: &SurrogateKeys,
+    ends: &Ends,
+) -> Result<HashMap<String, bool>> {
     let provider = super::scan(ctx, target, name)?
         .with_file_column(FILE_COLUMN)
         .await
@@ -162,7 +240,7 @@ async fn files_holding(
         .execute_stream()
         .await
         .map_err(df_err(name, "reading the table's keys"))?;
-    let mut files = HashSet::new();
+    let mut files = HashMap::new();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(df_err(name, "reading the table's keys"))?;
         if batch.num_rows() == 0 {
@@ -179,15 +257,27 @@ async fn files_holding(
         let paths =
             arrow::compute::cast(&paths, &DataType::Utf8).map_err(|e| Error::arrow(name, e))?;
         let paths = paths.as_string::<i32>();
-        let mut hit = vec![false; paths.len()];
+        // Per file: not touched, holds rows to end only, holds rows that go.
+        let mut hit = vec![None; paths.len()];
         for (i, &p) in index.iter().enumerate() {
-            if sks.is_valid(i) && batch.column(1).is_valid(i) && keys.contains(&sks.value(i)) {
-                hit[p] = true;
+            if !(sks.is_valid(i) && batch.column(1).is_valid(i)) {
+                continue;
+            }
+            let key = sks.value(i);
+            if replaced.contains(&key) {
+                hit[p] = Some(true);
+            } else if ends.contains_key(&key) && hit[p].is_none() {
+                hit[p] = Some(false);
             }
         }
         for (p, hit) in hit.into_iter().enumerate() {
-            if hit && paths.is_valid(p) {
-                files.insert(file_name(paths.value(p)).to_string());
+            if let Some(go) = hit
+                && paths.is_valid(p)
+            {
+                let held = files
+                    .entry(file_name(paths.value(p)).to_string())
+                    .or_insert(false);
+                *held |= go;
             }
         }
     }
@@ -216,10 +306,89 @@ impl Rewrite {
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(df_err(&name, "reading the files to rewrite"))?;
             let kept = without_replaced(&batch, &self.sk, &self.replaced, &name)?;
+            let kept = self.with_ends(kept)?;
             self.write(&kept).await?;
         }
         Ok(())
     }
+
+    /// `batch` (stored rows) with the rows named in `ends` ended.
+    fn with_ends(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let name = &self.name;
+        let (Some(sks), Some(v), Some(c)) = (
+            batch.column_by_name(&self.sk),
+            batch.schema().index_of(VALID_TO).ok(),
+            batch.schema().index_of(IS_CURRENT).ok(),
+        ) else {
+            return Ok(batch);
+        };
+        if self.ends.is_empty() {
+            return Ok(batch);
+        }
+        let sks = surrogate_keys(sks, name)?;
+        let changed = patch::ended_columns(&sks, batch.column(v), batch.column(c), &self.ends)
+            .map_err(|e| Error::arrow(name, e))?;
+        let Some((to, current)) = changed else {
+            return Ok(batch);
+        };
+        let mut columns = batch.columns().to_vec();
+        columns[v] = to;
+        columns[c] = current;
+        RecordBatch::try_new(batch.schema(), columns).map_err(|e| Error::arrow(name, e))
+    }
+}
+
+/// Writes a copy of `file` (of the table `name`, whose rows are identified by `sk`) with its
+/// rows named in `ends` ended and its other columns as they are encoded, as an add action;
+/// `None` when the file's shape does not allow it.
+async fn patched(
+    name: &str,
+    sk: &str,
+    ends: &Ends,
+    store: &deltalake::logstore::ObjectStoreRef,
+    file: &deltalake::kernel::LogicalFileView,
+) -> Result<Option<deltalake::kernel::Add>> {
+    // Rows a deletion vector hides would come back in a copy of the bytes.
+    if file.deletion_vector_descriptor().is_some() {
+        return Ok(None);
+    }
+    let from = file.object_store_path();
+    let fail = |e: patch::PatchError| Error::Gold {
+        table: name.to_string(),
+        message: format!("ending rows of {from}: {e}"),
+    };
+    let bytes = store
+        .get(&from)
+        .await
+        .map_err(|e| Error::lake(from.as_ref(), e))?
+        .bytes()
+        .await
+        .map_err(|e| Error::lake(from.as_ref(), e))?;
+    let Some(patched) = patch::patch(bytes, sk, ends).map_err(fail)? else {
+        return Ok(None);
+    };
+    let path = format!("part-00000-{}-c000.snappy.parquet", uuid::Uuid::new_v4());
+    let add = deltalake::kernel::Add {
+        path: path.clone(),
+        partition_values: file.partition_values_map(),
+        size: patched.bytes.len() as i64,
+        modification_time: chrono::Utc::now().timestamp_millis(),
+        data_change: true,
+        stats: patched.stats(file.stats()).map_err(fail)?,
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+        clustering_provider: None,
+    };
+    store
+        .put(
+            &object_store::path::Path::from(path.as_str()),
+            patched.bytes.into(),
+        )
+        .await
+        .map_err(|e| Error::lake(&path, e))?;
+    Ok(Some(add))
 }
 
 /// The stored rows of `batch` whose surrogate key (column `sk`) is not in `replaced`.
@@ -353,5 +522,156 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(recorded, Some(7));
+    }
+
+    /// Versions 1-30 in three files (1-10, 11-20, 21-30), each open or ended at `k` seconds.
+    fn versions(sks: std::ops::RangeInclusive<i64>, label: &str) -> RecordBatch {
+        use arrow::array::{BooleanArray, TimestampMicrosecondArray};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("sk", DataType::Int64, true),
+            Field::new("label", DataType::Utf8, true),
+            Field::new(
+                VALID_TO,
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new(IS_CURRENT, DataType::Boolean, true),
+        ]));
+        let keys: Vec<i64> = sks.collect();
+        // Even keys are ended at key seconds, odd ones are current.
+        let ends: Vec<Option<i64>> = keys
+            .iter()
+            .map(|k| (k % 2 == 0).then_some(k * 1_000_000))
+            .collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(keys.clone())),
+                Arc::new(StringArray::from(
+                    keys.iter()
+                        .map(|k| format!("{label}{k}"))
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(TimestampMicrosecondArray::from(ends.clone()).with_timezone("UTC")),
+                Arc::new(BooleanArray::from(
+                    ends.iter().map(|e| e.is_none()).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn versions_are_ended_in_place_copying_the_other_columns_as_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = crate::lake::Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let mut table = lake.delta_table("gold/v").await.unwrap();
+        for (range, label) in [(1..=10, "a"), (11..=20, "b"), (21..=30, "c")] {
+            table = table.write(vec![versions(range, label)]).await.unwrap();
+        }
+        let before: HashSet<String> = table.get_file_uris().unwrap().collect();
+        let ctx = super::super::session();
+        let mut change = Rewrite::new(&table, "v", "sk").unwrap();
+        assert!(change.ends_in_place());
+        // In the second file, 13 is ended at 99 s and 12 opened again; in the third, 25 is
+        // ended at 7 s and 26 goes (a file that loses a row is rewritten row by row).
+        let ended = versions(12..=13, "ignored");
+        let to = arrow::array::TimestampMicrosecondArray::from(vec![None, Some(99_000_000)])
+            .with_timezone("UTC");
+        let mut columns = ended.columns().to_vec();
+        columns[2] = Arc::new(to);
+        let ended = RecordBatch::try_new(ended.schema(), columns).unwrap();
+        change
+            .end(&ended, &BooleanArray::from(vec![true, true]))
+            .unwrap();
+        let late = versions(25..=25, "ignored");
+        let mut columns = late.columns().to_vec();
+        columns[2] = Arc::new(
+            arrow::array::TimestampMicrosecondArray::from(vec![Some(7_000_000)])
+                .with_timezone("UTC"),
+        );
+        change
+            .end(
+                &RecordBatch::try_new(late.schema(), columns).unwrap(),
+                &BooleanArray::from(vec![true]),
+            )
+            .unwrap();
+        change.replace([26]);
+        let table = change.commit(&ctx, table, Vec::new()).await.unwrap();
+
+        let after: HashSet<String> = table.get_file_uris().unwrap().collect();
+        assert_eq!(
+            before.intersection(&after).count(),
+            1,
+            "the first file stays"
+        );
+        let provider = table.table_provider().await.unwrap();
+        let batches = ctx.read_table(provider).unwrap().collect().await.unwrap();
+        let mut rows = Vec::new();
+        for b in &batches {
+            let sks = surrogate_keys(b.column(0), "v").unwrap();
+            let labels = arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
+            let to = arrow::compute::cast(b.column(2), &DataType::Int64).unwrap();
+            let to = to.as_primitive::<arrow::datatypes::Int64Type>();
+            let current = b.column(3).as_boolean();
+            for i in 0..b.num_rows() {
+                let end = to.is_valid(i).then(|| to.value(i) / 1_000_000);
+                rows.push((
+                    sks.value(i),
+                    labels.as_string::<i32>().value(i).to_string(),
+                    end,
+                    current.value(i),
+                ));
+            }
+        }
+        rows.sort();
+        let expected: Vec<(i64, String, Option<i64>, bool)> = (1..=30)
+            .filter(|k| *k != 26)
+            .map(|k| {
+                let label = ["a", "b", "c"][((k - 1) / 10) as usize];
+                let end = match k {
+                    12 => None,
+                    13 => Some(99),
+                    25 => Some(7),
+                    k if k % 2 == 0 => Some(k),
+                    _ => None,
+                };
+                (k, format!("{label}{k}"), end, end.is_none())
+            })
+            .collect();
+        assert_eq!(rows, expected);
+
+        // The patched second file: its statistics are those of its new values, and its
+        // label column is the stored chunk, byte for byte.
+        let snapshot = table.snapshot().unwrap();
+        let second = snapshot
+            .log_data()
+            .iter()
+            .find(|f| f.num_records() == Some(10) && f.stats().is_some_and(|s| s.contains("b11")))
+            .expect("the second file, patched");
+        let stats: serde_json::Value = serde_json::from_str(&second.stats().unwrap()).unwrap();
+        assert_eq!(
+            stats["nullCount"][VALID_TO], 5,
+            "11, 12 (opened), 15, 17, 19"
+        );
+        assert_eq!(stats["maxValues"][VALID_TO], "1970-01-01T00:01:39Z");
+        assert_eq!(stats["minValues"][VALID_TO], "1970-01-01T00:00:14Z");
+        assert_eq!(stats["minValues"][IS_CURRENT], false);
+        let read = |path: &std::path::Path| {
+            let bytes = bytes::Bytes::from(std::fs::read(path).unwrap());
+            let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+                .parse_and_finish(&bytes)
+                .unwrap();
+            let chunk = meta.row_group(0).column(1);
+            let (start, len) = chunk.byte_range();
+            bytes.slice(start as usize..(start + len) as usize)
+        };
+        let table_dir = dir.path().join("gold/v");
+        let new_label = read(&table_dir.join(second.path().as_ref()));
+        let old_labels: Vec<bytes::Bytes> = before
+            .iter()
+            .map(|uri| read(&table_dir.join(file_name(uri))))
+            .collect();
+        assert!(old_labels.contains(&new_label));
     }
 }
