@@ -133,6 +133,7 @@ pub async fn append(lake: &Lake, events: &[Event]) -> Result<()> {
         .await?
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
+        .with_configuration(crate::lake::CREATED_WITH)
         // An event log written before `details` existed gains the column.
         .with_schema_mode(SchemaMode::Merge)
         .await

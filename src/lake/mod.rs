@@ -48,6 +48,13 @@ pub async fn delta_provider(
 /// for efficient scans (DuckDB writes 122,880-row groups).
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 
+/// The configuration tunelake creates its Delta tables with: a checkpoint every 10 commits
+/// (delta-rs writes one after each 10th, against its default of 100). Every bronze file's
+/// silver commit and every gold build looks up the table's application transactions, and
+/// each lookup replayed every JSON commit since the last checkpoint: a fact's 28 silver
+/// commits were read 929 times in one incremental run (5% of its CPU).
+pub const CREATED_WITH: [(&str, Option<&str>); 1] = [("delta.checkpointInterval", Some("10"))];
+
 /// Parquet settings for every file the lake writes: snappy; dictionaries for text columns;
 /// DELTA_BINARY_PACKED for integer, date and timestamp columns; row groups of
 /// [`ROW_GROUP_ROWS`].

@@ -600,6 +600,7 @@ impl Silver {
                     .with_writer_properties(properties)
                     .with_save_mode(SaveMode::Append)
                     .with_schema_mode(SchemaMode::Merge)
+                    .with_configuration(crate::lake::CREATED_WITH)
                     .with_commit_properties(props)
                     .await
                     .map_err(delta_err)?

@@ -464,6 +464,8 @@ pub(super) fn first_rows(
     )));
     fields.push(Field::new("__closed", DataType::Boolean, true));
     columns.push(Arc::new(BooleanArray::from(ended)));
+    fields.push(Field::new("__period_only", DataType::Boolean, false));
+    columns.push(Arc::new(BooleanArray::from(vec![false; rows])));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 

@@ -783,6 +783,7 @@ async fn append(
         .write(batches)
         .with_writer_properties(properties)
         .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .with_configuration(crate::lake::CREATED_WITH)
         .with_commit_properties(commit_properties(txns))
         .await
         .map_err(delta_err(name))
