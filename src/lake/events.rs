@@ -395,4 +395,42 @@ mod tests {
         assert_eq!((runs[1].tables, runs[1].failed, runs[1].wrote), (2, 1, 1));
         assert_eq!(runs[1].stages, ["silver"]);
     }
+
+    #[tokio::test]
+    async fn a_table_is_checkpointed_every_ten_commits_and_keeps_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        for i in 0..12 {
+            append(&lake, &[event(&format!("t{i}"), "ok", None)])
+                .await
+                .unwrap();
+        }
+        let log = dir.path().join(PATH).join("_delta_log");
+        let mut names: Vec<String> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json") || n.ends_with(".parquet"))
+            .collect();
+        names.sort();
+        let checkpoints: Vec<&String> = names.iter().filter(|n| n.contains("checkpoint")).collect();
+        assert_eq!(checkpoints, ["00000000000000000009.checkpoint.parquet"]);
+        assert_eq!(names.iter().filter(|n| n.ends_with(".json")).count(), 12);
+        // The first version is still there to read, past the checkpoint.
+        let first = deltalake::DeltaTableBuilder::from_url(lake.table_url(PATH).unwrap())
+            .unwrap()
+            .with_version(0)
+            .load()
+            .await
+            .unwrap();
+        assert_eq!(first.version(), Some(0));
+        assert_eq!(
+            latest(&lake, 20)
+                .await
+                .unwrap()
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            12
+        );
+    }
 }
