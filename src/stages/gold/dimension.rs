@@ -296,12 +296,9 @@ pub(super) fn versions(
 /// The SQL that compares the new versions (table `n`, from [`versions`]) of every key in
 /// `changes` with `gold` (when `gold_columns` is given): the rows to write, with `__op` I
 /// (insert), U (update) or D (delete), `__closed` (a current version got a `valid_to`),
-/// `__period_only` (an update that changes only `valid_to`) and surrogate keys.
-pub(super) fn diff_sql(
-    c: &DimColumns,
-    gold_columns: Option<&HashSet<String>>,
-    max_sk: i64,
-) -> String {
+/// `__period_only` (an update that changes only `valid_to`) and the stored surrogate keys
+/// (NULL for an insert: [`numbered`] gives those).
+pub(super) fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -> String {
     let k = list("", &c.keys);
     let touched = format!("touched AS (SELECT DISTINCT {k} FROM changes)");
     let attrs = |prefix: &str| {
@@ -412,14 +409,86 @@ pub(super) fn diff_sql(
             COALESCE({closed}, false) AS __closed, {period_only} AS __period_only, \
             {keys_coalesced}{na}{stored_copied}{n_period} \
             FROM n FULL OUTER JOIN o ON {on}) \
-         SELECT CASE WHEN __op = 'I' THEN CAST({max_sk} AS BIGINT) + CAST(ROW_NUMBER() OVER \
-                (PARTITION BY __op ORDER BY {k}{order_period}) AS BIGINT) ELSE __old_sk END AS {sk}, \
-            {k}{a}{copied}{current}, __op, __closed, __period_only \
+         SELECT __old_sk AS {sk}, {k}{a}{copied}{current}, __op, __closed, __period_only \
          FROM d WHERE __op <> 'S'",
         na = attrs("n."),
         a = attrs(""),
-        order_period = if c.scd2 { ", valid_from" } else { "" },
     )
+}
+
+/// The rows of [`diff_sql`] in one batch, the inserted versions numbered on from `max_sk` in
+/// (keys, `valid_from`) order, as [`first_rows`] numbers a first build. The query's window
+/// did this by sorting every row it gives (updates too) by operation first, on one thread.
+pub(super) fn numbered(
+    c: &DimColumns,
+    schema: &SchemaRef,
+    rows: &[RecordBatch],
+    max_sk: i64,
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices};
+    let batch = arrow::compute::concat_batches(schema, rows)?;
+    let column = |name: &str| {
+        batch.column_by_name(name).cloned().ok_or_else(|| {
+            arrow::error::ArrowError::SchemaError(format!("no column {name} in the versions"))
+        })
+    };
+    let op = column("__op")?;
+    let op = op
+        .as_string_opt::<i32>()
+        .ok_or_else(|| arrow::error::ArrowError::SchemaError("__op is not text".into()))?;
+    let inserted: Vec<u32> = (0..batch.num_rows())
+        .filter(|&i| op.is_valid(i) && op.value(i) == "I")
+        .map(|i| i as u32)
+        .collect();
+    if inserted.is_empty() {
+        return Ok(batch);
+    }
+    let at = arrow::array::UInt32Array::from(inserted.clone());
+    let mut by: Vec<&str> = c.keys.iter().map(String::as_str).collect();
+    if c.scd2 {
+        by.push("valid_from");
+    }
+    let order = by
+        .iter()
+        .map(|name| {
+            Ok(SortColumn {
+                values: arrow::compute::take(&column(name)?, &at, None)?,
+                options: Some(SortOptions {
+                    descending: false,
+                    nulls_first: false,
+                }),
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, arrow::error::ArrowError>>()?;
+    let order = lexsort_to_indices(&order, None)?;
+    let (sk_index, _) = batch.schema().column_with_name(&c.sk).ok_or_else(|| {
+        arrow::error::ArrowError::SchemaError(format!("no column {} in the versions", c.sk))
+    })?;
+    let stored = arrow::compute::cast(batch.column(sk_index), &DataType::Int64)?;
+    let stored = stored.as_primitive::<arrow::datatypes::Int64Type>();
+    let mut sks: Vec<Option<i64>> = stored.iter().collect();
+    for (rank, j) in order.values().iter().enumerate() {
+        sks[inserted[*j as usize] as usize] = Some(max_sk + 1 + rank as i64);
+    }
+    let mut columns = batch.columns().to_vec();
+    columns[sk_index] = arrow::compute::cast(
+        &(Arc::new(Int64Array::from(sks)) as ArrayRef),
+        batch.column(sk_index).data_type(),
+    )?;
+    let fields: Vec<arrow::datatypes::FieldRef> = batch
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if i == sk_index {
+                Arc::new(f.as_ref().clone().with_nullable(true))
+            } else {
+                Arc::clone(f)
+            }
+        })
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 /// What [`diff_sql`] gives when the table has no rows yet, without the query: every version
@@ -602,7 +671,7 @@ pub(super) async fn build(
             let _ = ctx.deregister_table("n");
             ctx.register_batch("n", new_versions)
                 .map_err(df_err(name, "staging the versions"))?;
-            let sql = diff_sql(&columns, gold_columns.as_ref(), sk_base);
+            let sql = diff_sql(&columns, gold_columns.as_ref());
             let df = ctx
                 .sql(&sql)
                 .await
@@ -612,7 +681,9 @@ pub(super) async fn build(
                 .collect()
                 .await
                 .map_err(df_err(name, "computing versions"))?;
-            (schema, rows)
+            let rows =
+                numbered(&columns, &schema, &rows, sk_base).map_err(|e| Error::arrow(name, e))?;
+            (rows.schema(), vec![rows])
         };
         debug!(range = i, "Compared the versions with the table.");
         let rows = rows
@@ -1075,18 +1146,14 @@ mod tests {
             ctx.register_batch("n", n.clone()).unwrap();
             ctx.register_batch("changes", n.project(&[0]).unwrap())
                 .unwrap();
-            let by_sql = ctx
-                .sql(&diff_sql(&c, None, 40))
-                .await
-                .unwrap()
-                .sort(vec![
-                    datafusion::prelude::col(c.sk.as_str()).sort(true, true),
-                ])
-                .unwrap()
-                .collect()
-                .await
-                .unwrap();
-            let by_sql = arrow::compute::concat_batches(&by_sql[0].schema(), &by_sql).unwrap();
+            let by_sql = ctx.sql(&diff_sql(&c, None)).await.unwrap();
+            let schema: SchemaRef = Arc::new(by_sql.schema().as_arrow().clone());
+            let by_sql = by_sql.collect().await.unwrap();
+            let by_sql = numbered(&c, &schema, &by_sql, 40).unwrap();
+            let order =
+                arrow::compute::sort_to_indices(by_sql.column_by_name(&c.sk).unwrap(), None, None)
+                    .unwrap();
+            let by_sql = arrow::compute::take_record_batch(&by_sql, &order).unwrap();
             let direct = first_rows(&c, &n, 40).unwrap();
             assert_eq!(direct.num_rows(), if scd == 2 { 5 } else { 3 });
             assert_eq!(direct.num_columns(), by_sql.num_columns());
@@ -1133,5 +1200,61 @@ mod tests {
         assert_eq!(starts(10, 10).count(), 0);
         assert_eq!(starts(11, 10).collect::<Vec<_>>(), [10]);
         assert_eq!(starts(25, 10).collect::<Vec<_>>(), [10, 20]);
+    }
+
+    #[test]
+    fn inserted_versions_are_numbered_in_key_and_start_order_after_the_largest_key() {
+        let (table, schema) = users();
+        let c = DimColumns::new(&table, table.gold.as_ref().unwrap(), &schema).unwrap();
+        assert!(c.scd2);
+        // Unordered, as a hash join gives them: updates keep their keys, inserts get 41...
+        let rows = |ops: &[(Option<i64>, i32, i64, &str)]| {
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new("user_sk", DataType::Int64, true),
+                    Field::new("user_id", DataType::Int32, true),
+                    Field::new("valid_from", DataType::Int64, true),
+                    Field::new("__op", DataType::Utf8, true),
+                ])),
+                vec![
+                    Arc::new(Int64Array::from(
+                        ops.iter().map(|o| o.0).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(arrow::array::Int32Array::from(
+                        ops.iter().map(|o| o.1).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(Int64Array::from(
+                        ops.iter().map(|o| o.2).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(StringArray::from(
+                        ops.iter().map(|o| o.3).collect::<Vec<_>>(),
+                    )),
+                ],
+            )
+            .unwrap()
+        };
+        let first = rows(&[
+            (None, 7, 30, "I"),
+            (Some(3), 2, 10, "U"),
+            (None, 7, 20, "I"),
+        ]);
+        let second = rows(&[(None, 2, 50, "I"), (Some(9), 9, 5, "D"), (None, 1, 99, "I")]);
+        let out = numbered(&c, &first.schema(), &[first.clone(), second], 40).unwrap();
+        let sks: Vec<Option<i64>> = out
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .iter()
+            .collect();
+        // (1, 99) -> 41, (2, 50) -> 42, (7, 20) -> 43, (7, 30) -> 44.
+        assert_eq!(
+            sks,
+            [Some(44), Some(3), Some(43), Some(42), Some(9), Some(41)]
+        );
+        // Nothing inserted: the rows as they are.
+        let kept = rows(&[(Some(3), 2, 10, "U")]);
+        assert_eq!(
+            numbered(&c, &kept.schema(), std::slice::from_ref(&kept), 40).unwrap(),
+            kept
+        );
     }
 }
