@@ -158,13 +158,14 @@ fn join_on(a: &str, b: &str, keys: &[String]) -> String {
 }
 
 /// The SQL that reads the whole silver history of every key in `changes` (`whole`: of every
-/// key in silver), sorted by key, sequence value, and (for rows with the same both) the
-/// preferred row first.
-pub(super) fn history_sql(c: &DimColumns, whole: bool) -> String {
+/// key in silver), sorted by key, sequence value, and (with `tiebreak`, for rows with the
+/// same both) the preferred row first.
+pub(super) fn history_sql(c: &DimColumns, whole: bool, tiebreak: bool) -> String {
     let s = q(&c.seq);
     let tiebreak: String = c
         .tiebreak
         .iter()
+        .filter(|_| tiebreak)
         .map(|t| format!(", s.{} DESC", q(t)))
         .collect();
     let attrs: String = c.attrs.iter().map(|a| format!(", s.{}", q(a))).collect();
@@ -195,11 +196,12 @@ pub(super) fn history_sql(c: &DimColumns, whole: bool) -> String {
 /// whose tracked values differ from the row before it of the same key starts a version that
 /// ends where the next one starts; for SCD1, the latest row of each key. Rows repeating a
 /// (key, sequence value) count once, the first (preferred) one. Returns the table `n`: keys,
-/// attributes and, for SCD2, `valid_from` and `valid_to`.
+/// attributes and, for SCD2, `valid_from` and `valid_to`; and whether some (key, sequence
+/// value) repeats (then which row comes first matters).
 pub(super) fn versions(
     c: &DimColumns,
     history: &RecordBatch,
-) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+) -> std::result::Result<(RecordBatch, bool), arrow::error::ArrowError> {
     use arrow::array::UInt32Array;
     use arrow::row::{RowConverter, SortField};
     let column = |name: &str| -> std::result::Result<ArrayRef, arrow::error::ArrowError> {
@@ -290,7 +292,11 @@ pub(super) fn versions(
         ));
         arrays.push(arrow::compute::take(&seq, &UInt32Array::from(ends), None)?);
     }
-    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays)
+    let repeats = counted.len() < n;
+    Ok((
+        RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays)?,
+        repeats,
+    ))
 }
 
 /// The SQL that compares the new versions (table `n`, from [`versions`]) of every key in
@@ -644,18 +650,34 @@ pub(super) async fn build(
             ctx.register_table(view, df.into_view())
                 .map_err(df_err(name, "reading a key range"))?;
         }
-        let history = ctx
-            .sql(&history_sql(&columns, consumed.is_none()))
-            .await
-            .map_err(df_err(name, "reading the history of the changed keys"))?;
-        let history_schema: SchemaRef = Arc::new(history.schema().as_arrow().clone());
-        let history = history
-            .collect()
-            .await
-            .map_err(df_err(name, "reading the history of the changed keys"))?;
-        let history = arrow::compute::concat_batches(&history_schema, &history)
-            .map_err(|e| Error::arrow(name, e))?;
-        let new_versions = versions(&columns, &history).map_err(|e| Error::arrow(name, e))?;
+        // Silver holds each (key, sequence value) once, so the history is read without the
+        // columns that order repeats (the lineage text cost most of the sort), and again
+        // with them only if one repeats after all.
+        let mut tiebreak = columns.tiebreak.is_empty();
+        let (history, new_versions) = loop {
+            let history = ctx
+                .sql(&history_sql(&columns, consumed.is_none(), tiebreak))
+                .await
+                .map_err(df_err(name, "reading the history of the changed keys"))?;
+            let history_schema: SchemaRef = Arc::new(history.schema().as_arrow().clone());
+            let history = history
+                .collect()
+                .await
+                .map_err(df_err(name, "reading the history of the changed keys"))?;
+            let history = arrow::compute::concat_batches(&history_schema, &history)
+                .map_err(|e| Error::arrow(name, e))?;
+            let (new_versions, repeats) =
+                versions(&columns, &history).map_err(|e| Error::arrow(name, e))?;
+            if repeats && !tiebreak {
+                debug!(
+                    range = i,
+                    "A key repeats a sequence value; reading again in order."
+                );
+                tiebreak = true;
+                continue;
+            }
+            break (history, new_versions);
+        };
         debug!(
             range = i,
             history = history.num_rows(),
@@ -1141,7 +1163,14 @@ mod tests {
                 ],
             )
             .unwrap();
-            let n = versions(&c, &history).unwrap();
+            let (n, repeats) = versions(&c, &history).unwrap();
+            assert!(!repeats, "no (key, sequence value) comes twice");
+            let repeated = arrow::compute::take_record_batch(
+                &history,
+                &arrow::array::UInt32Array::from(vec![0, 1, 2, 2, 3, 4, 5]),
+            )
+            .unwrap();
+            assert!(versions(&c, &repeated).unwrap().1, "key 2 at 4 comes twice");
             let ctx = SessionContext::new();
             ctx.register_batch("n", n.clone()).unwrap();
             ctx.register_batch("changes", n.project(&[0]).unwrap())
