@@ -33,6 +33,10 @@ const FILE_COLUMN: &str = "__tunelake_file";
 /// before, 1.57–1.67 s after, alternating).
 pub(super) type SurrogateKeys = HashSet<i64, foldhash::fast::RandomState>;
 
+/// The largest file ended in place: the copy holds it and its patched copy in memory at
+/// once, where a file rewritten row by row holds a batch and the writer's row group.
+const PATCHED_BYTES: i64 = 32 * 1024 * 1024;
+
 /// One pending change to a gold table.
 pub(super) struct Rewrite {
     name: String,
@@ -162,12 +166,17 @@ impl Rewrite {
                 Some(true) => {
                     rows_go.insert(file_name);
                 }
-                Some(false) => match patched(&name, &self.sk, &self.ends, &store, &file).await? {
-                    Some(add) => actions.push(Action::Add(add)),
-                    None => {
-                        rows_go.insert(file_name);
+                Some(false) if file.size() <= PATCHED_BYTES => {
+                    match patched(&name, &self.sk, &self.ends, &store, &file).await? {
+                        Some(add) => actions.push(Action::Add(add)),
+                        None => {
+                            rows_go.insert(file_name);
+                        }
                     }
-                },
+                }
+                Some(false) => {
+                    rows_go.insert(file_name);
+                }
             }
         }
         let uris: Vec<String> = target
