@@ -354,6 +354,7 @@ pub(super) fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -
         .map(|a| format!("(n.{a} IS DISTINCT FROM o.{a})", a = q(a)))
         .collect();
     let mut on = join_on("n", "o", &c.keys);
+    let first_key = q(&c.keys[0]);
     // A stored SCD2 version whose attributes stay and whose end alone moves: its file can be
     // rewritten with only `valid_to` and `is_current` re-encoded (see `rewrite`).
     let period_only = if c.scd2 {
@@ -363,8 +364,7 @@ pub(super) fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -
             format!("NOT ({})", differs.join(" OR "))
         };
         format!(
-            "COALESCE(n.{first} IS NOT NULL AND o.{sk} IS NOT NULL AND {attrs_same}, false)",
-            first = q(&c.keys[0])
+            "COALESCE(n.{first_key} IS NOT NULL AND o.{sk} IS NOT NULL AND {attrs_same}, false)"
         )
     } else {
         "false".to_string()
@@ -378,7 +378,6 @@ pub(super) fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -
     } else {
         differs.join(" OR ")
     };
-    let first_key = q(&c.keys[0]);
     let closed = if c.scd2 {
         "(o.valid_to IS NULL) AND (n.valid_to IS NOT NULL)"
     } else {
@@ -655,15 +654,12 @@ pub(super) async fn build(
         // with them only if one repeats after all.
         let mut tiebreak = columns.tiebreak.is_empty();
         let (history, new_versions) = loop {
-            let history = ctx
-                .sql(&history_sql(&columns, consumed.is_none(), tiebreak))
-                .await
-                .map_err(df_err(name, "reading the history of the changed keys"))?;
-            let history_schema: SchemaRef = Arc::new(history.schema().as_arrow().clone());
-            let history = history
-                .collect()
-                .await
-                .map_err(df_err(name, "reading the history of the changed keys"))?;
+            let (history_schema, history) = collected(
+                &ctx,
+                &history_sql(&columns, consumed.is_none(), tiebreak),
+                (name, "reading the history of the changed keys"),
+            )
+            .await?;
             let history = arrow::compute::concat_batches(&history_schema, &history)
                 .map_err(|e| Error::arrow(name, e))?;
             let (new_versions, repeats) =
@@ -693,16 +689,12 @@ pub(super) async fn build(
             let _ = ctx.deregister_table("n");
             ctx.register_batch("n", new_versions)
                 .map_err(df_err(name, "staging the versions"))?;
-            let sql = diff_sql(&columns, gold_columns.as_ref());
-            let df = ctx
-                .sql(&sql)
-                .await
-                .map_err(df_err(name, "computing versions"))?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let rows = df
-                .collect()
-                .await
-                .map_err(df_err(name, "computing versions"))?;
+            let (schema, rows) = collected(
+                &ctx,
+                &diff_sql(&columns, gold_columns.as_ref()),
+                (name, "computing versions"),
+            )
+            .await?;
             let rows =
                 numbered(&columns, &schema, &rows, sk_base).map_err(|e| Error::arrow(name, e))?;
             (rows.schema(), vec![rows])
@@ -837,6 +829,18 @@ pub(super) async fn build(
         "Built the dimension."
     );
     Ok(())
+}
+
+/// The rows of a query, with their schema (also when there are none).
+async fn collected(
+    ctx: &SessionContext,
+    sql: &str,
+    (name, context): (&str, &str),
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let df = ctx.sql(sql).await.map_err(df_err(name, context))?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let rows = df.collect().await.map_err(df_err(name, context))?;
+    Ok((schema, rows))
 }
 
 /// A column of computed versions (see [`diff_sql`]).

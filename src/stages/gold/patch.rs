@@ -42,8 +42,8 @@ pub(super) enum PatchError {
 /// A patched file: its bytes and the Delta statistics of its two re-encoded columns.
 pub(super) struct Patched {
     pub bytes: Vec<u8>,
-    ends: Summary,
-    current: Summary,
+    valid_to: Summary,
+    is_current: Summary,
 }
 
 /// Minimum, maximum and null count of a column, as Delta statistics hold them.
@@ -158,8 +158,8 @@ pub(super) fn patch(bytes: Bytes, sk: &str, ends: &Ends) -> Result<Option<Patche
     }
     Ok(Some(Patched {
         bytes: file.into_inner()?,
-        ends: ended.timestamps(unit),
-        current: current.booleans(),
+        valid_to: ended.timestamps(unit),
+        is_current: current.booleans(),
     }))
 }
 
@@ -287,7 +287,7 @@ impl Patched {
             return Ok(None);
         };
         let mut stats: serde_json::Value = serde_json::from_str(&old)?;
-        for (column, summary) in [(VALID_TO, &self.ends), (IS_CURRENT, &self.current)] {
+        for (column, summary) in [(VALID_TO, &self.valid_to), (IS_CURRENT, &self.is_current)] {
             summarize(&mut stats, column, summary);
         }
         Ok(Some(stats.to_string()))

@@ -324,16 +324,14 @@ impl Rewrite {
     /// `batch` (stored rows) with the rows named in `ends` ended.
     fn with_ends(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let name = &self.name;
-        let (Some(sks), Some(v), Some(c)) = (
+        let (false, Some(sks), Some(v), Some(c)) = (
+            self.ends.is_empty(),
             batch.column_by_name(&self.sk),
             batch.schema().index_of(VALID_TO).ok(),
             batch.schema().index_of(IS_CURRENT).ok(),
         ) else {
             return Ok(batch);
         };
-        if self.ends.is_empty() {
-            return Ok(batch);
-        }
         let sks = surrogate_keys(sks, name)?;
         let changed = patch::ended_columns(&sks, batch.column(v), batch.column(c), &self.ends)
             .map_err(|e| Error::arrow(name, e))?;
