@@ -1016,10 +1016,6 @@ async fn cache_lookup(
 ) -> Result<(Schema, bool)> {
     let fail = |e| df_err(name, "reading a dimension for its lookup")(e);
     let (schema, batches) = rows;
-    let batches = match staged {
-        Some(staged) => with_staged(&schema, batches, staged, (&l.sk, name))?,
-        None => batches,
-    };
     let carried = schema
         .project(
             &l.carried
@@ -1037,7 +1033,15 @@ async fn cache_lookup(
                 carried: &l.carried,
                 fact_key,
             };
-            super::lookup::PointInTime::build(&l.dimension, &schema, &batches, &shape)?
+            let fitted = staged
+                .map(|staged| fitted(&schema, staged, name))
+                .transpose()?;
+            let rows = super::lookup::DimensionRows {
+                stored: &batches,
+                replaced: staged.map(|s| &s.replaced),
+                staged: fitted.as_deref().unwrap_or_default(),
+            };
+            super::lookup::PointInTime::build(&l.dimension, &schema, rows, &shape)?
         }
         _ => None,
     };
@@ -1047,6 +1051,10 @@ async fn cache_lookup(
         }
         return Ok((carried, true));
     }
+    let batches = match staged {
+        Some(staged) => with_staged(&schema, batches, staged, (&l.sk, name))?,
+        None => batches,
+    };
     let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).map_err(fail)?;
     let _ = ctx.deregister_table(l.dimension.as_str());
     ctx.register_table(l.dimension.as_str(), std::sync::Arc::new(table))
@@ -1111,10 +1119,21 @@ fn with_staged(
             name,
         )?);
     }
-    for batch in &staged.rows {
-        out.push(crate::lake::writers::fit(batch, schema).map_err(|e| Error::arrow(name, e))?);
-    }
+    out.extend(fitted(schema, staged, name)?);
     Ok(out)
+}
+
+/// The rows `staged` adds to a dimension, in its `schema`.
+fn fitted(
+    schema: &arrow::datatypes::SchemaRef,
+    staged: &super::Staged,
+    name: &str,
+) -> Result<Vec<arrow::array::RecordBatch>> {
+    staged
+        .rows
+        .iter()
+        .map(|batch| crate::lake::writers::fit(batch, schema).map_err(|e| Error::arrow(name, e)))
+        .collect()
 }
 
 /// The added silver files in groups of at most `limit` rows (a bigger file is a group alone),

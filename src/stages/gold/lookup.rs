@@ -4,8 +4,8 @@
 //!
 //! This is what `dimension RIGHT JOIN facts ON key AND valid_from <= seq AND seq < valid_to`
 //! computes, without the join: DataFusion's hash join gathers every version of a key and then
-//! filters the pairs, where here a probe reads one slot holding the key's latest version (and
-//! only for an older period the key's other versions). At scale 10 the join's probes alone
+//! filters the pairs, where here a probe reads one slot holding the key's version (or, for a
+//! key with several, where they are). At scale 10 the join's probes alone
 //! were a fifth of the fact's time. Only single integer keys (and periods of the fact's own
 //! sequence type) take this path; other lookups keep the join.
 
@@ -15,6 +15,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::{concat, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::exec_err;
@@ -22,6 +23,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
+use super::rewrite::SurrogateKeys;
 use crate::error::{Error, Result};
 
 /// One version of a dimension member: its period (`to` is `i64::MAX` while open) and its
@@ -39,16 +41,18 @@ impl Version {
     }
 }
 
-/// A key's slot: the version a probe tries first (the latest; an SCD1 member's first row)
-/// and where the key's other versions are, in one cache line.
-#[derive(Debug, Clone, Copy)]
-#[repr(C, align(32))]
-struct Head {
-    version: Version,
-    /// Where the key's other versions start in `older`.
-    older: u32,
-    /// How many versions the key has; 0 for a key the dimension does not hold.
-    count: u32,
+/// In a dense index's slot, `from` = `SEVERAL` (never a start there: see [`dense_span`])
+/// marks a key without exactly one version: `to` is where its versions start in `several`
+/// and `sk` how many there are (0: the dimension does not hold the key).
+const SEVERAL: i64 = i64::MIN;
+
+/// The slot of a key with `count` versions from `start` on in `several` (none: 0).
+fn marker(start: usize, count: usize) -> Version {
+    Version {
+        from: SEVERAL,
+        to: start as i64,
+        sk: count as i64,
+    }
 }
 
 /// Where each key's versions are among versions in (key, `valid_from`) order.
@@ -56,13 +60,13 @@ type Runs = HashMap<i64, (u32, u32)>;
 
 /// The versions, as probes read them.
 enum Keys {
-    /// Keys that fill most of their range, each at `heads[k - min]`, its other versions in
-    /// (`valid_from`) order in `older`. A version's position is its slot, or the number of
-    /// slots plus its place in `older`.
+    /// Keys that fill most of their range, each at `slots[k - min]`: its version, or for a
+    /// key with several where they are in `several` (in `valid_from` order). A version's
+    /// position is its slot, or the number of slots plus its place in `several`.
     Dense {
         min: i64,
-        heads: Vec<Head>,
-        older: Vec<Version>,
+        slots: Vec<Version>,
+        several: Vec<Version>,
     },
     /// Other keys: each key's run of `versions`, in (key, `valid_from`) order, which is also
     /// the versions' positions.
@@ -82,7 +86,7 @@ pub(super) struct PointInTime {
 impl std::fmt::Debug for PointInTime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let versions = match &self.keys {
-            Keys::Dense { heads, older, .. } => heads.len() + older.len(),
+            Keys::Dense { slots, several, .. } => slots.len() + several.len(),
             Keys::Sparse { versions, .. } => versions.len(),
         };
         f.debug_struct("PointInTime")
@@ -118,6 +122,23 @@ pub(super) struct Shape<'a> {
     pub fact_key: &'a DataType,
 }
 
+/// A dimension's rows for its index: those it stores but the rows of the `replaced`
+/// surrogate keys, and those a staged commit adds (see `Staged`): read as they are, where
+/// copies of the stored rows without the replaced ones were 30 MB of an incremental run's
+/// peak at scale 10.
+pub(super) struct DimensionRows<'a> {
+    pub stored: &'a [RecordBatch],
+    pub replaced: Option<&'a SurrogateKeys>,
+    pub staged: &'a [RecordBatch],
+}
+
+impl DimensionRows<'_> {
+    fn batches(&self) -> impl Iterator<Item = (&RecordBatch, Option<&SurrogateKeys>)> {
+        let stored = self.stored.iter().map(|b| (b, self.replaced));
+        stored.chain(self.staged.iter().map(|b| (b, None)))
+    }
+}
+
 impl PointInTime {
     /// The index over a dimension's rows, or `None` when its key or period types need the
     /// join (several key columns, non-integer keys, a period of another type than the fact's
@@ -125,7 +146,7 @@ impl PointInTime {
     pub(super) fn build(
         dimension: &str,
         schema: &SchemaRef,
-        batches: &[RecordBatch],
+        dim_rows: DimensionRows,
         shape: &Shape,
     ) -> Result<Option<Self>> {
         let type_of = |c: &str| {
@@ -149,9 +170,9 @@ impl PointInTime {
         let fail = |e| Error::arrow(format!("the lookup index of {dimension}"), e);
         // Read batch by batch: concatenating the dimension's rows first held a second copy of
         // them (36 MB for a million SCD2 versions) at the fact's peak.
-        let parts = batches
-            .iter()
-            .map(|batch| {
+        let parts = dim_rows
+            .batches()
+            .map(|(batch, replaced)| {
                 let int64 = |c: &str| -> Result<Int64Array> {
                     let column = batch.column_by_name(c).ok_or_else(|| Error::Gold {
                         table: dimension.to_string(),
@@ -159,13 +180,20 @@ impl PointInTime {
                     })?;
                     as_i64(column, dimension)
                 };
+                let sk = int64(shape.sk)?;
+                let kept = replaced.map(|gone| {
+                    BooleanBuffer::collect_bool(sk.len(), |i| {
+                        !(sk.is_valid(i) && gone.contains(&sk.value(i)))
+                    })
+                });
                 Ok(Part {
                     key: int64(shape.key)?,
-                    sk: int64(shape.sk)?,
+                    sk,
                     period: match shape.period {
                         Some(_) => Some((int64("valid_from")?, int64("valid_to")?)),
                         None => None,
                     },
+                    kept,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -173,9 +201,16 @@ impl PointInTime {
         let with_rows = !shape.carried.is_empty();
         let (keys, rows) = match dense_span(&parts) {
             Some(span) => {
-                let (heads, older, rows) = dense(&parts, span, periods, with_rows);
+                let (slots, several, rows) = dense(&parts, span, periods, with_rows);
                 let min = span.0;
-                (Keys::Dense { min, heads, older }, UInt32Array::from(rows))
+                (
+                    Keys::Dense {
+                        min,
+                        slots,
+                        several,
+                    },
+                    UInt32Array::from(rows),
+                )
             }
             None => {
                 let (versions, rows, runs) = ordered(&parts);
@@ -185,9 +220,9 @@ impl PointInTime {
         drop(parts);
         let mut carried = Vec::with_capacity(shape.carried.len());
         for c in shape.carried {
-            let columns = batches
-                .iter()
-                .map(|b| {
+            let columns = dim_rows
+                .batches()
+                .map(|(b, _)| {
                     b.column_by_name(c).cloned().ok_or_else(|| Error::Gold {
                         table: dimension.to_string(),
                         message: format!("its carried column {c} is missing"),
@@ -225,33 +260,34 @@ impl PointInTime {
             .map(|j| (j, versions[j].sk))
     }
 
-    /// The version `key` matches at `seq` in a dense index: its position and surrogate key.
+    /// The version the key of slot `at` matches at `seq` in a dense index: its position and
+    /// surrogate key.
     fn find_dense(
         &self,
-        (heads, older): (&[Head], &[Version]),
+        (slots, several): (&[Version], &[Version]),
         at: Option<usize>,
         seq: Option<i64>,
     ) -> Option<(usize, i64)> {
-        let head = heads.get(at?)?;
-        if head.count == 0 {
-            return None;
+        let at = at?;
+        let slot = slots.get(at)?;
+        if slot.from != SEVERAL {
+            let found = !self.periods || seq.is_some_and(|s| slot.holds(s));
+            return found.then_some((at, slot.sk));
         }
-        let first = (!self.periods || seq.is_some_and(|s| head.version.holds(s)))
-            .then_some((at?, head.version.sk));
-        first.or_else(|| {
-            let start = head.older as usize;
-            let others = older.get(start..start + head.count as usize - 1)?;
-            self.find_in(others, seq)
-                .map(|(j, sk)| (heads.len() + start + j, sk))
-        })
+        let (start, count) = (slot.to as usize, slot.sk as usize);
+        let versions = several.get(start..start + count)?;
+        self.find_in(versions, seq)
+            .map(|(j, sk)| (slots.len() + start + j, sk))
     }
 
     #[cfg(test)]
     fn find(&self, key: i64, seq: Option<i64>) -> Option<(usize, i64)> {
         match &self.keys {
-            Keys::Dense { min, heads, older } => {
-                self.find_dense((heads, older), slot(*min, key), seq)
-            }
+            Keys::Dense {
+                min,
+                slots,
+                several,
+            } => self.find_dense((slots, several), slot(*min, key), seq),
             Keys::Sparse { runs, versions } => {
                 let (a, b) = runs.get(&key).copied()?;
                 let (a, b) = (a as usize, b as usize);
@@ -282,12 +318,11 @@ impl PointInTime {
     ///
     /// A probe reads memory at a random place of a table bigger than the caches, which costs
     /// a memory latency; each read is requested `AHEAD` rows before it is needed, so that many
-    /// are in flight at once. Dense keys take one read, their slot (the slot holds the latest
-    /// version: an older one costs a second read); sparse keys two, the key's run and then
-    /// its versions, done in two passes, every run first. Prefetching took a probe from 80 to
-    /// 31 ns (20M probes into a million keys); one slot read instead of offsets and then
-    /// versions took a third off the probes' time (a fact's first build at scale 10: 14% less
-    /// CPU).
+    /// are in flight at once. Dense keys take one read, their slot (a key with several
+    /// versions a second); sparse keys two, the key's run and then its versions, done in two
+    /// passes, every run first. Prefetching took a probe from 80 to 31 ns (20M probes into a
+    /// million keys); one slot read instead of offsets and then versions took a third off the
+    /// probes' time (a fact's first build at scale 10: 14% less CPU).
     fn probe<T>(
         &self,
         key: &ArrayRef,
@@ -300,15 +335,19 @@ impl PointInTime {
         let seq_at = |i: usize| seq.as_ref().and_then(|s| s.is_valid(i).then(|| s.value(i)));
         let keys = key.values();
         match &self.keys {
-            Keys::Dense { min, heads, older } => {
-                let at = |k: i64| slot(*min, k).filter(|&s| s < heads.len());
+            Keys::Dense {
+                min,
+                slots,
+                several,
+            } => {
+                let at = |k: i64| slot(*min, k).filter(|&s| s < slots.len());
                 Ok((0..keys.len())
                     .map(|i| {
-                        if let Some(head) = keys.get(i + AHEAD).and_then(|&k| heads.get(at(k)?)) {
-                            prefetch(head);
+                        if let Some(slot) = keys.get(i + AHEAD).and_then(|&k| slots.get(at(k)?)) {
+                            prefetch(slot);
                         }
                         let at = key.is_valid(i).then(|| at(keys[i])).flatten();
-                        matched(self.find_dense((heads, older), at, seq_at(i)))
+                        matched(self.find_dense((slots, several), at, seq_at(i)))
                     })
                     .collect())
             }
@@ -375,12 +414,14 @@ struct Part {
     sk: Int64Array,
     /// `valid_from` and `valid_to`, for SCD2.
     period: Option<(Int64Array, Int64Array)>,
+    /// The rows not replaced by a staged commit (all when `None`).
+    kept: Option<BooleanBuffer>,
 }
 
 impl Part {
     /// The rows a fact can match, with their keys: a key, and with periods a `valid_from`
     /// (the join's equality and `valid_from <=` leave the others out, such as the unknown
-    /// member).
+    /// member), and not replaced.
     fn matchable(&self) -> impl Iterator<Item = (usize, i64)> + '_ {
         (0..self.key.len())
             .filter(|&i| {
@@ -389,6 +430,7 @@ impl Part {
                         .period
                         .as_ref()
                         .is_none_or(|(from, _)| from.is_valid(i))
+                    && self.kept.as_ref().is_none_or(|kept| kept.value(i))
             })
             .map(|i| (i, self.key.value(i)))
     }
@@ -424,11 +466,21 @@ fn starts(parts: &[Part]) -> Vec<usize> {
 }
 
 /// The smallest key and the span of the keys a fact can match, when they fill at least a
-/// quarter of their range (a dense index then costs at most four slots a version).
+/// quarter of their range (a dense index then costs at most four slots a version) and no
+/// version starts at `SEVERAL`.
 fn dense_span(parts: &[Part]) -> Option<(i64, usize)> {
     let (mut min, mut max, mut count) = (i64::MAX, i64::MIN, 0usize);
-    for (_, k) in parts.iter().flat_map(Part::matchable) {
-        (min, max, count) = (min.min(k), max.max(k), count + 1);
+    for part in parts {
+        for (i, k) in part.matchable() {
+            if part
+                .period
+                .as_ref()
+                .is_some_and(|(from, _)| from.value(i) == SEVERAL)
+            {
+                return None;
+            }
+            (min, max, count) = (min.min(k), max.max(k), count + 1);
+        }
     }
     let span = max.checked_sub(min).and_then(|s| usize::try_from(s).ok())?;
     (count > 0 && span / 4 <= count).then_some((min, span))
@@ -437,95 +489,64 @@ fn dense_span(parts: &[Part]) -> Option<(i64, usize)> {
 /// The dense index over the rows a fact can match (see [`Part::matchable`]): a slot for
 /// each key of `min ..= min + span`, placed by counting (no comparison sort and no copy of
 /// every version in key order: the index is built on the fact's critical path and at its
-/// memory peak), the other versions of keys with several in `older`. With `with_rows`, the
-/// row of each position (numbered across `parts`; `None` at an empty slot).
+/// memory peak), the versions of keys with several in `several`. With `with_rows`, the row
+/// of each position (numbered across `parts`; `None` where no version is).
 fn dense(
     parts: &[Part],
     (min, span): (i64, usize),
     periods: bool,
     with_rows: bool,
-) -> (Vec<Head>, Vec<Version>, Vec<Option<u32>>) {
-    let slots = span + 1;
-    let mut counts = vec![0u32; slots];
+) -> (Vec<Version>, Vec<Version>, Vec<Option<u32>>) {
+    // Counted in the slots' `sk`; a key with several then gets the start of its versions in
+    // `to`, which moves on as they are placed.
+    let mut slots = vec![marker(0, 0); span + 1];
     for (_, k) in parts.iter().flat_map(Part::matchable) {
-        counts[(k - min) as usize] += 1;
+        slots[(k - min) as usize].sk += 1;
     }
-    // Keys with several versions gather them at `at[slot]` in `several`, in row order.
-    let mut at = vec![0u32; slots];
-    let mut total = 0u32;
-    for (slot, &count) in counts.iter().enumerate() {
-        if count > 1 {
-            at[slot] = total;
-            total += count;
-        }
+    let mut total = 0usize;
+    for slot in slots.iter_mut().filter(|s| s.sk > 1) {
+        *slot = marker(total, slot.sk as usize);
+        total += slot.sk as usize;
     }
-    let empty = Head {
-        version: Version {
-            from: i64::MAX,
-            to: i64::MIN,
-            sk: -1,
-        },
-        older: 0,
-        count: 0,
-    };
-    let mut heads = vec![empty; slots];
-    let mut head_rows: Vec<Option<u32>> = if with_rows {
-        vec![None; slots]
+    let mut slot_rows: Vec<Option<u32>> = if with_rows {
+        vec![None; slots.len()]
     } else {
         Vec::new()
     };
-    let mut several = vec![empty.version; total as usize];
-    let mut several_rows = vec![0u32; total as usize];
+    let mut several = vec![marker(0, 0); total];
+    let mut several_rows = vec![0u32; total];
     for (part, start) in parts.iter().zip(starts(parts)) {
         for (i, k) in part.matchable() {
-            let slot = (k - min) as usize;
+            let at = (k - min) as usize;
             let row = (start + i) as u32;
-            if counts[slot] == 1 {
-                heads[slot] = Head {
-                    version: part.version(i),
-                    older: 0,
-                    count: 1,
-                };
-                if let Some(r) = head_rows.get_mut(slot) {
+            let slot = &mut slots[at];
+            if slot.sk == 1 && slot.from == SEVERAL {
+                *slot = part.version(i);
+                if let Some(r) = slot_rows.get_mut(at) {
                     *r = Some(row);
                 }
             } else {
-                let j = at[slot] as usize;
+                let j = slot.to as usize;
                 several[j] = part.version(i);
                 several_rows[j] = row;
-                at[slot] += 1;
+                slot.to += 1;
             }
         }
     }
-    let mut older = Vec::with_capacity(several.len());
-    let mut older_rows = Vec::new();
-    for (slot, &count) in counts.iter().enumerate().filter(|(_, c)| **c > 1) {
-        let (end, count) = (at[slot] as usize, count as usize);
-        let begin = end - count;
+    for slot in slots.iter_mut().filter(|s| s.from == SEVERAL && s.sk > 1) {
+        let (end, count) = (slot.to as usize, slot.sk as usize);
+        slot.to = (end - count) as i64;
         if periods {
-            by_start(&mut several[begin..end], &mut several_rows[begin..end]);
-        }
-        // The latest version (the last by `valid_from`), which most facts fall in; SCD1's
-        // first row, the one the join's first match would be.
-        let first = if periods { end - 1 } else { begin };
-        let place = older.len() as u32;
-        for j in (begin..end).filter(|&j| j != first) {
-            older.push(several[j]);
-            if with_rows {
-                older_rows.push(Some(several_rows[j]));
-            }
-        }
-        heads[slot] = Head {
-            version: several[first],
-            older: place,
-            count: count as u32,
-        };
-        if let Some(r) = head_rows.get_mut(slot) {
-            *r = Some(several_rows[first]);
+            by_start(
+                &mut several[end - count..end],
+                &mut several_rows[end - count..end],
+            );
         }
     }
-    head_rows.extend(older_rows);
-    (heads, older, head_rows)
+    if with_rows {
+        slot_rows.extend(several_rows.into_iter().map(Some));
+    }
+    (slots, several, slot_rows)
 }
 
 /// The versions of the rows a fact can match (see [`Part::matchable`]) in (key, `valid_from`,
@@ -753,7 +774,12 @@ mod tests {
             carried: &carried,
             fact_key: &fact_key,
         };
-        PointInTime::build("dim", &batch.schema(), std::slice::from_ref(batch), &shape).unwrap()
+        let rows = DimensionRows {
+            stored: std::slice::from_ref(batch),
+            replaced: None,
+            staged: &[],
+        };
+        PointInTime::build("dim", &batch.schema(), rows, &shape).unwrap()
     }
 
     /// Every probe against a brute-force scan of the rows with the join's rule.
@@ -818,6 +844,7 @@ mod tests {
             key: key.slice(at, len),
             sk: Int64Array::from_iter_values((at..at + len).map(|i| i as i64)),
             period: Some((from.slice(at, len), Int64Array::new_null(len))),
+            kept: None,
         };
         let parts = [part(0, 7_000), part(7_000, 1), part(7_001, n - 7_001)];
         let mut sorted: Vec<(i64, i64, u32)> = (0..n)
@@ -825,23 +852,22 @@ mod tests {
             .map(|i| (key.value(i), from.value(i), i as u32))
             .collect();
         sorted.sort();
-        // Counted: each key's versions, the older ones then the slot's, are its sorted rows.
+        // Counted: each key's version in its slot, or its versions in `several`, are its
+        // sorted rows.
         let span = dense_span(&parts).expect("keys filling their range");
-        let (heads, older, rows) = dense(&parts, span, true, true);
-        assert_eq!(heads.len(), span.1 + 1);
+        let (slots, several, rows) = dense(&parts, span, true, true);
+        assert_eq!(slots.len(), span.1 + 1);
         let mut placed: Vec<(i64, i64, i64, u32)> = Vec::new();
-        for (slot, head) in heads.iter().enumerate() {
-            let key = span.0 + slot as i64;
-            for j in 0..head.count.saturating_sub(1) as usize {
-                let at = head.older as usize + j;
-                let row = rows[heads.len() + at].unwrap();
-                placed.push((key, older[at].from, older[at].sk, row));
+        for (at, slot) in slots.iter().enumerate() {
+            let key = span.0 + at as i64;
+            if slot.from != SEVERAL {
+                placed.push((key, slot.from, slot.sk, rows[at].unwrap()));
+                continue;
             }
-            if head.count > 0 {
-                let row = rows[slot].unwrap();
-                placed.push((key, head.version.from, head.version.sk, row));
-            } else {
-                assert_eq!(rows[slot], None, "an empty slot has no row");
+            assert_eq!(rows[at], None, "a slot without a version has no row");
+            for j in slot.to as usize..(slot.to + slot.sk) as usize {
+                let row = rows[slots.len() + j].unwrap();
+                placed.push((key, several[j].from, several[j].sk, row));
             }
         }
         let expected: Vec<(i64, i64, i64, u32)> =
@@ -852,6 +878,7 @@ mod tests {
             key: Int64Array::from_iter(p.key.iter().map(|k| k.map(|k| k * 1_000_003))),
             sk: p.sk.clone(),
             period: p.period.clone(),
+            kept: None,
         };
         let spread: Vec<Part> = parts.iter().map(spread).collect();
         assert_eq!(dense_span(&spread), None);
@@ -961,6 +988,74 @@ mod tests {
         }
     }
 
+    /// A staged commit's rows stand in for the stored rows of the surrogate keys it replaces:
+    /// an update in place (same surrogate key), a version closed, a member deleted.
+    #[test]
+    fn replaced_stored_rows_give_way_to_the_staged_ones() {
+        for spread in [1, 1_000_003] {
+            let k = |key: i32| Some(key * spread);
+            let stored = dimension(&[
+                (1, k(1), Some(0), None, "a"),
+                (2, k(2), Some(0), None, "b"),
+                (3, k(3), Some(0), None, "c"),
+                (5, k(4), Some(0), None, "d"),
+            ]);
+            let staged = dimension(&[
+                (1, k(1), Some(0), None, "a updated"),
+                (2, k(2), Some(0), Some(10), "b"),
+                (4, k(2), Some(10), None, "b2"),
+                (3, k(3), Some(0), Some(20), "c"),
+            ]);
+            let replaced: SurrogateKeys = [1, 2, 3].into_iter().collect();
+            let carried = ["name".to_string()];
+            let seq = ts();
+            let shape = Shape {
+                key: "id",
+                sk: "sk",
+                period: Some(&seq),
+                carried: &carried,
+                fact_key: &DataType::Int64,
+            };
+            let rows = DimensionRows {
+                stored: std::slice::from_ref(&stored),
+                replaced: Some(&replaced),
+                staged: std::slice::from_ref(&staged),
+            };
+            let pit = PointInTime::build("dim", &stored.schema(), rows, &shape)
+                .unwrap()
+                .unwrap();
+            let udfs = functions("__pit_0", pit);
+            let probes = [(1, 5), (2, 5), (2, 15), (3, 5), (3, 25), (4, 25)];
+            let keys: ArrayRef = Arc::new(Int64Array::from_iter_values(
+                probes.iter().map(|p| p.0 * i64::from(spread)),
+            ));
+            let seq: ArrayRef = Arc::new(
+                TimestampMicrosecondArray::from_iter_values(probes.iter().map(|p| p.1))
+                    .with_timezone("UTC"),
+            );
+            let sks = invoke(&udfs[0], &keys, &seq);
+            assert_eq!(
+                sks.as_primitive::<Int64Type>().values().to_vec(),
+                [1, 2, 4, 3, -1, 5],
+                "spread {spread}"
+            );
+            let names = invoke(&udfs[1], &keys, &seq);
+            let names: Vec<Option<&str>> = names.as_string::<i32>().iter().collect();
+            assert_eq!(
+                names,
+                [
+                    Some("a updated"),
+                    Some("b"),
+                    Some("b2"),
+                    Some("c"),
+                    None,
+                    Some("d")
+                ],
+                "spread {spread}"
+            );
+        }
+    }
+
     #[test]
     fn functions_return_minus_one_and_null_where_nothing_matches() {
         let batch = dimension(&[
@@ -996,6 +1091,21 @@ mod tests {
         assert_eq!(name.null_count(), 3);
     }
 
+    /// A period starting at the slots' marker value keeps the sorted layout, and still matches.
+    #[test]
+    fn a_version_starting_at_the_earliest_time_is_found() {
+        let batch = dimension(&[
+            (1, Some(1), Some(SEVERAL), Some(10), "first"),
+            (2, Some(1), Some(10), None, "second"),
+            (3, Some(2), Some(0), None, "other"),
+        ]);
+        let pit = index(&batch, true, DataType::Int64).unwrap();
+        assert!(matches!(pit.keys, Keys::Sparse { .. }));
+        assert_eq!(pit.find(1, Some(SEVERAL)).map(|f| f.1), Some(1));
+        assert_eq!(pit.find(1, Some(15)).map(|f| f.1), Some(2));
+        assert_eq!(pit.find(2, Some(SEVERAL)), None);
+    }
+
     #[test]
     fn scd1_matches_by_key_alone_and_other_types_keep_the_join() {
         let batch = dimension(&[(3, Some(4), None, None, "only")]);
@@ -1015,9 +1125,17 @@ mod tests {
             carried: &carried,
             fact_key: &DataType::Int64,
         };
-        let built =
-            PointInTime::build("dim", &batch.schema(), std::slice::from_ref(&batch), &shape)
-                .unwrap();
+        let built = PointInTime::build(
+            "dim",
+            &batch.schema(),
+            DimensionRows {
+                stored: std::slice::from_ref(&batch),
+                replaced: None,
+                staged: &[],
+            },
+            &shape,
+        )
+        .unwrap();
         assert!(
             built.is_none(),
             "a fact sequence of another type than the periods"
