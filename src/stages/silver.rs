@@ -812,9 +812,15 @@ fn session() -> SessionContext {
     crate::lake::delta_session(config)
 }
 
+/// A bronze file's rows, as one batch: silver holds the whole file anyway, and a dimension's
+/// rows are then put in key order with one `take` rather than gathered across batches (an
+/// interleave over 65k-row batches was 2.5% of a first run's CPU at scale 10).
 fn read_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, String> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.with_batch_size(65_536).build())
+        .and_then(|b| {
+            let rows = usize::try_from(b.metadata().file_metadata().num_rows()).unwrap_or(0);
+            b.with_batch_size(rows.max(1)).build()
+        })
         .map_err(|e| e.to_string())?;
     reader
         .collect::<Result<Vec<_>, _>>()
@@ -1421,6 +1427,9 @@ fn by_key(
     {
         return Ok(batches);
     }
+    if let [one] = batches.as_slice() {
+        return Ok(vec![arrow::compute::take_record_batch(one, &order)?]);
+    }
     let mut starts = Vec::with_capacity(batches.len());
     let mut total = 0;
     for b in &batches {
@@ -1689,6 +1698,15 @@ mod tests {
             sorted[0],
             rows(vec![1, 2, 3], vec!["a", "b", "c"]),
             "whole rows move with their key"
+        );
+        let one = by_key(
+            vec![rows(vec![3, 1, 2], vec!["c", "a", "b"])],
+            &spec("DimUser"),
+        );
+        assert_eq!(
+            one.unwrap(),
+            vec![rows(vec![1, 2, 3], vec!["a", "b", "c"])],
+            "a file read as one batch"
         );
         let in_order = vec![rows(vec![1, 2], vec!["a", "b"]), rows(vec![2], vec!["b"])];
         assert_eq!(
