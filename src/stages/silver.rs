@@ -1218,10 +1218,9 @@ fn first_per_version(
                 .enumerate()
                 .map(|(b, rows)| {
                     let counts = counted(passed, b);
-                    rows.iter()
-                        .enumerate()
-                        .map(|(i, r)| Some(counts(i) && seen.insert(r.data())))
-                        .collect()
+                    mask(rows.num_rows(), |i| {
+                        counts(i) && seen.insert(rows.row(i).data())
+                    })
                 })
                 .collect()
         }
@@ -1275,12 +1274,15 @@ fn hashed_firsts(
         .enumerate()
         .map(|(b, p)| {
             let counts = counted(passed, b);
-            p.iter()
-                .enumerate()
-                .map(|(i, v)| Some(counts(i) && seen.insert(*v)))
-                .collect()
+            mask(p.len(), |i| counts(i) && seen.insert(p[i]))
         })
         .collect()
+}
+
+/// `keep(i)` for rows `0..len`, in order, as a filter (no validity: a mask collected from
+/// `Option<bool>`s built one, bit by bit, and cost as much as the set of pairs).
+fn mask(len: usize, keep: impl FnMut(usize) -> bool) -> BooleanArray {
+    BooleanArray::from(arrow::buffer::BooleanBuffer::collect_bool(len, keep))
 }
 
 /// Whether row `i` of batch `b` takes part in finding first rows: it passed the `drop` rules
@@ -1326,10 +1328,7 @@ fn dense_firsts(
         .enumerate()
         .map(|(b, p)| {
             let counts = counted(passed, b);
-            p.iter()
-                .enumerate()
-                .map(|(i, &v)| Some(counts(i) && is_first(v)))
-                .collect()
+            mask(p.len(), |i| counts(i) && is_first(p[i]))
         })
         .collect()
 }
