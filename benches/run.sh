@@ -7,6 +7,12 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 peers="${PEERS_DIR:-$here/../../shared/peers}"
+# A read-only peers folder (as shared/ is mounted on some machines) is set up in a copy.
+if [ ! -x "$peers/venv/bin/python" ] && [ ! -w "$peers" ]; then
+  copy="$HOME/.cache/tunelake/peers"
+  mkdir -p "$copy" && cp -r "$peers"/. "$copy"/ && chmod -R u+w "$copy"
+  peers="$copy"
+fi
 [ -x "$peers/venv/bin/python" ] || "$peers/setup.sh"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tunelake/target}"
 (cd "$here/.." && cargo build --release --quiet)

@@ -465,9 +465,9 @@ fn starts(parts: &[Part]) -> Vec<usize> {
         .collect()
 }
 
-/// The smallest key and the span of the keys a fact can match, when they fill at least a
-/// quarter of their range (a dense index then costs at most four slots a version) and no
-/// version starts at `SEVERAL`.
+/// The smallest key and the span of the keys a fact can match, when they fill at least half
+/// their range (a dense index then costs at most two 24-byte slots a version, less than the
+/// sorted layout's hash map) and no version starts at `SEVERAL`.
 fn dense_span(parts: &[Part]) -> Option<(i64, usize)> {
     let (mut min, mut max, mut count) = (i64::MAX, i64::MIN, 0usize);
     for part in parts {
@@ -483,7 +483,7 @@ fn dense_span(parts: &[Part]) -> Option<(i64, usize)> {
         }
     }
     let span = max.checked_sub(min).and_then(|s| usize::try_from(s).ok())?;
-    (count > 0 && span / 4 <= count).then_some((min, span))
+    (count > 0 && span / 2 <= count).then_some((min, span))
 }
 
 /// The dense index over the rows a fact can match (see [`Part::matchable`]): a slot for
