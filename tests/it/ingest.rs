@@ -48,6 +48,17 @@ async fn a_full_run_copies_every_source_row_exactly_once() {
         assert_eq!(stored, max, "{table}");
         assert_eq!(wm["column"], cdc);
         assert_eq!(wm["rows"], t.rows);
+        // Min/max statistics for the watermark column alone (nothing reads bronze by another).
+        let file = std::fs::File::open(&files[0]).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        let group = parquet::file::reader::FileReader::metadata(&reader).row_group(0);
+        for column in group.columns() {
+            let name = column.column_path().string();
+            let has = column
+                .statistics()
+                .is_some_and(|s| s.min_bytes_opt().is_some());
+            assert_eq!(has, name == cdc, "{table}.{name} statistics");
+        }
     }
     // Dirty values arrive as they are: NULL countries, negative durations, unknown users.
     let users = fx.bronze_files("DimUser");
