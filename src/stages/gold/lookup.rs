@@ -85,13 +85,14 @@ pub(super) struct PointInTime {
 
 impl std::fmt::Debug for PointInTime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let versions = match &self.keys {
+        // Positions: a dense index's slots (empty ones too) and its keys' several versions.
+        let positions = match &self.keys {
             Keys::Dense { slots, several, .. } => slots.len() + several.len(),
             Keys::Sparse { versions, .. } => versions.len(),
         };
         f.debug_struct("PointInTime")
             .field("dimension", &self.dimension)
-            .field("versions", &versions)
+            .field("positions", &positions)
             .finish()
     }
 }
@@ -764,16 +765,25 @@ mod tests {
         .unwrap()
     }
 
+    /// The shape of a lookup of the test dimension (`dimension`) by `id`.
+    fn shape<'a>(
+        period: Option<&'a DataType>,
+        carried: &'a [String],
+        fact_key: &'a DataType,
+    ) -> Shape<'a> {
+        Shape {
+            key: "id",
+            sk: "sk",
+            period,
+            carried,
+            fact_key,
+        }
+    }
+
     fn index(batch: &RecordBatch, scd2: bool, fact_key: DataType) -> Option<PointInTime> {
         let carried = ["name".to_string()];
         let seq = ts();
-        let shape = Shape {
-            key: "id",
-            sk: "sk",
-            period: scd2.then_some(&seq),
-            carried: &carried,
-            fact_key: &fact_key,
-        };
+        let shape = shape(scd2.then_some(&seq), &carried, &fact_key);
         let rows = DimensionRows {
             stored: std::slice::from_ref(batch),
             replaced: None,
@@ -1009,13 +1019,7 @@ mod tests {
             let replaced: SurrogateKeys = [1, 2, 3].into_iter().collect();
             let carried = ["name".to_string()];
             let seq = ts();
-            let shape = Shape {
-                key: "id",
-                sk: "sk",
-                period: Some(&seq),
-                carried: &carried,
-                fact_key: &DataType::Int64,
-            };
+            let shape = shape(Some(&seq), &carried, &DataType::Int64);
             let rows = DimensionRows {
                 stored: std::slice::from_ref(&stored),
                 replaced: Some(&replaced),
@@ -1118,13 +1122,7 @@ mod tests {
         );
         let other = DataType::Timestamp(TimeUnit::Millisecond, None);
         let carried = [];
-        let shape = Shape {
-            key: "id",
-            sk: "sk",
-            period: Some(&other),
-            carried: &carried,
-            fact_key: &DataType::Int64,
-        };
+        let shape = shape(Some(&other), &carried, &DataType::Int64);
         let built = PointInTime::build(
             "dim",
             &batch.schema(),
