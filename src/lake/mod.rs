@@ -109,6 +109,13 @@ pub fn parquet_properties(
                     parquet::basic::Compression::UNCOMPRESSED,
                 )
             }
+            // Measures are often few distinct values (durations in minutes to two decimals):
+            // a dictionary stores them in a few bits each, where plain values needed snappy
+            // over 8 bytes a row (silver streams 129 -> 110 MB, gold fact 179 -> 160 MB at
+            // scale 10). Many distinct values fall back to plain past the dictionary's page.
+            DataType::Float32 | DataType::Float64 => {
+                b.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), true)
+            }
             _ => b,
         },
     )
