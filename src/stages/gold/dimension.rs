@@ -158,15 +158,15 @@ fn join_on(a: &str, b: &str, keys: &[String]) -> String {
 }
 
 /// The SQL that reads the whole silver history of every key in `changes` (`whole`: of every
-/// key in silver), sorted by key, sequence value, and (with `tiebreak`, for rows with the
-/// same both) the preferred row first.
+/// key in silver), with (`tiebreak`) the columns that order rows with the same key and
+/// sequence value. Unordered: [`history_order`] sorts it.
 pub(super) fn history_sql(c: &DimColumns, whole: bool, tiebreak: bool) -> String {
     let s = q(&c.seq);
     let tiebreak: String = c
         .tiebreak
         .iter()
         .filter(|_| tiebreak)
-        .map(|t| format!(", s.{} DESC", q(t)))
+        .map(|t| format!(", s.{}", q(t)))
         .collect();
     let attrs: String = c.attrs.iter().map(|a| format!(", s.{}", q(a))).collect();
     // When every silver row is a change (nothing consumed yet), the join with the changed
@@ -187,71 +187,158 @@ pub(super) fn history_sql(c: &DimColumns, whole: bool, tiebreak: bool) -> String
         )
     };
     format!(
-        "SELECT {sk}, s.{s} AS __seq{attrs} FROM {source} ORDER BY {sk}, s.{s}{tiebreak}",
+        "SELECT {sk}, s.{s} AS __seq{attrs}{tiebreak} FROM {source}",
         sk = list("s.", &c.keys),
     )
 }
 
-/// The versions of a sorted history (see [`history_sql`]), in one pass: for SCD2, every row
+/// The order of a history's rows (from [`history_sql`]): by key, sequence value and, with
+/// `tiebreak`, the preferred row first (latest `_ingested_at`, then `_source_file`,
+/// descending). Sorting positions here instead of the rows in the query spares DataFusion's
+/// sort and merge of every column (with `versions`' row encoding, a fifth of a dimension's
+/// first build, perf). A single integer-like key with no tiebreak sorts as integer pairs.
+pub(super) fn history_order(
+    c: &DimColumns,
+    history: &RecordBatch,
+    tiebreak: bool,
+) -> std::result::Result<Vec<u32>, arrow::error::ArrowError> {
+    use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices};
+    let column = |name: &str| history_column(history, name);
+    let seq = column("__seq")?;
+    if let ([key], false) = (c.keys.as_slice(), tiebreak)
+        && let (Some(key), Some(seq)) = (as_i64(&column(key)?), as_i64(&seq))
+    {
+        let mut rows: Vec<(i64, i64, u32)> = (key.values().iter().zip(seq.values()))
+            .zip(0u32..)
+            .map(|((k, s), i)| (*k, *s, i))
+            .collect();
+        rows.sort_unstable();
+        return Ok(rows.into_iter().map(|(_, _, i)| i).collect());
+    }
+    let ascending = Some(SortOptions {
+        descending: false,
+        nulls_first: false,
+    });
+    let mut by = c
+        .keys
+        .iter()
+        .map(|k| {
+            Ok(SortColumn {
+                values: column(k)?,
+                options: ascending,
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, arrow::error::ArrowError>>()?;
+    by.push(SortColumn {
+        values: seq,
+        options: ascending,
+    });
+    for t in c.tiebreak.iter().filter(|_| tiebreak) {
+        by.push(SortColumn {
+            values: column(t)?,
+            options: Some(SortOptions {
+                descending: true,
+                nulls_first: true,
+            }),
+        });
+    }
+    Ok(lexsort_to_indices(&by, None)?.values().to_vec())
+}
+
+/// The values of a column without nulls whose type orders as its 64-bit integer values.
+fn as_i64(a: &ArrayRef) -> Option<Int64Array> {
+    use arrow::datatypes::Int64Type;
+    let integer_like = matches!(
+        a.data_type(),
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(_, _)
+    );
+    if !integer_like || a.null_count() > 0 {
+        return None;
+    }
+    let cast = arrow::compute::cast(a, &DataType::Int64).ok()?;
+    cast.as_primitive_opt::<Int64Type>().cloned()
+}
+
+fn history_column(
+    history: &RecordBatch,
+    name: &str,
+) -> std::result::Result<ArrayRef, arrow::error::ArrowError> {
+    history
+        .column_by_name(name)
+        .cloned()
+        .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no column {name}")))
+}
+
+/// The versions of a history (see [`history_sql`]) taken in `order` (see [`history_order`]),
+/// in one pass: for SCD2, every row
 /// whose tracked values differ from the row before it of the same key starts a version that
 /// ends where the next one starts; for SCD1, the latest row of each key. Rows repeating a
 /// (key, sequence value) count once, the first (preferred) one. Returns the table `n`: keys,
-/// attributes and, for SCD2, `valid_from` and `valid_to`; and whether some (key, sequence
-/// value) repeats (then which row comes first matters).
+/// attributes and, for SCD2, `valid_from` and `valid_to`, in key and sequence order; and
+/// whether some (key, sequence value) repeats (then which row comes first matters).
 pub(super) fn versions(
     c: &DimColumns,
     history: &RecordBatch,
+    order: &[u32],
 ) -> std::result::Result<(RecordBatch, bool), arrow::error::ArrowError> {
-    use arrow::array::UInt32Array;
-    use arrow::row::{RowConverter, SortField};
-    let column = |name: &str| -> std::result::Result<ArrayRef, arrow::error::ArrowError> {
-        history
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no column {name}")))
+    use arrow::array::{UInt32Array, make_comparator};
+    use arrow::compute::SortOptions;
+    use std::cmp::Ordering;
+    let column = |name: &str| history_column(history, name);
+    // Compared where needed, value by value: nulls equal nulls and floats compare by their
+    // total order, as the row format did; most rows are a key's only one, so encoding every
+    // tracked value (what that cost) is not needed.
+    let same = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| {
+                let a = column(n)?;
+                make_comparator(a.as_ref(), a.as_ref(), SortOptions::default())
+            })
+            .collect::<std::result::Result<Vec<_>, arrow::error::ArrowError>>()
     };
-    let rows_of =
-        |names: &[String]| -> std::result::Result<arrow::row::Rows, arrow::error::ArrowError> {
-            let arrays = names
-                .iter()
-                .map(|n| column(n))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let converter = RowConverter::new(
-                arrays
-                    .iter()
-                    .map(|a| SortField::new(a.data_type().clone()))
-                    .collect(),
-            )?;
-            converter.convert_columns(&arrays)
-        };
-    let keys = rows_of(&c.keys)?;
-    let seq_rows = rows_of(&["__seq".to_string()])?;
+    let keys = same(&c.keys)?;
+    let seq = same(&["__seq".to_string()])?;
+    let tracked = same(&c.tracked)?;
+    let equal = |cmps: &[arrow::array::DynComparator], p: u32, i: u32| {
+        cmps.iter()
+            .all(|cmp| cmp(p as usize, i as usize) == Ordering::Equal)
+    };
     // No tracked column: only a key's first change makes a version.
-    let tracked = if c.tracked.is_empty() {
-        None
-    } else {
-        Some(rows_of(&c.tracked)?)
-    };
-    let differs = |p: usize, i: usize| tracked.as_ref().is_some_and(|t| t.row(p) != t.row(i));
-    let n = history.num_rows();
+    let differs = |p: u32, i: u32| !tracked.is_empty() && !equal(&tracked, p, i);
     // The first row of each (key, sequence value): the only ones that count.
-    let counted: Vec<usize> = (0..n)
-        .filter(|&i| {
-            i == 0 || keys.row(i) != keys.row(i - 1) || seq_rows.row(i) != seq_rows.row(i - 1)
+    let counted: Vec<u32> = order
+        .iter()
+        .enumerate()
+        .filter(|&(j, &i)| {
+            j == 0 || {
+                let p = order[j - 1];
+                !equal(&keys, p, i) || !equal(&seq, p, i)
+            }
         })
+        .map(|(_, &i)| i)
         .collect();
-    let mut starts: Vec<usize> = Vec::new();
+    let mut starts: Vec<u32> = Vec::new();
     let mut ends: Vec<Option<u32>> = Vec::new();
-    let mut previous: Option<usize> = None;
+    let mut previous: Option<u32> = None;
     for &i in &counted {
-        let same_key = previous.is_some_and(|p| keys.row(p) == keys.row(i));
+        let same_key = previous.is_some_and(|p| equal(&keys, p, i));
         if c.scd2 {
             if !same_key {
                 starts.push(i);
                 ends.push(None);
             } else if previous.is_some_and(|p| differs(p, i)) {
                 if let Some(end) = ends.last_mut() {
-                    *end = Some(i as u32);
+                    *end = Some(i);
                 }
                 starts.push(i);
                 ends.push(None);
@@ -265,7 +352,7 @@ pub(super) fn versions(
         }
         previous = Some(i);
     }
-    let take_rows = UInt32Array::from(starts.iter().map(|&i| i as u32).collect::<Vec<_>>());
+    let take_rows = UInt32Array::from(starts);
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
     for name in c.keys.iter().chain(&c.attrs) {
@@ -292,7 +379,7 @@ pub(super) fn versions(
         ));
         arrays.push(arrow::compute::take(&seq, &UInt32Array::from(ends), None)?);
     }
-    let repeats = counted.len() < n;
+    let repeats = counted.len() < order.len();
     Ok((
         RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays)?,
         repeats,
@@ -662,8 +749,10 @@ pub(super) async fn build(
             .await?;
             let history = arrow::compute::concat_batches(&history_schema, &history)
                 .map_err(|e| Error::arrow(name, e))?;
+            let order =
+                history_order(&columns, &history, tiebreak).map_err(|e| Error::arrow(name, e))?;
             let (new_versions, repeats) =
-                versions(&columns, &history).map_err(|e| Error::arrow(name, e))?;
+                versions(&columns, &history, &order).map_err(|e| Error::arrow(name, e))?;
             if repeats && !tiebreak {
                 debug!(
                     range = i,
@@ -1098,6 +1187,74 @@ mod tests {
     }
 
     #[test]
+    fn a_history_is_ordered_by_key_sequence_and_preferred_row() {
+        let (table, schema) = users();
+        let c = DimColumns::new(&table, &table.gold.clone().unwrap(), &schema).unwrap();
+        // Pseudo-random rows with few keys, sequence values and lineage, so all of them tie.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % m) as i64
+        };
+        let rows: Vec<(i64, i64, i64, i64)> = (0..400)
+            .map(|_| (next(20) - 5, next(6), next(3), next(3)))
+            .collect();
+        let text = |v: i64| format!("t{v}");
+        let history = |key: ArrayRef| {
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new("user_id", key.data_type().clone(), true),
+                    Field::new("__seq", DataType::Int64, true),
+                    Field::new("_ingested_at", DataType::Utf8, true),
+                    Field::new("_source_file", DataType::Utf8, true),
+                ])),
+                vec![
+                    key,
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| text(r.2)),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| text(r.3)),
+                    )),
+                ],
+            )
+            .unwrap()
+        };
+        let integers = history(Arc::new(arrow::array::Int32Array::from_iter_values(
+            rows.iter().map(|r| r.0 as i32),
+        )));
+        // Text keys order as text: "-1" < "-5" < "0" < "10" < "2".
+        let texts = history(Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.0.to_string()),
+        )));
+        let check = |h: &RecordBatch, tiebreak: bool, key: &dyn Fn(i64) -> String| {
+            let order = history_order(&c, h, tiebreak).unwrap();
+            let mut sorted: Vec<usize> = order.iter().map(|&i| i as usize).collect();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..rows.len()).collect::<Vec<_>>(), "a permutation");
+            let sort_key = |i: u32| {
+                let r = rows[i as usize];
+                let preferred = if tiebreak { (-r.2, -r.3) } else { (0, 0) };
+                (key(r.0), r.1, preferred)
+            };
+            for pair in order.windows(2) {
+                assert!(
+                    sort_key(pair[0]) <= sort_key(pair[1]),
+                    "rows {pair:?} out of order (tiebreak {tiebreak})"
+                );
+            }
+        };
+        let numeric = |k: i64| format!("{:020}", k + 1_000_000);
+        check(&integers, false, &numeric);
+        check(&integers, true, &numeric);
+        check(&texts, false, &|k| k.to_string());
+        check(&texts, true, &|k| k.to_string());
+    }
+
+    #[test]
     fn roles_leave_out_lineage_and_the_sequence_column() {
         let (table, schema) = users();
         let gold = table.gold.clone().unwrap();
@@ -1167,14 +1324,27 @@ mod tests {
                 ],
             )
             .unwrap();
-            let (n, repeats) = versions(&c, &history).unwrap();
+            let (n, repeats) = versions(&c, &history, &[0, 1, 2, 3, 4, 5]).unwrap();
             assert!(!repeats, "no (key, sequence value) comes twice");
+            // The rows as a query hands them over, in no order: sorted, the same versions.
+            let shuffled = arrow::compute::take_record_batch(
+                &history,
+                &arrow::array::UInt32Array::from(vec![3, 5, 0, 2, 4, 1]),
+            )
+            .unwrap();
+            let order = history_order(&c, &shuffled, false).unwrap();
+            assert_eq!(order, [2, 5, 3, 0, 4, 1]);
+            assert_eq!(versions(&c, &shuffled, &order).unwrap(), (n.clone(), false));
             let repeated = arrow::compute::take_record_batch(
                 &history,
                 &arrow::array::UInt32Array::from(vec![0, 1, 2, 2, 3, 4, 5]),
             )
             .unwrap();
-            assert!(versions(&c, &repeated).unwrap().1, "key 2 at 4 comes twice");
+            let order = history_order(&c, &repeated, false).unwrap();
+            assert!(
+                versions(&c, &repeated, &order).unwrap().1,
+                "key 2 at 4 comes twice"
+            );
             let ctx = SessionContext::new();
             ctx.register_batch("n", n.clone()).unwrap();
             ctx.register_batch("changes", n.project(&[0]).unwrap())
