@@ -27,8 +27,8 @@ use tracing::{debug, info};
 use super::outrigger::Outrigger;
 use super::rewrite::Rewrite;
 use super::{
-    TableReport, append, col, consumed_app_id, count_op, df_err, insert_from_source, merge_rows,
-    op_is, project, recorded, register, schema_of, silver_changes, table_path, update_from_source,
+    TableReport, append, col, consumed_app_id, df_err, insert_from_source, merge_rows, op_is,
+    project, recorded, register, schema_of, silver_changes, table_path, update_from_source,
 };
 use crate::config::ident::quote_ansi as q;
 use crate::config::{GoldSpec, TableSpec};
@@ -794,17 +794,11 @@ pub(super) async fn build(
             .map(|batch| with_copied(batch, &outriggers, name))
             .collect::<Result<Vec<_>>>()?;
         let schema = with_copied(&RecordBatch::new_empty(schema), &outriggers, name)?.schema();
-        let inserted = count_op(&rows, "I", |_, _| true);
-        let updated = count_op(&rows, "U", |_, _| true);
-        let deleted = count_op(&rows, "D", |_, _| true);
+        let [inserted, updated, deleted, closed] = op_counts(&rows, name)?;
         report.inserted += inserted;
         report.updated += updated;
         report.deleted += deleted;
-        report.closed += count_op(&rows, "U", |b, i| {
-            b.column_by_name("__closed")
-                .and_then(|c| c.as_boolean_opt().map(|c| c.is_valid(i) && c.value(i)))
-                .unwrap_or(false)
-        });
+        report.closed += closed;
         sk_base += inserted as i64;
         if let Some(rewrite) = rewrite.as_mut() {
             // Inserted and updated versions are written now; an updated or deleted one's
@@ -941,6 +935,32 @@ fn computed<'a>(batch: &'a RecordBatch, column: &str, name: &str) -> Result<&'a 
             column: column.to_string(),
             available: "(computed versions)".to_string(),
         })
+}
+
+/// How many computed versions insert, update, delete, and update a current version with an
+/// end (`__closed`): one pass over the rows.
+fn op_counts(rows: &[RecordBatch], name: &str) -> Result<[u64; 4]> {
+    let mut counts = [0u64; 4];
+    for batch in rows {
+        let op = op_column(batch, name)?;
+        let closed = batch
+            .column_by_name("__closed")
+            .and_then(|c| c.as_boolean_opt());
+        for (i, op) in op.iter().enumerate() {
+            match op {
+                Some("I") => counts[0] += 1,
+                Some("U") => {
+                    counts[1] += 1;
+                    if closed.is_some_and(|c| c.is_valid(i) && c.value(i)) {
+                        counts[3] += 1;
+                    }
+                }
+                Some("D") => counts[2] += 1,
+                _ => {}
+            }
+        }
+    }
+    Ok(counts)
 }
 
 /// The `__op` column of computed versions.

@@ -41,17 +41,40 @@ impl Version {
     }
 }
 
-/// In a dense index's slot, `from` = `SEVERAL` (never a start there: see [`dense_span`])
-/// marks a key without exactly one version: `to` is where its versions start in `several`
-/// and `sk` how many there are (0: the dimension does not hold the key).
+/// A dense index's slot: a key's only version when it is open (its start and surrogate key:
+/// 16 bytes, so a probe reads one cache line, and two indexes of a million keys take 32 MB
+/// instead of 48), or, with `from` = `SEVERAL` (never a start there: see [`dense_span`]),
+/// where the key's versions are in `several`: `sk` = start << 32 | count (0: the dimension
+/// does not hold the key).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    from: i64,
+    sk: i64,
+}
+
 const SEVERAL: i64 = i64::MIN;
 
+/// While counting, a slot's `sk` flags a key with a closed version (it goes to `several`).
+const CLOSED: i64 = 1 << 62;
+
+/// While placing, the `sk` of a slot that takes its key's one version.
+const DIRECT: i64 = -2;
+
 /// The slot of a key with `count` versions from `start` on in `several` (none: 0).
-fn marker(start: usize, count: usize) -> Version {
-    Version {
+fn marker(start: usize, count: usize) -> Slot {
+    Slot {
         from: SEVERAL,
-        to: start as i64,
-        sk: count as i64,
+        sk: ((start as i64) << 32) | count as i64,
+    }
+}
+
+impl Slot {
+    /// Where the key's versions are in `several`, for a marker.
+    fn several(&self) -> Option<Range<usize>> {
+        (self.from == SEVERAL).then(|| {
+            let start = (self.sk >> 32) as usize;
+            start..start + (self.sk & 0xffff_ffff) as usize
+        })
     }
 }
 
@@ -65,7 +88,7 @@ enum Keys {
     /// position is its slot, or the number of slots plus its place in `several`.
     Dense {
         min: i64,
-        slots: Vec<Version>,
+        slots: Vec<Slot>,
         several: Vec<Version>,
     },
     /// Other keys: each key's run of `versions`, in (key, `valid_from`) order, which is also
@@ -265,19 +288,19 @@ impl PointInTime {
     /// surrogate key.
     fn find_dense(
         &self,
-        (slots, several): (&[Version], &[Version]),
+        (slots, several): (&[Slot], &[Version]),
         at: Option<usize>,
         seq: Option<i64>,
     ) -> Option<(usize, i64)> {
         let at = at?;
         let slot = slots.get(at)?;
-        if slot.from != SEVERAL {
-            let found = !self.periods || seq.is_some_and(|s| slot.holds(s));
+        let Some(range) = slot.several() else {
+            // Its one version, open: it holds every sequence value from its start on.
+            let found = !self.periods || seq.is_some_and(|s| slot.from <= s);
             return found.then_some((at, slot.sk));
-        }
-        let (start, count) = (slot.to as usize, slot.sk as usize);
-        let versions = several.get(start..start + count)?;
-        self.find_in(versions, seq)
+        };
+        let start = range.start;
+        self.find_in(several.get(range)?, seq)
             .map(|(j, sk)| (slots.len() + start + j, sk))
     }
 
@@ -467,7 +490,7 @@ fn starts(parts: &[Part]) -> Vec<usize> {
 }
 
 /// The smallest key and the span of the keys a fact can match, when they fill at least half
-/// their range (a dense index then costs at most two 24-byte slots a version, less than the
+/// their range (a dense index then costs at most two 16-byte slots a version, less than the
 /// sorted layout's hash map) and no version starts at `SEVERAL`.
 fn dense_span(parts: &[Part]) -> Option<(i64, usize)> {
     let (mut min, mut max, mut count) = (i64::MAX, i64::MIN, 0usize);
@@ -484,7 +507,8 @@ fn dense_span(parts: &[Part]) -> Option<(i64, usize)> {
         }
     }
     let span = max.checked_sub(min).and_then(|s| usize::try_from(s).ok())?;
-    (count > 0 && span / 2 <= count).then_some((min, span))
+    // Markers hold a start below 2^31 (rows are numbered in 32 bits anyway).
+    (count > 0 && span / 2 <= count && count < 1 << 31).then_some((min, span))
 }
 
 /// The dense index over the rows a fact can match (see [`Part::matchable`]): a slot for
@@ -497,51 +521,73 @@ fn dense(
     (min, span): (i64, usize),
     periods: bool,
     with_rows: bool,
-) -> (Vec<Version>, Vec<Version>, Vec<Option<u32>>) {
-    // Counted in the slots' `sk`; a key with several then gets the start of its versions in
-    // `to`, which moves on as they are placed.
+) -> (Vec<Slot>, Vec<Version>, Vec<Option<u32>>) {
+    // Counted in the slots' `sk` (with `CLOSED`); a key with several versions, or a closed
+    // one, then gets a marker whose start moves on as its versions are placed.
     let mut slots = vec![marker(0, 0); span + 1];
-    for (_, k) in parts.iter().flat_map(Part::matchable) {
-        slots[(k - min) as usize].sk += 1;
+    for part in parts {
+        for (i, k) in part.matchable() {
+            let slot = &mut slots[(k - min) as usize];
+            slot.sk += 1;
+            if periods && part.version(i).to != i64::MAX {
+                slot.sk |= CLOSED;
+            }
+        }
     }
     let mut total = 0usize;
-    for slot in slots.iter_mut().filter(|s| s.sk > 1) {
-        *slot = marker(total, slot.sk as usize);
-        total += slot.sk as usize;
+    for slot in slots.iter_mut() {
+        let count = (slot.sk & !CLOSED) as usize;
+        if count == 1 && slot.sk & CLOSED == 0 {
+            slot.sk = DIRECT;
+        } else if count > 0 {
+            *slot = marker(total, count);
+            total += count;
+        }
     }
     let mut slot_rows: Vec<Option<u32>> = if with_rows {
         vec![None; slots.len()]
     } else {
         Vec::new()
     };
-    let mut several = vec![marker(0, 0); total];
+    let placeholder = Version {
+        from: SEVERAL,
+        to: 0,
+        sk: 0,
+    };
+    let mut several = vec![placeholder; total];
     let mut several_rows = vec![0u32; total];
     for (part, start) in parts.iter().zip(starts(parts)) {
         for (i, k) in part.matchable() {
             let at = (k - min) as usize;
             let row = (start + i) as u32;
             let slot = &mut slots[at];
-            if slot.sk == 1 && slot.from == SEVERAL {
-                *slot = part.version(i);
+            let version = part.version(i);
+            if slot.from == SEVERAL && slot.sk == DIRECT {
+                *slot = Slot {
+                    from: version.from,
+                    sk: version.sk,
+                };
                 if let Some(r) = slot_rows.get_mut(at) {
                     *r = Some(row);
                 }
             } else {
-                let j = slot.to as usize;
-                several[j] = part.version(i);
+                let j = (slot.sk >> 32) as usize;
+                several[j] = version;
                 several_rows[j] = row;
-                slot.to += 1;
+                slot.sk += 1 << 32;
             }
         }
     }
-    for slot in slots.iter_mut().filter(|s| s.from == SEVERAL && s.sk > 1) {
-        let (end, count) = (slot.to as usize, slot.sk as usize);
-        slot.to = (end - count) as i64;
+    for slot in slots.iter_mut() {
+        let Some(placed) = slot.several().filter(|r| !r.is_empty()) else {
+            continue;
+        };
+        // Its start moved past its versions.
+        let count = placed.len();
+        let (start, end) = (placed.start - count, placed.start);
+        *slot = marker(start, count);
         if periods {
-            by_start(
-                &mut several[end - count..end],
-                &mut several_rows[end - count..end],
-            );
+            by_start(&mut several[start..end], &mut several_rows[start..end]);
         }
     }
     if with_rows {
@@ -849,11 +895,13 @@ mod tests {
         let key =
             Int64Array::from_iter((0..n).map(|_| (next(50) > 0).then(|| 1000 + next(8000) as i64)));
         let from = Int64Array::from_iter((0..n).map(|_| (next(50) > 0).then(|| next(5) as i64)));
+        // Some versions closed: a key's only version then goes to `several` too.
+        let to = Int64Array::from_iter((0..n).map(|_| (next(7) == 0).then_some(100)));
         // In three batches, as a dimension is read, and numbered across them.
         let part = |at: usize, len: usize| Part {
             key: key.slice(at, len),
             sk: Int64Array::from_iter_values((at..at + len).map(|i| i as i64)),
-            period: Some((from.slice(at, len), Int64Array::new_null(len))),
+            period: Some((from.slice(at, len), to.slice(at, len))),
             kept: None,
         };
         let parts = [part(0, 7_000), part(7_000, 1), part(7_001, n - 7_001)];
@@ -871,11 +919,13 @@ mod tests {
         for (at, slot) in slots.iter().enumerate() {
             let key = span.0 + at as i64;
             if slot.from != SEVERAL {
-                placed.push((key, slot.from, slot.sk, rows[at].unwrap()));
+                let row = rows[at].unwrap();
+                assert!(to.is_null(row as usize), "a slot holds an open version");
+                placed.push((key, slot.from, slot.sk, row));
                 continue;
             }
             assert_eq!(rows[at], None, "a slot without a version has no row");
-            for j in slot.to as usize..(slot.to + slot.sk) as usize {
+            for j in slot.several().unwrap() {
                 let row = rows[slots.len() + j].unwrap();
                 placed.push((key, several[j].from, several[j].sk, row));
             }
