@@ -17,9 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, new_null_array,
-};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, new_null_array};
 use arrow::compute::kernels::cast::{CastOptions, cast_with_options};
 use arrow::compute::{and, filter_record_batch, not, prep_null_mask_filter};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -1346,28 +1344,16 @@ fn dense_firsts(
 /// Per batch, each row's two columns at `indices` as one number (the first in the high
 /// half), when both are integers, dates or timestamps without NULLs; `None` otherwise.
 fn integer_pairs(batches: &[RecordBatch], indices: &[usize]) -> Option<Vec<Vec<u128>>> {
-    use arrow::datatypes::Int64Type;
     let [a, b] = indices else {
         return None;
-    };
-    let as_i64 = |column: &ArrayRef| -> Option<arrow::array::Int64Array> {
-        let t = column.data_type();
-        let integer_like = t.is_integer()
-            || matches!(
-                t,
-                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
-            );
-        if !integer_like || column.null_count() > 0 {
-            return None;
-        }
-        let cast = arrow::compute::cast(column, &DataType::Int64).ok()?;
-        // An unsigned value past i64 casts to NULL: then the rows take the general path.
-        (cast.null_count() == 0).then(|| cast.as_primitive::<Int64Type>().clone())
     };
     batches
         .iter()
         .map(|batch| {
-            let (high, low) = (as_i64(batch.column(*a))?, as_i64(batch.column(*b))?);
+            let (high, low) = (
+                crate::lake::ordered_i64(batch.column(*a))?,
+                crate::lake::ordered_i64(batch.column(*b))?,
+            );
             Some(
                 high.values()
                     .iter()
@@ -1545,7 +1531,7 @@ fn finalize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int32Array, Int64Array};
+    use arrow::array::{AsArray, Int32Array, Int64Array};
 
     fn batch(fields: Vec<(&str, ArrayRef)>) -> RecordBatch {
         let schema = Schema::new(

@@ -202,11 +202,12 @@ pub(super) fn history_order(
     history: &RecordBatch,
     tiebreak: bool,
 ) -> std::result::Result<Vec<u32>, arrow::error::ArrowError> {
+    use crate::lake::ordered_i64;
     use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices};
     let column = |name: &str| history_column(history, name);
     let seq = column("__seq")?;
     if let ([key], false) = (c.keys.as_slice(), tiebreak)
-        && let (Some(key), Some(seq)) = (as_i64(&column(key)?), as_i64(&seq))
+        && let (Some(key), Some(seq)) = (ordered_i64(&column(key)?), ordered_i64(&seq))
     {
         let mut rows: Vec<(i64, i64, u32)> = (key.values().iter().zip(seq.values()))
             .zip(0u32..)
@@ -243,29 +244,6 @@ pub(super) fn history_order(
         });
     }
     Ok(lexsort_to_indices(&by, None)?.values().to_vec())
-}
-
-/// The values of a column without nulls whose type orders as its 64-bit integer values.
-fn as_i64(a: &ArrayRef) -> Option<Int64Array> {
-    use arrow::datatypes::Int64Type;
-    let integer_like = matches!(
-        a.data_type(),
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(_, _)
-    );
-    if !integer_like || a.null_count() > 0 {
-        return None;
-    }
-    let cast = arrow::compute::cast(a, &DataType::Int64).ok()?;
-    cast.as_primitive_opt::<Int64Type>().cloned()
 }
 
 fn history_column(
