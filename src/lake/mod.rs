@@ -176,6 +176,12 @@ fn stored_type(data_type: &arrow::datatypes::DataType) -> arrow::datatypes::Data
 
 /// A query result column as 64-bit integers, whatever integer type the engine chose (counts
 /// and sums come back as Int64 or UInt64).
+pub fn int_column(array: &arrow::array::ArrayRef) -> Option<arrow::array::Int64Array> {
+    use arrow::array::AsArray;
+    let cast = arrow::compute::cast(array, &arrow::datatypes::DataType::Int64).ok()?;
+    Some(cast.as_primitive::<arrow::datatypes::Int64Type>().clone())
+}
+
 /// The values of a column without NULLs whose type orders as its `i64` values (integers,
 /// dates, timestamps), for sorting and matching rows as numbers; `None` for other types, a
 /// NULL, or an unsigned value past `i64` (it casts to NULL).
@@ -192,12 +198,6 @@ pub fn ordered_i64(array: &arrow::array::ArrayRef) -> Option<arrow::array::Int64
         return None;
     }
     int_column(array).filter(|values| values.null_count() == 0)
-}
-
-pub fn int_column(array: &arrow::array::ArrayRef) -> Option<arrow::array::Int64Array> {
-    use arrow::array::AsArray;
-    let cast = arrow::compute::cast(array, &arrow::datatypes::DataType::Int64).ok()?;
-    Some(cast.as_primitive::<arrow::datatypes::Int64Type>().clone())
 }
 
 /// The smallest and largest value of `column` in `df`; `None` when it has no non-NULL value.

@@ -340,7 +340,7 @@ impl Silver {
         // file's work, on two threads. Only once the table exists, whose schema the rows are
         // fitted to (a file that changes it has the next one prepared again). Not for a
         // dimension's files, which are put in key order (a copy of each): a second one in
-        // flight per table held ~15 MB more at a first run's peak (scale 10, 12 alternating
+        // flight per table held ~15 MB more at a first run's peak (scale 10, 17 alternating
         // pairs, two dimension tables at once) and saved no time, the other core being busy
         // with the facts' ingest then; an incremental run seldom brings a dimension two files.
         let read_ahead = !feeds_dimension(table);
