@@ -427,6 +427,17 @@ pub(super) async fn build(
         .map(|f| f.data_type().clone())
     };
     let hand_over = HandOver::default();
+    let open_one = async |l: &Lookup, i: usize, key: Option<arrow::datatypes::DataType>| {
+        let (ctx, seq) = (&ctx, &fact_seq_type);
+        open_lookup(
+            ctx,
+            (lake, built, &hand_over),
+            (l, i),
+            (key.as_ref(), seq),
+            name,
+        )
+        .await
+    };
     // Lookups keyed by fact columns read their dimensions one at a time (while the chunks
     // are described), those already built first: one dimension still being built holds up
     // none of the others, and one dimension's rows are in memory at a time (read side by
@@ -443,17 +454,7 @@ pub(super) async fn build(
         order.sort_by_key(|(_, l)| built.building(&l.dimension));
         let mut opened: Vec<Option<_>> = columns.lookups.iter().map(|_| None).collect();
         for (i, l) in order {
-            let key = fact_key(l, &[]);
-            opened[i] = Some(
-                open_lookup(
-                    &ctx,
-                    (lake, built, &hand_over),
-                    (l, i),
-                    (key.as_ref(), &fact_seq_type),
-                    name,
-                )
-                .await?,
-            );
+            opened[i] = Some(open_one(l, i, fact_key(l, &[])).await?);
         }
         Ok::<_, Error>(opened)
     };
@@ -489,17 +490,7 @@ pub(super) async fn build(
     for (i, l) in columns.lookups.iter().enumerate() {
         let (dim_consumed, carried, is_indexed) = match opened.get_mut(i).and_then(Option::take) {
             Some(opened) => opened,
-            None => {
-                let key = fact_key(l, &carried_types);
-                open_lookup(
-                    &ctx,
-                    (lake, built, &hand_over),
-                    (l, i),
-                    (key.as_ref(), &fact_seq_type),
-                    name,
-                )
-                .await?
-            }
+            None => open_one(l, i, fact_key(l, &carried_types)).await?,
         };
         indexed.push(is_indexed);
         carried_types.push(carried);
