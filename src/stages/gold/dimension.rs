@@ -291,8 +291,9 @@ pub(super) fn versions(
         cmps.iter()
             .all(|cmp| cmp(p as usize, i as usize) == Ordering::Equal)
     };
-    // No tracked column: only a key's first change makes a version.
-    let differs = |p: u32, i: u32| !tracked.is_empty() && !equal(&tracked, p, i);
+    // No tracked column: all rows of a key are equal, so only its first change makes a
+    // version.
+    let differs = |p: u32, i: u32| !equal(&tracked, p, i);
     // The first row of each (key, sequence value): the only ones that count.
     let counted: Vec<u32> = order
         .iter()
