@@ -908,7 +908,10 @@ async fn open_lookup(
     let early = if built.building(&l.dimension) {
         let dim = lake.delta_table(&table_path(&l.dimension)).await?;
         match dim.version() {
-            Some(version) => Some((version, lookup_rows(ctx, &dim, l, i, name).await?)),
+            Some(version) => Some((
+                version,
+                lookup_rows(ctx, &dim, l, i, (fact_key, fact_seq), name).await?,
+            )),
             None => None,
         }
     } else {
@@ -921,7 +924,7 @@ async fn open_lookup(
                 _ => {
                     let path = table_path(&l.dimension);
                     let dim = super::table_at(lake, &path, staged.base).await?;
-                    lookup_rows(ctx, &dim, l, i, name).await?
+                    lookup_rows(ctx, &dim, l, i, (fact_key, fact_seq), name).await?
                 }
             };
             hand_over.expect(l, &staged);
@@ -935,7 +938,11 @@ async fn open_lookup(
             built.wait(&l.dimension).await;
             let (dim, consumed) =
                 super::built_dimension(lake, &l.dimension, &l.silver, name).await?;
-            (lookup_rows(ctx, &dim, l, i, name).await?, consumed, None)
+            (
+                lookup_rows(ctx, &dim, l, i, (fact_key, fact_seq), name).await?,
+                consumed,
+                None,
+            )
         }
     };
     debug!(dimension = %l.dimension, staged = staged.is_some(), "Have the rows of a dimension for its lookup.");
@@ -1006,7 +1013,7 @@ impl HandOver {
 /// lookup is indexed.
 async fn cache_lookup(
     ctx: &SessionContext,
-    (rows, staged): (Rows, Option<&super::Staged>),
+    (rows, staged): (Read, Option<&super::Staged>),
     l: &Lookup,
     i: usize,
     fact_key: Option<&arrow::datatypes::DataType>,
@@ -1014,7 +1021,9 @@ async fn cache_lookup(
     name: &str,
 ) -> Result<(Schema, bool)> {
     let fail = |e| df_err(name, "reading a dimension for its lookup")(e);
-    let (schema, batches) = rows;
+    let schema = match &rows {
+        Read::Indexed(schema, _) | Read::Rows((schema, _)) => std::sync::Arc::clone(schema),
+    };
     let carried = schema
         .project(
             &l.carried
@@ -1023,6 +1032,21 @@ async fn cache_lookup(
                 .collect::<Vec<_>>(),
         )
         .map_err(|e| Error::arrow(name, e))?;
+    let batches = match rows {
+        Read::Indexed(_, mut indexer) => {
+            if let Some(staged) = staged {
+                indexer.remove(&staged.replaced);
+                for batch in fitted(&schema, staged, name)? {
+                    indexer.add(&batch)?;
+                }
+            }
+            for f in super::lookup::functions(&index_function(i), indexer.index()) {
+                ctx.register_udf(f);
+            }
+            return Ok((carried, true));
+        }
+        Read::Rows((_, batches)) => batches,
+    };
     let index = match (l.dim_keys.as_slice(), fact_key) {
         ([key], Some(fact_key)) => {
             let shape = super::lookup::Shape {
@@ -1064,15 +1088,26 @@ async fn cache_lookup(
 /// The columns of a dimension that a lookup uses, as read.
 type Rows = (arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>);
 
+/// A dimension's rows for a lookup: indexed as they were read (see `lookup::Indexer`), or
+/// held (for the join, or an index that carries columns).
+enum Read {
+    Indexed(arrow::datatypes::SchemaRef, super::lookup::Indexer),
+    Rows(Rows),
+}
+
 /// Reads the columns of `dim` that lookup `i` uses (keys, surrogate key, validity, carried
-/// columns).
+/// columns); see [`Read`] for `fact_key` and `fact_seq`, the fact's key and sequence types.
 async fn lookup_rows(
     ctx: &SessionContext,
     dim: &DeltaTable,
     l: &Lookup,
     i: usize,
+    (fact_key, fact_seq): (
+        Option<&arrow::datatypes::DataType>,
+        &arrow::datatypes::DataType,
+    ),
     name: &str,
-) -> Result<Rows> {
+) -> Result<Read> {
     let fail = |e| df_err(name, "reading a dimension for its lookup")(e);
     let raw = format!("__raw_{i}");
     register(ctx, &raw, dim, None).await?;
@@ -1096,9 +1131,67 @@ async fn lookup_rows(
         )
         .map_err(fail)?;
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(fail)?;
+    let read = match indexer(dim, &schema, l, (fact_key, fact_seq)) {
+        Some(mut indexer) => {
+            let mut stream = df.execute_stream().await.map_err(fail)?;
+            while let Some(batch) = stream.next().await {
+                indexer.add(&batch.map_err(fail)?)?;
+            }
+            Read::Indexed(schema, indexer)
+        }
+        None => Read::Rows((schema, df.collect().await.map_err(fail)?)),
+    };
     let _ = ctx.deregister_table(raw.as_str());
-    Ok((schema, batches))
+    Ok(read)
+}
+
+/// An index to build as `dim`'s rows (`schema`) are read, for a lookup by one integer key
+/// that carries no columns (carried ones are taken from the rows, which are then held).
+fn indexer(
+    dim: &DeltaTable,
+    schema: &arrow::datatypes::SchemaRef,
+    l: &Lookup,
+    (fact_key, fact_seq): (
+        Option<&arrow::datatypes::DataType>,
+        &arrow::datatypes::DataType,
+    ),
+) -> Option<super::lookup::Indexer> {
+    let ([key], Some(fact_key), true) = (l.dim_keys.as_slice(), fact_key, l.carried.is_empty())
+    else {
+        return None;
+    };
+    let shape = super::lookup::Shape {
+        key,
+        sk: &l.sk,
+        period: l.scd2.then_some(fact_seq),
+        carried: &[],
+        fact_key,
+    };
+    super::lookup::Indexer::new(&l.dimension, schema, &shape, key_span(dim, key))
+}
+
+/// The span of `table`'s `key` values by its log's statistics; `None` when a file has none.
+fn key_span(table: &DeltaTable, key: &str) -> Option<super::lookup::Span> {
+    use serde_json::Value;
+    let snapshot = table.snapshot().ok()?;
+    let mut span = super::lookup::Span {
+        min: i64::MAX,
+        max: i64::MIN,
+        rows: 0,
+    };
+    for file in snapshot.log_data().iter() {
+        let rows = file.num_records()?;
+        let stats: Value = serde_json::from_str(&file.stats()?).ok()?;
+        span.rows += rows;
+        let nulls = stats.get("nullCount").and_then(|n| n.get(key)?.as_u64());
+        if nulls == Some(rows as u64) {
+            continue;
+        }
+        let bound = |side: &str| stats.get(side)?.get(key)?.as_i64();
+        span.min = span.min.min(bound("minValues")?);
+        span.max = span.max.max(bound("maxValues")?);
+    }
+    (span.min <= span.max).then_some(span)
 }
 
 /// A dimension's rows (`schema`, read at the version `staged` applies to) as its staged

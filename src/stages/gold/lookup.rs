@@ -15,7 +15,6 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
-use arrow::buffer::BooleanBuffer;
 use arrow::compute::{concat, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::exec_err;
@@ -53,12 +52,6 @@ struct Slot {
 }
 
 const SEVERAL: i64 = i64::MIN;
-
-/// While counting, a slot's `sk` flags a key with a closed version (it goes to `several`).
-const CLOSED: i64 = 1 << 62;
-
-/// While placing, the `sk` of a slot that takes its key's one version.
-const DIRECT: i64 = -2;
 
 /// The slot of a key with `count` versions from `start` on in `several` (none: 0).
 fn marker(start: usize, count: usize) -> Slot {
@@ -156,97 +149,37 @@ pub(super) struct DimensionRows<'a> {
     pub staged: &'a [RecordBatch],
 }
 
-impl DimensionRows<'_> {
-    fn batches(&self) -> impl Iterator<Item = (&RecordBatch, Option<&SurrogateKeys>)> {
-        let stored = self.stored.iter().map(|b| (b, self.replaced));
-        stored.chain(self.staged.iter().map(|b| (b, None)))
-    }
-}
-
 impl PointInTime {
-    /// The index over a dimension's rows, or `None` when its key or period types need the
-    /// join (several key columns, non-integer keys, a period of another type than the fact's
-    /// sequence).
+    /// The index over a dimension's rows held in memory, or `None` when its key or period
+    /// types need the join (see [`Indexer::new`]). A lookup without carried columns is better
+    /// indexed as its rows are read (see [`Indexer`]).
     pub(super) fn build(
         dimension: &str,
         schema: &SchemaRef,
         dim_rows: DimensionRows,
         shape: &Shape,
     ) -> Result<Option<Self>> {
-        let type_of = |c: &str| {
-            schema
-                .field_with_name(c)
-                .map(|f| f.data_type().clone())
-                .ok()
-        };
-        let Some(key_type) = type_of(shape.key) else {
+        let Some(indexer) = Indexer::new(dimension, schema, shape, None) else {
             return Ok(None);
         };
-        if !integer(&key_type) || !integer(shape.fact_key) {
-            return Ok(None);
+        let all = || dim_rows.stored.iter().chain(dim_rows.staged);
+        let span = indexer.span_of(all())?;
+        let mut indexer = indexer.sized(span);
+        for batch in dim_rows.stored {
+            indexer.add(batch)?;
         }
-        if let Some(seq) = shape.period {
-            let (from, to) = (type_of("valid_from"), type_of("valid_to"));
-            if from.as_ref() != Some(seq) || to.as_ref() != Some(seq) || !ordered_as_i64(seq) {
-                return Ok(None);
-            }
+        if let Some(replaced) = dim_rows.replaced {
+            indexer.remove(replaced);
         }
+        for batch in dim_rows.staged {
+            indexer.add(batch)?;
+        }
+        let (keys, rows) = indexer.finish();
         let fail = |e| Error::arrow(format!("the lookup index of {dimension}"), e);
-        // Read batch by batch: concatenating the dimension's rows first held a second copy of
-        // them (36 MB for a million SCD2 versions) at the fact's peak.
-        let parts = dim_rows
-            .batches()
-            .map(|(batch, replaced)| {
-                let int64 = |c: &str| -> Result<Int64Array> {
-                    let column = batch.column_by_name(c).ok_or_else(|| Error::Gold {
-                        table: dimension.to_string(),
-                        message: format!("its lookup column {c} is missing"),
-                    })?;
-                    as_i64(column, dimension)
-                };
-                let sk = int64(shape.sk)?;
-                let kept = replaced.map(|gone| {
-                    BooleanBuffer::collect_bool(sk.len(), |i| {
-                        !(sk.is_valid(i) && gone.contains(&sk.value(i)))
-                    })
-                });
-                Ok(Part {
-                    key: int64(shape.key)?,
-                    sk,
-                    period: match shape.period {
-                        Some(_) => Some((int64("valid_from")?, int64("valid_to")?)),
-                        None => None,
-                    },
-                    kept,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let periods = shape.period.is_some();
-        let with_rows = !shape.carried.is_empty();
-        let (keys, rows) = match dense_span(&parts) {
-            Some(span) => {
-                let (slots, several, rows) = dense(&parts, span, periods, with_rows);
-                let min = span.0;
-                (
-                    Keys::Dense {
-                        min,
-                        slots,
-                        several,
-                    },
-                    UInt32Array::from(rows),
-                )
-            }
-            None => {
-                let (versions, rows, runs) = ordered(&parts);
-                (Keys::Sparse { runs, versions }, UInt32Array::from(rows))
-            }
-        };
-        drop(parts);
         let mut carried = Vec::with_capacity(shape.carried.len());
         for c in shape.carried {
-            let columns = dim_rows
-                .batches()
-                .map(|(b, _)| {
+            let columns = all()
+                .map(|b| {
                     b.column_by_name(c).cloned().ok_or_else(|| Error::Gold {
                         table: dimension.to_string(),
                         message: format!("its carried column {c} is missing"),
@@ -263,7 +196,7 @@ impl PointInTime {
         }
         Ok(Some(PointInTime {
             dimension: dimension.to_string(),
-            periods,
+            periods: shape.period.is_some(),
             keys,
             carried,
         }))
@@ -439,14 +372,12 @@ struct Part {
     sk: Int64Array,
     /// `valid_from` and `valid_to`, for SCD2.
     period: Option<(Int64Array, Int64Array)>,
-    /// The rows not replaced by a staged commit (all when `None`).
-    kept: Option<BooleanBuffer>,
 }
 
 impl Part {
     /// The rows a fact can match, with their keys: a key, and with periods a `valid_from`
     /// (the join's equality and `valid_from <=` leave the others out, such as the unknown
-    /// member), and not replaced.
+    /// member).
     fn matchable(&self) -> impl Iterator<Item = (usize, i64)> + '_ {
         (0..self.key.len())
             .filter(|&i| {
@@ -455,7 +386,6 @@ impl Part {
                         .period
                         .as_ref()
                         .is_none_or(|(from, _)| from.is_valid(i))
-                    && self.kept.as_ref().is_none_or(|kept| kept.value(i))
             })
             .map(|i| (i, self.key.value(i)))
     }
@@ -478,176 +408,415 @@ impl Part {
     }
 }
 
-/// Where each part's rows start when rows are numbered across `parts`.
-fn starts(parts: &[Part]) -> Vec<usize> {
-    parts
-        .iter()
-        .scan(0, |next, p| {
-            let start = *next;
-            *next += p.key.len();
-            Some(start)
-        })
-        .collect()
+/// The keys a dimension's rows are expected to hold, before they are read: the smallest,
+/// the largest and how many rows (from the rows themselves, or a table log's statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Span {
+    pub min: i64,
+    pub max: i64,
+    pub rows: usize,
 }
 
-/// The smallest key and the span of the keys a fact can match, when they fill at least half
-/// their range (a dense index then costs at most two 16-byte slots a version, less than the
-/// sorted layout's hash map) and no version starts at `SEVERAL`.
-fn dense_span(parts: &[Part]) -> Option<(i64, usize)> {
-    let (mut min, mut max, mut count) = (i64::MAX, i64::MIN, 0usize);
-    for part in parts {
-        for (i, k) in part.matchable() {
-            if part
-                .period
-                .as_ref()
-                .is_some_and(|(from, _)| from.value(i) == SEVERAL)
-            {
-                return None;
-            }
-            (min, max, count) = (min.min(k), max.max(k), count + 1);
+impl Span {
+    /// How many slots a dense index of these keys has, when the rows would fill at least
+    /// half of them (it then costs at most two 16-byte slots a version, less than the sorted
+    /// layout's hash map); markers hold a start below 2^31 (rows are numbered in 32 bits).
+    fn slots(&self) -> Option<usize> {
+        let span = self
+            .max
+            .checked_sub(self.min)
+            .and_then(|s| usize::try_from(s).ok())?;
+        (self.rows > 0 && span / 2 <= self.rows && self.rows < 1 << 31).then_some(span + 1)
+    }
+}
+
+/// An empty slot of a dense index (a marker to no versions).
+const EMPTY: Slot = Slot {
+    from: SEVERAL,
+    sk: 0,
+};
+
+/// While building, the slot of a key whose versions wait in `pending`.
+const PENDING: Slot = Slot {
+    from: SEVERAL,
+    sk: -1,
+};
+
+/// A version as it is read: its key, and its row numbered across the rows read.
+#[derive(Debug, Clone, Copy)]
+struct Arrived {
+    key: i64,
+    version: Version,
+    row: u32,
+}
+
+impl Arrived {
+    /// The index's order: by key, then `valid_from`, then as read.
+    fn order(&self) -> (i64, i64, u32) {
+        (self.key, self.version.from, self.row)
+    }
+}
+
+/// A dense index while its versions arrive.
+struct Slots {
+    min: i64,
+    slots: Vec<Slot>,
+    /// With carried columns, the row of each slot holding its key's one version.
+    rows: Option<Vec<u32>>,
+    /// The versions of keys with several, or with a closed one, as they came.
+    pending: Vec<Arrived>,
+    /// The rows the slots were sized for: keys past them may take at most twice as many
+    /// slots, else the versions are sorted instead.
+    expected: usize,
+}
+
+impl Slots {
+    fn sized(span: Span, len: usize, with_rows: bool) -> Self {
+        Slots {
+            min: span.min,
+            slots: vec![EMPTY; len],
+            rows: with_rows.then(|| vec![0; len]),
+            pending: Vec::new(),
+            expected: span.rows,
         }
     }
-    let span = max.checked_sub(min).and_then(|s| usize::try_from(s).ok())?;
-    // Markers hold a start below 2^31 (rows are numbered in 32 bits anyway).
-    (count > 0 && span / 2 <= count && count < 1 << 31).then_some((min, span))
+
+    /// Places `a` (`read`: rows read so far); `false` when it does not fit a dense index.
+    fn place(&mut self, a: Arrived, read: usize) -> bool {
+        if a.version.from == SEVERAL {
+            return false;
+        }
+        let at = match slot(self.min, a.key).filter(|&at| at < self.slots.len()) {
+            Some(at) => at,
+            None => match self.grow(a.key, read) {
+                Some(at) => at,
+                None => return false,
+            },
+        };
+        let held = self.slots[at];
+        if held.from != SEVERAL {
+            // A second version: both wait to be ordered.
+            let row = self.rows.as_ref().map_or(0, |rows| rows[at]);
+            let version = Version {
+                from: held.from,
+                to: i64::MAX,
+                sk: held.sk,
+            };
+            self.pending.push(Arrived {
+                key: a.key,
+                version,
+                row,
+            });
+            self.slots[at] = PENDING;
+            self.pending.push(a);
+        } else if held.sk == EMPTY.sk && a.version.to == i64::MAX {
+            self.slots[at] = Slot {
+                from: a.version.from,
+                sk: a.version.sk,
+            };
+            if let Some(rows) = self.rows.as_mut() {
+                rows[at] = a.row;
+            }
+        } else {
+            self.slots[at] = PENDING;
+            self.pending.push(a);
+        }
+        true
+    }
+
+    /// Makes room for `key` (rows staged after the table's statistics were read, or
+    /// statistics that missed rows), if the keys still fill half their slots.
+    fn grow(&mut self, key: i64, read: usize) -> Option<usize> {
+        let last = self.min.checked_add(self.slots.len() as i64 - 1)?;
+        let span = Span {
+            min: self.min.min(key),
+            max: last.max(key),
+            rows: self.expected.max(read),
+        };
+        let len = span.slots()?;
+        if key < self.min {
+            let before = len - self.slots.len();
+            self.slots = [vec![EMPTY; before], std::mem::take(&mut self.slots)].concat();
+            if let Some(rows) = self.rows.as_mut() {
+                *rows = [vec![0; before], std::mem::take(rows)].concat();
+            }
+            self.min = key;
+        } else {
+            // New keys above the table's come in ascending order: room for an eighth more at a
+            // time, not the doubling `resize` would reserve (16 MB more for a million keys).
+            let more = (len - self.slots.len()).max(self.slots.len() / 8);
+            self.slots.reserve_exact(more);
+            self.slots.resize(len, EMPTY);
+            if let Some(rows) = self.rows.as_mut() {
+                rows.reserve_exact(more);
+                rows.resize(len, 0);
+            }
+        }
+        slot(self.min, key)
+    }
+
+    /// Every version placed, as they would be listed.
+    fn listed(self) -> Vec<Arrived> {
+        let mut listed: Vec<Arrived> = (self.slots.iter().enumerate())
+            .filter(|(_, s)| s.from != SEVERAL)
+            .map(|(at, s)| Arrived {
+                key: self.min + at as i64,
+                version: Version {
+                    from: s.from,
+                    to: i64::MAX,
+                    sk: s.sk,
+                },
+                row: self.rows.as_ref().map_or(0, |rows| rows[at]),
+            })
+            .collect();
+        listed.extend(self.pending);
+        listed
+    }
+
+    /// The slots, the several versions of keys that have them, and with carried columns the
+    /// row of each position (see [`Keys::Dense`]).
+    fn finish(mut self) -> (Keys, UInt32Array) {
+        self.pending.sort_unstable_by_key(Arrived::order);
+        let pending = |s: &&mut Slot| s.from == SEVERAL && s.sk == PENDING.sk;
+        for s in self.slots.iter_mut().filter(pending) {
+            *s = EMPTY;
+        }
+        let mut several = Vec::new();
+        let mut several_rows = Vec::new();
+        for run in self.pending.chunk_by(|a, b| a.key == b.key) {
+            let at = (run[0].key - self.min) as usize;
+            match run {
+                [one] if one.version.to == i64::MAX => {
+                    self.slots[at] = Slot {
+                        from: one.version.from,
+                        sk: one.version.sk,
+                    };
+                    if let Some(rows) = self.rows.as_mut() {
+                        rows[at] = one.row;
+                    }
+                }
+                _ => {
+                    self.slots[at] = marker(several.len(), run.len());
+                    several.extend(run.iter().map(|a| a.version));
+                    several_rows.extend(run.iter().map(|a| a.row));
+                }
+            }
+        }
+        let rows = match self.rows {
+            Some(rows) => (self.slots.iter().zip(rows))
+                .map(|(s, row)| (s.from != SEVERAL).then_some(row))
+                .chain(several_rows.into_iter().map(Some))
+                .collect(),
+            None => UInt32Array::from(Vec::<u32>::new()),
+        };
+        let keys = Keys::Dense {
+            min: self.min,
+            slots: self.slots,
+            several,
+        };
+        (keys, rows)
+    }
 }
 
-/// The dense index over the rows a fact can match (see [`Part::matchable`]): a slot for
-/// each key of `min ..= min + span`, placed by counting (no comparison sort and no copy of
-/// every version in key order: the index is built on the fact's critical path and at its
-/// memory peak), the versions of keys with several in `several`. With `with_rows`, the row
-/// of each position (numbered across `parts`; `None` where no version is).
-fn dense(
-    parts: &[Part],
-    (min, span): (i64, usize),
+/// What an index holds while its versions arrive.
+enum Collected {
+    Slots(Slots),
+    /// Versions to sort: keys too spread out for slots, or whose spread is not known yet.
+    Listed(Vec<Arrived>),
+}
+
+/// Builds a dimension's index batch by batch, as its rows are read, so that the rows
+/// themselves are not held: an incremental run at scale 10 held dim_user's 1.15M rows
+/// (34 MB) beside the index made from them at its peak. Given the keys' span up front (see
+/// [`Span`]), versions go straight to their key's slot, and only keys with several versions
+/// (or a closed one) are sorted at the end; otherwise every version is listed and sorted.
+pub(super) struct Indexer {
+    dimension: String,
+    key: String,
+    sk: String,
     periods: bool,
     with_rows: bool,
-) -> (Vec<Slot>, Vec<Version>, Vec<Option<u32>>) {
-    // Counted in the slots' `sk` (with `CLOSED`); a key with several versions, or a closed
-    // one, then gets a marker whose start moves on as its versions are placed.
-    let mut slots = vec![marker(0, 0); span + 1];
-    for part in parts {
-        for (i, k) in part.matchable() {
-            let slot = &mut slots[(k - min) as usize];
-            slot.sk += 1;
-            if periods && part.version(i).to != i64::MAX {
-                slot.sk |= CLOSED;
-            }
-        }
-    }
-    let mut total = 0usize;
-    for slot in slots.iter_mut() {
-        let count = (slot.sk & !CLOSED) as usize;
-        if count == 1 && slot.sk & CLOSED == 0 {
-            slot.sk = DIRECT;
-        } else if count > 0 {
-            *slot = marker(total, count);
-            total += count;
-        }
-    }
-    let mut slot_rows: Vec<Option<u32>> = if with_rows {
-        vec![None; slots.len()]
-    } else {
-        Vec::new()
-    };
-    let placeholder = Version {
-        from: SEVERAL,
-        to: 0,
-        sk: 0,
-    };
-    let mut several = vec![placeholder; total];
-    let mut several_rows = vec![0u32; total];
-    for (part, start) in parts.iter().zip(starts(parts)) {
-        for (i, k) in part.matchable() {
-            let at = (k - min) as usize;
-            let row = (start + i) as u32;
-            let slot = &mut slots[at];
-            let version = part.version(i);
-            if slot.from == SEVERAL && slot.sk == DIRECT {
-                *slot = Slot {
-                    from: version.from,
-                    sk: version.sk,
-                };
-                if let Some(r) = slot_rows.get_mut(at) {
-                    *r = Some(row);
-                }
-            } else {
-                let j = (slot.sk >> 32) as usize;
-                several[j] = version;
-                several_rows[j] = row;
-                slot.sk += 1 << 32;
-            }
-        }
-    }
-    for slot in slots.iter_mut() {
-        let Some(placed) = slot.several().filter(|r| !r.is_empty()) else {
-            continue;
+    /// The rows added so far (matchable or not: they number the rows).
+    read: usize,
+    collected: Collected,
+}
+
+impl Indexer {
+    /// An index of `schema`'s rows for a lookup of `shape`, expecting `span`; `None` when
+    /// its key or period types need the join (several key columns, non-integer keys, a
+    /// period of another type than the fact's sequence).
+    pub(super) fn new(
+        dimension: &str,
+        schema: &SchemaRef,
+        shape: &Shape,
+        span: Option<Span>,
+    ) -> Option<Self> {
+        let type_of = |c: &str| {
+            schema
+                .field_with_name(c)
+                .map(|f| f.data_type().clone())
+                .ok()
         };
-        // Its start moved past its versions.
-        let count = placed.len();
-        let (start, end) = (placed.start - count, placed.start);
-        *slot = marker(start, count);
-        if periods {
-            by_start(&mut several[start..end], &mut several_rows[start..end]);
+        let key_type = type_of(shape.key)?;
+        if !integer(&key_type) || !integer(shape.fact_key) {
+            return None;
         }
-    }
-    if with_rows {
-        slot_rows.extend(several_rows.into_iter().map(Some));
-    }
-    (slots, several, slot_rows)
-}
-
-/// The versions of the rows a fact can match (see [`Part::matchable`]) in (key, `valid_from`,
-/// row) order, the row of each (numbered across `parts`), and each key's run of them: for
-/// keys too spread out to count (see [`dense`]).
-fn ordered(parts: &[Part]) -> (Vec<Version>, Vec<u32>, Runs) {
-    let starts = starts(parts);
-    let mut order: Vec<(i64, i64, u32)> = parts
-        .iter()
-        .zip(&starts)
-        .flat_map(|(part, start)| {
-            part.matchable().map(move |(i, k)| {
-                let from = part.period.as_ref().map_or(0, |(from, _)| from.value(i));
-                (k, from, (start + i) as u32)
-            })
-        })
-        .collect();
-    order.sort_unstable();
-    let runs = runs(order.iter().map(|&(k, _, _)| k));
-    let versions = order
-        .iter()
-        .map(|&(_, _, row)| {
-            let p = starts.partition_point(|&s| s <= row as usize) - 1;
-            parts[p].version(row as usize - starts[p])
-        })
-        .collect();
-    (
-        versions,
-        order.into_iter().map(|(_, _, row)| row).collect(),
-        runs,
-    )
-}
-
-/// Orders one key's versions (and their rows alike) by `valid_from`, stably: versions with
-/// the same start stay in row order, as they were placed.
-fn by_start(versions: &mut [Version], rows: &mut [u32]) {
-    if versions.len() <= 32 {
-        for i in 1..versions.len() {
-            let mut j = i;
-            while j > 0 && versions[j - 1].from > versions[j].from {
-                versions.swap(j - 1, j);
-                rows.swap(j - 1, j);
-                j -= 1;
+        if let Some(seq) = shape.period {
+            let (from, to) = (type_of("valid_from"), type_of("valid_to"));
+            if from.as_ref() != Some(seq) || to.as_ref() != Some(seq) || !ordered_as_i64(seq) {
+                return None;
             }
         }
-        return;
+        let indexer = Indexer {
+            dimension: dimension.to_string(),
+            key: shape.key.to_string(),
+            sk: shape.sk.to_string(),
+            periods: shape.period.is_some(),
+            with_rows: !shape.carried.is_empty(),
+            read: 0,
+            collected: Collected::Listed(Vec::new()),
+        };
+        Some(indexer.sized(span))
     }
-    let mut pairs: Vec<(Version, u32)> =
-        versions.iter().copied().zip(rows.iter().copied()).collect();
-    pairs.sort_by_key(|(v, _)| v.from);
-    for (i, (v, row)) in pairs.into_iter().enumerate() {
-        versions[i] = v;
-        rows[i] = row;
+
+    /// Expects the keys of `span` (before any row is added).
+    fn sized(mut self, span: Option<Span>) -> Self {
+        if let Some((span, len)) = span.and_then(|s| Some((s, s.slots()?))) {
+            self.collected = Collected::Slots(Slots::sized(span, len, self.with_rows));
+        }
+        self
+    }
+
+    /// The span of the keys of `batches` that a fact can match; `None` without any, or when
+    /// one starts at `SEVERAL` (which marks a slot).
+    fn span_of<'b>(&self, batches: impl Iterator<Item = &'b RecordBatch>) -> Result<Option<Span>> {
+        let (mut min, mut max, mut rows) = (i64::MAX, i64::MIN, 0usize);
+        for batch in batches {
+            let part = self.part(batch)?;
+            for (i, k) in part.matchable() {
+                if part.version(i).from == SEVERAL {
+                    return Ok(None);
+                }
+                (min, max, rows) = (min.min(k), max.max(k), rows + 1);
+            }
+        }
+        Ok((rows > 0).then_some(Span { min, max, rows }))
+    }
+
+    fn part(&self, batch: &RecordBatch) -> Result<Part> {
+        let int64 = |c: &str| -> Result<Int64Array> {
+            let column = batch.column_by_name(c).ok_or_else(|| Error::Gold {
+                table: self.dimension.clone(),
+                message: format!("its lookup column {c} is missing"),
+            })?;
+            as_i64(column, &self.dimension)
+        };
+        Ok(Part {
+            key: int64(&self.key)?,
+            sk: int64(&self.sk)?,
+            period: match self.periods {
+                true => Some((int64("valid_from")?, int64("valid_to")?)),
+                false => None,
+            },
+        })
+    }
+
+    /// Adds a batch of the dimension's rows, numbered on from those added before.
+    pub(super) fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        let part = self.part(batch)?;
+        let start = self.read;
+        self.read += batch.num_rows();
+        for (i, key) in part.matchable() {
+            let version = part.version(i);
+            let row = (start + i) as u32;
+            self.push(Arrived { key, version, row });
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, a: Arrived) {
+        let placed = match &mut self.collected {
+            Collected::Slots(slots) => slots.place(a, self.read),
+            Collected::Listed(listed) => {
+                listed.push(a);
+                true
+            }
+        };
+        if !placed {
+            let mut listed = match std::mem::replace(&mut self.collected, Collected::Listed(vec![]))
+            {
+                Collected::Slots(slots) => slots.listed(),
+                Collected::Listed(listed) => listed,
+            };
+            listed.push(a);
+            self.collected = Collected::Listed(listed);
+        }
+    }
+
+    /// Takes out the versions of the `replaced` surrogate keys (a staged commit's rows then
+    /// stand in for them).
+    pub(super) fn remove(&mut self, replaced: &SurrogateKeys) {
+        match &mut self.collected {
+            Collected::Slots(slots) => {
+                for s in slots.slots.iter_mut() {
+                    if s.from != SEVERAL && replaced.contains(&s.sk) {
+                        *s = EMPTY;
+                    }
+                }
+                slots.pending.retain(|a| !replaced.contains(&a.version.sk));
+            }
+            Collected::Listed(listed) => listed.retain(|a| !replaced.contains(&a.version.sk)),
+        }
+    }
+
+    /// The index's keys, and with carried columns the row of each position.
+    fn finish(self) -> (Keys, UInt32Array) {
+        let mut listed = match self.collected {
+            Collected::Slots(slots) => return slots.finish(),
+            Collected::Listed(listed) => listed,
+        };
+        listed.sort_unstable_by_key(Arrived::order);
+        let span = match (listed.first(), listed.last()) {
+            (Some(first), Some(last)) => Span {
+                min: first.key,
+                max: last.key,
+                rows: listed.len(),
+            },
+            _ => {
+                let rows = UInt32Array::from(Vec::<u32>::new());
+                let keys = Keys::Sparse {
+                    runs: Runs::new(),
+                    versions: Vec::new(),
+                };
+                return (keys, rows);
+            }
+        };
+        let several = listed.iter().any(|a| a.version.from == SEVERAL);
+        if let Some(len) = span.slots().filter(|_| !several) {
+            let mut slots = Slots::sized(span, len, self.with_rows);
+            slots.slots.fill(PENDING);
+            slots.pending = listed;
+            return slots.finish();
+        }
+        let runs = runs(listed.iter().map(|a| a.key));
+        let rows = match self.with_rows {
+            true => listed.iter().map(|a| a.row).collect(),
+            false => UInt32Array::from(Vec::<u32>::new()),
+        };
+        let versions = listed.into_iter().map(|a| a.version).collect();
+        (Keys::Sparse { runs, versions }, rows)
+    }
+
+    /// The index.
+    pub(super) fn index(self) -> PointInTime {
+        let (dimension, periods) = (self.dimension.clone(), self.periods);
+        let (keys, _) = self.finish();
+        PointInTime {
+            dimension,
+            periods,
+            keys,
+            carried: Vec::new(),
+        }
     }
 }
 
@@ -888,72 +1057,147 @@ mod tests {
         }
     }
 
+    /// The versions an index holds, walked slot by slot (or in sorted order): (key,
+    /// `valid_from`, surrogate key, row).
+    fn placed(keys: &Keys, rows: &UInt32Array) -> Vec<(i64, i64, i64, u32)> {
+        let mut placed = Vec::new();
+        match keys {
+            Keys::Dense {
+                min,
+                slots,
+                several,
+            } => {
+                for (at, slot) in slots.iter().enumerate() {
+                    let key = min + at as i64;
+                    match slot.several() {
+                        None => placed.push((key, slot.from, slot.sk, rows.value(at))),
+                        Some(range) => {
+                            assert!(rows.is_null(at), "a slot without a version has no row");
+                            for j in range {
+                                let row = rows.value(slots.len() + j);
+                                placed.push((key, several[j].from, several[j].sk, row));
+                            }
+                        }
+                    }
+                }
+            }
+            Keys::Sparse { runs, versions } => {
+                let mut runs: Vec<(i64, (u32, u32))> = runs.iter().map(|(&k, &r)| (k, r)).collect();
+                runs.sort();
+                for (key, (a, b)) in runs {
+                    for (j, v) in versions
+                        .iter()
+                        .enumerate()
+                        .take(b as usize)
+                        .skip(a as usize)
+                    {
+                        placed.push((key, v.from, v.sk, rows.value(j)));
+                    }
+                }
+            }
+        }
+        placed
+    }
+
     #[test]
-    fn counting_places_rows_as_sorting_them_does() {
+    fn slots_and_sorting_place_versions_alike() {
         // Keys repeated up to four times in scrambled order, ties on valid_from, NULLs.
         let mut next = super::super::scrambled(0x2545_f491_4f6c_dd1d_u64);
         let n = 20_000;
-        let key =
-            Int64Array::from_iter((0..n).map(|_| (next(50) > 0).then(|| 1000 + next(8000) as i64)));
-        let from = Int64Array::from_iter((0..n).map(|_| (next(50) > 0).then(|| next(5) as i64)));
+        let key: Vec<Option<i64>> = (0..n)
+            .map(|_| (next(50) > 0).then(|| 1000 + next(8000) as i64))
+            .collect();
+        let from: Vec<Option<i64>> = (0..n)
+            .map(|_| (next(50) > 0).then(|| next(5) as i64))
+            .collect();
         // Some versions closed: a key's only version then goes to `several` too.
-        let to = Int64Array::from_iter((0..n).map(|_| (next(7) == 0).then_some(100)));
+        let to: Vec<Option<i64>> = (0..n).map(|_| (next(7) == 0).then_some(100)).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("sk", DataType::Int64, true),
+            Field::new("id", DataType::Int64, true),
+            Field::new("valid_from", DataType::Int64, true),
+            Field::new("valid_to", DataType::Int64, true),
+        ]));
         // In three batches, as a dimension is read, and numbered across them.
-        let part = |at: usize, len: usize| Part {
-            key: key.slice(at, len),
-            sk: Int64Array::from_iter_values((at..at + len).map(|i| i as i64)),
-            period: Some((from.slice(at, len), to.slice(at, len))),
-            kept: None,
+        let batches = |spread: i64| -> Vec<RecordBatch> {
+            [(0, 7_000), (7_000, 1), (7_001, n - 7_001)]
+                .into_iter()
+                .map(|(at, len)| {
+                    let column = |values: &[Option<i64>]| -> ArrayRef {
+                        Arc::new(Int64Array::from(values[at..at + len].to_vec()))
+                    };
+                    let spread: Vec<Option<i64>> =
+                        key.iter().map(|k| k.map(|k| k * spread)).collect();
+                    RecordBatch::try_new(
+                        Arc::clone(&schema),
+                        vec![
+                            Arc::new(Int64Array::from_iter_values(
+                                (at..at + len).map(|i| i as i64),
+                            )),
+                            column(&spread),
+                            column(&from),
+                            column(&to),
+                        ],
+                    )
+                    .unwrap()
+                })
+                .collect()
         };
-        let parts = [part(0, 7_000), part(7_000, 1), part(7_001, n - 7_001)];
+        let carried = ["sk".to_string()];
+        let shape = shape(Some(&DataType::Int64), &carried, &DataType::Int64);
+        let built = |spread: i64, span: Option<Span>| {
+            let mut indexer = Indexer::new("dim", &schema, &shape, span).unwrap();
+            for batch in batches(spread) {
+                indexer.add(&batch).unwrap();
+            }
+            indexer.finish()
+        };
         let mut sorted: Vec<(i64, i64, u32)> = (0..n)
-            .filter(|&i| key.is_valid(i) && from.is_valid(i))
-            .map(|i| (key.value(i), from.value(i), i as u32))
+            .filter_map(|i| Some((key[i]?, from[i]?, i as u32)))
             .collect();
         sorted.sort();
-        // Counted: each key's version in its slot, or its versions in `several`, are its
-        // sorted rows.
-        let span = dense_span(&parts).expect("keys filling their range");
-        let (slots, several, rows) = dense(&parts, span, true, true);
-        assert_eq!(slots.len(), span.1 + 1);
-        let mut placed: Vec<(i64, i64, i64, u32)> = Vec::new();
-        for (at, slot) in slots.iter().enumerate() {
-            let key = span.0 + at as i64;
-            if slot.from != SEVERAL {
-                let row = rows[at].unwrap();
-                assert!(to.is_null(row as usize), "a slot holds an open version");
-                placed.push((key, slot.from, slot.sk, row));
-                continue;
-            }
-            assert_eq!(rows[at], None, "a slot without a version has no row");
-            for j in slot.several().unwrap() {
-                let row = rows[slots.len() + j].unwrap();
-                placed.push((key, several[j].from, several[j].sk, row));
-            }
-        }
         let expected: Vec<(i64, i64, i64, u32)> =
             sorted.iter().map(|r| (r.0, r.1, r.2 as i64, r.2)).collect();
-        assert_eq!(placed, expected, "each version is its row's, in order");
-        // Keys spread too thin to count take the sort, with the same order.
-        let spread = |p: &Part| Part {
-            key: Int64Array::from_iter(p.key.iter().map(|k| k.map(|k| k * 1_000_003))),
-            sk: p.sk.clone(),
-            period: p.period.clone(),
-            kept: None,
+        // Sized by the keys' span, by a narrower one (slots added below and above), or
+        // listed and sorted: each key's version in its slot, or its versions in `several`,
+        // are its sorted rows.
+        let probe = Indexer::new("dim", &schema, &shape, None).unwrap();
+        let span = probe.span_of(batches(1).iter()).unwrap().unwrap();
+        assert_eq!((span.min, span.max), (1000, 8999));
+        let narrow = Span {
+            min: 3000,
+            max: 6000,
+            rows: n,
         };
-        let spread: Vec<Part> = parts.iter().map(spread).collect();
-        assert_eq!(dense_span(&spread), None);
-        let (versions, rows, runs) = ordered(&spread);
-        assert_eq!(rows, sorted.iter().map(|r| r.2).collect::<Vec<_>>());
-        let versions: Vec<(i64, i64)> = versions.iter().map(|v| (v.from, v.sk)).collect();
-        let expected: Vec<(i64, i64)> = sorted.iter().map(|r| (r.1, r.2 as i64)).collect();
-        assert_eq!(versions, expected);
-        for k in [999, 1000, 4321, 8999, 9000] {
-            let expected: Vec<usize> = (0..sorted.len()).filter(|&j| sorted[j].0 == k).collect();
-            let run = runs
-                .get(&(k * 1_000_003))
-                .map_or(0..0, |&(a, b)| a as usize..b as usize);
-            assert_eq!(run.collect::<Vec<_>>(), expected, "key {k}");
+        for span in [Some(span), Some(narrow), None] {
+            let (keys, rows) = built(1, span);
+            let Keys::Dense { min, ref slots, .. } = keys else {
+                panic!("dense keys, sized by {span:?}");
+            };
+            assert_eq!((min, slots.len()), (1000, 8000), "sized by {span:?}");
+            for (at, s) in slots.iter().enumerate() {
+                assert!(
+                    s.sk != PENDING.sk || s.from != SEVERAL,
+                    "no slot left pending"
+                );
+                if s.from != SEVERAL {
+                    assert!(
+                        to[rows.value(at) as usize].is_none(),
+                        "a slot holds an open version"
+                    );
+                }
+            }
+            assert_eq!(placed(&keys, &rows), expected, "sized by {span:?}");
+        }
+        // Keys spread too thin for slots are sorted, also when slots were expected.
+        let spread: Vec<(i64, i64, i64, u32)> = expected
+            .iter()
+            .map(|&(k, f, sk, row)| (k * 1_000_003, f, sk, row))
+            .collect();
+        for span in [None, Some(span)] {
+            let (keys, rows) = built(1_000_003, span);
+            assert!(matches!(keys, Keys::Sparse { .. }), "sized by {span:?}");
+            assert_eq!(placed(&keys, &rows), spread, "sized by {span:?}");
         }
     }
 
