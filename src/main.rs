@@ -1,30 +1,26 @@
 //! The `tunelake` binary: everything lives in the library; this only boots it.
 
+/// jemalloc, not glibc's malloc: DataFusion and the Delta writer allocate and free large
+/// buffers on many threads, and glibc kept the freed memory in the arena of the thread that
+/// freed it (two arenas at most, set with `mallopt`, left 300–340 MB at the scale-10 full
+/// benchmark's peak, varying by 50 MB from run to run). jemalloc with one arena (each thread
+/// keeps a small cache of its own), dirty pages given back after 250 ms and none kept
+/// lazily: 265–270 MB there, and the incremental run 246 → 229 MB, at the same speed (more
+/// system time for the purging, less user time); see benches/RESULTS.md, where mimalloc
+/// and jemalloc's default settings (4 arenas a core, 10 s decay) were measured higher.
+/// `_RJEM_MALLOC_CONF` in the environment still overrides these settings.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings (see [`ALLOCATOR`]), read by the allocator as a C string at start.
+#[cfg(not(target_env = "msvc"))]
+#[allow(unsafe_code, non_upper_case_globals)]
+// SAFETY: jemalloc reads this symbol as a `const char *`; a reference to a byte array is one
+// pointer to bytes that end with a NUL and live as long as the program.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 46] = b"narenas:1,dirty_decay_ms:250,muzzy_decay_ms:0\0";
+
 fn main() -> std::process::ExitCode {
-    limit_malloc_arenas();
     tunelake::cli::main()
 }
-
-/// glibc's malloc gives threads that contend for the heap arenas of their own, up to eight per
-/// core, and memory freed into one arena is not reused by another. DataFusion and the Delta
-/// writer hand large buffers between threads, so the spare memory of many arenas adds up: the
-/// scale-10 full benchmark peaked at 640 MB with the default and about 500 MB with two
-/// arenas, at the same speed (one arena: about 460 MB; mimalloc and jemalloc: 560 MB to 1 GB;
-/// benches/RESULTS.md). `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` in the environment still win.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some()
-        || std::env::var_os("GLIBC_TUNABLES").is_some()
-    {
-        return;
-    }
-    // SAFETY: mallopt only sets a malloc parameter, and this runs first in main, before any
-    // thread exists that could be allocating.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
