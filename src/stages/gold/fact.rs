@@ -1471,6 +1471,38 @@ mod tests {
         )
     }
 
+    /// The span comes from every file's statistics; a file whose keys are all NULL counts
+    /// its rows but no bounds.
+    #[tokio::test]
+    async fn a_tables_key_span_is_read_from_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = crate::lake::Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let mut table = lake.delta_table("gold/dim").await.unwrap();
+        assert_eq!(key_span(&table, "id"), None, "no table yet");
+        for keys in [
+            vec![Some(9), None, Some(5)],
+            vec![Some(100), Some(7)],
+            vec![None, None],
+        ] {
+            let batch =
+                RecordBatch::try_from_iter([("id", Arc::new(Int64Array::from(keys)) as ArrayRef)])
+                    .unwrap();
+            table = table.write(vec![batch]).await.unwrap();
+        }
+        let span = key_span(&table, "id");
+        let expected = super::super::lookup::Span {
+            min: 5,
+            max: 100,
+            rows: 7,
+        };
+        assert_eq!(span, Some(expected));
+        assert_eq!(
+            key_span(&table, "other"),
+            None,
+            "no statistics of the column"
+        );
+    }
+
     #[tokio::test]
     async fn integer_chunks_are_described_as_count_distinct_describes_them() {
         let nearly_sorted: Vec<i64> = (0..5000)
