@@ -1047,15 +1047,8 @@ async fn cache_lookup(
         }
         Read::Rows((_, batches)) => batches,
     };
-    let index = match (l.dim_keys.as_slice(), fact_key) {
-        ([key], Some(fact_key)) => {
-            let shape = super::lookup::Shape {
-                key,
-                sk: &l.sk,
-                period: l.scd2.then_some(fact_seq),
-                carried: &l.carried,
-                fact_key,
-            };
+    let index = match shape(l, (fact_key, fact_seq)) {
+        Some(shape) => {
             let fitted = staged
                 .map(|staged| fitted(&schema, staged, name))
                 .transpose()?;
@@ -1066,7 +1059,7 @@ async fn cache_lookup(
             };
             super::lookup::PointInTime::build(&l.dimension, &schema, rows, &shape)?
         }
-        _ => None,
+        None => None,
     };
     if let Some(index) = index {
         for f in super::lookup::functions(&index_function(i), index) {
@@ -1156,18 +1149,29 @@ fn indexer(
         &arrow::datatypes::DataType,
     ),
 ) -> Option<super::lookup::Indexer> {
-    let ([key], Some(fact_key), true) = (l.dim_keys.as_slice(), fact_key, l.carried.is_empty())
-    else {
+    let shape = shape(l, (fact_key, fact_seq)).filter(|s| s.carried.is_empty())?;
+    super::lookup::Indexer::new(&l.dimension, schema, &shape, key_span(dim, shape.key))
+}
+
+/// What an index of lookup `l` needs, when it matches one key the fact has
+/// (`fact_key`, `fact_seq`: the fact's key and sequence types).
+fn shape<'a>(
+    l: &'a Lookup,
+    (fact_key, fact_seq): (
+        Option<&'a arrow::datatypes::DataType>,
+        &'a arrow::datatypes::DataType,
+    ),
+) -> Option<super::lookup::Shape<'a>> {
+    let ([key], Some(fact_key)) = (l.dim_keys.as_slice(), fact_key) else {
         return None;
     };
-    let shape = super::lookup::Shape {
+    Some(super::lookup::Shape {
         key,
         sk: &l.sk,
         period: l.scd2.then_some(fact_seq),
-        carried: &[],
+        carried: &l.carried,
         fact_key,
-    };
-    super::lookup::Indexer::new(&l.dimension, schema, &shape, key_span(dim, key))
+    })
 }
 
 /// The span of `table`'s `key` values by its log's statistics; `None` when a file has none.
