@@ -42,7 +42,7 @@ impl Version {
 
 /// A dense index's slot: a key's only version when it is open (its start and surrogate key:
 /// 16 bytes, so a probe reads one cache line, and two indexes of a million keys take 32 MB
-/// instead of 48), or, with `from` = `SEVERAL` (never a start there: see [`dense_span`]),
+/// instead of 48), or, with `from` = `SEVERAL` (never a start there: see [`Slots::place`]),
 /// where the key's versions are in `several`: `sk` = start << 32 | count (0: the dimension
 /// does not hold the key).
 #[derive(Debug, Clone, Copy)]
