@@ -2,12 +2,13 @@
 
 /// jemalloc, not glibc's malloc: DataFusion and the Delta writer allocate and free large
 /// buffers on many threads, and glibc kept the freed memory in the arena of the thread that
-/// freed it (two arenas at most, set with `mallopt`, left 300–340 MB at the scale-10 full
-/// benchmark's peak, varying by 50 MB from run to run). jemalloc with one arena (each thread
-/// keeps a small cache of its own), dirty pages given back after 250 ms and none kept
-/// lazily: 265–270 MB there, and the incremental run 246 → 229 MB, at the same speed (more
-/// system time for the purging, less user time); see benches/RESULTS.md, where mimalloc
-/// and jemalloc's default settings (4 arenas a core, 10 s decay) were measured higher.
+/// freed it (two arenas at most, set with `mallopt`, peaked at 290–345 MB in the scale-10
+/// full benchmark, varying by 50 MB from run to run), so memory the code stopped holding did
+/// not show. jemalloc with one arena (each thread keeps a small cache of its own), dirty
+/// pages given back after 250 ms and none kept lazily: 300 → 274 MB on the same code, at
+/// the same speed (more system time for the purging, less user time); see
+/// benches/RESULTS.md, where mimalloc and jemalloc's default settings (4 arenas a core,
+/// 10 s decay) were measured higher.
 /// `_RJEM_MALLOC_CONF` in the environment still overrides these settings.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]

@@ -1032,7 +1032,7 @@ async fn cache_lookup(
                 .collect::<Vec<_>>(),
         )
         .map_err(|e| Error::arrow(name, e))?;
-    let batches = match rows {
+    let (index, batches) = match rows {
         Read::Indexed(_, mut indexer) => {
             if let Some(staged) = staged {
                 indexer.remove(&staged.replaced);
@@ -1040,26 +1040,23 @@ async fn cache_lookup(
                     indexer.add(&batch)?;
                 }
             }
-            for f in super::lookup::functions(&index_function(i), indexer.index()) {
-                ctx.register_udf(f);
+            (Some(indexer.index()), Vec::new())
+        }
+        Read::Rows((_, batches)) => match shape(l, (fact_key, fact_seq)) {
+            Some(shape) => {
+                let fitted = staged
+                    .map(|staged| fitted(&schema, staged, name))
+                    .transpose()?;
+                let rows = super::lookup::DimensionRows {
+                    stored: &batches,
+                    replaced: staged.map(|s| &s.replaced),
+                    staged: fitted.as_deref().unwrap_or_default(),
+                };
+                let index = super::lookup::PointInTime::build(&l.dimension, &schema, rows, &shape)?;
+                (index, batches)
             }
-            return Ok((carried, true));
-        }
-        Read::Rows((_, batches)) => batches,
-    };
-    let index = match shape(l, (fact_key, fact_seq)) {
-        Some(shape) => {
-            let fitted = staged
-                .map(|staged| fitted(&schema, staged, name))
-                .transpose()?;
-            let rows = super::lookup::DimensionRows {
-                stored: &batches,
-                replaced: staged.map(|s| &s.replaced),
-                staged: fitted.as_deref().unwrap_or_default(),
-            };
-            super::lookup::PointInTime::build(&l.dimension, &schema, rows, &shape)?
-        }
-        None => None,
+            None => (None, batches),
+        },
     };
     if let Some(index) = index {
         for f in super::lookup::functions(&index_function(i), index) {
