@@ -17,14 +17,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, StringArray, new_null_array,
+};
 use arrow::compute::kernels::cast::{CastOptions, cast_with_options};
 use arrow::compute::{and, filter_record_batch, not, prep_null_mask_filter};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::Bytes;
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::{Column, JoinType, ScalarValue};
 use datafusion::datasource::MemTable;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{DataFrame, Expr, SessionConfig, SessionContext, lit};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
@@ -552,15 +558,15 @@ impl Silver {
             _ => firsts,
         };
         let unique = by_key(unique, table).map_err(|e| Error::arrow(path, e))?;
-        counts.rows_out = unique.iter().map(|b| b.num_rows() as u64).sum();
+        counts.rows_out = unique.count() as u64;
         counts.rows_duplicate = kept_rows - counts.rows_out;
 
         let mut drop_if_empty = table.silver.drop_if_empty.clone();
         drop_if_empty.push(RESCUED.to_string());
         let (schema, unique) =
             finalize(schema, unique, &drop_if_empty).map_err(|e| Error::arrow(path, e))?;
-        let batches = if unique.is_empty() {
-            vec![RecordBatch::new_empty(schema.clone())]
+        let batches = if unique.batches.is_empty() {
+            Rows::all(vec![RecordBatch::new_empty(schema.clone())])
         } else {
             unique
         };
@@ -699,7 +705,7 @@ enum Body {
     Rows {
         counts: Counts,
         schema: SchemaRef,
-        firsts: Vec<RecordBatch>,
+        firsts: Rows,
         kept_rows: u64,
         dropped: Option<RecordBatch>,
     },
@@ -1007,36 +1013,131 @@ fn same_columns(rows: &SchemaRef, stored: &SchemaRef) -> bool {
         })
 }
 
-/// The batches in two partitions of about the same number of rows, in order (the first half,
+/// The rows in two partitions of about the same number of rows, in order (the first half,
 /// then the second), so that each writer's file keeps the rows' key order.
-fn halves(batches: Vec<RecordBatch>) -> Vec<Vec<RecordBatch>> {
-    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+fn halves(rows: Rows) -> Vec<Rows> {
+    let total: usize = rows.batches.iter().map(|b| b.num_rows()).sum();
     let mut room = total / 2;
-    let (mut first, mut second) = (Vec::new(), Vec::new());
-    for batch in batches {
-        if room >= batch.num_rows() {
-            room -= batch.num_rows();
-            first.push(batch);
+    let (mut first, mut second) = (Rows::default(), Rows::default());
+    for (batch, keep) in rows.batches.into_iter().zip(rows.keep) {
+        let rows = batch.num_rows();
+        if room >= rows {
+            room -= rows;
+            first.push(batch, keep);
         } else if room > 0 {
-            first.push(batch.slice(0, room));
-            second.push(batch.slice(room, batch.num_rows() - room));
+            let part = |at, len| keep.as_ref().map(|k| k.slice(at, len));
+            first.push(batch.slice(0, room), part(0, room));
+            second.push(batch.slice(room, rows - room), part(room, rows - room));
             room = 0;
         } else {
-            second.push(batch);
+            second.push(batch, keep);
         }
     }
     vec![first, second]
 }
 
+/// A file's rows, each batch with the rows to keep (`None`: all of them). Duplicates and
+/// dropped rows are taken out only as the rows are written, a slice at a time (see
+/// [`with_lineage`]): filtered whole, a stream file was copied nearly whole (about 1% goes)
+/// beside the rows it came from, and the two files prepared at once at an incremental run's
+/// start held 2 × 48 MB (heaptrack, scale 10), half of it those copies.
+#[derive(Debug, Clone, Default)]
+struct Rows {
+    batches: Vec<RecordBatch>,
+    keep: Vec<Option<BooleanArray>>,
+}
+
+impl Rows {
+    fn all(batches: Vec<RecordBatch>) -> Self {
+        let keep = vec![None; batches.len()];
+        Rows { batches, keep }
+    }
+
+    fn push(&mut self, batch: RecordBatch, keep: Option<BooleanArray>) {
+        self.batches.push(batch);
+        self.keep.push(keep);
+    }
+
+    /// The rows kept.
+    fn count(&self) -> usize {
+        (self.batches.iter().zip(&self.keep))
+            .map(|(b, k)| k.as_ref().map_or(b.num_rows(), |k| k.true_count()))
+            .sum()
+    }
+
+    /// The rows kept, as batches of their own, each column let go once filtered.
+    fn filtered(self) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+        (self.batches.into_iter().zip(self.keep))
+            .map(|(batch, keep)| {
+                let Some(keep) = keep else {
+                    return Ok(batch);
+                };
+                let (schema, columns, _) = batch.into_parts();
+                let columns = columns
+                    .into_iter()
+                    .map(|c| arrow::compute::filter(c.as_ref(), &keep))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let options = RecordBatchOptions::new().with_row_count(Some(keep.true_count()));
+                RecordBatch::try_new_with_options(schema, columns, &options)
+            })
+            .collect()
+    }
+
+    /// The kept rows of each `size`-row slice, one slice at a time.
+    fn slices(
+        self,
+        size: usize,
+    ) -> impl Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>> {
+        (self.batches.into_iter().zip(self.keep)).flat_map(move |(batch, keep)| {
+            let rows = batch.num_rows();
+            (0..rows).step_by(size).map(move |at| {
+                let len = size.min(rows - at);
+                let slice = batch.slice(at, len);
+                match &keep {
+                    Some(keep) => filter_record_batch(&slice, &keep.slice(at, len)),
+                    None => Ok(slice),
+                }
+            })
+        })
+    }
+}
+
+/// One writer's rows as a query's partition: the session's batch size, kept rows only.
+#[derive(Debug)]
+struct Slices {
+    schema: SchemaRef,
+    rows: Rows,
+    size: usize,
+}
+
+impl PartitionStream for Slices {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let slices = self
+            .rows
+            .clone()
+            .slices(self.size)
+            .map(|r| r.map_err(Into::into));
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(slices),
+        ))
+    }
+}
+
 /// The rows to write, with the lineage columns last: the bronze file's path and the load
-/// time. As a query, so the writer makes them one batch at a time: a whole file's worth of
-/// the same path, repeated, was half the memory of a fact row in every copy the steps
-/// before writing make.
+/// time. As a query, so the writer makes them one batch at a time (the session's size; a
+/// file's rows come as one batch, see [`read_parquet`]): a whole file's worth of the same
+/// path, repeated, was half the memory of a fact row in every copy the steps before writing
+/// make.
 ///
 /// In the given partitions (each a writer's, when there are two).
 fn with_lineage(
     ctx: &SessionContext,
-    partitions: Vec<Vec<RecordBatch>>,
+    partitions: Vec<Rows>,
     file: &str,
 ) -> datafusion::error::Result<DataFrame> {
     let now = ScalarValue::TimestampMicrosecond(
@@ -1047,11 +1148,19 @@ fn with_lineage(
     let nullable = |value: Expr| datafusion::logical_expr::when(lit(true), value).end();
     let schema = partitions
         .iter()
-        .flatten()
+        .flat_map(|p| &p.batches)
         .next()
         .map(|b| b.schema())
         .ok_or_else(|| datafusion::error::DataFusionError::Plan("no rows to write".into()))?;
-    ctx.read_table(Arc::new(MemTable::try_new(schema, partitions)?))?
+    let size = ctx.copied_config().batch_size().max(1);
+    let partitions = partitions
+        .into_iter()
+        .map(|rows| {
+            let schema = schema.clone();
+            Arc::new(Slices { schema, rows, size }) as Arc<dyn PartitionStream>
+        })
+        .collect();
+    ctx.read_table(Arc::new(StreamingTable::try_new(schema, partitions)?))?
         .with_column(SOURCE_FILE, nullable(lit(file.to_string()))?)?
         .with_column(INGESTED_AT, nullable(lit(now))?)
 }
@@ -1178,17 +1287,18 @@ fn check_expectations(
     })
 }
 
-/// Keeps the first row per (keys, watermark value) within the file. Done with Arrow's row
-/// format and a hash set rather than a DataFusion DISTINCT ON, which keeps an accumulator
-/// per column and was the slowest, hungriest step of a file (measured: 1M streams).
+/// Keeps the first row per (keys, watermark value) within the file (as the rows to keep, see
+/// [`Rows`]). Done with Arrow's row format and a hash set rather than a DataFusion DISTINCT
+/// ON, which keeps an accumulator per column and was the slowest, hungriest step of a file
+/// (measured: 1M streams).
 fn first_per_version(
     batches: Vec<RecordBatch>,
     passed: &[Option<BooleanArray>],
     table: &TableSpec,
-) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+) -> std::result::Result<Rows, arrow::error::ArrowError> {
     use arrow::row::{RowConverter, SortField};
     let Some(first) = batches.first() else {
-        return Ok(batches);
+        return Ok(Rows::all(batches));
     };
     let names: Vec<&String> = table
         .keys
@@ -1238,15 +1348,10 @@ fn first_per_version(
                 .collect()
         }
     };
-    let mut out = Vec::with_capacity(batches.len());
-    for (batch, mask) in batches.iter().zip(&masks) {
-        if mask.true_count() == batch.num_rows() {
-            out.push(batch.clone());
-        } else {
-            out.push(filter_record_batch(batch, mask)?);
-        }
-    }
-    Ok(out)
+    let keep = (batches.iter().zip(masks))
+        .map(|(batch, mask)| (mask.true_count() < batch.num_rows()).then_some(mask))
+        .collect();
+    Ok(Rows { batches, keep })
 }
 
 /// The first row of each (key, watermark) pair (see [`integer_pairs`]), per batch.
@@ -1383,13 +1488,17 @@ fn feeds_dimension(table: &TableSpec) -> bool {
 /// every silver file spans every key, and gold, which reads a dimension's history one key
 /// range at a time, would decode all of silver for each range; in key order, page statistics
 /// skip the rest. Facts are read by file, not by key range, and are left as they come.
-fn by_key(
+fn by_key(rows: Rows, table: &TableSpec) -> std::result::Result<Rows, arrow::error::ArrowError> {
+    if !feeds_dimension(table) {
+        return Ok(rows);
+    }
+    sorted_by_key(rows.filtered()?, table).map(Rows::all)
+}
+
+fn sorted_by_key(
     batches: Vec<RecordBatch>,
     table: &TableSpec,
 ) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
-    if !feeds_dimension(table) {
-        return Ok(batches);
-    }
     let Some(first) = batches.first() else {
         return Ok(batches);
     };
@@ -1471,17 +1580,21 @@ fn by_key(
 /// backfill) stream through the join.
 async fn without_loaded(
     ctx: &SessionContext,
-    batches: Vec<RecordBatch>,
+    rows: Rows,
     schema: SchemaRef,
     delta: &DeltaTable,
     table: &TableSpec,
-) -> datafusion::error::Result<Vec<RecordBatch>> {
+) -> datafusion::error::Result<Rows> {
     const HELD_ROWS: usize = 1 << 16;
     let cdc = column(&table.cdc_column);
-    let df = ctx.read_table(Arc::new(MemTable::try_new(schema, vec![batches.clone()])?))?;
+    // The range of every row's watermark, the ones not kept included: it holds the kept ones'.
+    let all = ctx.read_table(Arc::new(MemTable::try_new(
+        schema.clone(),
+        vec![rows.batches.clone()],
+    )?))?;
     // No watermark value in the file: no row of it can be in silver already.
-    let Some((lo, hi)) = crate::lake::bounds(df.clone(), &table.cdc_column).await? else {
-        return Ok(batches);
+    let Some((lo, hi)) = crate::lake::bounds(all, &table.cdc_column).await? else {
+        return Ok(rows);
     };
     let provider = crate::lake::delta_provider(delta, ctx, &table.silver_name())
         .await
@@ -1508,8 +1621,9 @@ async fn without_loaded(
         .await?;
     let count: usize = held.iter().map(RecordBatch::num_rows).sum();
     if count == 0 {
-        return Ok(batches);
+        return Ok(rows);
     }
+    let df = ctx.read_table(Arc::new(MemTable::try_new(schema, vec![rows.filtered()?])?))?;
     let left: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
     let right: Vec<String> = (0..names.len()).map(|i| format!("__loaded_{i}")).collect();
     let right: Vec<&str> = right.iter().map(String::as_str).collect();
@@ -1519,32 +1633,45 @@ async fn without_loaded(
     } else {
         df.join(existing, JoinType::LeftAnti, &left, &right, None)?
     };
-    kept.collect().await
+    Ok(Rows::all(kept.collect().await?))
 }
 
 /// Makes every column nullable (so later files with NULLs always fit) and drops the
 /// `drop_if_empty` columns that are NULL in every row of this file.
 fn finalize(
     schema: SchemaRef,
-    batches: Vec<RecordBatch>,
+    rows: Rows,
     drop_if_empty: &[String],
-) -> std::result::Result<(SchemaRef, Vec<RecordBatch>), arrow::error::ArrowError> {
-    let schema = batches.first().map(|b| b.schema()).unwrap_or(schema);
-    let keep: Vec<usize> = (0..schema.fields().len())
-        .filter(|&i| {
-            let name = schema.field(i).name();
-            !(drop_if_empty.contains(name)
-                && batches
-                    .iter()
-                    .all(|b| b.column(i).null_count() == b.num_rows()))
-        })
-        .collect();
-    let projected = Arc::new(schema.project(&keep)?);
-    let batches = batches
-        .iter()
-        .map(|b| b.project(&keep))
+) -> std::result::Result<(SchemaRef, Rows), arrow::error::ArrowError> {
+    let schema = rows.batches.first().map(|b| b.schema()).unwrap_or(schema);
+    // NULL in every kept row.
+    let empty = |b: &RecordBatch, keep: &Option<BooleanArray>, i: usize| {
+        let column = b.column(i);
+        match keep {
+            _ if column.null_count() == column.len() => Ok(true),
+            Some(keep) => Ok(and(&arrow::compute::is_not_null(column)?, keep)?.true_count() == 0),
+            None => Ok(false),
+        }
+    };
+    let mut columns = Vec::new();
+    for i in 0..schema.fields().len() {
+        let dropped = drop_if_empty.contains(schema.field(i).name())
+            && (rows.batches.iter().zip(&rows.keep))
+                .map(|(b, keep)| empty(b, keep, i))
+                .collect::<std::result::Result<Vec<bool>, arrow::error::ArrowError>>()?
+                .into_iter()
+                .all(|e| e);
+        if !dropped {
+            columns.push(i);
+        }
+    }
+    let projected = Arc::new(schema.project(&columns)?);
+    let batches = (rows.batches.iter())
+        .map(|b| b.project(&columns))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    crate::lake::storable(batches, projected)
+    let (schema, batches) = crate::lake::storable(batches, projected)?;
+    let keep = rows.keep;
+    Ok((schema, Rows { batches, keep }))
 }
 
 #[cfg(test)]
@@ -1616,7 +1743,12 @@ mod tests {
         ];
         assert!(integer_pairs(&numbers, &[0, 1]).is_some());
         assert_eq!(
-            tags(first_per_version(numbers, &[], &spec).unwrap()),
+            tags(
+                first_per_version(numbers, &[], &spec)
+                    .unwrap()
+                    .filtered()
+                    .unwrap()
+            ),
             ["a", "b", "c", "d"]
         );
         let with_null = vec![
@@ -1633,7 +1765,12 @@ mod tests {
         ];
         assert!(integer_pairs(&with_null, &[0, 1]).is_none());
         assert_eq!(
-            tags(first_per_version(with_null, &[], &spec).unwrap()),
+            tags(
+                first_per_version(with_null, &[], &spec)
+                    .unwrap()
+                    .filtered()
+                    .unwrap()
+            ),
             ["a", "b", "c", "d"]
         );
         // Rows that broke a drop rule are neither kept nor the first of their pair: the next
@@ -1652,7 +1789,12 @@ mod tests {
                 Some(BooleanArray::from(vec![true, false])),
             ];
             assert_eq!(
-                tags(first_per_version(batches, &passed, &spec).unwrap()),
+                tags(
+                    first_per_version(batches, &passed, &spec)
+                        .unwrap()
+                        .filtered()
+                        .unwrap()
+                ),
                 ["a", "b"],
                 "watermark {at:?}"
             );
@@ -1704,6 +1846,9 @@ mod tests {
                 ("user_id", Arc::new(Int32Array::from(ids)) as ArrayRef),
                 ("user_name", Arc::new(StringArray::from(names)) as ArrayRef),
             ])
+        };
+        let by_key = |batches: Vec<RecordBatch>, table: &TableSpec| {
+            by_key(Rows::all(batches), table).and_then(Rows::filtered)
         };
         let batches = vec![rows(vec![3, 1], vec!["c", "a"]), rows(vec![2], vec!["b"])];
         let sorted = by_key(batches.clone(), &spec("DimUser")).unwrap();
@@ -1790,11 +1935,43 @@ mod tests {
                 Arc::new(StringArray::from(vec![None::<&str>, None])),
             ),
         ]);
-        let (schema, out) = finalize(b.schema(), vec![b], &[RESCUED.to_string()]).unwrap();
+        let (schema, out) =
+            finalize(b.schema(), Rows::all(vec![b]), &[RESCUED.to_string()]).unwrap();
         let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["id", "kept"]);
         assert!(schema.fields().iter().all(|f| f.is_nullable()));
-        assert_eq!(out[0].num_columns(), 2);
+        assert_eq!(out.batches[0].num_columns(), 2);
+    }
+
+    /// A column is empty when every row that stays is NULL: a value in a row that goes (a
+    /// duplicate) does not keep it, and the rows that stay are still marked.
+    #[test]
+    fn only_the_rows_kept_decide_whether_a_column_is_empty() {
+        let b = batch(vec![
+            ("id", Arc::new(Int32Array::from(vec![1, 2, 3])) as ArrayRef),
+            (
+                RESCUED,
+                Arc::new(StringArray::from(vec![None, Some("{}"), None])),
+            ),
+            (
+                "note",
+                Arc::new(StringArray::from(vec![Some("x"), None, None])),
+            ),
+        ]);
+        let rows = Rows {
+            batches: vec![b.clone()],
+            keep: vec![Some(BooleanArray::from(vec![true, false, true]))],
+        };
+        let drop = [RESCUED.to_string(), "note".to_string()];
+        let (schema, out) = finalize(b.schema(), rows, &drop).unwrap();
+        let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["id", "note"]);
+        assert_eq!(out.count(), 2);
+        let kept = out.filtered().unwrap();
+        let ids = kept[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        assert_eq!(ids.values().to_vec(), [1, 3]);
     }
 
     #[test]
@@ -1806,9 +1983,12 @@ mod tests {
             )])
         };
         // 3 + 4 + 6 rows: the middle falls inside the third batch.
-        let parts = halves(vec![ids(0..3), ids(3..7), ids(7..13)]);
-        let values = |part: &[RecordBatch]| -> Vec<i64> {
-            part.iter()
+        let parts = halves(Rows::all(vec![ids(0..3), ids(3..7), ids(7..13)]));
+        let values = |part: &Rows| -> Vec<i64> {
+            part.clone()
+                .slices(2)
+                .map(|b| b.unwrap())
+                .inspect(|b| assert!(b.num_rows() <= 2))
                 .flat_map(|b| {
                     b.column(0)
                         .as_primitive::<arrow::datatypes::Int64Type>()
@@ -1820,5 +2000,18 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert_eq!(values(&parts[0]), (0..6).collect::<Vec<_>>());
         assert_eq!(values(&parts[1]), (6..13).collect::<Vec<_>>());
+        // The rows to keep are split with them: the split falls on a row that goes.
+        let keep = |k: Vec<bool>| Some(BooleanArray::from(k));
+        let rows = Rows {
+            batches: vec![ids(0..3), ids(3..10)],
+            keep: vec![
+                None,
+                keep(vec![true, true, false, true, false, false, true]),
+            ],
+        };
+        let parts = halves(rows);
+        assert_eq!(values(&parts[0]), [0, 1, 2, 3, 4]);
+        assert_eq!(values(&parts[1]), [6, 9]);
+        assert_eq!(parts[0].count() + parts[1].count(), 7);
     }
 }
