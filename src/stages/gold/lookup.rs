@@ -40,34 +40,90 @@ impl Version {
     }
 }
 
-/// A dense index's slot: a key's only version when it is open (its start and surrogate key:
-/// 16 bytes, so a probe reads one cache line, and two indexes of a million keys take 32 MB
-/// instead of 48), or, with `from` = `SEVERAL` (never a start there: see [`Slots::place`]),
-/// where the key's versions are in `several`: `sk` = start << 32 | count (0: the dimension
-/// does not hold the key).
-#[derive(Debug, Clone, Copy)]
+/// A dense index's slot, 8 bytes: a key's only version when it is open, as offsets from the
+/// index's [`Base`] (its start, in whole units of the period's type, and its surrogate key),
+/// or, with `from` = `MARK`, a marker: run `sk` of the versions in `several` (`EMPTY`: the
+/// dimension does not hold the key). Eight slots share a cache line, and a million keys
+/// take 8 MB: with 16-byte slots (the values themselves), the two lookups of the fact at
+/// scale 10 held 32 MB, at the peak of an incremental run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
-    from: i64,
-    sk: i64,
+    from: i32,
+    sk: u32,
 }
 
-const SEVERAL: i64 = i64::MIN;
+/// A slot's `from` when it does not hold a version (never an offset: see [`Base::pack`]).
+const MARK: i32 = i32::MIN;
 
-/// The slot of a key with `count` versions from `start` on in `several` (none: 0).
-fn marker(start: usize, count: usize) -> Slot {
-    Slot {
-        from: SEVERAL,
-        sk: ((start as i64) << 32) | count as i64,
+impl Slot {
+    fn holds_version(&self) -> bool {
+        self.from != MARK
+    }
+
+    /// A marker to run `run` of `several`.
+    fn marker(run: usize) -> Slot {
+        Slot {
+            from: MARK,
+            sk: run as u32,
+        }
     }
 }
 
-impl Slot {
-    /// Where the key's versions are in `several`, for a marker.
-    fn several(&self) -> Option<Range<usize>> {
-        (self.from == SEVERAL).then(|| {
-            let start = (self.sk >> 32) as usize;
-            start..start + (self.sk & 0xffff_ffff) as usize
-        })
+/// What a dense index's slots count from: the first version placed (its start, and its
+/// surrogate key less 2^31, so that keys on both sides of it fit), and the unit of starts.
+#[derive(Debug, Clone, Copy)]
+struct Base {
+    from: i64,
+    unit: i64,
+    sk: i64,
+}
+
+impl Base {
+    fn new(first: &Version, unit: i64) -> Self {
+        Base {
+            from: first.from,
+            unit,
+            sk: first.sk.saturating_sub(1 << 31),
+        }
+    }
+
+    /// `v` as a slot, if it is open and its offsets fit (a start within 2^31 units of the
+    /// base's, a whole number of them; a surrogate key within 2^31 of the base's); other
+    /// versions are kept in `several`.
+    fn pack(&self, v: &Version) -> Option<Slot> {
+        if v.to != i64::MAX {
+            return None;
+        }
+        let from = v.from.checked_sub(self.from)?;
+        if from % self.unit != 0 {
+            return None;
+        }
+        let from = i32::try_from(from / self.unit)
+            .ok()
+            .filter(|&f| f != MARK)?;
+        let sk = u32::try_from(v.sk.checked_sub(self.sk)?).ok()?;
+        Some(Slot { from, sk })
+    }
+
+    /// The version a slot holds (see [`Slot::holds_version`]).
+    fn version(&self, slot: Slot) -> Version {
+        Version {
+            from: self.from + i64::from(slot.from) * self.unit,
+            to: i64::MAX,
+            sk: self.sk + i64::from(slot.sk),
+        }
+    }
+}
+
+/// The unit of a dense index's starts for a period of type `t`: whole seconds for times (the
+/// usual precision of a source's change timestamps), one for dates and numbers.
+fn start_unit(t: Option<&DataType>) -> i64 {
+    use arrow::datatypes::TimeUnit;
+    match t {
+        Some(DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Date64) => 1_000,
+        Some(DataType::Timestamp(TimeUnit::Microsecond, _)) => 1_000_000,
+        Some(DataType::Timestamp(TimeUnit::Nanosecond, _)) => 1_000_000_000,
+        _ => 1,
     }
 }
 
@@ -77,11 +133,14 @@ type Runs = HashMap<i64, (u32, u32)>;
 /// The versions, as probes read them.
 enum Keys {
     /// Keys that fill most of their range, each at `slots[k - min]`: its only version when
-    /// that is open, or else where its versions are in `several` (in `valid_from` order). A
-    /// version's position is its slot, or the number of slots plus its place in `several`.
+    /// that is open (and fits a slot), or else a marker to its run of versions in `several`
+    /// (in `valid_from` order; run `r` is `several[runs[r]..runs[r + 1]]`). A version's
+    /// position is its slot, or the number of slots plus its place in `several`.
     Dense {
         min: i64,
+        base: Base,
         slots: Vec<Slot>,
+        runs: Vec<u32>,
         several: Vec<Version>,
     },
     /// Other keys: each key's run of `versions`, in (key, `valid_from`) order, which is also
@@ -221,19 +280,21 @@ impl PointInTime {
     /// surrogate key.
     fn find_dense(
         &self,
-        (slots, several): (&[Slot], &[Version]),
+        (base, slots, runs, several): Dense,
         at: Option<usize>,
         seq: Option<i64>,
     ) -> Option<(usize, i64)> {
-        let at = at?;
-        let slot = slots.get(at)?;
-        let Some(range) = slot.several() else {
+        let slot = *slots.get(at?)?;
+        if slot.holds_version() {
             // Its one version, open: it holds every sequence value from its start on.
-            let found = !self.periods || seq.is_some_and(|s| slot.from <= s);
-            return found.then_some((at, slot.sk));
-        };
-        let start = range.start;
-        self.find_in(several.get(range)?, seq)
+            let version = base.version(slot);
+            let found = !self.periods || seq.is_some_and(|s| version.from <= s);
+            return found.then_some((at?, version.sk));
+        }
+        // EMPTY's run is past the last.
+        let run = slot.sk as usize;
+        let (start, end) = (*runs.get(run)? as usize, *runs.get(run + 1)? as usize);
+        self.find_in(several.get(start..end)?, seq)
             .map(|(j, sk)| (slots.len() + start + j, sk))
     }
 
@@ -242,9 +303,11 @@ impl PointInTime {
         match &self.keys {
             Keys::Dense {
                 min,
+                base,
                 slots,
+                runs,
                 several,
-            } => self.find_dense((slots, several), slot(*min, key), seq),
+            } => self.find_dense((*base, slots, runs, several), slot(*min, key), seq),
             Keys::Sparse { runs, versions } => {
                 let (a, b) = runs.get(&key).copied()?;
                 let (a, b) = (a as usize, b as usize);
@@ -295,9 +358,12 @@ impl PointInTime {
         match &self.keys {
             Keys::Dense {
                 min,
+                base,
                 slots,
+                runs,
                 several,
             } => {
+                let dense = (*base, slots.as_slice(), runs.as_slice(), several.as_slice());
                 let at = |k: i64| slot(*min, k).filter(|&s| s < slots.len());
                 Ok((0..keys.len())
                     .map(|i| {
@@ -305,7 +371,7 @@ impl PointInTime {
                             prefetch(slot);
                         }
                         let at = key.is_valid(i).then(|| at(keys[i])).flatten();
-                        matched(self.find_dense((slots, several), at, seq_at(i)))
+                        matched(self.find_dense(dense, at, seq_at(i)))
                     })
                     .collect())
             }
@@ -334,6 +400,9 @@ impl PointInTime {
         }
     }
 }
+
+/// A dense index's parts, as a probe reads them: its base, slots, runs and several versions.
+type Dense<'a> = (Base, &'a [Slot], &'a [u32], &'a [Version]);
 
 /// A key's slot among dense slots starting at `min`, if it is not below them.
 fn slot(min: i64, key: i64) -> Option<usize> {
@@ -419,8 +488,8 @@ pub(super) struct Span {
 
 impl Span {
     /// How many slots a dense index of these keys has, when the rows would fill at least
-    /// half of them (it then costs at most two 16-byte slots a version, less than the sorted
-    /// layout's hash map); markers hold a start below 2^31 (rows are numbered in 32 bits).
+    /// half of them (it then costs at most two 8-byte slots a version, less than the sorted
+    /// layout's hash map); markers number runs in 32 bits, as rows are.
     fn slots(&self) -> Option<usize> {
         let span = self
             .max
@@ -430,16 +499,16 @@ impl Span {
     }
 }
 
-/// An empty slot of a dense index (a marker to no versions).
+/// An empty slot of a dense index (a marker past every run).
 const EMPTY: Slot = Slot {
-    from: SEVERAL,
-    sk: 0,
+    from: MARK,
+    sk: u32::MAX,
 };
 
 /// While building, the slot of a key whose versions wait in `pending`.
 const PENDING: Slot = Slot {
-    from: SEVERAL,
-    sk: -1,
+    from: MARK,
+    sk: u32::MAX - 1,
 };
 
 /// A version as it is read: its key, and its row numbered across the rows read.
@@ -460,10 +529,15 @@ impl Arrived {
 /// A dense index while its versions arrive.
 struct Slots {
     min: i64,
+    /// Set by the first version that could go to a slot.
+    base: Option<Base>,
+    /// The unit of starts (see [`start_unit`]).
+    unit: i64,
     slots: Vec<Slot>,
     /// With carried columns, the row of each slot holding its key's one version.
     rows: Option<Vec<u32>>,
-    /// The versions of keys with several, or with a closed one, as they came.
+    /// The versions of keys with several, or with one that does not fit a slot (closed, or
+    /// its offsets too far), as they came.
     pending: Vec<Arrived>,
     /// The rows the slots were sized for: keys past them may take at most twice as many
     /// slots, else the versions are sorted instead.
@@ -471,9 +545,11 @@ struct Slots {
 }
 
 impl Slots {
-    fn sized(span: Span, len: usize, with_rows: bool) -> Self {
+    fn sized(span: Span, len: usize, with_rows: bool, unit: i64) -> Self {
         Slots {
             min: span.min,
+            base: None,
+            unit,
             slots: vec![EMPTY; len],
             rows: with_rows.then(|| vec![0; len]),
             pending: Vec::new(),
@@ -481,11 +557,18 @@ impl Slots {
         }
     }
 
+    /// `v` as a slot, if it fits one (the first open version sets the base).
+    fn pack(&mut self, v: &Version) -> Option<Slot> {
+        if v.to != i64::MAX {
+            return None;
+        }
+        self.base
+            .get_or_insert_with(|| Base::new(v, self.unit))
+            .pack(v)
+    }
+
     /// Places `a` (`read`: rows read so far); `false` when it does not fit a dense index.
     fn place(&mut self, a: Arrived, read: usize) -> bool {
-        if a.version.from == SEVERAL {
-            return false;
-        }
         let at = match slot(self.min, a.key).filter(|&at| at < self.slots.len()) {
             Some(at) => at,
             None => match self.grow(a.key, read) {
@@ -494,14 +577,10 @@ impl Slots {
             },
         };
         let held = self.slots[at];
-        if held.from != SEVERAL {
+        if let Some(base) = self.base.filter(|_| held.holds_version()) {
             // A second version: both wait to be ordered.
             let row = self.rows.as_ref().map_or(0, |rows| rows[at]);
-            let version = Version {
-                from: held.from,
-                to: i64::MAX,
-                sk: held.sk,
-            };
+            let version = base.version(held);
             self.pending.push(Arrived {
                 key: a.key,
                 version,
@@ -509,11 +588,8 @@ impl Slots {
             });
             self.slots[at] = PENDING;
             self.pending.push(a);
-        } else if held.sk == EMPTY.sk && a.version.to == i64::MAX {
-            self.slots[at] = Slot {
-                from: a.version.from,
-                sk: a.version.sk,
-            };
+        } else if let Some(packed) = (held == EMPTY).then(|| self.pack(&a.version)).flatten() {
+            self.slots[at] = packed;
             if let Some(rows) = self.rows.as_mut() {
                 rows[at] = a.row;
             }
@@ -543,7 +619,7 @@ impl Slots {
             self.min = key;
         } else {
             // New keys above the table's come in ascending order: room for an eighth more at a
-            // time, not the doubling `resize` would reserve (16 MB more for a million keys).
+            // time, not the doubling `resize` would reserve (8 MB more for a million keys).
             let more = (len - self.slots.len()).max(self.slots.len() / 8);
             self.slots.reserve_exact(more);
             self.slots.resize(len, EMPTY);
@@ -555,17 +631,32 @@ impl Slots {
         slot(self.min, key)
     }
 
+    /// The versions of the slots, as the positions they hold.
+    fn in_slots(&self) -> impl Iterator<Item = (usize, Version)> + '_ {
+        let base = self.base;
+        (self.slots.iter().enumerate())
+            .filter(|(_, s)| s.holds_version())
+            .filter_map(move |(at, s)| Some((at, base?.version(*s))))
+    }
+
+    /// Takes out the versions of the `replaced` surrogate keys.
+    fn remove(&mut self, replaced: &SurrogateKeys) {
+        let gone: Vec<usize> = (self.in_slots())
+            .filter(|(_, v)| replaced.contains(&v.sk))
+            .map(|(at, _)| at)
+            .collect();
+        for at in gone {
+            self.slots[at] = EMPTY;
+        }
+        self.pending.retain(|a| !replaced.contains(&a.version.sk));
+    }
+
     /// Every version placed, as they would be listed.
     fn listed(self) -> Vec<Arrived> {
-        let mut listed: Vec<Arrived> = (self.slots.iter().enumerate())
-            .filter(|(_, s)| s.from != SEVERAL)
-            .map(|(at, s)| Arrived {
+        let mut listed: Vec<Arrived> = (self.in_slots())
+            .map(|(at, version)| Arrived {
                 key: self.min + at as i64,
-                version: Version {
-                    from: s.from,
-                    to: i64::MAX,
-                    sk: s.sk,
-                },
+                version,
                 row: self.rows.as_ref().map_or(0, |rows| rows[at]),
             })
             .collect();
@@ -574,44 +665,73 @@ impl Slots {
     }
 
     /// The slots, the several versions of keys that have them, and with carried columns the
-    /// row of each position (see [`Keys::Dense`]).
+    /// row of each position (see [`Keys::Dense`]). `several` is made in the place of the
+    /// pending versions (a version is smaller than its arrival), not beside them.
     fn finish(mut self) -> (Keys, UInt32Array) {
         self.pending.sort_unstable_by_key(Arrived::order);
-        let pending = |s: &&mut Slot| s.from == SEVERAL && s.sk == PENDING.sk;
-        for s in self.slots.iter_mut().filter(pending) {
+        for s in self.slots.iter_mut().filter(|s| **s == PENDING) {
             *s = EMPTY;
         }
-        let mut several = Vec::new();
-        let mut several_rows = Vec::new();
+        // Which pending versions stay pending: all but a key's only one, when it fits a slot.
+        let mut to_slot = vec![false; self.pending.len()];
+        let mut runs = Vec::new();
+        let mut start = 0;
+        let mut next = 0;
         for run in self.pending.chunk_by(|a, b| a.key == b.key) {
             let at = (run[0].key - self.min) as usize;
-            match run {
-                [one] if one.version.to == i64::MAX => {
-                    self.slots[at] = Slot {
-                        from: one.version.from,
-                        sk: one.version.sk,
-                    };
+            let packed = match run {
+                [one] => self
+                    .base
+                    .get_or_insert_with(|| Base::new(&one.version, self.unit))
+                    .pack(&one.version),
+                _ => None,
+            };
+            match packed {
+                Some(packed) => {
+                    self.slots[at] = packed;
                     if let Some(rows) = self.rows.as_mut() {
-                        rows[at] = one.row;
+                        rows[at] = run[0].row;
                     }
+                    to_slot[next] = true;
                 }
-                _ => {
-                    self.slots[at] = marker(several.len(), run.len());
-                    several.extend(run.iter().map(|a| a.version));
-                    several_rows.extend(run.iter().map(|a| a.row));
+                None => {
+                    self.slots[at] = Slot::marker(runs.len());
+                    runs.push(start as u32);
+                    start += run.len();
                 }
             }
+            next += run.len();
         }
+        runs.push(start as u32);
+        let several_rows: Vec<u32> = match self.rows {
+            Some(_) => (self.pending.iter().zip(&to_slot))
+                .filter(|(_, slotted)| !**slotted)
+                .map(|(a, _)| a.row)
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut slotted = to_slot.into_iter();
+        let mut several: Vec<Version> = (self.pending.into_iter())
+            .filter(|_| !slotted.next().unwrap_or(false))
+            .map(|a| a.version)
+            .collect();
+        several.shrink_to_fit();
         let rows = match self.rows {
             Some(rows) => (self.slots.iter().zip(rows))
-                .map(|(s, row)| (s.from != SEVERAL).then_some(row))
+                .map(|(s, row)| s.holds_version().then_some(row))
                 .chain(several_rows.into_iter().map(Some))
                 .collect(),
             None => UInt32Array::from(Vec::<u32>::new()),
         };
         let keys = Keys::Dense {
             min: self.min,
+            base: self.base.unwrap_or(Base {
+                from: 0,
+                unit: self.unit,
+                sk: 0,
+            }),
             slots: self.slots,
+            runs,
             several,
         };
         (keys, rows)
@@ -635,6 +755,8 @@ pub(super) struct Indexer {
     key: String,
     sk: String,
     periods: bool,
+    /// The unit of starts (see [`start_unit`]).
+    unit: i64,
     with_rows: bool,
     /// The rows added so far (matchable or not: they number the rows).
     read: usize,
@@ -672,6 +794,7 @@ impl Indexer {
             key: shape.key.to_string(),
             sk: shape.sk.to_string(),
             periods: shape.period.is_some(),
+            unit: start_unit(shape.period),
             with_rows: !shape.carried.is_empty(),
             read: 0,
             collected: Collected::Listed(Vec::new()),
@@ -682,21 +805,17 @@ impl Indexer {
     /// Expects the keys of `span` (before any row is added).
     fn sized(mut self, span: Option<Span>) -> Self {
         if let Some((span, len)) = span.and_then(|s| Some((s, s.slots()?))) {
-            self.collected = Collected::Slots(Slots::sized(span, len, self.with_rows));
+            self.collected = Collected::Slots(Slots::sized(span, len, self.with_rows, self.unit));
         }
         self
     }
 
-    /// The span of the keys of `batches` that a fact can match; `None` without any, or when
-    /// one starts at `SEVERAL` (which marks a slot).
+    /// The span of the keys of `batches` that a fact can match; `None` without any.
     fn span_of<'b>(&self, batches: impl Iterator<Item = &'b RecordBatch>) -> Result<Option<Span>> {
         let (mut min, mut max, mut rows) = (i64::MAX, i64::MIN, 0usize);
         for batch in batches {
             let part = self.part(batch)?;
-            for (i, k) in part.matchable() {
-                if part.version(i).from == SEVERAL {
-                    return Ok(None);
-                }
+            for (_, k) in part.matchable() {
                 (min, max, rows) = (min.min(k), max.max(k), rows + 1);
             }
         }
@@ -757,14 +876,7 @@ impl Indexer {
     /// stand in for them).
     pub(super) fn remove(&mut self, replaced: &SurrogateKeys) {
         match &mut self.collected {
-            Collected::Slots(slots) => {
-                for s in slots.slots.iter_mut() {
-                    if s.from != SEVERAL && replaced.contains(&s.sk) {
-                        *s = EMPTY;
-                    }
-                }
-                slots.pending.retain(|a| !replaced.contains(&a.version.sk));
-            }
+            Collected::Slots(slots) => slots.remove(replaced),
             Collected::Listed(listed) => listed.retain(|a| !replaced.contains(&a.version.sk)),
         }
     }
@@ -791,9 +903,8 @@ impl Indexer {
                 return (keys, rows);
             }
         };
-        let several = listed.iter().any(|a| a.version.from == SEVERAL);
-        if let Some(len) = span.slots().filter(|_| !several) {
-            let mut slots = Slots::sized(span, len, self.with_rows);
+        if let Some(len) = span.slots() {
+            let mut slots = Slots::sized(span, len, self.with_rows, self.unit);
             slots.slots.fill(PENDING);
             slots.pending = listed;
             return slots.finish();
@@ -1064,20 +1175,26 @@ mod tests {
         match keys {
             Keys::Dense {
                 min,
+                base,
                 slots,
+                runs,
                 several,
             } => {
-                for (at, slot) in slots.iter().enumerate() {
+                for (at, &slot) in slots.iter().enumerate() {
                     let key = min + at as i64;
-                    match slot.several() {
-                        None => placed.push((key, slot.from, slot.sk, rows.value(at))),
-                        Some(range) => {
-                            assert!(rows.is_null(at), "a slot without a version has no row");
-                            for j in range {
-                                let row = rows.value(slots.len() + j);
-                                placed.push((key, several[j].from, several[j].sk, row));
-                            }
-                        }
+                    if slot.holds_version() {
+                        let v = base.version(slot);
+                        placed.push((key, v.from, v.sk, rows.value(at)));
+                        continue;
+                    }
+                    assert!(rows.is_null(at), "a slot without a version has no row");
+                    if slot == EMPTY {
+                        continue;
+                    }
+                    let run = slot.sk as usize;
+                    let (a, b) = (runs[run] as usize, runs[run + 1] as usize);
+                    for (j, v) in several.iter().enumerate().take(b).skip(a) {
+                        placed.push((key, v.from, v.sk, rows.value(slots.len() + j)));
                     }
                 }
             }
@@ -1176,11 +1293,8 @@ mod tests {
             };
             assert_eq!((min, slots.len()), (1000, 8000), "sized by {span:?}");
             for (at, s) in slots.iter().enumerate() {
-                assert!(
-                    s.sk != PENDING.sk || s.from != SEVERAL,
-                    "no slot left pending"
-                );
-                if s.from != SEVERAL {
+                assert!(*s != PENDING, "no slot left pending");
+                if s.holds_version() {
                     assert!(
                         to[rows.value(at) as usize].is_none(),
                         "a slot holds an open version"
@@ -1390,19 +1504,36 @@ mod tests {
         assert_eq!(name.null_count(), 3);
     }
 
-    /// A period starting at the slots' marker value keeps the sorted layout, and still matches.
+    /// Versions that do not fit a slot (a start at the earliest time, one within a second,
+    /// a surrogate key far from the others) wait in `several`, and still match.
     #[test]
-    fn a_version_starting_at_the_earliest_time_is_found() {
+    fn versions_that_do_not_fit_a_slot_are_found() {
+        let far = 1 << 40;
         let batch = dimension(&[
-            (1, Some(1), Some(SEVERAL), Some(10), "first"),
+            (1, Some(1), Some(i64::MIN), Some(10), "first"),
             (2, Some(1), Some(10), None, "second"),
             (3, Some(2), Some(0), None, "other"),
+            (4, Some(3), Some(1_500_000), None, "within a second"),
+            (far, Some(4), Some(0), None, "far"),
         ]);
         let pit = index(&batch, true, DataType::Int64).unwrap();
-        assert!(matches!(pit.keys, Keys::Sparse { .. }));
-        assert_eq!(pit.find(1, Some(SEVERAL)).map(|f| f.1), Some(1));
+        let Keys::Dense { ref slots, .. } = pit.keys else {
+            panic!("dense keys");
+        };
+        let held: Vec<bool> = slots.iter().map(Slot::holds_version).collect();
+        assert_eq!(held, [false, true, false, false]);
+        assert_eq!(pit.find(1, Some(i64::MIN)).map(|f| f.1), Some(1));
         assert_eq!(pit.find(1, Some(15)).map(|f| f.1), Some(2));
-        assert_eq!(pit.find(2, Some(SEVERAL)), None);
+        assert_eq!(pit.find(2, Some(i64::MIN)), None);
+        assert_eq!(pit.find(2, Some(0)).map(|f| f.1), Some(3));
+        assert_eq!(pit.find(3, Some(1_499_999)), None);
+        assert_eq!(pit.find(3, Some(1_500_000)).map(|f| f.1), Some(4));
+        assert_eq!(pit.find(4, Some(7)).map(|f| f.1), Some(far));
+        let position = |key| pit.find(key, Some(i64::MAX - 1)).map(|f| f.0 as u32);
+        let positions = UInt32Array::from(vec![position(4), position(3), position(2)]);
+        let names = take(&pit.carried[0], &positions, None).unwrap();
+        let names: Vec<&str> = names.as_string::<i32>().iter().flatten().collect();
+        assert_eq!(names, ["far", "within a second", "other"]);
     }
 
     #[test]
