@@ -144,6 +144,21 @@ pub async fn flow(
             ((g.name.clone(), Arc::new(tx)), (g.name.clone(), rx))
         })
         .unzip();
+    // What the facts' lookups carry from each dimension: all a dimension's staged versions
+    // need besides keys, surrogate keys and periods.
+    let mut carried: HashMap<&str, Vec<String>> = HashMap::new();
+    for l in tables
+        .iter()
+        .filter_map(|t| t.gold.as_ref())
+        .flat_map(|g| &g.lookups)
+    {
+        let columns = carried.entry(l.dimension.as_str()).or_default();
+        for c in &l.columns {
+            if !columns.contains(c) {
+                columns.push(c.clone());
+            }
+        }
+    }
     let chains = tables.iter().map(|table| {
         let mut waits = crate::stages::gold::Built::default();
         for l in table.gold.iter().flat_map(|g| &g.lookups) {
@@ -153,7 +168,8 @@ pub async fn flow(
         }
         let announce = table.gold.as_ref().and_then(|g| announcers.remove(&g.name));
         if let (Some(to), Some(g)) = (&announce, &table.gold) {
-            waits.announce(&g.name, to.clone());
+            let carries = carried.get(g.name.as_str()).cloned().unwrap_or_default();
+            waits.announce(&g.name, to.clone(), carries);
         }
         let (source, gates, gold) = (source.clone(), &gates, gold.clone());
         async move {

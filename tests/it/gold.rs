@@ -170,7 +170,8 @@ impl Lakehouse {
         let dim_tx = Arc::new(dim_tx);
         let (fact_tx, fact_rx) = watch::channel(Progress::Building);
         let mut dim_built = Built::default();
-        dim_built.announce("dim_user", dim_tx.clone());
+        // As if a fact carried `country`: the staged versions keep it, and no other attribute.
+        dim_built.announce("dim_user", dim_tx.clone(), vec!["country".to_string()]);
         let mut fact_built = Built::default();
         fact_built.expect("dim_user", fact_rx);
         let fact_version = self.version("fact_stream").await;
@@ -191,6 +192,15 @@ impl Lakehouse {
                 Progress::Staged(staged) => staged.clone(),
                 other => panic!("dim_user handed nothing over: {other:?}"),
             };
+            for batch in &staged.rows {
+                let schema = batch.schema();
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                assert_eq!(
+                    names,
+                    ["user_id", "user_sk", "valid_from", "valid_to", "country"],
+                    "what lookups read"
+                );
+            }
             fact_tx.send(Progress::Staged(staged.clone())).unwrap();
             dim_rx
                 .wait_for(|p| matches!(p, Progress::Done))

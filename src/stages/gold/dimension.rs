@@ -694,6 +694,13 @@ pub(super) async fn build(
         }),
         _ => None,
     };
+    // What the facts' lookups read of staged versions.
+    let mut staged_columns: Vec<&str> = columns.keys.iter().map(String::as_str).collect();
+    staged_columns.push(&columns.sk);
+    if columns.scd2 {
+        staged_columns.extend(["valid_from", "valid_to"]);
+    }
+    staged_columns.extend(built.carried(name).iter().map(String::as_str));
     for (i, range) in ranges.iter().enumerate() {
         let last = i + 1 == ranges.len();
         let mut views = vec![("silver", "silver_all"), ("changes", "changes_all")];
@@ -810,8 +817,12 @@ pub(super) async fn build(
                     name,
                 )?);
                 if let Some(staged) = staged.as_mut() {
+                    let read: Vec<usize> = (staged_columns.iter())
+                        .filter_map(|c| batch.schema().index_of(c).ok())
+                        .collect();
+                    let lookups_read = batch.project(&read).map_err(|e| Error::arrow(name, e))?;
                     staged.rows.push(
-                        arrow::compute::filter_record_batch(batch, &new)
+                        arrow::compute::filter_record_batch(&lookups_read, &new)
                             .map_err(|e| Error::arrow(name, e))?,
                     );
                     staged

@@ -333,6 +333,8 @@ impl Gold {
 pub struct Built {
     waits: HashMap<String, watch::Receiver<Progress>>,
     announcers: HashMap<String, Arc<watch::Sender<Progress>>>,
+    /// Per announcing dimension, the columns the facts' lookups carry from it.
+    carried: HashMap<String, Vec<String>>,
     /// Whether a fact may resolve against staged versions (false once that failed).
     refuse_staged: bool,
 }
@@ -359,7 +361,10 @@ pub struct Staged {
     pub base: u64,
     /// The silver version the dimension's commit records as consumed.
     pub consumed: i64,
-    /// The new and changed versions, with every column of the table.
+    /// The new and changed versions, with the columns the facts' lookups read (keys,
+    /// surrogate key, period, carried columns): with every column, the staged versions of
+    /// dim_user were 18 MB at the peak of an incremental run at scale 10, held until the
+    /// dimension's commit.
     pub rows: Vec<arrow::array::RecordBatch>,
     /// The surrogate keys whose stored rows the commit removes.
     pub replaced: rewrite::SurrogateKeys,
@@ -373,9 +378,16 @@ impl Built {
         self.waits.insert(name.to_string(), progress);
     }
 
-    /// The dimension `name` (built with this) tells the facts on `to` how far it has got.
-    pub fn announce(&mut self, name: &str, to: Arc<watch::Sender<Progress>>) {
+    /// The dimension `name` (built with this) tells the facts on `to` how far it has got;
+    /// their lookups carry `carried` from it.
+    pub fn announce(&mut self, name: &str, to: Arc<watch::Sender<Progress>>, carried: Vec<String>) {
         self.announcers.insert(name.to_string(), to);
+        self.carried.insert(name.to_string(), carried);
+    }
+
+    /// The columns the facts' lookups carry from the dimension `name`.
+    fn carried(&self, name: &str) -> &[String] {
+        self.carried.get(name).map_or(&[], Vec::as_slice)
     }
 
     /// Whether a fact waits for the dimension `name`'s staged versions.
