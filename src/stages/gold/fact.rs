@@ -1081,7 +1081,7 @@ type Rows = (arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>);
 /// A dimension's rows for a lookup: indexed as they were read (see `lookup::Indexer`), or
 /// held (for the join, or an index that carries columns).
 enum Read {
-    Indexed(arrow::datatypes::SchemaRef, super::lookup::Indexer),
+    Indexed(arrow::datatypes::SchemaRef, Box<super::lookup::Indexer>),
     Rows(Rows),
 }
 
@@ -1127,7 +1127,7 @@ async fn lookup_rows(
             while let Some(batch) = stream.next().await {
                 indexer.add(&batch.map_err(fail)?)?;
             }
-            Read::Indexed(schema, indexer)
+            Read::Indexed(schema, Box::new(indexer))
         }
         None => Read::Rows((schema, df.collect().await.map_err(fail)?)),
     };
