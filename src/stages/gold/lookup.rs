@@ -134,22 +134,25 @@ type Runs = HashMap<i64, (u32, u32)>;
 
 /// The versions, as probes read them.
 enum Keys {
-    /// Keys that fill most of their range, each at `slots[k - min]`: its only version when
-    /// that is open (and fits a slot), or else a marker to its run of versions in `several`
-    /// (in `valid_from` order; run `r` is `several[runs[r]..runs[r + 1]]`). A version's
-    /// position is its slot, or the number of slots plus its place in `several`. `starts`
-    /// holds the slots' starts when they do not all fit 32 bits (see [`Slots::widen`]).
-    Dense {
-        min: i64,
-        base: Base,
-        slots: Vec<Slot>,
-        starts: Option<Vec<i64>>,
-        runs: Vec<u32>,
-        several: Vec<Version>,
-    },
+    /// Keys that fill most of their range (see [`Dense`]).
+    Dense(Dense),
     /// Other keys: each key's run of `versions`, in (key, `valid_from`) order, which is also
     /// the versions' positions.
     Sparse { runs: Runs, versions: Vec<Version> },
+}
+
+/// Keys that fill most of their range, each at `slots[k - min]`: its only version when that
+/// is open (and fits a slot), or else a marker to its run of versions in `several` (in
+/// `valid_from` order; run `r` is `several[runs[r]..runs[r + 1]]`). A version's position is
+/// its slot, or the number of slots plus its place in `several`. `starts` holds the slots'
+/// starts when they do not all fit 32 bits (see [`Slots::widen`]).
+struct Dense {
+    min: i64,
+    base: Base,
+    slots: Vec<Slot>,
+    starts: Option<Vec<i64>>,
+    runs: Vec<u32>,
+    several: Vec<Version>,
 }
 
 /// One dimension's versions, by key.
@@ -166,7 +169,7 @@ impl std::fmt::Debug for PointInTime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Positions: a dense index's slots (empty ones too) and its keys' several versions.
         let positions = match &self.keys {
-            Keys::Dense { slots, several, .. } => slots.len() + several.len(),
+            Keys::Dense(d) => d.slots.len() + d.several.len(),
             Keys::Sparse { versions, .. } => versions.len(),
         };
         f.debug_struct("PointInTime")
@@ -282,42 +285,26 @@ impl PointInTime {
 
     /// The version the key of slot `at` matches at `seq` in a dense index: its position and
     /// surrogate key.
-    fn find_dense(
-        &self,
-        (base, slots, starts, runs, several): Dense,
-        at: Option<usize>,
-        seq: Option<i64>,
-    ) -> Option<(usize, i64)> {
+    fn find_dense(&self, d: &Dense, at: Option<usize>, seq: Option<i64>) -> Option<(usize, i64)> {
         let at = at?;
-        let slot = *slots.get(at)?;
+        let slot = *d.slots.get(at)?;
         if slot.holds_version() {
             // Its one version, open: it holds every sequence value from its start on.
-            let version = base.version(slot, starts, at);
+            let version = d.base.version(slot, d.starts.as_deref(), at);
             let found = !self.periods || seq.is_some_and(|s| version.from <= s);
             return found.then_some((at, version.sk));
         }
         // EMPTY's run is past the last.
         let run = slot.sk as usize;
-        let (start, end) = (*runs.get(run)? as usize, *runs.get(run + 1)? as usize);
-        self.find_in(several.get(start..end)?, seq)
-            .map(|(j, sk)| (slots.len() + start + j, sk))
+        let (start, end) = (*d.runs.get(run)? as usize, *d.runs.get(run + 1)? as usize);
+        self.find_in(d.several.get(start..end)?, seq)
+            .map(|(j, sk)| (d.slots.len() + start + j, sk))
     }
 
     #[cfg(test)]
     fn find(&self, key: i64, seq: Option<i64>) -> Option<(usize, i64)> {
         match &self.keys {
-            Keys::Dense {
-                min,
-                base,
-                slots,
-                starts,
-                runs,
-                several,
-            } => self.find_dense(
-                (*base, slots, starts.as_deref(), runs, several),
-                slot(*min, key),
-                seq,
-            ),
+            Keys::Dense(d) => self.find_dense(d, slot(d.min, key), seq),
             Keys::Sparse { runs, versions } => {
                 let (a, b) = runs.get(&key).copied()?;
                 let (a, b) = (a as usize, b as usize);
@@ -368,33 +355,18 @@ impl PointInTime {
         let seq_at = |i: usize| seq.as_ref().and_then(|s| s.is_valid(i).then(|| s.value(i)));
         let keys = key.values();
         match &self.keys {
-            Keys::Dense {
-                min,
-                base,
-                slots,
-                starts,
-                runs,
-                several,
-            } => {
-                let starts = starts.as_deref();
-                let dense = (
-                    *base,
-                    slots.as_slice(),
-                    starts,
-                    runs.as_slice(),
-                    several.as_slice(),
-                );
-                let at = |k: i64| slot(*min, k).filter(|&s| s < slots.len());
+            Keys::Dense(d) => {
+                let at = |k: i64| slot(d.min, k).filter(|&s| s < d.slots.len());
                 Ok((0..keys.len())
                     .map(|i| {
                         if let Some(ahead) = keys.get(i + AHEAD).and_then(|&k| at(k)) {
-                            prefetch(&slots[ahead]);
-                            if let Some(start) = starts.and_then(|s| s.get(ahead)) {
+                            prefetch(&d.slots[ahead]);
+                            if let Some(start) = d.starts.as_ref().and_then(|s| s.get(ahead)) {
                                 prefetch(start);
                             }
                         }
                         let at = key.is_valid(i).then(|| at(keys[i])).flatten();
-                        matched(self.find_dense(dense, at, seq_at(i)))
+                        matched(self.find_dense(d, at, seq_at(i)))
                     })
                     .collect())
             }
@@ -423,16 +395,6 @@ impl PointInTime {
         }
     }
 }
-
-/// A dense index's parts, as a probe reads them: its base, slots, starts, runs and several
-/// versions.
-type Dense<'a> = (
-    Base,
-    &'a [Slot],
-    Option<&'a [i64]>,
-    &'a [u32],
-    &'a [Version],
-);
 
 /// A key's slot among dense slots starting at `min`, if it is not below them.
 fn slot(min: i64, key: i64) -> Option<usize> {
@@ -730,7 +692,7 @@ impl Slots {
     }
 
     /// The slots, the several versions of keys that have them, and with carried columns the
-    /// row of each position (see [`Keys::Dense`]). `several` is made in the place of the
+    /// row of each position (see [`Dense`]). `several` is made in the place of the
     /// pending versions (a version is smaller than its arrival), not beside them.
     fn finish(mut self) -> (Keys, UInt32Array) {
         let mut pending = std::mem::take(&mut self.pending);
@@ -786,7 +748,7 @@ impl Slots {
                 .collect(),
             None => UInt32Array::from(Vec::<u32>::new()),
         };
-        let keys = Keys::Dense {
+        let keys = Keys::Dense(Dense {
             min: self.min,
             base: self.base.unwrap_or(Base {
                 from: 0,
@@ -797,7 +759,7 @@ impl Slots {
             starts: self.starts,
             runs,
             several,
-        };
+        });
         (keys, rows)
     }
 }
@@ -1197,7 +1159,7 @@ mod tests {
         ];
         let batch = dimension(&rows);
         let pit = index(&batch, true, DataType::Int64).unwrap();
-        assert!(matches!(pit.keys, Keys::Dense { .. }));
+        assert!(matches!(pit.keys, Keys::Dense(_)));
         for key in [None, Some(0), Some(1), Some(2), Some(7), Some(9), Some(10)] {
             for seq in [
                 None,
@@ -1237,14 +1199,14 @@ mod tests {
     fn placed(keys: &Keys, rows: &UInt32Array) -> Vec<(i64, i64, i64, u32)> {
         let mut placed = Vec::new();
         match keys {
-            Keys::Dense {
+            Keys::Dense(Dense {
                 min,
                 base,
                 slots,
                 starts,
                 runs,
                 several,
-            } => {
+            }) => {
                 for (at, &slot) in slots.iter().enumerate() {
                     let key = min + at as i64;
                     if slot.holds_version() {
@@ -1353,12 +1315,12 @@ mod tests {
         };
         for span in [Some(span), Some(narrow), None] {
             let (keys, rows) = built(1, span);
-            let Keys::Dense {
+            let Keys::Dense(Dense {
                 min,
                 ref slots,
                 ref starts,
                 ..
-            } = keys
+            }) = keys
             else {
                 panic!("dense keys, sized by {span:?}");
             };
@@ -1438,7 +1400,7 @@ mod tests {
                 .collect();
             let batch = dimension(&rows);
             let pit = index(&batch, true, DataType::Int64).unwrap();
-            let dense = matches!(pit.keys, Keys::Dense { .. });
+            let dense = matches!(pit.keys, Keys::Dense(_));
             assert_eq!(dense, spread == 1, "spread {spread}");
             let probes: Vec<(Option<i64>, Option<i64>)> = (0..5_000)
                 .map(|_| {
@@ -1590,11 +1552,11 @@ mod tests {
             (far, Some(4), Some(0), None, "far"),
         ]);
         let pit = index(&batch, true, DataType::Int64).unwrap();
-        let Keys::Dense {
+        let Keys::Dense(Dense {
             ref slots,
             ref starts,
             ..
-        } = pit.keys
+        }) = pit.keys
         else {
             panic!("dense keys");
         };
