@@ -43,16 +43,17 @@ impl Version {
 /// A dense index's slot, 8 bytes: a key's only version when it is open, as offsets from the
 /// index's [`Base`] (its start, in whole units of the period's type, and its surrogate key),
 /// or, with `from` = `MARK`, a marker: run `sk` of the versions in `several` (`EMPTY`: the
-/// dimension does not hold the key). Eight slots share a cache line, and a million keys
-/// take 8 MB: with 16-byte slots (the values themselves), the two lookups of the fact at
-/// scale 10 held 32 MB, at the peak of an incremental run.
+/// dimension does not hold the key). Once the index keeps its starts beside the slots (see
+/// [`Slots::widen`]), a version's `from` is 0 and its start is there. Eight slots share a
+/// cache line, and a million keys take 8 MB: with 16-byte slots (the values themselves), the
+/// two lookups of the fact at scale 10 held 32 MB, at the peak of an incremental run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
     from: i32,
     sk: u32,
 }
 
-/// A slot's `from` when it does not hold a version (never an offset: see [`Base::pack`]).
+/// A slot's `from` when it does not hold a version (never an offset: see [`Base::start`]).
 const MARK: i32 = i32::MIN;
 
 impl Slot {
@@ -117,8 +118,9 @@ impl Base {
     }
 }
 
-/// The unit of a dense index's starts for a period of type `t`: whole seconds for times (the
-/// usual precision of a source's change timestamps), one for dates and numbers.
+/// The unit of a dense index's starts for a period of type `t`: whole seconds for times, one
+/// for dates and numbers. Change times finer than that (the demo source's are microseconds)
+/// widen the slots (see [`Slots::widen`]).
 fn start_unit(t: Option<&DataType>) -> i64 {
     use arrow::datatypes::TimeUnit;
     match t {
