@@ -58,7 +58,7 @@ fn default_max_file_mb() -> u64 {
 // peak with four tables at once, gold 0.46 GB; benches/RESULTS.md), so that the largest
 // table fits a 1.5 GB Consumption instance.
 fn default_max_file_rows() -> u64 {
-    200_000
+    300_000
 }
 fn default_chunk_rows() -> u64 {
     400_000

@@ -268,7 +268,7 @@ fn gold_written_in_small_chunks_equals_gold_written_at_once() {
             "dimension_chunk_keys = 125000",
             "dimension_chunk_keys = 300",
         )
-        .replace("max_file_rows = 200000", "max_file_rows = 1500");
+        .replace("max_file_rows = 300000", "max_file_rows = 1500");
     assert_ne!(chunked, tunelake::config::DEFAULT_PIPELINE);
     std::fs::write(d.join("chunked.toml"), chunked).unwrap();
     let run = |lake: &str, config: Option<&str>| {
