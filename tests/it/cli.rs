@@ -270,6 +270,18 @@ fn gold_written_in_small_chunks_equals_gold_written_at_once() {
         )
         .replace("max_file_rows = 300000", "max_file_rows = 1500");
     assert_ne!(chunked, tunelake::config::DEFAULT_PIPELINE);
+    // Each replacement must have found its default: one that misses runs unchunked.
+    for set in [
+        "batch_rows = 500",
+        "chunk_rows = 4000",
+        "dimension_chunk_keys = 300",
+        "max_file_rows = 1500",
+    ] {
+        let found = chunked
+            .lines()
+            .any(|l| l.split('#').next().map(str::trim) == Some(set));
+        assert!(found, "the default pipeline changed: {set}");
+    }
     std::fs::write(d.join("chunked.toml"), chunked).unwrap();
     let run = |lake: &str, config: Option<&str>| {
         let mut args = vec!["--source", "sqlite:src.db", "--lake", lake];
