@@ -1644,24 +1644,24 @@ fn finalize(
     drop_if_empty: &[String],
 ) -> std::result::Result<(SchemaRef, Rows), arrow::error::ArrowError> {
     let schema = rows.batches.first().map(|b| b.schema()).unwrap_or(schema);
-    // NULL in every kept row.
-    let empty = |b: &RecordBatch, keep: &Option<BooleanArray>, i: usize| {
-        let column = b.column(i);
-        match keep {
-            _ if column.null_count() == column.len() => Ok(true),
-            Some(keep) => Ok(and(&arrow::compute::is_not_null(column)?, keep)?.true_count() == 0),
-            None => Ok(false),
+    // Column `i` is NULL in every kept row.
+    let empty = |i: usize| -> std::result::Result<bool, arrow::error::ArrowError> {
+        for (b, keep) in rows.batches.iter().zip(&rows.keep) {
+            let column = b.column(i);
+            let some = match keep {
+                _ if column.null_count() == column.len() => false,
+                Some(keep) => and(&arrow::compute::is_not_null(column)?, keep)?.true_count() > 0,
+                None => true,
+            };
+            if some {
+                return Ok(false);
+            }
         }
+        Ok(true)
     };
     let mut columns = Vec::new();
     for i in 0..schema.fields().len() {
-        let dropped = drop_if_empty.contains(schema.field(i).name())
-            && (rows.batches.iter().zip(&rows.keep))
-                .map(|(b, keep)| empty(b, keep, i))
-                .collect::<std::result::Result<Vec<bool>, arrow::error::ArrowError>>()?
-                .into_iter()
-                .all(|e| e);
-        if !dropped {
+        if !(drop_if_empty.contains(schema.field(i).name()) && empty(i)?) {
             columns.push(i);
         }
     }

@@ -565,7 +565,7 @@ impl Slots {
         let from = match (self.starts.is_some(), base.start(v)) {
             (false, Some(from)) => from,
             _ => {
-                self.widen().get_mut(at).map(|start| *start = v.from)?;
+                *self.widen().get_mut(at)? = v.from;
                 0
             }
         };
