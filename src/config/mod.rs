@@ -57,8 +57,8 @@ fn default_max_file_mb() -> u64 {
 // The three bounds below keep a run's memory from growing with the data, well within 512 MB
 // so that the largest table fits a 1.5 GB Consumption instance: at scale 10 (10M streams) a
 // whole run peaks at 210-230 MB and an incremental one at ~180 MB (benches/RESULTS.md).
-// Smaller bronze files lower silver's share at a cost in time: 200k rows made the full run
-// 8-17% slower than 400k, 300k about 5%.
+// Smaller bronze files lower silver's share at a cost in time: against 400k rows, 300k made
+// the full run 3-5% slower, 200k 3.5-17% (benches/RESULTS.md).
 fn default_max_file_rows() -> u64 {
     300_000
 }
