@@ -120,6 +120,17 @@ pub enum Command {
         #[arg(long)]
         from: Option<String>,
     },
+    /// Full refresh of one table: reset its watermark, empty its silver and gold tables as
+    /// new Delta versions (time travel keeps the old rows until vacuum), and run it again.
+    /// Without --yes, says what would be discarded and changes nothing.
+    Refresh {
+        /// The source table, as the pipeline file names it.
+        #[arg(long = "table")]
+        table: String,
+        /// Do it: without this, only what would be discarded is printed.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Show watermarks and bronze files per table, and the latest runs.
     Status,
     /// Serve the Azure Functions custom handler (what host.json starts) on 127.0.0.1.
@@ -328,6 +339,7 @@ pub async fn run(cli: Cli) -> Result<bool> {
             }
             Ok(report_errors(&report))
         }
+        Command::Refresh { ref table, yes } => refresh(&cli, table, yes).await,
         Command::Status => status(&cli).await,
         Command::Package { ref out } => {
             let binary = std::env::current_exe().map_err(|e| Error::io("the running binary", e))?;
@@ -389,6 +401,54 @@ pub async fn run(cli: Cli) -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// `tunelake refresh`: what would go, and with `--yes` the refresh and a run of the tables.
+async fn refresh(cli: &Cli, table: &str, yes: bool) -> Result<bool> {
+    use crate::stages::refresh;
+    let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+    let spec = pipeline.select(&[table.to_string()])?.remove(0);
+    let lake = Lake::connect(&cli.lake).await?;
+    let plan = refresh::plan(&lake, &pipeline, &spec).await?;
+    out!(
+        "Refreshing {} {}: watermark {} reset, {} bronze file(s) moved to bronze/_refreshed/{}/",
+        plan.table,
+        if yes { "now" } else { "would discard" },
+        plan.watermark.as_deref().unwrap_or("(none)"),
+        plan.bronze_files,
+        plan.table
+    );
+    for e in &plan.emptied {
+        out!(
+            "  {:<22} {:>10} rows emptied{}",
+            e.table,
+            e.rows,
+            if e.history > 0 {
+                format!(
+                    ", {} of them closed SCD2 versions: history the source may no longer hold",
+                    e.history
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    out!("  then runs again: {}", plan.rerun.join(", "));
+    if !yes {
+        eprintln!("Nothing was changed. Run again with --yes to refresh.");
+        return Ok(false);
+    }
+    let run_id = new_run_id();
+    let tables = refresh::reset(&lake, &pipeline, &spec, &run_id).await?;
+    let flow = runs::flow(&run_id, &cli.source, &lake, &pipeline, &tables).await?;
+    if !cli.quiet {
+        print_ingest(&flow.ingest);
+        print_silver(&flow.silver);
+        print_gold(&flow.gold);
+    }
+    Ok(report_errors(&flow.ingest)
+        & report_silver_errors(&flow.silver)
+        & report_gold_errors(&flow.gold))
 }
 
 fn report_gold_errors(report: &GoldReport) -> bool {

@@ -73,6 +73,11 @@ pub enum Error {
         expected: String,
     },
 
+    #[error(
+        "table {table}: the source reader stopped before the end of the window ({reason}); nothing past the watermark was committed"
+    )]
+    ReaderFailed { table: String, reason: String },
+
     #[error("table {table}: the source failed: {message}")]
     SourceQuery { table: String, message: String },
 
@@ -153,6 +158,16 @@ pub enum Error {
         table: String,
         dimension: String,
         reason: String,
+    },
+
+    #[error(
+        "table {table}: another {stage} of this table is running ({holder}); waited {waited} s for it"
+    )]
+    Busy {
+        table: String,
+        stage: String,
+        holder: String,
+        waited: u64,
     },
 
     #[error("a background task failed: {0}")]

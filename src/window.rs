@@ -182,11 +182,73 @@ impl Window {
     }
 }
 
+/// How far below the stored watermark an incremental window starts, for rows that commit
+/// late (`[[tables]] lookback`): a duration for timestamp columns (`90s`, `30m`, `2h`, `1d`),
+/// whole days for date columns, a count for integer columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookback {
+    /// Microseconds.
+    Duration(i64),
+    /// Units of an integer watermark.
+    Count(i64),
+}
+
+impl Lookback {
+    /// Reads `90s`, `30m`, `2h`, `1d` (or an integer, for integer watermarks).
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        let bad = || {
+            format!(
+                "{text:?} is not a lookback: use a duration such as \"90s\", \"30m\", \"2h\" or \"1d\", or an integer for an integer watermark"
+            )
+        };
+        if let Ok(n) = text.parse::<i64>() {
+            return (n >= 0).then_some(Lookback::Count(n)).ok_or_else(bad);
+        }
+        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (digits, unit) = text.split_at(split);
+        let n: i64 = digits.parse().map_err(|_| bad())?;
+        let unit_micros: i64 = match unit.trim() {
+            "s" => 1_000_000,
+            "m" => 60_000_000,
+            "h" => 3_600_000_000,
+            "d" => 86_400_000_000,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(unit_micros)
+            .map(Lookback::Duration)
+            .ok_or_else(bad)
+    }
+
+    /// The bound `self` below `bound`, or why this lookback does not fit that kind of column.
+    pub fn below(self, bound: Bound) -> std::result::Result<Bound, String> {
+        const DAY: i64 = 86_400_000_000;
+        match (self, bound) {
+            (Lookback::Duration(us), Bound::Timestamp(t)) => Ok(Bound::Timestamp(t.saturating_sub(us))),
+            (Lookback::Duration(us), Bound::Date(d)) if us % DAY == 0 => Ok(Bound::Date(
+                d.checked_sub_days(chrono::Days::new((us / DAY) as u64))
+                    .unwrap_or(NaiveDate::MIN),
+            )),
+            (Lookback::Duration(_), Bound::Date(_)) => {
+                Err("a date watermark takes a lookback in whole days (\"1d\", \"7d\")".into())
+            }
+            (Lookback::Count(n), Bound::Integer(v)) => Ok(Bound::Integer(v.saturating_sub(n))),
+            (Lookback::Count(0), b) => Ok(b),
+            (Lookback::Count(_), _) => Err(
+                "a date or timestamp watermark takes a lookback duration (\"2h\", \"1d\"), not a number".into(),
+            ),
+            (Lookback::Duration(_), Bound::Integer(_)) => {
+                Err("an integer watermark takes a lookback count, not a duration".into())
+            }
+        }
+    }
+}
+
 /// What an ingest of one table should do, decided from the stored watermark, the source's
-/// current maximum, and an optional backfill start.
+/// current maximum, a backfill start and the table's lookback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
-    /// The window to extract, or `None` when there is nothing new.
+    /// The window to extract, or `None` when there is nothing to read.
     pub window: Option<Window>,
     /// The watermark to store once the window is durably written; never below `stored`.
     pub next_watermark: Option<Bound>,
@@ -194,25 +256,41 @@ pub struct Plan {
 
 /// Plans one table's extract.
 ///
-/// * Incremental: `(stored, high]`, empty when `high <= stored`.
-/// * Backfill (`from`): `(from, high]`; the watermark becomes `max(stored, high)`, never lower.
+/// * Incremental: `(stored, high]`, nothing when `high <= stored`.
+/// * Lookback: the window starts at `stored - lookback` and is read on every run, even when
+///   nothing is past the watermark, so a row that committed late below it is still found.
+/// * Backfill (`from`): `(min(from, start), high]`, so a backfill never skips the rows between
+///   the watermark and `from`; the watermark becomes `max(stored, high)`, never lower.
 /// * Empty source table (`high = None`): nothing to do, watermark unchanged.
-pub fn plan(stored: Option<Bound>, high: Option<Bound>, from: Option<Bound>) -> Plan {
+pub fn plan(
+    stored: Option<Bound>,
+    high: Option<Bound>,
+    from: Option<Bound>,
+    lookback: Option<Bound>,
+) -> Plan {
     let Some(high) = high else {
         return Plan {
             window: None,
             next_watermark: stored,
         };
     };
-    let low = from.or(stored);
-    let window = match low {
-        Some(low) if high <= low => None,
-        _ => Some(Window { low, high }),
+    // `lookback` is the stored watermark moved down already; it is only known with one.
+    let start = lookback.filter(|_| stored.is_some()).or(stored);
+    // No stored watermark: the first extract reads everything, whatever `from` says.
+    let low = match (start, from) {
+        (Some(s), Some(f)) => Some(s.min(f)),
+        (s, _) => s,
     };
-    let next_watermark = match (stored, window) {
-        (Some(s), Some(_)) => Some(s.max(high)),
-        (None, Some(_)) => Some(high),
-        (s, None) => s,
+    let top = stored.map_or(high, |s| s.max(high));
+    let window = match low {
+        Some(low) if top <= low => None,
+        // Nothing past the watermark and nothing asked below it: no window.
+        _ if stored.is_some_and(|s| high <= s) && low == stored => None,
+        _ => Some(Window { low, high: top }),
+    };
+    let next_watermark = match window {
+        Some(_) => Some(top),
+        None => stored,
     };
     Plan {
         window,
@@ -231,7 +309,7 @@ mod tests {
 
     #[test]
     fn first_run_extracts_everything_up_to_high() {
-        let p = plan(None, Some(ts("2024-06-30T12:00:00")), None);
+        let p = plan(None, Some(ts("2024-06-30T12:00:00")), None, None);
         assert_eq!(
             p.window,
             Some(Window {
@@ -248,6 +326,7 @@ mod tests {
             Some(ts("2024-06-30T12:00:00")),
             Some(ts("2024-07-31T00:00:00")),
             None,
+            None,
         );
         assert_eq!(p.window.unwrap().low, Some(ts("2024-06-30T12:00:00")));
         assert_eq!(p.next_watermark, Some(ts("2024-07-31T00:00:00")));
@@ -256,12 +335,12 @@ mod tests {
     #[test]
     fn no_new_rows_means_no_window_and_an_unchanged_watermark() {
         let wm = ts("2024-06-30T12:00:00");
-        let p = plan(Some(wm), Some(wm), None);
+        let p = plan(Some(wm), Some(wm), None, None);
         assert_eq!(p.window, None);
         assert_eq!(p.next_watermark, Some(wm));
-        assert_eq!(plan(Some(wm), None, None).next_watermark, Some(wm));
+        assert_eq!(plan(Some(wm), None, None, None).next_watermark, Some(wm));
         assert_eq!(
-            plan(None, None, None),
+            plan(None, None, None, None),
             Plan {
                 window: None,
                 next_watermark: None
@@ -272,7 +351,7 @@ mod tests {
     #[test]
     fn a_source_behind_the_watermark_never_moves_it_backward() {
         let wm = ts("2024-06-30T12:00:00");
-        let p = plan(Some(wm), Some(ts("2024-01-01T00:00:00")), None);
+        let p = plan(Some(wm), Some(ts("2024-01-01T00:00:00")), None, None);
         assert_eq!(p.window, None);
         assert_eq!(p.next_watermark, Some(wm));
     }
@@ -281,7 +360,7 @@ mod tests {
     fn backfill_extracts_from_the_given_value_and_keeps_the_watermark() {
         let wm = ts("2024-06-30T12:00:00");
         let from = ts("2024-03-01");
-        let p = plan(Some(wm), Some(wm), Some(from));
+        let p = plan(Some(wm), Some(wm), Some(from), None);
         assert_eq!(
             p.window,
             Some(Window {
@@ -293,11 +372,125 @@ mod tests {
         // New rows arrived since: the backfill covers them, so the watermark may advance.
         let later = ts("2024-07-15T00:00:00");
         assert_eq!(
-            plan(Some(wm), Some(later), Some(from)).next_watermark,
+            plan(Some(wm), Some(later), Some(from), None).next_watermark,
             Some(later)
         );
         // A backfill start past the source's maximum extracts nothing.
-        assert_eq!(plan(Some(wm), Some(wm), Some(later)).window, None);
+        assert_eq!(plan(Some(wm), Some(wm), Some(later), None).window, None);
+    }
+
+    #[test]
+    fn a_backfill_starts_at_the_lower_of_its_start_and_the_watermark() {
+        let wm = ts("2025-06-30T23:58:55");
+        let high = ts("2025-07-30T00:00:00");
+        // Before the watermark: from there.
+        let before = plan(Some(wm), Some(high), Some(ts("2025-06-01")), None);
+        assert_eq!(before.window.unwrap().low, Some(ts("2025-06-01")));
+        assert_eq!(before.next_watermark, Some(high));
+        // Past the watermark (inside the new rows): from the watermark, or the rows between
+        // it and `from` would never be read.
+        let past = plan(Some(wm), Some(high), Some(ts("2025-07-15")), None);
+        assert_eq!(
+            past.window,
+            Some(Window {
+                low: Some(wm),
+                high
+            })
+        );
+        assert_eq!(past.next_watermark, Some(high));
+        // At the watermark: the same as an incremental run.
+        assert_eq!(
+            plan(Some(wm), Some(high), Some(wm), None),
+            plan(Some(wm), Some(high), None, None)
+        );
+        // Past the source's maximum with nothing new: nothing.
+        assert_eq!(plan(Some(wm), Some(wm), Some(high), None).window, None);
+        // A source that went back below the watermark: the backfill reads up to the
+        // watermark, which stays.
+        let shrunk = plan(
+            Some(wm),
+            Some(ts("2025-06-15")),
+            Some(ts("2025-06-01")),
+            None,
+        );
+        assert_eq!(shrunk.window.unwrap().high, wm);
+        assert_eq!(shrunk.next_watermark, Some(wm));
+        // Never extracted: everything, whatever the start.
+        let first = plan(None, Some(high), Some(ts("2025-07-15")), None);
+        assert_eq!(first.window, Some(Window { low: None, high }));
+    }
+
+    #[test]
+    fn a_lookback_rereads_below_the_watermark_on_every_run() {
+        let wm = ts("2025-06-30T12:00:00");
+        let lookback = Lookback::parse("2h").unwrap().below(wm).ok();
+        assert_eq!(lookback, Some(ts("2025-06-30T10:00:00")));
+        let high = ts("2025-07-01T00:00:00");
+        let p = plan(Some(wm), Some(high), None, lookback);
+        assert_eq!(
+            p.window,
+            Some(Window {
+                low: lookback,
+                high
+            })
+        );
+        assert_eq!(p.next_watermark, Some(high));
+        // Nothing new: the lookback window is still read (a late row may be in it), and the
+        // watermark stays.
+        let idle = plan(Some(wm), Some(wm), None, lookback);
+        assert_eq!(
+            idle.window,
+            Some(Window {
+                low: lookback,
+                high: wm
+            })
+        );
+        assert_eq!(idle.next_watermark, Some(wm));
+        // A first run has nothing to look back from.
+        assert_eq!(plan(None, Some(high), None, None).window.unwrap().low, None);
+        // A backfill below the lookback start wins.
+        let from = ts("2025-06-01");
+        assert_eq!(
+            plan(Some(wm), Some(high), Some(from), lookback)
+                .window
+                .unwrap()
+                .low,
+            Some(from)
+        );
+    }
+
+    #[test]
+    fn lookbacks_parse_as_durations_or_counts_and_fit_their_column() {
+        assert_eq!(Lookback::parse("90s"), Ok(Lookback::Duration(90_000_000)));
+        assert_eq!(
+            Lookback::parse("30m"),
+            Ok(Lookback::Duration(1_800_000_000))
+        );
+        assert_eq!(
+            Lookback::parse("1d"),
+            Ok(Lookback::Duration(86_400_000_000))
+        );
+        assert_eq!(Lookback::parse("100"), Ok(Lookback::Count(100)));
+        for bad in ["2 hours", "h", "-5", "1.5h", "2w", ""] {
+            assert!(Lookback::parse(bad).is_err(), "{bad}");
+        }
+        let day = Bound::Date(NaiveDate::from_ymd_opt(2025, 3, 1).unwrap());
+        assert_eq!(
+            Lookback::parse("2d").unwrap().below(day),
+            Ok(Bound::Date(NaiveDate::from_ymd_opt(2025, 2, 27).unwrap()))
+        );
+        assert!(Lookback::parse("2h").unwrap().below(day).is_err());
+        assert_eq!(
+            Lookback::Count(10).below(Bound::Integer(100)),
+            Ok(Bound::Integer(90))
+        );
+        assert!(Lookback::Count(10).below(ts("2025-01-01")).is_err());
+        assert!(
+            Lookback::parse("1h")
+                .unwrap()
+                .below(Bound::Integer(5))
+                .is_err()
+        );
     }
 
     #[test]

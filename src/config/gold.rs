@@ -40,6 +40,11 @@ pub struct GoldSpec {
     pub except_columns: Vec<String>,
     /// The surrogate key column (default: `<entity>_sk`, `dim_user` → `user_sk`).
     pub surrogate_key: Option<String>,
+    /// DLT's `apply_as_deletes`: a SQL condition over silver columns that makes a row a
+    /// delete of its key (e.g. `is_deleted = 1`). SCD2 ends the key's current version at the
+    /// row's sequence value, SCD1 and facts remove the key's row; a later change of the key
+    /// starts it again. Delete markers from `deletes = "detect"` are applied the same way.
+    pub apply_as_deletes: Option<String>,
     /// Facts: the dimensions whose surrogate keys each row carries, looked up in order.
     /// Dimensions: the dimensions whose current attributes (`columns`) each new version
     /// copies when it is written (a snowflake's outrigger, flattened).
@@ -141,6 +146,13 @@ pub(super) fn validate(
         if let Some(p) = ident::problem(name) {
             problem(location, p);
         }
+    }
+    if let Some(p) = g
+        .apply_as_deletes
+        .as_deref()
+        .and_then(super::expression_problem)
+    {
+        problem(format!("{at}.apply_as_deletes"), p);
     }
     match g.kind {
         GoldKind::Dimension => {

@@ -3,6 +3,7 @@
 
 pub mod gold;
 pub mod ident;
+pub mod ingest;
 pub mod templates;
 
 pub use gold::{GoldKind, GoldSpec, LookupSpec, ViewSpec};
@@ -43,6 +44,10 @@ pub struct Settings {
     /// its memory does not grow with the size of the dimension.
     #[serde(default = "default_dimension_chunk_keys")]
     pub dimension_chunk_keys: u64,
+    /// How long a run waits for another run of the same table and stage to finish (one
+    /// writer per table at a time) before it fails the table.
+    #[serde(default = "default_lease_wait_seconds")]
+    pub lease_wait_seconds: u64,
 }
 
 fn default_max_concurrency() -> usize {
@@ -68,6 +73,9 @@ fn default_chunk_rows() -> u64 {
 fn default_dimension_chunk_keys() -> u64 {
     125_000
 }
+fn default_lease_wait_seconds() -> u64 {
+    600
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -78,12 +86,13 @@ impl Default for Settings {
             max_file_rows: default_max_file_rows(),
             chunk_rows: default_chunk_rows(),
             dimension_chunk_keys: default_dimension_chunk_keys(),
+            lease_wait_seconds: default_lease_wait_seconds(),
         }
     }
 }
 
 /// One source table (`[[tables]]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
     /// The table's name in the source, e.g. `DimUser`; also its bronze folder.
@@ -99,6 +108,14 @@ pub struct TableSpec {
     /// `<name>/` folder, or `<name>.parquet|csv|json`).
     #[serde(default)]
     pub files: Vec<String>,
+    /// How far below the watermark each incremental window starts, for rows that commit
+    /// late (`"90s"`, `"30m"`, `"2h"`, `"1d"`; an integer for integer watermarks). Silver's
+    /// (key, watermark value) dedup makes the re-read rows free. Default: none.
+    pub lookback: Option<ingest::LookbackSetting>,
+    /// `"detect"`: find keys deleted in the source and write delete markers for them
+    /// (see [`ingest::Deletes`]). Default `"none"`.
+    #[serde(default)]
+    pub deletes: ingest::Deletes,
     /// How the table is cleaned into silver (`[tables.silver]`).
     #[serde(default)]
     pub silver: SilverSpec,
@@ -369,6 +386,7 @@ impl Pipeline {
                         }
                     }
                     validate_silver(&t, &at, &mut problem);
+                    ingest::validate(&t, &at, &mut problem);
                     for (f, file) in t.files.iter().enumerate() {
                         if file.is_empty() || file.split('/').any(|s| s == ".." || s.is_empty()) {
                             problem(

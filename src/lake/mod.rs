@@ -4,6 +4,7 @@
 pub mod areas;
 pub mod azurite;
 pub mod events;
+pub mod lease;
 pub mod watermark;
 pub mod writers;
 

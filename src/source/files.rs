@@ -716,59 +716,47 @@ impl Source for FilesSource {
         window: Window,
         batch_rows: usize,
     ) -> Result<BatchStream> {
-        let (tx, stream) = super::batch_channel();
         let this = self.clone();
+        let name = table.name.clone();
         let table = table.clone();
-        tokio::spawn(async move {
-            let sender = tx.clone();
+        Ok(super::spawn_reader(&name, move |sender| async move {
             let cdc = table.cdc_column.clone();
             let high = bound_ordinal(&window.high);
             let low = window.low.as_ref().map(bound_ordinal);
-            let files = match this.files(&table).await {
-                Ok(files) => files,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            let result = this
-                .scan(
-                    &table,
-                    files,
-                    batch_rows,
-                    Some((low, high)),
-                    move |file, batch| {
-                        let batch = batch_with_schema(file, batch, &schema)?;
-                        let values = batch
-                            .column_by_name(&cdc)
-                            .map(ordinal)
-                            .transpose()
-                            .map_err(|e| Error::arrow(format!("file {file}"), e))?
-                            .ok_or_else(|| Error::SourceQuery {
-                                table: file.to_string(),
-                                message: format!("no column {cdc}"),
-                            })?;
-                        let mut keep = lt_eq(&values, &Int64Array::new_scalar(high))
+            let files = this.files(&table).await?;
+            this.scan(
+                &table,
+                files,
+                batch_rows,
+                Some((low, high)),
+                move |file, batch| {
+                    let batch = batch_with_schema(file, batch, &schema)?;
+                    let values = batch
+                        .column_by_name(&cdc)
+                        .map(ordinal)
+                        .transpose()
+                        .map_err(|e| Error::arrow(format!("file {file}"), e))?
+                        .ok_or_else(|| Error::SourceQuery {
+                            table: file.to_string(),
+                            message: format!("no column {cdc}"),
+                        })?;
+                    let mut keep = lt_eq(&values, &Int64Array::new_scalar(high))
+                        .map_err(|e| Error::arrow(file, e))?;
+                    if let Some(low) = low {
+                        let above = gt(&values, &Int64Array::new_scalar(low))
                             .map_err(|e| Error::arrow(file, e))?;
-                        if let Some(low) = low {
-                            let above = gt(&values, &Int64Array::new_scalar(low))
-                                .map_err(|e| Error::arrow(file, e))?;
-                            keep = and(&keep, &above).map_err(|e| Error::arrow(file, e))?;
-                        }
-                        let kept = filter_record_batch(&batch, &keep)
-                            .map_err(|e| Error::arrow(file, e))?;
-                        if kept.num_rows() == 0 {
-                            return Ok(true);
-                        }
-                        Ok(sender.blocking_send(Ok(kept)).is_ok())
-                    },
-                )
-                .await;
-            if let Err(e) = result {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        Ok(stream)
+                        keep = and(&keep, &above).map_err(|e| Error::arrow(file, e))?;
+                    }
+                    let kept =
+                        filter_record_batch(&batch, &keep).map_err(|e| Error::arrow(file, e))?;
+                    if kept.num_rows() == 0 {
+                        return Ok(true);
+                    }
+                    Ok(sender.blocking_send(Ok(kept)).is_ok())
+                },
+            )
+            .await
+        }))
     }
 }
 

@@ -47,6 +47,24 @@ pub trait Source: Send + Sync {
         window: Window,
         batch_rows: usize,
     ) -> Result<BatchStream>;
+
+    /// Streams every key of the table (`schema`: the key columns), in ascending binary
+    /// order, for `deletes = "detect"`. Sources that cannot list keys say so.
+    async fn keys(
+        &self,
+        table: &TableSpec,
+        schema: SchemaRef,
+        batch_rows: usize,
+    ) -> Result<BatchStream> {
+        let _ = (schema, batch_rows);
+        Err(Error::SourceQuery {
+            table: table.name.clone(),
+            message: format!(
+                "deletes = \"detect\" needs a SQL source; {} cannot list a table's keys",
+                self.describe()
+            ),
+        })
+    }
 }
 
 /// Opens the source a URL names: `sqlite:PATH`, an ADO connection string
@@ -71,14 +89,71 @@ pub async fn open(url: &str) -> Result<Arc<dyn Source>> {
     })
 }
 
-/// A sender/stream pair: a blocking or async reader pushes batches, the writer pulls them.
-/// The bounded channel is the backpressure that keeps memory flat.
-pub fn batch_channel() -> (mpsc::Sender<Result<RecordBatch>>, BatchStream) {
+/// Where a reader sends its batches.
+pub type BatchSender = mpsc::Sender<Result<RecordBatch>>;
+
+/// Runs an async reader in its own task and streams what it sends. The bounded channel is
+/// the backpressure that keeps memory flat. The stream ends with the reader's own result, so
+/// a reader that fails or panics ends it with an error naming the table, never with what
+/// would look like the end of the window.
+pub fn spawn_reader<Fut>(table: &str, read: impl FnOnce(BatchSender) -> Fut) -> BatchStream
+where
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    ended_by_reader(table, rx, tokio::spawn(read(tx)))
+}
+
+/// [`spawn_reader`] for a reader that blocks (a SQLite cursor), on the blocking pool.
+pub fn spawn_blocking_reader(
+    table: &str,
+    read: impl FnOnce(&BatchSender) -> Result<()> + Send + 'static,
+) -> BatchStream {
+    let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+    ended_by_reader(table, rx, tokio::task::spawn_blocking(move || read(&tx)))
+}
+
+fn ended_by_reader(
+    table: &str,
+    rx: mpsc::Receiver<Result<RecordBatch>>,
+    reader: tokio::task::JoinHandle<Result<()>>,
+) -> BatchStream {
+    let table = table.to_string();
+    let stream = futures::stream::unfold(Some((rx, reader)), move |state| {
+        let table = table.clone();
+        async move {
+            let (mut rx, reader) = state?;
+            if let Some(item) = rx.recv().await {
+                return Some((item, Some((rx, reader))));
+            }
+            // The channel closed: only the reader's result says whether the window is whole.
+            match reader.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some((Err(e), None)),
+                Err(join) => Some((
+                    Err(Error::ReaderFailed {
+                        table,
+                        reason: if join.is_panic() {
+                            panic_message(join.into_panic())
+                        } else {
+                            join.to_string()
+                        },
+                    }),
+                    None,
+                )),
+            }
+        }
     });
-    (tx, Box::pin(stream))
+    Box::pin(stream)
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    format!("it panicked: {text}")
 }
 
 /// Checks that the table's watermark and key columns exist, and returns the watermark kind.
@@ -108,4 +183,67 @@ pub fn check_columns(table: &TableSpec, schema: &SchemaRef) -> Result<BoundKind>
         column: table.cdc_column.clone(),
         data_type: field.data_type().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int32Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use futures::StreamExt;
+
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int32, true)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![1, 2]))]).unwrap()
+    }
+
+    async fn outcomes(mut stream: BatchStream) -> Vec<std::result::Result<usize, String>> {
+        let mut out = Vec::new();
+        while let Some(item) = stream.next().await {
+            out.push(item.map(|b| b.num_rows()).map_err(|e| e.to_string()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_panics_ends_the_stream_with_an_error_naming_the_table() {
+        let stream = spawn_blocking_reader("FactStream", |tx| {
+            tx.blocking_send(Ok(batch())).ok();
+            panic!("injected");
+        });
+        let out = outcomes(stream).await;
+        assert_eq!(out[0], Ok(2));
+        let err = out[1].as_ref().unwrap_err();
+        assert!(
+            err.contains("FactStream") && err.contains("injected"),
+            "{err}"
+        );
+        assert_eq!(out.len(), 2);
+
+        let stream = spawn_reader("DimUser", |tx| async move {
+            tx.send(Ok(batch())).await.ok();
+            panic!("async injected");
+        });
+        let out = outcomes(stream).await;
+        assert!(out[1].as_ref().unwrap_err().contains("DimUser"), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn a_reader_error_is_the_last_item_and_a_clean_end_is_an_end() {
+        let stream = spawn_blocking_reader("T", |tx| {
+            tx.blocking_send(Ok(batch())).ok();
+            Err(Error::SourceQuery {
+                table: "T".into(),
+                message: "connection reset".into(),
+            })
+        });
+        let out = outcomes(stream).await;
+        assert_eq!(out.len(), 2);
+        assert!(out[1].as_ref().unwrap_err().contains("connection reset"));
+        let stream = spawn_blocking_reader("T", |tx| {
+            tx.blocking_send(Ok(batch())).ok();
+            Ok(())
+        });
+        assert_eq!(outcomes(stream).await, vec![Ok(2)]);
+    }
 }

@@ -365,71 +365,130 @@ impl Source for MssqlSource {
         window: Window,
         batch_rows: usize,
     ) -> Result<BatchStream> {
-        let mut client = self.client().await?;
-        let (tx, stream) = super::batch_channel();
+        let client = self.client().await?;
+        let name = table.name.clone();
         let table = table.clone();
-        tokio::spawn(async move {
-            let result = async {
-                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                let sql = extract_sql(&table, &names, window.low.is_some());
-                let mut query = tiberius::Query::new(sql);
-                bind(&mut query, &window.high);
-                if let Some(low) = &window.low {
-                    bind(&mut query, low);
-                }
-                let mut rows = query
-                    .query(&mut client)
-                    .await
-                    .map_err(|e| query_error(&table, e))?
-                    .into_row_stream();
-                let key_idx: Vec<usize> = table
-                    .keys
-                    .iter()
-                    .filter_map(|k| schema.index_of(k).ok())
-                    .collect();
-                let mut batch = BatchBuilder::new(&table.name, schema.clone(), batch_rows)?;
-                let mut row_number = 0u64;
-                while let Some(row) = rows.try_next().await.map_err(|e| query_error(&table, e))? {
-                    row_number += 1;
-                    let cells: Vec<ColumnData<'static>> = row.into_iter().collect();
-                    for (i, (builder, value)) in batch.columns.iter_mut().zip(&cells).enumerate() {
-                        if let Err(expected) = append(builder, value) {
-                            let key = key_idx
-                                .iter()
-                                .map(|&k| format!("{}={}", schema.field(k).name(), show(&cells[k])))
-                                .collect::<Vec<_>>()
-                                .join(", ");
-                            return Err(Error::ValueDoesNotFit {
-                                table: table.name.clone(),
-                                column: schema.field(i).name().clone(),
-                                row: format!(
-                                    "{row_number} of window {} ({key})",
-                                    window.file_stem(&table.name)
-                                ),
-                                value: show(value),
-                                expected: expected.to_string(),
-                            });
-                        }
-                    }
-                    batch.end_row();
-                    if batch.rows() >= batch_rows
-                        && tx.send(Ok(batch.finish(&table.name)?)).await.is_err()
-                    {
-                        return Ok(());
-                    }
-                }
-                if batch.rows() > 0 {
-                    let _ = tx.send(Ok(batch.finish(&table.name)?)).await;
-                }
-                Ok(())
+        Ok(super::spawn_reader(&name, move |tx| async move {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            let sql = extract_sql(&table, &names, window.low.is_some());
+            let mut query = tiberius::Query::new(sql);
+            bind(&mut query, &window.high);
+            if let Some(low) = &window.low {
+                bind(&mut query, low);
             }
-            .await;
-            if let Err(e) = result {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        Ok(stream)
+            let label = format!("window {}", window.file_stem(&table.name));
+            read_rows(client, query, &table, schema, &label, batch_rows, tx).await
+        }))
     }
+
+    async fn keys(
+        &self,
+        table: &TableSpec,
+        schema: SchemaRef,
+        batch_rows: usize,
+    ) -> Result<BatchStream> {
+        let client = self.client().await?;
+        let name = table.name.clone();
+        let table = table.clone();
+        Ok(super::spawn_reader(&name, move |tx| async move {
+            let query = tiberius::Query::new(keys_sql(&table, &schema));
+            read_rows(
+                client,
+                query,
+                &table,
+                schema,
+                "the key list",
+                batch_rows,
+                tx,
+            )
+            .await
+        }))
+    }
+}
+
+/// The keys query of `deletes = "detect"`: every key in ascending binary order, text keys
+/// compared by code point (`Latin1_General_BIN2`) whatever the column's collation, as the
+/// lake's key snapshot is ordered.
+pub fn keys_sql(table: &TableSpec, schema: &SchemaRef) -> String {
+    let keys = table
+        .keys
+        .iter()
+        .map(|k| quote_tsql(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let order = table
+        .keys
+        .iter()
+        .map(|k| {
+            let text = schema
+                .field_with_name(k)
+                .is_ok_and(|f| f.data_type() == &DataType::Utf8);
+            if text {
+                format!("{} COLLATE Latin1_General_BIN2", quote_tsql(k))
+            } else {
+                quote_tsql(k)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {keys} FROM {}.{} ORDER BY {order}",
+        quote_tsql(&table.schema),
+        quote_tsql(&table.name)
+    )
+}
+
+/// Streams the rows of one query as batches of `schema`, every value checked against its
+/// column's type; `label` says in errors which rows these are.
+async fn read_rows(
+    mut client: Connection,
+    query: tiberius::Query<'_>,
+    table: &TableSpec,
+    schema: SchemaRef,
+    label: &str,
+    batch_rows: usize,
+    tx: super::BatchSender,
+) -> Result<()> {
+    let mut rows = query
+        .query(&mut client)
+        .await
+        .map_err(|e| query_error(table, e))?
+        .into_row_stream();
+    let key_idx: Vec<usize> = table
+        .keys
+        .iter()
+        .filter_map(|k| schema.index_of(k).ok())
+        .collect();
+    let mut batch = BatchBuilder::new(&table.name, schema.clone(), batch_rows)?;
+    let mut row_number = 0u64;
+    while let Some(row) = rows.try_next().await.map_err(|e| query_error(table, e))? {
+        row_number += 1;
+        let cells: Vec<ColumnData<'static>> = row.into_iter().collect();
+        for (i, (builder, value)) in batch.columns.iter_mut().zip(&cells).enumerate() {
+            if let Err(expected) = append(builder, value) {
+                let key = key_idx
+                    .iter()
+                    .map(|&k| format!("{}={}", schema.field(k).name(), show(&cells[k])))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Error::ValueDoesNotFit {
+                    table: table.name.clone(),
+                    column: schema.field(i).name().clone(),
+                    row: format!("{row_number} of {label} ({key})"),
+                    value: show(value),
+                    expected: expected.to_string(),
+                });
+            }
+        }
+        batch.end_row();
+        if batch.rows() >= batch_rows && tx.send(Ok(batch.finish(&table.name)?)).await.is_err() {
+            return Ok(());
+        }
+    }
+    if batch.rows() > 0 {
+        let _ = tx.send(Ok(batch.finish(&table.name)?)).await;
+    }
+    Ok(())
 }
 
 fn bind(query: &mut tiberius::Query<'_>, bound: &Bound) {
@@ -545,6 +604,7 @@ mod tests {
             files: vec![],
             silver: Default::default(),
             gold: None,
+            ..Default::default()
         }
     }
 

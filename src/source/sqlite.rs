@@ -102,15 +102,34 @@ impl Source for SqliteSource {
         batch_rows: usize,
     ) -> Result<BatchStream> {
         let conn = self.connect()?;
-        let (tx, stream) = super::batch_channel();
+        let name = table.name.clone();
         let table = table.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = extract_blocking(&conn, &table, schema, window, batch_rows, &tx) {
-                // The receiver may be gone (the writer failed first); nothing more to tell then.
-                let _ = tx.blocking_send(Err(e));
-            }
-        });
-        Ok(stream)
+        Ok(super::spawn_blocking_reader(&name, move |tx| {
+            extract_blocking(&conn, &table, schema, window, batch_rows, tx)
+        }))
+    }
+
+    async fn keys(
+        &self,
+        table: &TableSpec,
+        schema: SchemaRef,
+        batch_rows: usize,
+    ) -> Result<BatchStream> {
+        let conn = self.connect()?;
+        let name = table.name.clone();
+        let table = table.clone();
+        Ok(super::spawn_blocking_reader(&name, move |tx| {
+            let sql = keys_sql(&table);
+            read_rows(
+                &conn,
+                &table,
+                schema,
+                (&sql, Vec::new()),
+                "the key list",
+                batch_rows,
+                tx,
+            )
+        }))
     }
 }
 
@@ -377,16 +396,38 @@ fn extract_blocking(
         sql.push_str(&format!(" AND {cdc} > ?2"));
         params.push(bound_param(low));
     }
-    let context = || {
-        format!(
-            "table {}: extracting {}",
-            table.name,
-            window.file_stem(&table.name)
-        )
-    };
-    let mut stmt = conn
-        .prepare(&sql)
-        .map_err(|e| Error::sqlite(context(), e))?;
+    let label = format!("window {}", window.file_stem(&table.name));
+    read_rows(conn, table, schema, (&sql, params), &label, batch_rows, tx)
+}
+
+/// The keys query of `deletes = "detect"`: every key, in ascending binary order (SQLite's
+/// default collation compares text bytewise, and integers by value).
+pub fn keys_sql(table: &TableSpec) -> String {
+    let keys = table
+        .keys
+        .iter()
+        .map(|k| quote_ansi(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {keys} FROM {} ORDER BY {keys}",
+        quote_ansi(&table.name)
+    )
+}
+
+/// Streams the rows of one query as batches of `schema`, every value checked against its
+/// column's type; `label` says in errors which rows these are (`window T_..._...`).
+fn read_rows(
+    conn: &Connection,
+    table: &TableSpec,
+    schema: SchemaRef,
+    (sql, params): (&str, Vec<rusqlite::types::Value>),
+    label: &str,
+    batch_rows: usize,
+    tx: &tokio::sync::mpsc::Sender<Result<arrow::record_batch::RecordBatch>>,
+) -> Result<()> {
+    let context = || format!("table {}: reading {label}", table.name);
+    let mut stmt = conn.prepare(sql).map_err(|e| Error::sqlite(context(), e))?;
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params))
         .map_err(|e| Error::sqlite(context(), e))?;
@@ -416,10 +457,7 @@ fn extract_blocking(
                 return Err(Error::ValueDoesNotFit {
                     table: table.name.clone(),
                     column: schema.field(i).name().clone(),
-                    row: format!(
-                        "{row_number} of window {} ({key})",
-                        window.file_stem(&table.name)
-                    ),
+                    row: format!("{row_number} of {label} ({key})"),
                     value: show(value),
                     expected: expected.to_string(),
                 });

@@ -3,6 +3,7 @@
 
 pub mod gold;
 pub mod ingest;
+pub mod refresh;
 pub mod silver;
 
 /// A run id: UTC start time plus a random suffix, sortable and unique enough per lake.

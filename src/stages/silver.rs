@@ -54,6 +54,9 @@ pub const SOURCE_FILE: &str = "_source_file";
 pub const INGESTED_AT: &str = "_ingested_at";
 /// Values that did not fit their column's type, as a JSON object per row.
 pub const RESCUED: &str = "_rescued_data";
+/// What a row is in the source's change log: `delete` on the markers ingest writes for keys
+/// that vanished from the source (`deletes = "detect"`), NULL where not known.
+pub const CHANGE_TYPE: &str = "_change_type";
 /// Names of the broken rules, on quarantined rows.
 pub const FAILED_RULES: &str = "_failed_rules";
 /// Tries per file when another writer commits to the same table first.
@@ -989,8 +992,13 @@ fn transform(
         df = df.drop_columns(&names)?;
     }
     let rules = table.expectations();
+    // A delete marker carries its key alone: only the key rule speaks of it.
+    let markers = df.schema().has_column_with_unqualified_name(CHANGE_TYPE);
     for (i, rule) in rules.iter().enumerate() {
-        let expr = ctx.parse_sql_expr(&rule.rule, df.schema())?;
+        let mut expr = ctx.parse_sql_expr(&rule.rule, df.schema())?;
+        if markers && rule.name != "keys_not_null" {
+            expr = expr.or(column(CHANGE_TYPE).eq(lit("delete")));
+        }
         df = df.with_column(&format!("__expect_{i}"), expr)?;
     }
     Ok(df)

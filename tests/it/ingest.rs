@@ -275,6 +275,7 @@ fn spec(name: &str, cdc: &str, key: &str) -> TableSpec {
         files: vec![],
         silver: Default::default(),
         gold: None,
+        ..Default::default()
     }
 }
 

@@ -12,6 +12,7 @@ mod gold;
 mod infra;
 mod ingest;
 mod mssql;
+mod operations;
 mod query;
 mod report;
 mod silver;

@@ -48,6 +48,7 @@ async fn ingest_from_sql_server_when_a_connection_string_is_given() {
         files: vec![],
         silver: Default::default(),
         gold: None,
+        ..Default::default()
     };
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
     let report = Ingest::new(source.clone(), lake.clone(), Settings::default(), "it")

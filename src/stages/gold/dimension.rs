@@ -60,6 +60,9 @@ pub(super) struct DimColumns {
     /// Columns copied from other dimensions (`lookups`, see `outrigger`).
     pub copied: Vec<String>,
     pub scd2: bool,
+    /// The SQL condition over silver columns that makes a row a delete (see
+    /// [`super::delete_condition`]), if any row can be one.
+    pub delete: Option<String>,
 }
 
 impl DimColumns {
@@ -126,6 +129,7 @@ impl DimColumns {
             tiebreak,
             copied,
             scd2,
+            delete: super::deletes::condition(table, silver),
         })
     }
 
@@ -169,6 +173,15 @@ pub(super) fn history_sql(c: &DimColumns, whole: bool, tiebreak: bool) -> String
         .map(|t| format!(", s.{}", q(t)))
         .collect();
     let attrs: String = c.attrs.iter().map(|a| format!(", s.{}", q(a))).collect();
+    // Deletes are flagged over the silver row alone, before the join could make a column
+    // of the condition ambiguous.
+    let (silver, deletes) = match &c.delete {
+        Some(condition) => (
+            format!("(SELECT *, COALESCE(({condition}), false) AS __delete FROM silver)"),
+            ", s.__delete",
+        ),
+        None => ("silver".to_string(), ""),
+    };
     // When every silver row is a change (nothing consumed yet), the join with the changed
     // keys only drops NULL keys: a filter does that without hashing every key twice.
     let source = if whole {
@@ -177,17 +190,17 @@ pub(super) fn history_sql(c: &DimColumns, whole: bool, tiebreak: bool) -> String
             .iter()
             .map(|k| format!(" AND s.{} IS NOT NULL", q(k)))
             .collect();
-        format!("silver AS s WHERE s.{s} IS NOT NULL{not_null}")
+        format!("{silver} AS s WHERE s.{s} IS NOT NULL{not_null}")
     } else {
         format!(
-            "silver AS s JOIN (SELECT DISTINCT {k} FROM changes) AS c ON {on} \
+            "{silver} AS s JOIN (SELECT DISTINCT {k} FROM changes) AS c ON {on} \
              WHERE s.{s} IS NOT NULL",
             k = list("", &c.keys),
             on = join_on("s", "c", &c.keys),
         )
     };
     format!(
-        "SELECT {sk}, s.{s} AS __seq{attrs}{tiebreak} FROM {source}",
+        "SELECT {sk}, s.{s} AS __seq{attrs}{deletes}{tiebreak} FROM {source}",
         sk = list("s.", &c.keys),
     )
 }
@@ -260,7 +273,10 @@ fn history_column(
 /// in one pass: for SCD2, every row
 /// whose tracked values differ from the row before it of the same key starts a version that
 /// ends where the next one starts; for SCD1, the latest row of each key. Rows repeating a
-/// (key, sequence value) count once, the first (preferred) one. Returns the table `n`: keys,
+/// (key, sequence value) count once, the first (preferred) one. A delete (`__delete`, DLT's
+/// `apply_as_deletes`) ends the key's open SCD2 version at its sequence value and starts
+/// none, so the next change of the key opens a new version whatever its values; for SCD1 a
+/// key whose latest row is a delete has no row. Returns the table `n`: keys,
 /// attributes and, for SCD2, `valid_from` and `valid_to`, in key and sequence order; and
 /// whether some (key, sequence value) repeats (then which row comes first matters).
 pub(super) fn versions(
@@ -294,6 +310,15 @@ pub(super) fn versions(
     // No tracked column: all rows of a key are equal, so only its first change makes a
     // version.
     let differs = |p: u32, i: u32| !equal(&tracked, p, i);
+    let deletes = match history.column_by_name("__delete") {
+        Some(d) => Some(
+            d.as_boolean_opt()
+                .cloned()
+                .ok_or_else(|| arrow::error::ArrowError::SchemaError("__delete".into()))?,
+        ),
+        None => None,
+    };
+    let is_delete = |i: u32| deletes.as_ref().is_some_and(|d| d.value(i as usize));
     // The first row of each (key, sequence value): the only ones that count.
     let counted: Vec<u32> = order
         .iter()
@@ -311,14 +336,16 @@ pub(super) fn versions(
     let mut previous: Option<u32> = None;
     for &i in &counted {
         let same_key = previous.is_some_and(|p| equal(&keys, p, i));
+        // Whether the key has an open version to end or compare with.
+        let open = same_key && previous.is_some_and(|p| !is_delete(p));
         if c.scd2 {
-            if !same_key {
-                starts.push(i);
-                ends.push(None);
-            } else if previous.is_some_and(|p| differs(p, i)) {
-                if let Some(end) = ends.last_mut() {
-                    *end = Some(i);
-                }
+            let changed = open && previous.is_some_and(|p| differs(p, i));
+            if (is_delete(i) || changed)
+                && let Some(end) = ends.last_mut().filter(|_| open)
+            {
+                *end = Some(i);
+            }
+            if !is_delete(i) && (!open || changed) {
                 starts.push(i);
                 ends.push(None);
             }
@@ -330,6 +357,9 @@ pub(super) fn versions(
             starts.push(i);
         }
         previous = Some(i);
+    }
+    if !c.scd2 {
+        starts.retain(|&i| !is_delete(i));
     }
     let take_rows = UInt32Array::from(starts);
     let mut fields = Vec::new();

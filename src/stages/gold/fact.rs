@@ -70,6 +70,8 @@ pub(super) struct FactColumns {
     pub base: Vec<String>,
     pub lookups: Vec<Lookup>,
     pub tiebreak: Vec<String>,
+    /// The SQL condition that makes a silver row a delete, if any row can be one.
+    pub delete: Option<String>,
 }
 
 impl FactColumns {
@@ -149,6 +151,7 @@ impl FactColumns {
             base,
             lookups,
             tiebreak,
+            delete: super::deletes::condition(table, silver),
         })
     }
 
@@ -324,6 +327,12 @@ pub(super) async fn build(
         .map(|b| q(b))
         .collect::<Vec<_>>()
         .join(", ");
+    // Deletes make no fact row: the new rows are each key's latest other row, and the
+    // deletes remove what they end once those are written (`deletes::apply`).
+    let live = match &columns.delete {
+        Some(condition) => format!("(SELECT * FROM changes WHERE NOT ({condition}))"),
+        None => "changes".to_string(),
+    };
     {
         let tiebreak: String = columns
             .tiebreak
@@ -348,14 +357,14 @@ pub(super) async fn build(
                 .collect::<Vec<_>>()
                 .join(", ");
             ctes.push(format!(
-                "src_n AS (SELECT {picked} FROM changes AS c JOIN \
-                 (SELECT {keys}, MAX({s}) AS __latest FROM changes GROUP BY {keys}) AS l \
+                "src_n AS (SELECT {picked} FROM {live} AS c JOIN \
+                 (SELECT {keys}, MAX({s}) AS __latest FROM {live} AS a GROUP BY {keys}) AS l \
                  ON {on} AND c.{s} = l.__latest)"
             ));
         } else {
             ctes.push(format!(
                 "ranked AS (SELECT {base}, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {s} DESC{tiebreak}) AS __r \
-                 FROM changes WHERE {s} IS NOT NULL)"
+                 FROM {live} AS c WHERE {s} IS NOT NULL)"
             ));
             ctes.push(format!(
                 "src_n AS (SELECT {base} FROM ranked WHERE __r = 1)"
@@ -574,16 +583,25 @@ pub(super) async fn build(
     // A chunk in which no key repeats needs no "latest row per key": every row with a
     // sequence value is its key's latest (and silver's rows are mostly so).
     let unique_sql = format!(
-        "WITH src_n AS (SELECT {base} FROM changes WHERE {} IS NOT NULL) {resolve_new}",
+        "WITH src_n AS (SELECT {base} FROM {live} AS c WHERE {} IS NOT NULL) {resolve_new}",
         q(&columns.seq)
     );
+    let deletes = match &columns.delete {
+        Some(condition) => {
+            super::deletes::of_changes(&ctx, &changes, &columns.keys, &columns.seq, condition, name)
+                .await?
+        }
+        None => Vec::new(),
+    };
     // Re-resolved facts first, then the new rows: a key in both ends with its newest row
     // (the new rows' merge lets a newer sequence win), resolved against today's dimensions.
     let apart: Vec<usize> = (0..chunks.len())
         .filter(|i| !together.contains(i))
         .collect();
-    let writes =
-        usize::from(!affected.is_empty()) + usize::from(!together.is_empty()) + apart.len();
+    let writes = usize::from(!affected.is_empty())
+        + usize::from(!together.is_empty())
+        + apart.len()
+        + usize::from(!deletes.is_empty());
     if writes == 0 {
         return Ok(());
     }
@@ -696,12 +714,29 @@ pub(super) async fn build(
             .await?;
         }
     }
+    if !deletes.is_empty() {
+        let txns = next_txns();
+        hand_over.confirm(lake, built, name).await?;
+        let (table, removed) = super::deletes::apply(
+            &ctx,
+            target,
+            name,
+            deletes,
+            &columns.keys,
+            &columns.seq,
+            txns,
+        )
+        .await?;
+        target = table;
+        report.deleted += removed;
+    }
     report.version = target.version();
     report.status = Status::Ok;
     info!(
         rows_in = report.rows_in,
         inserted = report.inserted,
         re_resolved = report.updated,
+        deleted = report.deleted,
         chunks = chunks.len(),
         version = report.version,
         "Built the fact."

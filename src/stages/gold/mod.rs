@@ -6,6 +6,7 @@
 //! so a run reads only the silver files added since, a crashed run is redone from the same
 //! point, and two concurrent runs conflict instead of applying a change twice.
 
+mod deletes;
 mod dimension;
 mod fact;
 mod lookup;
@@ -34,7 +35,7 @@ use crate::lake::Lake;
 const COMMIT_TRIES: usize = 5;
 
 /// The app id under which a gold table records the silver version it consumed.
-fn consumed_app_id(silver: &str) -> String {
+pub(crate) fn consumed_app_id(silver: &str) -> String {
     format!("tunelake.gold:{silver}")
 }
 

@@ -16,11 +16,15 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::Status;
+use crate::config::ingest::Deletes;
 use crate::config::{Settings, TableSpec};
 use crate::error::{Error, Result};
+use crate::lake::lease::Lease;
 use crate::lake::{Lake, bronze_dir, watermark};
 use crate::source::{self, Source};
 use crate::window::{self, Bound, BoundKind, Window};
+
+pub mod deletes;
 
 /// What one table's ingest did.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +39,8 @@ pub struct TableReport {
     pub bytes: u64,
     /// The watermark after the run.
     pub watermark: Option<String>,
+    /// Keys found deleted in the source (`deletes = "detect"`): delete markers written.
+    pub deleted: u64,
     pub seconds: f64,
     pub error: Option<String>,
 }
@@ -59,6 +65,7 @@ impl TableReport {
             files: Vec::new(),
             bytes: 0,
             watermark: None,
+            deleted: 0,
             seconds: start.elapsed().as_secs_f64(),
             error: Some(error),
         }
@@ -109,6 +116,7 @@ impl IngestReport {
                     "window_to": t.window.as_ref().map(|w| w.1.clone()),
                     "watermark": t.watermark,
                     "files": t.files.len(),
+                    "deleted": t.deleted,
                     "bytes": t.bytes,
                 })),
             })
@@ -141,7 +149,7 @@ impl Ingest {
         }
     }
 
-    /// Backfill: extract `(from, high]` instead of `(watermark, high]`.
+    /// Backfill: extract `(min(from, watermark), high]` instead of `(watermark, high]`.
     pub fn with_from(mut self, from: Option<String>) -> Self {
         self.from = from;
         self
@@ -176,14 +184,64 @@ impl Ingest {
         }
     }
 
+    /// Ingests one table while holding its lease, so that two runs never work on it at once.
     async fn table(&self, table: &TableSpec, start: Instant) -> Result<TableReport> {
+        let wait = std::time::Duration::from_secs(self.settings.lease_wait_seconds);
+        let lease = Lease::acquire(&self.lake, "ingest", &table.name, &self.run_id, wait).await?;
+        let result = self.leased_table(table, start).await;
+        lease.release().await;
+        result
+    }
+
+    async fn leased_table(&self, table: &TableSpec, start: Instant) -> Result<TableReport> {
         let schema = self.source.schema(table).await?;
         let kind = source::check_columns(table, &schema)?;
+        let mut report = self.window(table, schema.clone(), kind, start).await?;
+        if table.deletes == Deletes::Detect {
+            let at = marker_time(report.watermark.as_deref(), kind)?;
+            let found = deletes::detect(
+                self.source.as_ref(),
+                &self.lake,
+                table,
+                &schema,
+                at,
+                self.settings.batch_rows,
+            )
+            .await?;
+            report.deleted = found.deleted;
+            if let Some(file) = found.file {
+                info!(
+                    deleted = found.deleted,
+                    file, "Wrote delete markers for keys gone from the source."
+                );
+                report.files.push(file);
+                report.status = Status::Ok;
+            }
+        }
+        report.seconds = start.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Extracts the table's window, if it has one, and moves its watermark.
+    async fn window(
+        &self,
+        table: &TableSpec,
+        schema: arrow::datatypes::SchemaRef,
+        kind: BoundKind,
+        start: Instant,
+    ) -> Result<TableReport> {
         let stored = watermark::read(&self.lake, &table.name, &table.cdc_column, kind).await?;
         let stored_bound = stored.as_ref().map(|w| w.bound()).transpose()?;
         let from = self.from.as_deref().map(|f| kind.parse(f)).transpose()?;
         let high = self.source.high_watermark(table, kind).await?;
-        let plan = window::plan(stored_bound, high, from);
+        let lookback = match (table.lookback(), stored_bound) {
+            (Some(l), Some(s)) => Some(l.below(s).map_err(|message| Error::BadArgument {
+                what: format!("table {}: lookback", table.name),
+                message,
+            })?),
+            _ => None,
+        };
+        let plan = window::plan(stored_bound, high, from, lookback);
         let mut report = TableReport {
             table: table.name.clone(),
             status: Status::Empty,
@@ -192,6 +250,7 @@ impl Ingest {
             files: Vec::new(),
             bytes: 0,
             watermark: stored_bound.map(|b| b.to_string()),
+            deleted: 0,
             seconds: 0.0,
             error: None,
         };
@@ -428,6 +487,34 @@ impl Ingest {
             ]))
             .build()
     }
+}
+
+/// The sequence value of this ingest's delete markers: the detection time, and never at or
+/// below the table's watermark, so a marker always comes after every row extracted of its key.
+fn marker_time(watermark: Option<&str>, kind: BoundKind) -> Result<Bound> {
+    let stored = watermark.map(|w| kind.parse(w)).transpose()?;
+    let now = chrono::Utc::now();
+    Ok(match (kind, stored) {
+        (BoundKind::Timestamp, s) => {
+            let after = s.map_or(i64::MIN, |b| match b {
+                Bound::Timestamp(us) => us.saturating_add(1),
+                _ => i64::MIN,
+            });
+            Bound::Timestamp(now.timestamp_micros().max(after))
+        }
+        (BoundKind::Date, s) => {
+            let today = now.date_naive();
+            let after = s.and_then(|b| match b {
+                Bound::Date(d) => d.succ_opt(),
+                _ => None,
+            });
+            Bound::Date(after.map_or(today, |a| a.max(today)))
+        }
+        (BoundKind::Integer, s) => Bound::Integer(match s {
+            Some(Bound::Integer(v)) => v.saturating_add(1),
+            _ => 1,
+        }),
+    })
 }
 
 #[derive(Default)]

@@ -1,0 +1,99 @@
+//! Deletes in gold (DLT's `apply_as_deletes`): which silver rows are deletes, and how a fact
+//! applies them. Dimensions apply theirs where they compute versions (`dimension::versions`).
+//!
+//! A silver row is a delete when the table's `apply_as_deletes` condition holds for it (a soft
+//! delete, e.g. `is_deleted = 1`), or when it is a delete marker that ingest wrote for a key
+//! that vanished from the source (`_change_type = 'delete'`, Delta's change-data-feed word).
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+
+use super::{SilverChanges, col, commit_properties, delta_err, df_err, register};
+use crate::config::TableSpec;
+use crate::config::ident::quote_ansi as q;
+use crate::error::Result;
+use crate::stages::silver::CHANGE_TYPE;
+
+/// The SQL condition over a silver row that makes it a delete, or `None` when no row of
+/// `silver` can be one.
+pub(super) fn condition(table: &TableSpec, silver: &Schema) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(expr) = table
+        .gold
+        .as_ref()
+        .and_then(|g| g.apply_as_deletes.as_deref())
+    {
+        parts.push(format!("COALESCE(({expr}), false)"));
+    }
+    if silver.field_with_name(CHANGE_TYPE).is_ok() {
+        parts.push(format!("COALESCE({} = 'delete', false)", q(CHANGE_TYPE)));
+    }
+    (!parts.is_empty()).then(|| parts.join(" OR "))
+}
+
+/// The keys deleted by a fact's silver changes, each with its latest delete's sequence value
+/// (`__deleted_at`).
+pub(super) async fn of_changes(
+    ctx: &SessionContext,
+    changes: &SilverChanges,
+    keys: &[String],
+    seq: &str,
+    condition: &str,
+    name: &str,
+) -> Result<Vec<RecordBatch>> {
+    if changes.files.is_empty() {
+        return Ok(Vec::new());
+    }
+    register(ctx, "__deletes", &changes.table, Some(&changes.files)).await?;
+    let keys = keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "SELECT {keys}, MAX({seq}) AS __deleted_at FROM __deletes \
+         WHERE ({condition}) AND {seq} IS NOT NULL GROUP BY {keys}",
+        seq = q(seq)
+    );
+    let rows = ctx
+        .sql(&sql)
+        .await
+        .map_err(df_err(name, "reading the deletes"))?
+        .collect()
+        .await
+        .map_err(df_err(name, "reading the deletes"))?;
+    let _ = ctx.deregister_table("__deletes");
+    Ok(rows.into_iter().filter(|b| b.num_rows() > 0).collect())
+}
+
+/// Removes the fact rows that `deletes` end (same key, sequence value at or before the
+/// delete's: a later row of the key is a new fact), in one commit carrying `txns`. Returns
+/// the table and how many rows went; a delete of a key the fact does not hold removes nothing.
+pub(super) async fn apply(
+    ctx: &SessionContext,
+    target: DeltaTable,
+    name: &str,
+    deletes: Vec<RecordBatch>,
+    keys: &[String],
+    seq: &str,
+    txns: Vec<Transaction>,
+) -> Result<(DeltaTable, u64)> {
+    let on = keys
+        .iter()
+        .map(|k| col("t", k).eq(col("s", k)))
+        .reduce(datafusion::prelude::Expr::and)
+        .unwrap_or(datafusion::prelude::lit(false));
+    let source = ctx
+        .read_batches(deletes)
+        .map_err(df_err(name, "staging the deletes"))?;
+    let ended = col("t", seq).lt_eq(col("s", "__deleted_at"));
+    let (table, metrics) = target
+        .merge(source, on)
+        .with_source_alias("s")
+        .with_target_alias("t")
+        .when_matched_delete(|d| d.predicate(ended))
+        .map_err(delta_err(name))?
+        .with_commit_properties(commit_properties(txns))
+        .await
+        .map_err(delta_err(name))?;
+    Ok((table, metrics.num_target_rows_deleted as u64))
+}
