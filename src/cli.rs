@@ -778,8 +778,12 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
     out!("\n== 2. First run: everything up to the current high watermark");
     let first_run = new_run_id();
     let first_ok = demo_round(&first_run, &source, &lake, &pipeline).await?;
-    out!("\n== 3. The source changes: updates, new users, new streams");
+    out!("\n== 3. The source changes: updates, new users, new streams, a deleted user");
     print_seed(&seed::apply_changes(&db, seed_value)?, &source, true);
+    let deleted = seed::delete_user(&db)?;
+    if let Some(id) = deleted {
+        out!("  and user {id} is deleted (DimUser has deletes = \"detect\")");
+    }
     out!(
         "\n== 4. Second run: only the rows past each watermark, only the new bronze files, only the changed keys"
     );
@@ -792,6 +796,22 @@ async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool
     for (title, sql) in DEMO_QUERIES {
         out!("\n{title}");
         match crate::query::run(&lake, sql).await {
+            Ok(batches) => out!(
+                "{}",
+                crate::query::render(&batches, crate::query::Format::Table)?
+            ),
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+    if let Some(id) = deleted {
+        out!(
+            "\nUser {id}, deleted from the source: its history stays, its last version closed at the delete"
+        );
+        let sql = format!(
+            "SELECT user_sk, user_id, user_name, country, valid_from, valid_to, is_current \
+             FROM gold.dim_user WHERE user_id = {id} ORDER BY valid_from"
+        );
+        match crate::query::run(&lake, &sql).await {
             Ok(batches) => out!(
                 "{}",
                 crate::query::render(&batches, crate::query::Format::Table)?

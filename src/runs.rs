@@ -90,9 +90,16 @@ pub async fn gold(
     tables: &[TableSpec],
 ) -> Result<GoldReport> {
     let started = chrono::Utc::now();
-    let report = Gold::new(lake.clone(), run_id).run(pipeline, tables).await;
+    let report = Gold::new(lake.clone(), run_id)
+        .with_lease_wait(lease_wait(pipeline))
+        .run(pipeline, tables)
+        .await;
     golden(lake, &report, started).await?;
     Ok(report)
+}
+
+fn lease_wait(pipeline: &Pipeline) -> std::time::Duration {
+    std::time::Duration::from_secs(pipeline.settings.lease_wait_seconds)
 }
 
 /// Records a gold run in the event log and alerts on its failed tables.
@@ -131,7 +138,7 @@ pub async fn flow(
     // Ingest, silver, gold dimensions, gold facts. Facts have their own: one waiting for a
     // dimension must not hold a place that dimension needs.
     let gates: [Semaphore; 4] = std::array::from_fn(|_| Semaphore::new(limit));
-    let gold = Arc::new(Gold::new(lake.clone(), run_id));
+    let gold = Arc::new(Gold::new(lake.clone(), run_id).with_lease_wait(lease_wait(pipeline)));
     let is = |t: &TableSpec, kind: GoldKind| t.gold.as_ref().is_some_and(|g| g.kind == kind);
     // Each dimension's gold build says when it is over, failed or not: a fact then resolves
     // against whatever it left, as after a gold stage in which that dimension failed.

@@ -465,6 +465,20 @@ fn insert_streams(
 /// Applies one batch of changes with timestamps after everything already in the source:
 /// ~10% of users updated (a tenth of them touching only `updated_at`), ~5% new users,
 /// ~1% of tracks and artists changed, and ~10% more streams.
+/// Deletes the user with the smallest id from the source, as an OLTP system removes an
+/// account, and returns its id (`None` when there are no users).
+pub fn delete_user(path: &Path) -> Result<Option<i64>> {
+    let conn = open_for_write(path)?;
+    let id: Option<i64> = conn
+        .query_row("SELECT MIN(user_id) FROM DimUser", [], |r| r.get(0))
+        .map_err(sql("finding a user to delete"))?;
+    if let Some(id) = id {
+        conn.execute("DELETE FROM DimUser WHERE user_id = ?1", [id])
+            .map_err(sql("deleting a user"))?;
+    }
+    Ok(id)
+}
+
 pub fn apply_changes(path: &Path, seed: u64) -> Result<SeedReport> {
     let start = Instant::now();
     if !path.is_file() {

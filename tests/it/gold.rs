@@ -39,25 +39,25 @@ lookups = [{ dimension = "dim_user", on = ["user_id"] }]
 
 /// A lake whose silver tables the test writes directly, so gold sees exactly the change
 /// sequences a test wants.
-struct Lakehouse {
+pub(crate) struct Lakehouse {
     dir: tempfile::TempDir,
     lake: Lake,
     pipeline: Pipeline,
     files: std::cell::Cell<u32>,
 }
 
-fn ts(text: &str) -> i64 {
+pub(crate) fn ts(text: &str) -> i64 {
     let t = chrono::NaiveDateTime::parse_from_str(&format!("2024-01-01 {text}"), "%Y-%m-%d %H:%M")
         .unwrap();
     t.and_utc().timestamp_micros()
 }
 
-fn utc() -> DataType {
+pub(crate) fn utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
 /// A UTC timestamp column named `name` of times of day on 2024-01-01.
-fn times<'a>(
+pub(crate) fn times<'a>(
     name: &'a str,
     times: impl Iterator<Item = &'a str>,
 ) -> (&'a str, DataType, arrow::array::ArrayRef) {
@@ -69,7 +69,7 @@ fn times<'a>(
 }
 
 impl Lakehouse {
-    fn new(pipeline: &str) -> Self {
+    pub(crate) fn new(pipeline: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::open(dir.path().join("lake").to_str().unwrap()).unwrap();
         Lakehouse {
@@ -80,7 +80,11 @@ impl Lakehouse {
         }
     }
 
-    async fn append(&self, table: &str, columns: Vec<(&str, DataType, arrow::array::ArrayRef)>) {
+    pub(crate) async fn append(
+        &self,
+        table: &str,
+        columns: Vec<(&str, DataType, arrow::array::ArrayRef)>,
+    ) {
         let n = columns[0].2.len();
         self.files.set(self.files.get() + 1);
         let file = format!("bronze/T/f{}.parquet", self.files.get());
@@ -151,7 +155,7 @@ impl Lakehouse {
         .await;
     }
 
-    async fn gold(&self) -> GoldReport {
+    pub(crate) async fn gold(&self) -> GoldReport {
         let report = Gold::new(self.lake.clone(), "test")
             .run(&self.pipeline, &self.pipeline.tables)
             .await;
@@ -233,12 +237,12 @@ impl Lakehouse {
             .version()
     }
 
-    async fn table(&self, sql: &str) -> String {
+    pub(crate) async fn table(&self, sql: &str) -> String {
         let batches = tunelake::query::run(&self.lake, sql).await.unwrap();
         tunelake::query::render(&batches, tunelake::query::Format::Table).unwrap()
     }
 
-    async fn csv(&self, sql: &str) -> Vec<String> {
+    pub(crate) async fn csv(&self, sql: &str) -> Vec<String> {
         let batches = tunelake::query::run(&self.lake, sql).await.unwrap();
         tunelake::query::render(&batches, tunelake::query::Format::Csv)
             .unwrap()
@@ -260,7 +264,10 @@ async fn taken(staged: &Staged) {
     panic!("no fact resolved against the staged versions in 30 s");
 }
 
-fn report<'a>(r: &'a GoldReport, table: &str) -> &'a tunelake::stages::gold::TableReport {
+pub(crate) fn report<'a>(
+    r: &'a GoldReport,
+    table: &str,
+) -> &'a tunelake::stages::gold::TableReport {
     r.tables.iter().find(|t| t.table == table).unwrap()
 }
 
@@ -605,16 +612,16 @@ async fn scd1_keeps_the_latest_change_per_key_and_its_surrogate_key() {
 }
 
 /// SplitMix64, for the property test's random cases.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }

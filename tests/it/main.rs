@@ -6,6 +6,7 @@
 mod alert;
 mod cli;
 mod common;
+mod deletes;
 mod files;
 mod functions;
 mod gold;

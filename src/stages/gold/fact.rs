@@ -705,8 +705,16 @@ pub(super) async fn build(
             for (l, (_, unknown)) in columns.lookups.iter().zip(unknown_slots(report, &columns)) {
                 *unknown += count_op(&rows, "N", |b, i| is_unknown(b, i, &l.sk));
             }
-            let newer = op_is("N").and(col("s", &columns.seq).gt_eq(col("t", &columns.seq)));
             hand_over.confirm(lake, built, name).await?;
+            if rows.iter().all(|b| b.num_rows() == 0) {
+                // Every row of the chunk was a delete: nothing to merge.
+                if !txns.is_empty() {
+                    let schema = schema_of(&target, name)?;
+                    target = append(target, name, schema, Vec::new(), txns).await?;
+                }
+                continue;
+            }
+            let newer = op_is("N").and(col("s", &columns.seq).gt_eq(col("t", &columns.seq)));
             target = merge_rows(&ctx, target, name, rows, key_match(&columns), txns, |m| {
                 m.when_matched_update(|u| update_from_source(u, newer, &output))?
                     .when_not_matched_insert(|i| insert_from_source(i, op_is("N"), &output))

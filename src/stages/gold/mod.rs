@@ -30,6 +30,7 @@ use super::Status;
 use crate::config::{GoldKind, Pipeline, TableSpec};
 use crate::error::{Error, Result, delta_err};
 use crate::lake::Lake;
+use crate::lake::lease::Lease;
 
 /// Commit attempts when another writer commits to the same gold table first.
 const COMMIT_TRIES: usize = 5;
@@ -162,6 +163,8 @@ impl GoldReport {
 pub struct Gold {
     lake: Lake,
     run_id: String,
+    /// How long a table waits for another run's build of it (`settings.lease_wait_seconds`).
+    lease_wait: std::time::Duration,
 }
 
 impl Gold {
@@ -169,7 +172,16 @@ impl Gold {
         Gold {
             lake,
             run_id: run_id.into(),
+            lease_wait: std::time::Duration::from_secs(
+                crate::config::Settings::default().lease_wait_seconds,
+            ),
         }
+    }
+
+    /// Waits up to `wait` for another run's build of a table before failing it.
+    pub fn with_lease_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lease_wait = wait;
+        self
     }
 
     /// Brings the gold tables of `only` up to date with silver, and the views when every
@@ -251,7 +263,23 @@ impl Gold {
             let start = Instant::now();
             let tracker = crate::progress::Tracker::start("gold", &view.name);
             let mut report = TableReport::new(&view.name, "view", None);
-            match views::refresh(&self.lake, pipeline, view).await {
+            let lease = Lease::acquire(
+                &self.lake,
+                "gold",
+                &view.name,
+                &self.run_id,
+                self.lease_wait,
+            )
+            .await;
+            let refreshed = match lease {
+                Ok(lease) => {
+                    let refreshed = views::refresh(&self.lake, pipeline, view).await;
+                    lease.release().await;
+                    refreshed
+                }
+                Err(e) => Err(e),
+            };
+            match refreshed {
                 Ok(Some((rows, version))) => {
                     report.status = Status::Ok;
                     report.inserted = rows;
@@ -271,7 +299,8 @@ impl Gold {
         tables
     }
 
-    /// Builds one gold table; `chunks` is (fact rows, dimension keys) per chunk.
+    /// Builds one gold table while holding its lease: a second run of the table waits for
+    /// the first, then finds the silver changes consumed.
     async fn table(
         &self,
         table: &TableSpec,
@@ -280,6 +309,34 @@ impl Gold {
         built: &Built,
     ) -> TableReport {
         let start = Instant::now();
+        let name = table
+            .gold
+            .as_ref()
+            .map_or(table.name.as_str(), |g| g.name.as_str());
+        let lease =
+            match Lease::acquire(&self.lake, "gold", name, &self.run_id, self.lease_wait).await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    let mut report = report_for(table);
+                    report.status = Status::Failed;
+                    report.error = Some(e.to_string());
+                    report.seconds = start.elapsed().as_secs_f64();
+                    return report;
+                }
+            };
+        let report = self.leased_table(table, all, chunks, built, start).await;
+        lease.release().await;
+        report
+    }
+
+    async fn leased_table(
+        &self,
+        table: &TableSpec,
+        all: &[TableSpec],
+        chunks: (usize, usize),
+        built: &Built,
+        start: Instant,
+    ) -> TableReport {
         let mut report = report_for(table);
         let mut tries = 0;
         let mut built = built.clone();
