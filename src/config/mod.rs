@@ -116,6 +116,10 @@ pub struct TableSpec {
     /// (see [`ingest::Deletes`]). Default `"none"`.
     #[serde(default)]
     pub deletes: ingest::Deletes,
+    /// `"watermark"` (default) or `"change_tracking"` (SQL Server Change Tracking, with
+    /// `cdc_column = "SYS_CHANGE_VERSION"`; see [`ingest::CdcMode`]).
+    #[serde(default)]
+    pub cdc_mode: ingest::CdcMode,
     /// How the table is cleaned into silver (`[tables.silver]`).
     #[serde(default)]
     pub silver: SilverSpec,

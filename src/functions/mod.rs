@@ -1,7 +1,7 @@
 //! The Function App: `tunelake serve` is an Azure Functions custom handler. The host POSTs
 //! `/<function>` with `{Data, Metadata}` for the timer (`ingest`), blob (`silver`) and queue
-//! (`gold`) functions, and forwards the HTTP functions (`alert`, `query`) as they arrive, at
-//! `/api/<function>`. Every stage answers `{Outputs, Logs, ReturnValue}`; a failed stage
+//! (`gold`) functions, and forwards the HTTP functions (`alert`, `query`, `refresh`) as they
+//! arrive, at `/api/<function>`. Every stage answers `{Outputs, Logs, ReturnValue}`; a failed stage
 //! answers 500 so the host retries and, for the queue, poison-queues.
 
 pub mod package;
@@ -23,7 +23,7 @@ use crate::stages::silver::{FileStatus, GoldWorkItem, Silver};
 use crate::stages::{Status, new_run_id};
 
 /// The functions, as `functions/<name>/function.json` declares them.
-pub const FUNCTIONS: [&str; 5] = ["ingest", "silver", "gold", "alert", "query"];
+pub const FUNCTIONS: [&str; 6] = ["ingest", "silver", "gold", "alert", "query", "refresh"];
 
 /// Rows a query answers at most unless `limit` asks for fewer.
 const DEFAULT_ROWS: usize = 1000;
@@ -56,8 +56,11 @@ impl App {
             ("POST", "/gold") => self.invocation(&request, Self::gold).await,
             (_, "/api/alert") => self.alert(request.body.as_ref()).await,
             (_, "/api/query") => self.query(&request).await,
+            ("POST", "/api/refresh") => self.refresh(&request).await,
             // The HTTP functions as a host without request forwarding sends them.
-            ("POST", "/alert" | "/query") => self.http_invocation(&request, &path[1..]).await,
+            ("POST", "/alert" | "/query" | "/refresh") => {
+                self.http_invocation(&request, &path[1..]).await
+            }
             (method, _) => Response::json(
                 404,
                 &json!({
@@ -285,6 +288,7 @@ impl App {
         let inner = invocation.http_request();
         let answer = match function {
             "alert" => self.alert(inner.body.as_ref()).await,
+            "refresh" => self.refresh(&inner).await,
             _ => self.query(&inner).await,
         };
         let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
@@ -320,6 +324,62 @@ impl App {
                 &json!({ "delivered": "outbox", "path": path, "mail_error": reason }),
             ),
             Err(e) => Response::json(500, &json!({ "error": e.to_string() })),
+        }
+    }
+
+    /// A full refresh of one table (`table` parameter, or `{"table"}` in the body): without
+    /// `confirm=yes` (or `"confirm": true`) it answers what would be discarded and changes
+    /// nothing. The function's auth level is `admin`: only the host's master key may call it.
+    async fn refresh(&self, request: &Request) -> Response {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        let table = request
+            .param("table")
+            .map(String::from)
+            .or_else(|| body.get("table").and_then(Value::as_str).map(String::from));
+        let confirmed = request.param("confirm") == Some("yes")
+            || body.get("confirm").and_then(Value::as_bool) == Some(true);
+        let Some(table) = table else {
+            return Response::json(400, &json!({ "error": "no table: send ?table=<name>" }));
+        };
+        let spec = match self.pipeline.select(std::slice::from_ref(&table)) {
+            Ok(mut specs) => specs.remove(0),
+            Err(e) => return Response::json(400, &json!({ "error": e.to_string() })),
+        };
+        use crate::stages::refresh;
+        let plan = match refresh::plan(&self.lake, &self.pipeline, &spec).await {
+            Ok(plan) => plan,
+            Err(e) => return Response::json(500, &json!({ "error": e.to_string() })),
+        };
+        if !confirmed {
+            return Response::json(
+                200,
+                &json!({ "refreshed": false, "would_discard": plan,
+                         "hint": "nothing was changed; send confirm=yes to refresh" }),
+            );
+        }
+        let run_id = new_run_id();
+        let outcome = async {
+            let tables = refresh::reset(&self.lake, &self.pipeline, &spec, &run_id).await?;
+            runs::flow(
+                &run_id,
+                &self.source_url,
+                &self.lake,
+                &self.pipeline,
+                &tables,
+            )
+            .await
+        }
+        .await;
+        match outcome {
+            Ok(flow) => {
+                let failed = flow.ingest.failed() || flow.silver.failed() || flow.gold.failed();
+                Response::json(
+                    if failed { 500 } else { 200 },
+                    &json!({ "refreshed": true, "run_id": run_id, "discarded": plan,
+                             "failed": failed, "ingest": flow.ingest, "gold": flow.gold }),
+                )
+            }
+            Err(e) => Response::json(500, &json!({ "error": e.to_string(), "run_id": run_id })),
         }
     }
 

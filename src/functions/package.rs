@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// `host.json` and the function definitions, as in the repository.
-pub const FILES: [(&str, &str); 6] = [
+pub const FILES: [(&str, &str); 7] = [
     ("host.json", include_str!("../../host.json")),
     (
         "ingest/function.json",
@@ -31,6 +31,10 @@ pub const FILES: [(&str, &str); 6] = [
     (
         "query/function.json",
         include_str!("../../functions/query/function.json"),
+    ),
+    (
+        "refresh/function.json",
+        include_str!("../../functions/refresh/function.json"),
     ),
 ];
 

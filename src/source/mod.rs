@@ -35,6 +35,11 @@ pub trait Source: Send + Sync {
     /// The table's columns as Arrow types, in source order.
     async fn schema(&self, table: &TableSpec) -> Result<SchemaRef>;
 
+    /// Whether the source can serve `cdc_mode = "change_tracking"` (SQL Server).
+    fn change_tracking(&self) -> bool {
+        false
+    }
+
     /// The current maximum of the table's watermark column, read before any copy starts;
     /// `None` when the table is empty.
     async fn high_watermark(&self, table: &TableSpec, kind: BoundKind) -> Result<Option<Bound>>;

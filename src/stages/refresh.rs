@@ -1,7 +1,7 @@
 //! Full refresh (Delta Live Tables' *full refresh*): start one table over from its source.
 //!
-//! The table's bronze files move to `bronze/_refreshed/<Table>/<run>/`, its watermark goes,
-//! and its silver and gold tables are emptied as new Delta versions (time travel keeps the old
+//! The table's bronze files move to `bronze/_refreshed/<Table>/<run>/`, its watermark (and
+//! key list for delete detection) goes, and its silver and gold tables are emptied as new Delta versions (time travel keeps the old
 //! rows until vacuum), with gold's record of the silver it consumed reset so that gold rebuilds
 //! from the new silver. Surrogate keys go on from where they were, never reused; facts that
 //! look the table's dimension up are emptied the same way and rebuilt, since their surrogate
@@ -18,7 +18,7 @@ use crate::lake::{Lake, bronze_dir, watermark};
 use crate::stages::{gold, silver};
 
 /// What a refresh of one table discards, for the operator to confirm.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Plan {
     /// The source table refreshed.
     pub table: String,
@@ -34,7 +34,7 @@ pub struct Plan {
 }
 
 /// One Delta table a refresh empties.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Emptied {
     /// `silver.<name>` or `gold.<name>`.
     pub table: String,
@@ -94,8 +94,13 @@ pub async fn plan(lake: &Lake, pipeline: &Pipeline, table: &TableSpec) -> Result
     })
 }
 
-/// Discards what [`plan`] listed, holding the table's ingest lease so that no ingest of it
-/// runs meanwhile. Returns the tables to run again.
+/// Discards what [`plan`] listed, holding the table's ingest lease and the leases of the gold
+/// tables it empties, so that no ingest or gold build of them runs meanwhile. Returns the
+/// tables to run again.
+///
+/// The order makes a refresh that stops half-way safe to leave or to repeat: the watermark and
+/// bronze go first (the next run extracts everything again; silver drops what it holds), then
+/// silver, then gold (a gold emptied after its silver rebuilds from what silver then holds).
 pub async fn reset(
     lake: &Lake,
     pipeline: &Pipeline,
@@ -103,9 +108,16 @@ pub async fn reset(
     run_id: &str,
 ) -> Result<Vec<TableSpec>> {
     let wait = std::time::Duration::from_secs(pipeline.settings.lease_wait_seconds);
-    let lease = Lease::acquire(lake, "ingest", &table.name, run_id, wait).await?;
+    let mut leases = vec![Lease::acquire(lake, "ingest", &table.name, run_id, wait).await?];
+    for (spec, _) in gold_tables(pipeline, table) {
+        if let Some(g) = &spec.gold {
+            leases.push(Lease::acquire(lake, "gold", &g.name, run_id, wait).await?);
+        }
+    }
     let result = reset_leased(lake, pipeline, table, run_id).await;
-    lease.release().await;
+    for lease in leases {
+        lease.release().await;
+    }
     result
 }
 
@@ -115,8 +127,26 @@ async fn reset_leased(
     table: &TableSpec,
     run_id: &str,
 ) -> Result<Vec<TableSpec>> {
-    // Gold first, then silver, then bronze: a refresh that stops half-way leaves a gold
-    // that rebuilds from silver, never one that claims to hold silver rows it lost.
+    let archive = format!("bronze/_refreshed/{}/{run_id}", table.name);
+    for file in bronze_files(lake, &table.name).await? {
+        let name = file.rsplit('/').next().unwrap_or(&file).to_string();
+        let to = format!("{archive}/{name}");
+        lake.store()
+            .rename(&file.as_str().into(), &to.as_str().into())
+            .await
+            .map_err(|e| Error::lake(&file, e))?;
+    }
+    lake.delete(&watermark::path(&table.name)).await?;
+    // Deletes are detected afresh from the new extract on.
+    lake.delete(&super::ingest::deletes::keys_path(&table.name))
+        .await?;
+    empty(
+        lake,
+        &silver::table_path(&table.silver_name()),
+        None,
+        Vec::new(),
+    )
+    .await?;
     for (spec, _) in gold_tables(pipeline, table) {
         if let Some(g) = &spec.gold {
             // A dimension keeps its unknown member, which only a first build writes.
@@ -134,23 +164,6 @@ async fn reset_leased(
             .await?;
         }
     }
-    empty(
-        lake,
-        &silver::table_path(&table.silver_name()),
-        None,
-        Vec::new(),
-    )
-    .await?;
-    let archive = format!("bronze/_refreshed/{}/{run_id}", table.name);
-    for file in bronze_files(lake, &table.name).await? {
-        let name = file.rsplit('/').next().unwrap_or(&file).to_string();
-        let to = format!("{archive}/{name}");
-        lake.store()
-            .rename(&file.as_str().into(), &to.as_str().into())
-            .await
-            .map_err(|e| Error::lake(&file, e))?;
-    }
-    lake.delete(&watermark::path(&table.name)).await?;
     info!(table = %table.name, archive, "Refreshed: the table starts over from its source.");
     let mut rerun = vec![table.clone()];
     rerun.extend(dependent_facts(pipeline, table).into_iter().cloned());

@@ -195,7 +195,7 @@ fn the_functions_build_the_same_gold_as_a_run_and_refuse_bad_input() {
     assert_eq!(status, 404);
     assert_eq!(
         answer["functions"],
-        json!(["ingest", "silver", "gold", "alert", "query"])
+        json!(["ingest", "silver", "gold", "alert", "query", "refresh"])
     );
     let (status, body) = server.request("POST", "/gold", "{not json");
     assert_eq!(status, 400, "{body}");

@@ -155,6 +155,15 @@ impl Source for Dying {
         self.inner.high_watermark(table, kind).await
     }
 
+    async fn keys(
+        &self,
+        table: &TableSpec,
+        schema: SchemaRef,
+        batch_rows: usize,
+    ) -> Result<BatchStream> {
+        self.inner.keys(table, schema, batch_rows).await
+    }
+
     async fn extract(
         &self,
         table: &TableSpec,

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::Status;
-use crate::config::ingest::Deletes;
+use crate::config::ingest::{CdcMode, Deletes};
 use crate::config::{Settings, TableSpec};
 use crate::error::{Error, Result};
 use crate::lake::lease::Lease;
@@ -194,6 +194,15 @@ impl Ingest {
     }
 
     async fn leased_table(&self, table: &TableSpec, start: Instant) -> Result<TableReport> {
+        if table.cdc_mode == CdcMode::ChangeTracking && !self.source.change_tracking() {
+            return Err(Error::BadArgument {
+                what: format!("table {}: cdc_mode", table.name),
+                message: format!(
+                    "change_tracking needs a SQL Server source; {} has none",
+                    self.source.describe()
+                ),
+            });
+        }
         let schema = self.source.schema(table).await?;
         let kind = source::check_columns(table, &schema)?;
         let mut report = self.window(table, schema.clone(), kind, start).await?;

@@ -5,6 +5,8 @@
 //! (connection-string handling, T-SQL text, type mapping) is plain functions with unit tests;
 //! `tests/it/mssql.rs` runs against a real server when `TUNELAKE_TEST_MSSQL` is set.
 
+pub mod change_tracking;
+
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -16,6 +18,7 @@ use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::columns::{self, BatchBuilder, ColumnBuilder};
 use super::{BatchStream, Source};
+use crate::config::ingest::{CHANGE_VERSION, CdcMode};
 use crate::config::{TableSpec, ident::quote_tsql};
 use crate::error::{Error, Result};
 use crate::window::{Bound, BoundKind, Window};
@@ -334,13 +337,25 @@ impl Source for MssqlSource {
                 source_url: self.described.clone(),
             });
         }
-        Ok(Arc::new(Schema::new(fields)))
+        let schema = Schema::new(fields);
+        Ok(match table.cdc_mode {
+            CdcMode::ChangeTracking => change_tracking::with_change_columns(&schema),
+            CdcMode::Watermark => Arc::new(schema),
+        })
+    }
+
+    fn change_tracking(&self) -> bool {
+        true
     }
 
     async fn high_watermark(&self, table: &TableSpec, kind: BoundKind) -> Result<Option<Bound>> {
         let mut client = self.client().await?;
+        let sql = match table.cdc_mode {
+            CdcMode::ChangeTracking => change_tracking::CURRENT_VERSION_SQL.to_string(),
+            CdcMode::Watermark => max_sql(table),
+        };
         let row = client
-            .simple_query(max_sql(table))
+            .simple_query(sql)
             .await
             .map_err(|e| query_error(table, e))?
             .into_row()
@@ -365,12 +380,28 @@ impl Source for MssqlSource {
         window: Window,
         batch_rows: usize,
     ) -> Result<BatchStream> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        if let (CdcMode::ChangeTracking, Some(low)) = (table.cdc_mode, window.low) {
+            check_retention(&mut client, table, low).await?;
+        }
         let name = table.name.clone();
         let table = table.clone();
         Ok(super::spawn_reader(&name, move |tx| async move {
-            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            let sql = extract_sql(&table, &names, window.low.is_some());
+            let names: Vec<&str> = schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .filter(|n| {
+                    table.cdc_mode == CdcMode::Watermark
+                        || (*n != CHANGE_VERSION && *n != crate::stages::silver::CHANGE_TYPE)
+                })
+                .collect();
+            let sql = match table.cdc_mode {
+                CdcMode::ChangeTracking => {
+                    change_tracking::extract_sql(&table, &names, window.low.is_some())
+                }
+                CdcMode::Watermark => extract_sql(&table, &names, window.low.is_some()),
+            };
             let mut query = tiberius::Query::new(sql);
             bind(&mut query, &window.high);
             if let Some(low) = &window.low {
@@ -403,6 +434,46 @@ impl Source for MssqlSource {
             )
             .await
         }))
+    }
+}
+
+/// Fails the table when Change Tracking no longer holds every change since `low`: its
+/// retention cleaned them up, so the window would skip some.
+async fn check_retention(client: &mut Connection, table: &TableSpec, low: Bound) -> Result<()> {
+    let name = change_tracking::object_name(table);
+    let row = client
+        .query(change_tracking::MIN_VALID_VERSION_SQL, &[&name.as_str()])
+        .await
+        .map_err(|e| query_error(table, e))?
+        .into_row()
+        .await
+        .map_err(|e| query_error(table, e))?;
+    let min: Option<i64> = row.and_then(|r| r.get::<i64, _>(0));
+    let stored = match low {
+        Bound::Integer(v) => v,
+        other => {
+            return Err(Error::SourceQuery {
+                table: table.name.clone(),
+                message: format!("the stored change version {other} is not an integer"),
+            });
+        }
+    };
+    match min {
+        None => Err(Error::SourceQuery {
+            table: table.name.clone(),
+            message: format!(
+                "change tracking is not enabled on {name} (ALTER TABLE {name} ENABLE CHANGE_TRACKING)"
+            ),
+        }),
+        Some(min) if stored < min => Err(Error::SourceQuery {
+            table: table.name.clone(),
+            message: format!(
+                "change tracking kept changes from version {min} on, but the lake holds up to {stored}: \
+                 the changes in between are gone; run `tunelake refresh --table {} --yes`",
+                table.name
+            ),
+        }),
+        Some(_) => Ok(()),
     }
 }
 
