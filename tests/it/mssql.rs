@@ -76,3 +76,100 @@ async fn ingest_from_sql_server_when_a_connection_string_is_given() {
         &arrow::datatypes::DataType::Boolean
     );
 }
+
+#[tokio::test]
+async fn change_tracking_brings_updates_inserts_and_deletes_when_a_connection_string_is_given() {
+    let Ok(conn) = std::env::var("TUNELAKE_TEST_MSSQL") else {
+        eprintln!(
+            "skipped: set TUNELAKE_TEST_MSSQL to an ADO connection string to test Change Tracking"
+        );
+        return;
+    };
+    let table = format!("tunelake_ct_{}", std::process::id());
+    let mut config = tiberius::Config::from_ado_string(&conn).unwrap();
+    config.trust_cert();
+    let tcp = tokio::net::TcpStream::connect(config.get_addr())
+        .await
+        .unwrap();
+    use tokio_util::compat::TokioAsyncWriteCompatExt;
+    let mut client = tiberius::Client::connect(config, tcp.compat_write())
+        .await
+        .unwrap();
+    let mut exec = async |sql: String| {
+        client
+            .simple_query(sql)
+            .await
+            .unwrap()
+            .into_results()
+            .await
+            .unwrap();
+    };
+    exec(
+        "IF NOT EXISTS (SELECT 1 FROM sys.change_tracking_databases WHERE database_id = DB_ID()) \
+         ALTER DATABASE CURRENT SET CHANGE_TRACKING = ON (CHANGE_RETENTION = 2 DAYS, AUTO_CLEANUP = ON)"
+            .to_string(),
+    )
+    .await;
+    exec(format!(
+        "CREATE TABLE dbo.{table} (id INT PRIMARY KEY, name NVARCHAR(50)); \
+         ALTER TABLE dbo.{table} ENABLE CHANGE_TRACKING; \
+         INSERT INTO dbo.{table} VALUES (1, N'a'), (2, N'b')"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = tunelake::source::open(&conn).await.unwrap();
+    let spec = TableSpec {
+        name: table.clone(),
+        schema: "dbo".into(),
+        cdc_column: "SYS_CHANGE_VERSION".into(),
+        keys: vec!["id".into()],
+        cdc_mode: tunelake::config::ingest::CdcMode::ChangeTracking,
+        ..Default::default()
+    };
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let ingest = || {
+        Ingest::new(source.clone(), lake.clone(), Settings::default(), "ct")
+            .run(std::slice::from_ref(&spec))
+    };
+    let first = ingest().await;
+    exec(format!(
+        "UPDATE dbo.{table} SET name = N'a2' WHERE id = 1; DELETE FROM dbo.{table} WHERE id = 2; \
+         INSERT INTO dbo.{table} VALUES (3, N'c')"
+    ))
+    .await;
+    let second = ingest().await;
+    exec(format!("DROP TABLE dbo.{table}")).await;
+    assert!(!first.failed() && !second.failed(), "{first:?} {second:?}");
+    assert_eq!((first.tables[0].rows, second.tables[0].rows), (2, 3));
+    let files = parquet_files(&dir.path().join("bronze").join(&table));
+    let last = read_parquet(files.last().unwrap());
+    let mut changes: Vec<(i32, Option<String>, String)> = Vec::new();
+    for batch in &last {
+        use arrow::array::{Array, AsArray};
+        let ids = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        let names = batch.column_by_name("name").unwrap().as_string::<i32>();
+        let kinds = batch
+            .column_by_name("_change_type")
+            .unwrap()
+            .as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            changes.push((
+                ids.value(i),
+                (!names.is_null(i)).then(|| names.value(i).to_string()),
+                kinds.value(i).to_string(),
+            ));
+        }
+    }
+    changes.sort();
+    assert_eq!(
+        changes,
+        [
+            (1, Some("a2".to_string()), "update".to_string()),
+            (2, None, "delete".to_string()),
+            (3, Some("c".to_string()), "insert".to_string()),
+        ]
+    );
+}
