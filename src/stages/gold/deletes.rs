@@ -10,6 +10,7 @@ use arrow::datatypes::Schema;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
+use tracing::warn;
 
 use super::{SilverChanges, col, commit_properties, delta_err, df_err, register};
 use crate::config::TableSpec;
@@ -26,12 +27,38 @@ pub(super) fn condition(table: &TableSpec, silver: &Schema) -> Option<String> {
         .as_ref()
         .and_then(|g| g.apply_as_deletes.as_deref())
     {
-        parts.push(format!("COALESCE(({expr}), false)"));
+        match missing_column(expr, silver) {
+            None => parts.push(format!("COALESCE(({expr}), false)")),
+            // A source column added for the condition reaches silver with the first row
+            // that changes after it: until then no row is a delete by it.
+            Some(reason) => warn!(
+                apply_as_deletes = expr,
+                reason,
+                "Silver has no such column yet; no row is a delete by this condition until it arrives."
+            ),
+        }
     }
     if silver.field_with_name(CHANGE_TYPE).is_ok() {
         parts.push(format!("COALESCE({} = 'delete', false)", q(CHANGE_TYPE)));
     }
     (!parts.is_empty()).then(|| parts.join(" OR "))
+}
+
+/// Why `expr` cannot be read over `silver` (a column it names is missing), if it cannot; the
+/// loader checked that it parses.
+fn missing_column(expr: &str, silver: &Schema) -> Option<String> {
+    let schema = match datafusion::common::DFSchema::try_from(silver.clone()) {
+        Ok(schema) => schema,
+        Err(e) => return Some(e.to_string()),
+    };
+    match SessionContext::new().parse_sql_expr(expr, &schema) {
+        Ok(parsed) => parsed
+            .column_refs()
+            .into_iter()
+            .find(|c| silver.field_with_name(&c.name).is_err())
+            .map(|c| c.name.clone()),
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 /// The keys deleted by a fact's silver changes, each with its latest delete's sequence value
@@ -96,4 +123,47 @@ pub(super) async fn apply(
         .await
         .map_err(delta_err(name))?;
     Ok((table, metrics.num_target_rows_deleted as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field};
+
+    fn table(condition: Option<&str>) -> TableSpec {
+        let text = format!(
+            "[[tables]]\nname = \"DimArtist\"\ncdc_column = \"c\"\nkeys = [\"k\"]\n[tables.gold]\nname = \"dim_artist\"\n{}",
+            condition
+                .map(|c| format!("apply_as_deletes = {c:?}"))
+                .unwrap_or_default()
+        );
+        crate::config::Pipeline::parse(&text, "p.toml")
+            .unwrap()
+            .tables
+            .remove(0)
+    }
+
+    #[test]
+    fn deletes_come_from_the_condition_and_from_markers_once_silver_has_its_columns() {
+        let plain = Schema::new(vec![Field::new("k", DataType::Int32, true)]);
+        let marked = Schema::new(vec![
+            Field::new("k", DataType::Int32, true),
+            Field::new("is_deleted", DataType::Int32, true),
+            Field::new(CHANGE_TYPE, DataType::Utf8, true),
+        ]);
+        assert_eq!(condition(&table(None), &plain), None);
+        assert_eq!(
+            condition(&table(None), &marked).as_deref(),
+            Some("COALESCE(\"_change_type\" = 'delete', false)")
+        );
+        let soft = table(Some("is_deleted = 1"));
+        assert_eq!(
+            condition(&soft, &marked).as_deref(),
+            Some(
+                "COALESCE((is_deleted = 1), false) OR COALESCE(\"_change_type\" = 'delete', false)"
+            )
+        );
+        // A column the source has not brought to silver yet: no row is a delete by it.
+        assert_eq!(condition(&soft, &plain), None);
+    }
 }
