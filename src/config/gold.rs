@@ -45,6 +45,10 @@ pub struct GoldSpec {
     /// row's sequence value, SCD1 and facts remove the key's row; a later change of the key
     /// starts it again. Delete markers from `deletes = "detect"` are applied the same way.
     pub apply_as_deletes: Option<String>,
+    /// DLT's `apply_as_truncates` (SCD1 dimensions only): a SQL condition that makes a row a
+    /// truncate of the whole table at its sequence value: every key's row older than it goes,
+    /// and rows of older sequence values that arrive later never come back.
+    pub apply_as_truncates: Option<String>,
     /// Facts: the dimensions whose surrogate keys each row carries, looked up in order.
     /// Dimensions: the dimensions whose current attributes (`columns`) each new version
     /// copies when it is written (a snowflake's outrigger, flattened).
@@ -153,6 +157,16 @@ pub(super) fn validate(
         .and_then(super::expression_problem)
     {
         problem(format!("{at}.apply_as_deletes"), p);
+    }
+    if let Some(condition) = &g.apply_as_truncates {
+        if let Some(p) = super::expression_problem(condition) {
+            problem(format!("{at}.apply_as_truncates"), p);
+        } else if g.kind != GoldKind::Dimension || g.scd_type != 1 {
+            problem(
+                format!("{at}.apply_as_truncates"),
+                "truncates apply to SCD type 1 dimensions only (as in DLT)".into(),
+            );
+        }
     }
     match g.kind {
         GoldKind::Dimension => {

@@ -456,3 +456,69 @@ async fn hard_deletes_in_the_source_close_versions_and_remove_facts_end_to_end()
     let flow = run().await;
     assert!(flow.ingest.tables.iter().all(|t| t.deleted == 0));
 }
+
+const TRUNCATES: &str = r#"
+[[tables]]
+name = "DimUser"
+cdc_column = "updated_at"
+keys = ["user_id"]
+[tables.silver]
+name = "users"
+[tables.gold]
+name = "dim_user"
+scd_type = 1
+apply_as_truncates = "country = 'TRUNCATE'"
+"#;
+
+#[tokio::test]
+async fn a_truncate_empties_an_scd1_dimension_up_to_its_sequence_value() {
+    let h = Lakehouse::new(TRUNCATES);
+    let users = "SELECT user_id, country, date_format(updated_at, '%H:%M') FROM gold.dim_user \
+                 WHERE user_sk > 0 ORDER BY 1";
+    typed_users(
+        &h,
+        &[
+            (1, "US", "10:00", None),
+            (2, "FR", "10:00", None),
+            (3, "DE", "10:00", None),
+        ],
+    )
+    .await;
+    h.gold().await;
+    typed_users(
+        &h,
+        &[(0, "TRUNCATE", "11:00", None), (2, "ES", "12:00", None)],
+    )
+    .await;
+    h.gold().await;
+    assert_eq!(h.csv(users).await, ["2,ES,12:00"]);
+    // A change older than the truncate stays out; a newer one comes back.
+    typed_users(&h, &[(1, "CA", "10:30", None), (3, "AT", "13:00", None)]).await;
+    h.gold().await;
+    assert_eq!(h.csv(users).await, ["2,ES,12:00", "3,AT,13:00"]);
+    // The unknown member stays.
+    assert_eq!(
+        h.csv("SELECT count(*) FROM gold.dim_user WHERE user_sk = -1")
+            .await,
+        ["1"]
+    );
+}
+
+#[test]
+fn truncates_are_for_scd1_dimensions_and_bad_conditions_are_named() {
+    let scd2 = TRUNCATES.replace("scd_type = 1", "scd_type = 2");
+    let err = Pipeline::parse(&scd2, "p.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("tables[0] (DimUser).gold.apply_as_truncates") && err.contains("SCD type 1"),
+        "{err}"
+    );
+    let bad = TRUNCATES.replace("country = 'TRUNCATE'", "country = ");
+    let err = Pipeline::parse(&bad, "p.toml").unwrap_err().to_string();
+    assert!(err.contains("apply_as_truncates"), "{err}");
+    let bad = SOFT.replace("is_deleted = 1", "is_deleted = = 1");
+    let err = Pipeline::parse(&bad, "p.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("tables[0] (DimUser).gold.apply_as_deletes"),
+        "{err}"
+    );
+}

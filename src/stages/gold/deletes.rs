@@ -61,6 +61,65 @@ fn missing_column(expr: &str, silver: &Schema) -> Option<String> {
     }
 }
 
+/// Applies an SCD1 dimension's `apply_as_truncates` to the views its build reads: rows at or
+/// before the latest truncate leave `silver_all` (the history), and when the changes bring a
+/// truncate, every silver row becomes a change (`changes_all`), so every key is compared with
+/// gold and a key with no row after the truncate leaves gold.
+pub(super) async fn truncate(
+    ctx: &SessionContext,
+    seq: &str,
+    condition: &str,
+    name: &str,
+) -> Result<()> {
+    use datafusion::prelude::{col, lit};
+    let (Some(at), _) = latest_truncate(ctx, "silver_all", seq, condition, name).await? else {
+        return Ok(());
+    };
+    let (_, in_changes) = latest_truncate(ctx, "changes_all", seq, condition, name).await?;
+    let err = || df_err(name, "applying a truncate");
+    let all = ctx.table("silver_all").await.map_err(err())?;
+    if in_changes > 0 {
+        let _ = ctx.deregister_table("changes_all");
+        ctx.register_table("changes_all", all.clone().into_view())
+            .map_err(err())?;
+    }
+    let after = all
+        .filter(col(datafusion::common::Column::from_name(seq)).gt(lit(at)))
+        .map_err(err())?;
+    let _ = ctx.deregister_table("silver_all");
+    ctx.register_table("silver_all", after.into_view())
+        .map_err(err())?;
+    Ok(())
+}
+
+/// The sequence value of the latest truncate in a view, and how many truncates it holds.
+async fn latest_truncate(
+    ctx: &SessionContext,
+    view: &str,
+    seq: &str,
+    condition: &str,
+    name: &str,
+) -> Result<(Option<datafusion::common::ScalarValue>, i64)> {
+    let err = || df_err(name, "reading the truncates");
+    let sql = format!(
+        "SELECT max({s}) AS t, count(*) AS n FROM {view} WHERE COALESCE(({condition}), false)",
+        s = q(seq)
+    );
+    let rows = ctx
+        .sql(&sql)
+        .await
+        .map_err(err())?
+        .collect()
+        .await
+        .map_err(err())?;
+    let Some(batch) = rows.first() else {
+        return Ok((None, 0));
+    };
+    let at = datafusion::common::ScalarValue::try_from_array(batch.column(0), 0).map_err(err())?;
+    let count = crate::lake::int_column(batch.column(1)).map_or(0, |c| c.value(0));
+    Ok(((!at.is_null()).then_some(at), count))
+}
+
 /// The keys deleted by a fact's silver changes, each with its latest delete's sequence value
 /// (`__deleted_at`).
 pub(super) async fn of_changes(

@@ -674,6 +674,9 @@ pub(super) async fn build(
     register(&ctx, "changes_all", &changes.table, Some(&changes.files)).await?;
     let silver_schema = schema_of(&changes.table, &silver_name)?;
     let columns = DimColumns::new(table, gold, &silver_schema)?;
+    if let Some(condition) = gold.apply_as_truncates.as_deref().filter(|_| !columns.scd2) {
+        super::deletes::truncate(&ctx, &columns.seq, condition, name).await?;
+    }
     // Key ranges are disjoint, so each chunk can diff against the table as it was at the
     // start: no chunk writes a key of another.
     let gold_columns: Option<HashSet<String>> = match target.version() {
