@@ -1,8 +1,8 @@
-//! The command line: clap definitions and what each command prints. `main.rs` only calls [`main`].
+//! The command line: clap definitions and the commands; what they print is in `print`, the
+//! demo in `demo`. `main.rs` only calls [`main`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -12,10 +12,7 @@ use crate::lake::{Lake, bronze_dir, events, watermark};
 use crate::progress;
 use crate::runs;
 use crate::seed;
-use crate::stages::gold::GoldReport;
-use crate::stages::ingest::IngestReport;
-use crate::stages::silver::SilverReport;
-use crate::stages::{Status, new_run_id};
+use crate::stages::new_run_id;
 
 /// `println!` that ends the process quietly when stdout is closed (`tunelake sql ... | head`)
 /// instead of panicking; the work the output reports on is already done.
@@ -29,6 +26,16 @@ macro_rules! out {
         }
     }};
 }
+
+// After `out!`, which they use.
+mod demo;
+mod print;
+
+use demo::{demo, write_report};
+use print::{
+    print_gold, print_ingest, print_seed, print_silver, report_errors, report_gold_errors,
+    report_silver_errors,
+};
 
 /// tunelake: a serverless lakehouse pipeline for music-streaming data.
 #[derive(Debug, Parser)]
@@ -451,104 +458,6 @@ async fn refresh(cli: &Cli, table: &str, yes: bool) -> Result<bool> {
         & report_gold_errors(&flow.gold))
 }
 
-fn report_gold_errors(report: &GoldReport) -> bool {
-    for t in report.tables.iter().filter(|t| t.status == Status::Failed) {
-        eprintln!(
-            "error: gold {} failed: {}",
-            t.table,
-            t.error.as_deref().unwrap_or("unknown error")
-        );
-    }
-    !report.failed()
-}
-
-fn print_gold(report: &GoldReport) {
-    out!("gold run {}", report.run_id);
-    out!(
-        "  {:<18} {:<9} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7}",
-        "table",
-        "kind",
-        "status",
-        "rows in",
-        "inserted",
-        "updated",
-        "closed",
-        "dropped",
-        "version",
-        "seconds"
-    );
-    for t in &report.tables {
-        out!(
-            "  {:<18} {:<9} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7.2}",
-            t.table,
-            t.kind,
-            t.status.to_string(),
-            t.rows_in,
-            t.inserted,
-            t.updated,
-            t.closed,
-            t.deleted,
-            t.version.map_or_else(|| "-".to_string(), |v| v.to_string()),
-            t.seconds
-        );
-        for (sk, n) in t.unknown.iter().filter(|(_, n)| *n > 0) {
-            out!(
-                "  {:<18}   {n} new row(s) with {sk} = -1 (no version valid at their time)",
-                ""
-            );
-        }
-    }
-}
-
-fn report_silver_errors(report: &SilverReport) -> bool {
-    for t in &report.tables {
-        if let Some(e) = &t.error {
-            eprintln!("error: silver of {} failed: {e}", t.table);
-        }
-        for (file, reason) in &t.quarantined_files {
-            eprintln!(
-                "error: {file} is not readable parquet and was moved to bronze/_quarantine/: {reason}"
-            );
-        }
-    }
-    !report.failed()
-}
-
-fn print_silver(report: &SilverReport) {
-    out!("silver run {}", report.run_id);
-    out!(
-        "  {:<10} {:<7} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7}",
-        "table",
-        "status",
-        "files",
-        "rows in",
-        "rows out",
-        "dropped",
-        "dupes",
-        "rescued",
-        "version",
-        "seconds"
-    );
-    for t in &report.tables {
-        out!(
-            "  {:<10} {:<7} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7.2}",
-            t.table,
-            t.status.to_string(),
-            t.files,
-            t.counts.rows_in,
-            t.counts.rows_out,
-            t.counts.rows_dropped,
-            t.counts.rows_duplicate,
-            t.counts.rows_rescued,
-            t.version.map_or_else(|| "-".to_string(), |v| v.to_string()),
-            t.seconds
-        );
-        for (rule, rows) in &t.counts.expectations {
-            out!("  {:<10}   expectation {rule}: {rows} row(s) broke it", "");
-        }
-    }
-}
-
 fn sqlite_path(source: &str) -> Result<PathBuf> {
     source
         .strip_prefix("sqlite:")
@@ -557,70 +466,6 @@ fn sqlite_path(source: &str) -> Result<PathBuf> {
             what: "--source".into(),
             message: format!("seed writes a SQLite sample source: use sqlite:PATH, not {source:?}"),
         })
-}
-
-fn report_errors(report: &IngestReport) -> bool {
-    for t in report.tables.iter().filter(|t| t.status == Status::Failed) {
-        eprintln!(
-            "error: ingest of {} failed: {}",
-            t.table,
-            t.error.as_deref().unwrap_or("unknown error")
-        );
-    }
-    !report.failed()
-}
-
-fn print_seed(report: &seed::SeedReport, source: &str, incremental: bool) {
-    out!(
-        "{} {source} in {:.1} s",
-        if incremental {
-            "Applied one change batch to"
-        } else {
-            "Seeded"
-        },
-        report.seconds
-    );
-    out!("  {:<12} {:>10} {:>10}", "table", "inserted", "updated");
-    for (table, inserted, updated) in &report.tables {
-        out!("  {table:<12} {inserted:>10} {updated:>10}");
-    }
-}
-
-fn print_ingest(report: &IngestReport) {
-    out!("ingest run {}", report.run_id);
-    out!(
-        "  {:<12} {:<7} {:>10} {:>5} {:>8} {:>7}  window (low, high]",
-        "table",
-        "status",
-        "rows",
-        "files",
-        "MB",
-        "seconds"
-    );
-    for t in &report.tables {
-        let window = t
-            .window
-            .as_ref()
-            .map(|(low, high)| format!("({}, {high}]", low.as_deref().unwrap_or("start")))
-            .unwrap_or_else(|| "-".to_string());
-        out!(
-            "  {:<12} {:<7} {:>10} {:>5} {:>8.1} {:>7.2}  {window}",
-            t.table,
-            t.status.to_string(),
-            t.rows,
-            t.files.len(),
-            t.bytes as f64 / 1_048_576.0,
-            t.seconds
-        );
-    }
-    out!(
-        "  {:<12} {:<7} {:>10} {:>5} {:>8.1}",
-        "total",
-        if report.failed() { "FAILED" } else { "ok" },
-        report.rows(),
-        report.tables.iter().map(|t| t.files.len()).sum::<usize>(),
-        report.tables.iter().map(|t| t.bytes).sum::<u64>() as f64 / 1_048_576.0,
-    );
 }
 
 async fn status(cli: &Cli) -> Result<bool> {
@@ -697,137 +542,4 @@ async fn status(cli: &Cli) -> Result<bool> {
         }
     }
     Ok(ok)
-}
-
-/// What the demo shows of gold: checks a data engineer would run first, then the views.
-const DEMO_QUERIES: [(&str, &str); 5] = [
-    (
-        "Dimensions: one current version per key, every version with a unique surrogate key",
-        "SELECT 'dim_user' AS dimension, count(*) AS versions, count(DISTINCT user_id) AS keys, \
-           sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS current, count(DISTINCT user_sk) AS surrogate_keys \
-         FROM gold.dim_user WHERE user_sk > 0 \
-         UNION ALL SELECT 'dim_track', count(*), count(DISTINCT track_id), sum(CASE WHEN is_current THEN 1 ELSE 0 END), count(DISTINCT track_sk) \
-         FROM gold.dim_track WHERE track_sk > 0 \
-         UNION ALL SELECT 'dim_artist', count(*), count(DISTINCT artist_id), sum(CASE WHEN is_current THEN 1 ELSE 0 END), count(DISTINCT artist_sk) \
-         FROM gold.dim_artist WHERE artist_sk > 0 ORDER BY dimension",
-    ),
-    (
-        "One user's history (SCD2): the second run closed a version and opened the next",
-        "SELECT user_sk, user_id, user_name, country, subscription_type, end_date, valid_from, valid_to, is_current \
-         FROM gold.dim_user WHERE user_id = (SELECT min(user_id) FROM gold.dim_user WHERE NOT is_current) \
-         ORDER BY valid_from",
-    ),
-    (
-        "fact_stream: streams point at the user version valid when they were played (-1: no such user)",
-        "SELECT count(*) AS streams, count(DISTINCT f.stream_id) AS distinct_ids, \
-           sum(CASE WHEN f.user_sk = -1 THEN 1 ELSE 0 END) AS unknown_user, \
-           sum(CASE WHEN f.user_sk <> -1 AND u.valid_from <= f.stream_timestamp \
-                     AND (u.valid_to IS NULL OR f.stream_timestamp < u.valid_to) THEN 1 ELSE 0 END) AS user_version_valid_at_play, \
-           sum(CASE WHEN f.user_sk <> -1 AND NOT u.is_current THEN 1 ELSE 0 END) AS on_a_past_version \
-         FROM gold.fact_stream f LEFT JOIN gold.dim_user u ON f.user_sk = u.user_sk",
-    ),
-    (
-        "gold.top_tracks_per_day (templates/top_tracks_per_day.sql.j2), the latest day",
-        "SELECT * FROM gold.top_tracks_per_day \
-         WHERE date_key = (SELECT max(date_key) FROM gold.top_tracks_per_day) ORDER BY position LIMIT 5",
-    ),
-    (
-        "gold.stream_details (templates/star_join.sql.j2), a sample",
-        "SELECT stream_id, stream_timestamp, user_name, country, subscription_type, track_name, artist_name, device_type \
-         FROM gold.stream_details ORDER BY stream_id DESC LIMIT 5",
-    ),
-];
-
-/// One demo round: the whole pipeline as one run, each stage printed; false when a table failed.
-async fn demo_round(run_id: &str, source: &str, lake: &Lake, pipeline: &Pipeline) -> Result<bool> {
-    let flow = runs::flow(run_id, source, lake, pipeline, &pipeline.tables).await?;
-    print_ingest(&flow.ingest);
-    print_silver(&flow.silver);
-    print_gold(&flow.gold);
-    Ok(report_errors(&flow.ingest)
-        & report_silver_errors(&flow.silver)
-        & report_gold_errors(&flow.gold))
-}
-
-/// Builds the report of a run and writes it to `out`.
-async fn write_report(
-    lake: &Lake,
-    pipeline: &Pipeline,
-    run_id: Option<&str>,
-    out: &Path,
-) -> Result<crate::report::Report> {
-    let report = crate::report::build(lake, pipeline, run_id).await?;
-    let html = crate::report::render(&report)?;
-    std::fs::write(out, html).map_err(|e| Error::io(out, e))?;
-    Ok(report)
-}
-
-async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> Result<bool> {
-    let started = Instant::now();
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let db = dir.join("source.db");
-    let source = format!("sqlite:{}", db.display());
-    let lake_path = dir.join("lake").display().to_string();
-    let lake = Lake::open(&lake_path)?;
-    let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
-
-    out!("== 1. Seed a sample source (scale {scale})");
-    print_seed(&seed::create(&db, scale, seed_value)?, &source, false);
-    out!("\n== 2. First run: everything up to the current high watermark");
-    let first_run = new_run_id();
-    let first_ok = demo_round(&first_run, &source, &lake, &pipeline).await?;
-    out!("\n== 3. The source changes: updates, new users, new streams, a deleted user");
-    print_seed(&seed::apply_changes(&db, seed_value)?, &source, true);
-    let deleted = seed::delete_user(&db)?;
-    if let Some(id) = deleted {
-        out!("  and user {id} is deleted (DimUser has deletes = \"detect\")");
-    }
-    out!(
-        "\n== 4. Second run: only the rows past each watermark, only the new bronze files, only the changed keys"
-    );
-    let second_run = new_run_id();
-    let second_ok = demo_round(&second_run, &source, &lake, &pipeline).await?;
-    out!("\n== 5. A rerun with nothing new writes nothing and moves no watermark");
-    let third_run = new_run_id();
-    let third_ok = demo_round(&third_run, &source, &lake, &pipeline).await?;
-    out!("\n== 6. What gold holds");
-    for (title, sql) in DEMO_QUERIES {
-        out!("\n{title}");
-        match crate::query::run(&lake, sql).await {
-            Ok(batches) => out!(
-                "{}",
-                crate::query::render(&batches, crate::query::Format::Table)?
-            ),
-            Err(e) => eprintln!("error: {e}"),
-        }
-    }
-    if let Some(id) = deleted {
-        out!(
-            "\nUser {id}, deleted from the source: its history stays, its last version closed at the delete"
-        );
-        let sql = format!(
-            "SELECT user_sk, user_id, user_name, country, valid_from, valid_to, is_current \
-             FROM gold.dim_user WHERE user_id = {id} ORDER BY valid_from"
-        );
-        match crate::query::run(&lake, &sql).await {
-            Ok(batches) => out!(
-                "{}",
-                crate::query::render(&batches, crate::query::Format::Table)?
-            ),
-            Err(e) => eprintln!("error: {e}"),
-        }
-    }
-    let page = dir.join("report.html");
-    write_report(&lake, &pipeline, Some(&second_run), &page).await?;
-    out!(
-        "\n== 7. The report of the second run: {}\n   (any run: tunelake --lake {lake_path} report --run <id>; the first run was {first_run})",
-        page.display()
-    );
-    out!(
-        "\nDone in {:.1} s. Source: {source}  Lake: {lake_path}\nLook around: tunelake --lake {lake_path} status\n             tunelake --lake {lake_path} sql \"SELECT * FROM gold.stream_details LIMIT 10\"",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(first_ok & second_ok & third_ok)
 }
