@@ -14,6 +14,7 @@ mod outrigger;
 mod patch;
 mod rewrite;
 mod views;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use std::time::Instant;
 
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::DeltaTable;
-use deltalake::kernel::Transaction;
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -31,6 +31,10 @@ use crate::config::{GoldKind, Pipeline, TableSpec};
 use crate::error::{Error, Result, delta_err};
 use crate::lake::Lake;
 use crate::lake::lease::Lease;
+use write::{
+    append, col, commit_properties, count_op, insert_from_source, merge_rows, op_is, project,
+    schema_of, update_from_source,
+};
 
 /// Commit attempts when another writer commits to the same gold table first.
 const COMMIT_TRIES: usize = 5;
@@ -699,164 +703,6 @@ fn scan(
         .update_datafusion_session(&ctx.state())
         .map_err(delta_err(name))?;
     Ok(table.table_provider().with_session(Arc::new(ctx.state())))
-}
-
-/// The commit properties of a gold commit: the versions it consumed, no blind retries (a
-/// conflicting commit is recomputed from the new state instead).
-fn commit_properties(txns: Vec<Transaction>) -> deltalake::kernel::transaction::CommitProperties {
-    deltalake::kernel::transaction::CommitProperties::default()
-        .with_application_transactions(txns)
-        .with_max_retries(0)
-}
-
-/// [`crate::lake::storable`], with gold's error.
-fn storable(
-    batches: Vec<arrow::array::RecordBatch>,
-    schema: arrow::datatypes::SchemaRef,
-) -> Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)> {
-    crate::lake::storable(batches, schema).map_err(|e| Error::arrow("preparing gold rows", e))
-}
-
-/// Counts the rows whose `__op` is `op` and for which `also(batch, row)` holds.
-fn count_op(
-    batches: &[arrow::array::RecordBatch],
-    op: &str,
-    also: impl Fn(&arrow::array::RecordBatch, usize) -> bool,
-) -> u64 {
-    use arrow::array::AsArray;
-    let mut n = 0;
-    for b in batches {
-        let Some(ops) = b.column_by_name("__op") else {
-            continue;
-        };
-        let ops: Vec<Option<&str>> = match ops.data_type() {
-            arrow::datatypes::DataType::Utf8View => ops.as_string_view().iter().collect(),
-            arrow::datatypes::DataType::Utf8 => ops.as_string::<i32>().iter().collect(),
-            _ => continue,
-        };
-        n += ops
-            .iter()
-            .enumerate()
-            .filter(|(i, o)| **o == Some(op) && also(b, *i))
-            .count() as u64;
-    }
-    n
-}
-
-/// The table's schema as stored.
-fn schema_of(table: &DeltaTable, name: &str) -> Result<arrow::datatypes::SchemaRef> {
-    Ok(table
-        .snapshot()
-        .map_err(delta_err(name))?
-        .snapshot()
-        .arrow_schema())
-}
-
-/// The `output` columns of computed rows, in that order (dropping `__op` and the like).
-fn project(
-    rows: &[arrow::array::RecordBatch],
-    schema: &arrow::datatypes::SchemaRef,
-    output: &[String],
-    name: &str,
-) -> Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)> {
-    let keep: Vec<usize> = output
-        .iter()
-        .filter_map(|c| schema.index_of(c).ok())
-        .collect();
-    let projected = Arc::new(schema.project(&keep).map_err(|e| Error::arrow(name, e))?);
-    let batches = rows
-        .iter()
-        .map(|b| b.project(&keep))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::arrow(name, e))?;
-    Ok((projected, batches))
-}
-
-/// A column of the merge's source (`s`) or target (`t`).
-fn col(relation: &str, name: &str) -> datafusion::prelude::Expr {
-    datafusion::prelude::Expr::Column(datafusion::common::Column::new(Some(relation), name))
-}
-
-/// The merge-source rows whose `__op` is `op`.
-fn op_is(op: &str) -> datafusion::prelude::Expr {
-    col("s", "__op").eq(datafusion::prelude::lit(op.to_string()))
-}
-
-/// An update clause that sets `columns` from the source where `predicate` holds.
-fn update_from_source(
-    update: deltalake::operations::merge::UpdateBuilder,
-    predicate: datafusion::prelude::Expr,
-    columns: &[String],
-) -> deltalake::operations::merge::UpdateBuilder {
-    columns.iter().fold(update.predicate(predicate), |u, c| {
-        u.update(c.as_str(), col("s", c))
-    })
-}
-
-/// An insert clause that takes `columns` from the source where `predicate` holds.
-fn insert_from_source(
-    insert: deltalake::operations::merge::InsertBuilder,
-    predicate: datafusion::prelude::Expr,
-    columns: &[String],
-) -> deltalake::operations::merge::InsertBuilder {
-    columns.iter().fold(insert.predicate(predicate), |i, c| {
-        i.set(c.as_str(), col("s", c))
-    })
-}
-
-/// Merges computed rows (the source `s`, with `__op`) into the target `t` on `on`, with the
-/// clauses `clauses` adds, in one commit carrying `txns`.
-async fn merge_rows(
-    ctx: &SessionContext,
-    target: DeltaTable,
-    name: &str,
-    rows: Vec<arrow::array::RecordBatch>,
-    on: datafusion::prelude::Expr,
-    txns: Vec<Transaction>,
-    clauses: impl FnOnce(
-        deltalake::operations::merge::MergeBuilder,
-    ) -> deltalake::DeltaResult<deltalake::operations::merge::MergeBuilder>,
-) -> Result<DeltaTable> {
-    let properties = crate::lake::parquet_properties(schema_of(&target, name)?.as_ref()).build();
-    let source = ctx
-        .read_batches(rows)
-        .map_err(df_err(name, "staging the changes"))?;
-    let builder = target
-        .merge(source, on)
-        .with_writer_properties(properties)
-        .with_source_alias("s")
-        .with_target_alias("t")
-        .with_merge_schema(true);
-    let (table, _metrics) = clauses(builder)
-        .map_err(delta_err(name))?
-        .with_commit_properties(commit_properties(txns))
-        .await
-        .map_err(delta_err(name))?;
-    Ok(table)
-}
-
-/// Appends rows in one commit carrying `txns`: the first build of a table (which creates
-/// it), or, with no rows, a commit that only records progress.
-async fn append(
-    target: DeltaTable,
-    name: &str,
-    schema: arrow::datatypes::SchemaRef,
-    batches: Vec<arrow::array::RecordBatch>,
-    txns: Vec<Transaction>,
-) -> Result<DeltaTable> {
-    let (schema, mut batches) = storable(batches, schema)?;
-    let properties = crate::lake::parquet_properties(&schema).build();
-    if batches.is_empty() {
-        batches.push(arrow::array::RecordBatch::new_empty(schema));
-    }
-    target
-        .write(batches)
-        .with_writer_properties(properties)
-        .with_save_mode(deltalake::protocol::SaveMode::Append)
-        .with_configuration(crate::lake::CREATED_WITH)
-        .with_commit_properties(commit_properties(txns))
-        .await
-        .map_err(delta_err(name))
 }
 
 /// A repeatable stream of scrambled numbers below `n` (xorshift), for tests that compare two
