@@ -10,12 +10,13 @@
 //! an object created only if absent (`PutMode::Create`) holding an expiry, renewed while the
 //! work goes on and taken over, by a conditional update on its ETag, once it has expired.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -70,7 +71,7 @@ enum Kind {
     /// The open, locked file: closing it unlocks.
     Local(#[expect(dead_code, reason = "held for its lock")] std::fs::File),
     Object {
-        lake: Lake,
+        store: Arc<dyn ObjectStore>,
         path: String,
         renewal: JoinHandle<()>,
     },
@@ -92,7 +93,10 @@ impl Lease {
         loop {
             let attempt = match lake.local_path(&path(stage, table)) {
                 Some(file) => try_local(file.with_extension("lock"), run_id).await?,
-                None => try_object(lake, &format!("{}.json", path(stage, table)), run_id).await?,
+                None => {
+                    let path = format!("{}.json", path(stage, table));
+                    try_object(lake.store(), &path, run_id).await?
+                }
             };
             let holder = match attempt {
                 Ok(kind) => return Ok(Lease { kind }),
@@ -117,13 +121,13 @@ impl Lease {
     /// Releases the lease now (dropping it does the same, in the background on object stores).
     pub async fn release(mut self) {
         if let Kind::Object {
-            lake,
+            store,
             path,
             renewal,
         } = std::mem::replace(&mut self.kind, Kind::Released)
         {
             renewal.abort();
-            if let Err(e) = lake.delete(&path).await {
+            if let Err(e) = store.delete(&Path::from(path.as_str())).await {
                 warn!(error = %e, "The lease could not be removed; it expires by itself.");
             }
         }
@@ -133,14 +137,14 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Kind::Object {
-            lake,
+            store,
             path,
             renewal,
         } = std::mem::replace(&mut self.kind, Kind::Released)
         {
             renewal.abort();
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { lake.delete(&path).await });
+                runtime.spawn(async move { store.delete(&Path::from(path.as_str())).await });
             }
         }
     }
@@ -190,11 +194,10 @@ async fn try_local(
 
 /// Creates the lease object, or takes over an expired one; otherwise says who holds it.
 async fn try_object(
-    lake: &Lake,
+    store: Arc<dyn ObjectStore>,
     path: &str,
     run_id: &str,
 ) -> Result<std::result::Result<Kind, String>> {
-    let store = lake.store();
     let location = Path::from(path);
     let body = || {
         PutPayload::from_bytes(Bytes::from(
@@ -241,7 +244,7 @@ async fn try_object(
         Err(e) => return Err(Error::lake(path, e)),
     };
     let renewal = tokio::spawn(renew(
-        lake.clone(),
+        store.clone(),
         path.to_string(),
         run_id.to_string(),
         UpdateVersion {
@@ -250,14 +253,19 @@ async fn try_object(
         },
     ));
     Ok(Ok(Kind::Object {
-        lake: lake.clone(),
+        store,
         path: path.to_string(),
         renewal,
     }))
 }
 
 /// Moves the lease's expiry forward while its work goes on.
-async fn renew(lake: Lake, path: String, run_id: String, mut version: UpdateVersion) {
+async fn renew(
+    store: Arc<dyn ObjectStore>,
+    path: String,
+    run_id: String,
+    mut version: UpdateVersion,
+) {
     let location = Path::from(path.as_str());
     loop {
         tokio::time::sleep(TTL / 3).await;
@@ -265,7 +273,7 @@ async fn renew(lake: Lake, path: String, run_id: String, mut version: UpdateVers
             serde_json::to_vec(&Holder::new(&run_id)).unwrap_or_default(),
         ));
         let options = PutOptions::from(PutMode::Update(version.clone()));
-        match lake.store().put_opts(&location, body, options).await {
+        match store.put_opts(&location, body, options).await {
             Ok(result) => {
                 version = UpdateVersion {
                     e_tag: result.e_tag,
@@ -323,5 +331,58 @@ mod tests {
         assert!(!waiting.is_finished());
         first.release().await;
         assert!(waiting.await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_object_lease_is_created_once_refused_while_held_and_taken_over_when_expired() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let path = "_system/leases/gold/dim_user.json";
+        let held = try_object(store.clone(), path, "run-a").await.unwrap();
+        let Ok(first) = held else {
+            panic!("the first run gets it")
+        };
+        let refused = try_object(store.clone(), path, "run-b").await.unwrap();
+        assert!(
+            matches!(&refused, Err(holder) if holder.contains("run-a")),
+            "{:?}",
+            refused.err()
+        );
+        drop(Lease { kind: first });
+        // Released: the next run creates it afresh.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(second) = try_object(store.clone(), path, "run-b").await.unwrap() else {
+            panic!("released")
+        };
+        // A holder that died leaves an expired lease: it is taken over by a conditional write.
+        std::mem::forget(Lease { kind: second });
+        let dead = Holder {
+            run_id: "run-dead".into(),
+            pid: 1,
+            since: Utc::now() - TTL * 3,
+            expires: Utc::now() - TTL,
+        };
+        store
+            .put(
+                &Path::from(path),
+                PutPayload::from(serde_json::to_vec(&dead).unwrap()),
+            )
+            .await
+            .unwrap();
+        let Ok(taken) = try_object(store.clone(), path, "run-c").await.unwrap() else {
+            panic!("an expired lease is taken over")
+        };
+        let now: Holder = serde_json::from_slice(
+            &store
+                .get(&Path::from(path))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(now.run_id, "run-c");
+        Lease { kind: taken }.release().await;
+        assert!(store.head(&Path::from(path)).await.is_err(), "released");
     }
 }
