@@ -41,6 +41,14 @@ impl Fixture {
         rusqlite::Connection::open(&self.db).unwrap()
     }
 
+    /// A count from any SQLite file.
+    pub fn count_in(db: &Path, sql: &str) -> u64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row(sql, [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64
+    }
+
     pub fn count(&self, sql: &str) -> u64 {
         self.sql()
             .query_row(sql, [], |r| r.get::<_, i64>(0))

@@ -247,6 +247,39 @@ fn the_functions_build_the_same_gold_as_a_run_and_refuse_bad_input() {
     );
     assert_eq!(status, 400, "{body}");
 
+    // The refresh function: the plan without confirm=yes, nothing changed; then the refresh.
+    let (status, body) = server.request("POST", "/api/refresh", "");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.request("POST", "/api/refresh?table=Nope", "");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Nope"), "{body}");
+    let (status, body) = server.request("POST", "/api/refresh?table=DimDate", "");
+    assert_eq!(status, 200, "{body}");
+    let plan: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(plan["refreshed"], false);
+    assert_eq!(plan["would_discard"]["table"], "DimDate");
+    assert_eq!(gold_tables(d, "lake"), before, "a plan changes nothing");
+    let (status, body) = server.request(
+        "POST",
+        "/api/refresh",
+        r#"{"table": "DimDate", "confirm": true}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let done: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(done["refreshed"], true);
+    assert!(d.join("lake/bronze/_refreshed/DimDate").is_dir());
+    let (status, body) = server.request(
+        "GET",
+        "/api/query?q=SELECT%20count(*)%20AS%20n%20FROM%20gold.dim_date%20WHERE%20date_sk%20%3C%3E%20-1",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let dates = crate::common::Fixture::count_in(&d.join("src.db"), "SELECT COUNT(*) FROM DimDate");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["rows"][0]["n"],
+        dates
+    );
+
     // The alert function: no mail channel here, so the outbox.
     let (status, body) = server.request(
         "POST",
