@@ -181,7 +181,14 @@ pub(super) async fn apply(
         .with_commit_properties(commit_properties(txns))
         .await
         .map_err(delta_err(name))?;
-    Ok((table, metrics.num_target_rows_deleted as u64))
+    let removed = metrics.num_target_rows_deleted as u64;
+    let asked = metrics.num_source_rows as u64;
+    tracing::info!(
+        deletes = asked,
+        removed,
+        "Applied the deletes; a delete of a key the fact does not hold (or holds newer) removes nothing."
+    );
+    Ok((table, removed))
 }
 
 #[cfg(test)]

@@ -66,7 +66,8 @@ pub struct TableReport {
     /// Rows changed in place (SCD2: versions closed or re-dated; facts: rows whose
     /// surrogate keys moved to a newly valid dimension version).
     pub updated: u64,
-    /// SCD2 versions that a late change made obsolete.
+    /// Rows removed: SCD2 versions that a late change made obsolete, SCD1 rows of deleted
+    /// keys, fact rows that deletes ended.
     pub deleted: u64,
     /// SCD2 versions closed by this run (`valid_to` set).
     pub closed: u64,
