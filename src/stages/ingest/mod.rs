@@ -291,22 +291,26 @@ impl Ingest {
         report.files = written.files;
         if written.rows > 0 {
             report.status = Status::Ok;
-            if let Some(next) = plan.next_watermark.filter(|n| Some(*n) != stored_bound) {
-                watermark::write(
-                    &self.lake,
-                    &table.name,
-                    &watermark::Watermark {
-                        column: table.cdc_column.clone(),
-                        kind,
-                        value: next.to_string(),
-                        run_id: self.run_id.clone(),
-                        rows: written.rows,
-                        at: chrono::Utc::now(),
-                    },
-                )
-                .await?;
-                report.watermark = Some(next.to_string());
-            }
+        }
+        // A change version is the database's clock, not the table's: an empty window still
+        // moves it, or a table that seldom changes would fall behind the change retention.
+        if (written.rows > 0 || table.cdc_mode == CdcMode::ChangeTracking)
+            && let Some(next) = plan.next_watermark.filter(|n| Some(*n) != stored_bound)
+        {
+            watermark::write(
+                &self.lake,
+                &table.name,
+                &watermark::Watermark {
+                    column: table.cdc_column.clone(),
+                    kind,
+                    value: next.to_string(),
+                    run_id: self.run_id.clone(),
+                    rows: written.rows,
+                    at: chrono::Utc::now(),
+                },
+            )
+            .await?;
+            report.watermark = Some(next.to_string());
         }
         report.seconds = start.elapsed().as_secs_f64();
         info!(
