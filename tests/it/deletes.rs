@@ -34,26 +34,32 @@ kind = "fact"
 lookups = [{ dimension = "dim_user", on = ["user_id"] }]
 "#;
 
+type Column<'a> = (&'a str, DataType, arrow::array::ArrayRef);
+
+fn int32s(name: &str, values: impl Iterator<Item = i32>) -> Column<'_> {
+    (
+        name,
+        DataType::Int32,
+        Arc::new(Int32Array::from_iter_values(values)),
+    )
+}
+
+fn texts<'a>(name: &'a str, values: impl Iterator<Item = Option<&'a str>>) -> Column<'a> {
+    (
+        name,
+        DataType::Utf8,
+        Arc::new(StringArray::from_iter(values)),
+    )
+}
+
 /// Appends user changes: (user_id, country, is_deleted, time of day).
 async fn users(h: &Lakehouse, rows: &[(i32, &str, i32, &str)]) {
     h.append(
         "users",
         vec![
-            (
-                "user_id",
-                DataType::Int32,
-                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
-            ),
-            (
-                "country",
-                DataType::Utf8,
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-            ),
-            (
-                "is_deleted",
-                DataType::Int32,
-                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2))),
-            ),
+            int32s("user_id", rows.iter().map(|r| r.0)),
+            texts("country", rows.iter().map(|r| Some(r.1))),
+            int32s("is_deleted", rows.iter().map(|r| r.2)),
             times("updated_at", rows.iter().map(|r| r.3)),
         ],
     )
@@ -70,17 +76,9 @@ async fn streams(h: &Lakehouse, rows: &[(i64, i32, &str, Option<&str>)]) {
                 DataType::Int64,
                 Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
             ),
-            (
-                "user_id",
-                DataType::Int32,
-                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1))),
-            ),
+            int32s("user_id", rows.iter().map(|r| r.1)),
             times("stream_timestamp", rows.iter().map(|r| r.2)),
-            (
-                "_change_type",
-                DataType::Utf8,
-                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.3))),
-            ),
+            texts("_change_type", rows.iter().map(|r| r.3)),
         ],
     )
     .await;
@@ -272,22 +270,10 @@ async fn typed_users(h: &Lakehouse, rows: &[(i32, &str, &str, Option<&str>)]) {
     h.append(
         "users",
         vec![
-            (
-                "user_id",
-                DataType::Int32,
-                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
-            ),
-            (
-                "country",
-                DataType::Utf8,
-                Arc::new(StringArray::from_iter(rows.iter().map(|r| Some(r.1)))),
-            ),
+            int32s("user_id", rows.iter().map(|r| r.0)),
+            texts("country", rows.iter().map(|r| Some(r.1))),
             times("updated_at", rows.iter().map(|r| r.2)),
-            (
-                "_change_type",
-                DataType::Utf8,
-                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.3))),
-            ),
+            texts("_change_type", rows.iter().map(|r| r.3)),
         ],
     )
     .await;
