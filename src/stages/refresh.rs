@@ -1,9 +1,9 @@
 //! Full refresh (Delta Live Tables' *full refresh*): start one table over from its source.
 //!
 //! The table's bronze files move to `bronze/_refreshed/<Table>/<run>/`, its watermark (and
-//! key list for delete detection) goes, and its silver and gold tables are emptied as new Delta versions (time travel keeps the old
-//! rows until vacuum), with gold's record of the silver it consumed reset so that gold rebuilds
-//! from the new silver. Surrogate keys go on from where they were, never reused; facts that
+//! key list for delete detection) goes, and its silver and gold tables are emptied as new
+//! Delta versions (time travel keeps the old rows until vacuum), with gold's record of the
+//! silver it consumed reset so that gold rebuilds from the new silver. Surrogate keys go on from where they were, never reused; facts that
 //! look the table's dimension up are emptied the same way and rebuilt, since their surrogate
 //! keys point at versions that no longer exist. The caller then runs the tables again.
 
@@ -64,7 +64,8 @@ pub async fn plan(lake: &Lake, pipeline: &Pipeline, table: &TableSpec) -> Result
     for (spec, scd2) in gold_tables(pipeline, table) {
         let Some(g) = &spec.gold else { continue };
         let name = format!("gold.{}", g.name);
-        if let Some(rows) = count(lake, &name, None).await {
+        let members = unknown_member(g).map(|m| format!("NOT ({m})"));
+        if let Some(rows) = count(lake, &name, members.as_deref()).await {
             let history = if scd2 {
                 count(lake, &name, Some("NOT is_current"))
                     .await
@@ -149,13 +150,10 @@ async fn reset_leased(
     .await?;
     for (spec, _) in gold_tables(pipeline, table) {
         if let Some(g) = &spec.gold {
-            // A dimension keeps its unknown member, which only a first build writes.
-            let keep = (g.kind == GoldKind::Dimension)
-                .then(|| format!("{} = -1", crate::config::ident::quote_ansi(&g.sk())));
             empty(
                 lake,
                 &gold::table_path(&g.name),
-                keep,
+                unknown_member(g),
                 vec![Transaction::new(
                     gold::consumed_app_id(&spec.silver_name()),
                     -1,
@@ -195,6 +193,13 @@ async fn empty(
         .await
         .map_err(delta_err(path))?;
     Ok(())
+}
+
+/// The condition that picks a dimension's unknown member, which a refresh keeps: only a first
+/// build writes it.
+fn unknown_member(g: &crate::config::GoldSpec) -> Option<String> {
+    (g.kind == GoldKind::Dimension)
+        .then(|| format!("{} = -1", crate::config::ident::quote_ansi(&g.sk())))
 }
 
 /// The gold tables a refresh of `table` empties (its own, and the facts that look its

@@ -7,6 +7,21 @@ use tunelake::stages::ingest::Ingest;
 
 use crate::common::*;
 
+type Client = tiberius::Client<tokio_util::compat::Compat<tokio::net::TcpStream>>;
+
+/// A client of the test server, to set up and drop the tables the tests read.
+async fn connect(conn: &str) -> Client {
+    use tokio_util::compat::TokioAsyncWriteCompatExt;
+    let mut config = tiberius::Config::from_ado_string(conn).unwrap();
+    config.trust_cert();
+    let tcp = tokio::net::TcpStream::connect(config.get_addr())
+        .await
+        .unwrap();
+    tiberius::Client::connect(config, tcp.compat_write())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn ingest_from_sql_server_when_a_connection_string_is_given() {
     let Ok(conn) = std::env::var("TUNELAKE_TEST_MSSQL") else {
@@ -16,15 +31,7 @@ async fn ingest_from_sql_server_when_a_connection_string_is_given() {
         return;
     };
     let table = format!("tunelake_it_{}", std::process::id());
-    let mut config = tiberius::Config::from_ado_string(&conn).unwrap();
-    config.trust_cert();
-    let tcp = tokio::net::TcpStream::connect(config.get_addr())
-        .await
-        .unwrap();
-    use tokio_util::compat::TokioAsyncWriteCompatExt;
-    let mut client = tiberius::Client::connect(config, tcp.compat_write())
-        .await
-        .unwrap();
+    let mut client = connect(&conn).await;
     client
         .simple_query(format!(
             "CREATE TABLE dbo.{table} (id INT PRIMARY KEY, name NVARCHAR(50), amount DECIMAL(10,2), \
@@ -86,15 +93,7 @@ async fn change_tracking_brings_updates_inserts_and_deletes_when_a_connection_st
         return;
     };
     let table = format!("tunelake_ct_{}", std::process::id());
-    let mut config = tiberius::Config::from_ado_string(&conn).unwrap();
-    config.trust_cert();
-    let tcp = tokio::net::TcpStream::connect(config.get_addr())
-        .await
-        .unwrap();
-    use tokio_util::compat::TokioAsyncWriteCompatExt;
-    let mut client = tiberius::Client::connect(config, tcp.compat_write())
-        .await
-        .unwrap();
+    let mut client = connect(&conn).await;
     let mut exec = async |sql: String| {
         client
             .simple_query(sql)
