@@ -336,11 +336,7 @@ pub async fn send(lake: &Lake, graph: Option<&Graph>, alert: &Alert) -> Result<D
             }
         }
     }
-    let path = format!(
-        "_system/outbox/{}-{}.json",
-        alert.run_id,
-        alert.stage.replace(['/', ' '], "_")
-    );
+    let path = crate::lake::layout::outbox(&alert.run_id, &alert.stage);
     let mut record = serde_json::to_value(alert).map_err(|e| Error::Task(e.to_string()))?;
     if let (Some(r), Some(map)) = (&reason, record.as_object_mut()) {
         map.insert("mail_error".to_string(), serde_json::Value::from(r.clone()));

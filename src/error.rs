@@ -122,8 +122,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("silver table {table}: {source}")]
+    #[error("Delta table {table}: {source}")]
     Delta {
+        /// The table's lake path (`silver/users`, `gold/dim_user`, `_system/events`).
         table: String,
         #[source]
         source: deltalake::DeltaTableError,
@@ -178,9 +179,10 @@ pub enum Error {
 }
 
 /// Maps delta-rs errors to [`Error::Delta`] for `table` (for `map_err`).
-pub fn delta_err(table: &str) -> impl Fn(deltalake::DeltaTableError) -> Error + '_ {
+pub fn delta_err(table: impl std::fmt::Display) -> impl Fn(deltalake::DeltaTableError) -> Error {
+    let table = table.to_string();
     move |e| Error::Delta {
-        table: table.to_string(),
+        table: table.clone(),
         source: e,
     }
 }

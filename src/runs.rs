@@ -11,6 +11,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::alert::{self, Alert, Failure, Graph};
 use crate::config::{GoldKind, Pipeline, TableSpec};
 use crate::error::Result;
+use crate::lake::layout::Stage;
 use crate::lake::{Lake, events};
 use crate::stages::Status;
 use crate::stages::gold::{Gold, GoldReport, Progress};
@@ -46,7 +47,13 @@ pub async fn ingest(
 async fn ingested(lake: &Lake, report: &IngestReport, started: DateTime<Utc>) -> Result<()> {
     events::append(lake, &report.events(started)).await?;
     let failed = report.tables.iter().map(|t| (&t.table, t.status, &t.error));
-    notify(lake, &report.run_id, "ingest", failures(failed)).await;
+    notify(
+        lake,
+        &report.run_id,
+        Stage::Ingest.as_str(),
+        failures(failed),
+    )
+    .await;
     Ok(())
 }
 
@@ -78,7 +85,7 @@ async fn silvered(lake: &Lake, report: &SilverReport, started: DateTime<Utc>) ->
             })
         })
         .collect();
-    notify(lake, &report.run_id, "silver", failures).await;
+    notify(lake, &report.run_id, Stage::Silver.as_str(), failures).await;
     Ok(())
 }
 
@@ -106,7 +113,7 @@ fn lease_wait(pipeline: &Pipeline) -> std::time::Duration {
 async fn golden(lake: &Lake, report: &GoldReport, started: DateTime<Utc>) -> Result<()> {
     events::append(lake, &report.events(started)).await?;
     let failed = report.tables.iter().map(|t| (&t.table, t.status, &t.error));
-    notify(lake, &report.run_id, "gold", failures(failed)).await;
+    notify(lake, &report.run_id, Stage::Gold.as_str(), failures(failed)).await;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Pipeline;
 use crate::error::{Error, Result};
-use crate::lake::{Lake, bronze_dir, events, watermark};
+use crate::lake::{Lake, events, layout, watermark};
 use crate::progress;
 use crate::runs;
 use crate::seed;
@@ -483,7 +483,7 @@ async fn status(cli: &Cli) -> Result<bool> {
     let stored = watermark::read_all(&lake).await?;
     let mut ok = true;
     for table in &pipeline.tables {
-        let files = lake.list(&bronze_dir(&table.name)).await?;
+        let files = lake.list(&layout::bronze_dir(&table.name)).await?;
         let parquet: Vec<_> = files
             .iter()
             .filter(|m| m.location.as_ref().ends_with(".parquet"))
@@ -535,7 +535,7 @@ async fn status(cli: &Cli) -> Result<bool> {
     }
     let latest = events::latest(&lake, 20).await?;
     if !latest.is_empty() {
-        out!("latest runs (from {})", events::PATH);
+        out!("latest runs (from {})", layout::EVENTS);
         match arrow::util::pretty::pretty_format_batches(&latest) {
             Ok(table) => out!("{table}"),
             Err(e) => eprintln!("error: cannot print the event log: {e}"),

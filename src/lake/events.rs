@@ -16,10 +16,8 @@ use deltalake::protocol::SaveMode;
 use serde::Serialize;
 
 use super::Lake;
+use super::layout;
 use crate::error::{Error, Result};
-
-/// Where the event log lives in the lake.
-pub const PATH: &str = "_system/events";
 
 /// One row of the event log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -120,7 +118,7 @@ fn to_batch(events: &[Event]) -> std::result::Result<RecordBatch, arrow::error::
 }
 
 async fn open(lake: &Lake) -> Result<DeltaTable> {
-    lake.delta_table(PATH).await
+    lake.delta_table(layout::EVENTS).await
 }
 
 /// Appends events (one commit). Appends never conflict with each other.
@@ -128,7 +126,7 @@ pub async fn append(lake: &Lake, events: &[Event]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let batch = to_batch(events).map_err(|e| Error::arrow(PATH, e))?;
+    let batch = to_batch(events).map_err(|e| Error::arrow(layout::EVENTS, e))?;
     open(lake)
         .await?
         .write(vec![batch])
@@ -138,7 +136,7 @@ pub async fn append(lake: &Lake, events: &[Event]) -> Result<()> {
         .with_schema_mode(SchemaMode::Merge)
         .await
         .map_err(|e| Error::Delta {
-            table: PATH.to_string(),
+            table: layout::EVENTS.to_string(),
             source: e,
         })?;
     Ok(())
@@ -146,8 +144,8 @@ pub async fn append(lake: &Lake, events: &[Event]) -> Result<()> {
 
 fn fail(e: datafusion::error::DataFusionError) -> Error {
     Error::DataFusion {
-        table: PATH.to_string(),
-        file: PATH.to_string(),
+        table: layout::EVENTS.to_string(),
+        file: layout::EVENTS.to_string(),
         context: "reading the event log".to_string(),
         source: e,
     }
@@ -160,7 +158,7 @@ async fn session(lake: &Lake) -> Result<Option<datafusion::prelude::SessionConte
         return Ok(None);
     }
     let ctx = datafusion::prelude::SessionContext::new();
-    let provider = super::delta_provider(&table, &ctx, PATH).await?;
+    let provider = super::delta_provider(&table, &ctx, layout::EVENTS).await?;
     ctx.register_table("events", provider).map_err(fail)?;
     Ok(Some(ctx))
 }
@@ -405,7 +403,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let log = dir.path().join(PATH).join("_delta_log");
+        let log = dir.path().join(layout::EVENTS).join("_delta_log");
         let mut names: Vec<String> = std::fs::read_dir(&log)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -416,7 +414,7 @@ mod tests {
         assert_eq!(checkpoints, ["00000000000000000009.checkpoint.parquet"]);
         assert_eq!(names.iter().filter(|n| n.ends_with(".json")).count(), 12);
         // The first version is still there to read, past the checkpoint.
-        let first = deltalake::DeltaTableBuilder::from_url(lake.table_url(PATH).unwrap())
+        let first = deltalake::DeltaTableBuilder::from_url(lake.table_url(layout::EVENTS).unwrap())
             .unwrap()
             .with_version(0)
             .load()

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::Lake;
+use super::layout::{self, Stage};
 use crate::error::{Error, Result};
 
 /// How long an object-store lease lives without renewal: long enough to ride out a slow
@@ -29,11 +30,6 @@ use crate::error::{Error, Result};
 const TTL: Duration = Duration::from_secs(120);
 /// How often a waiting run looks again.
 const POLL: Duration = Duration::from_millis(200);
-
-/// The lake path of a lease, without its extension.
-fn path(stage: &str, table: &str) -> String {
-    format!("_system/leases/{stage}/{table}")
-}
 
 /// Who holds a lease, as written into it (for the error a waiting run gives up with).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,7 +79,7 @@ impl Lease {
     /// finish; past that, an error naming the table and the holder.
     pub async fn acquire(
         lake: &Lake,
-        stage: &str,
+        stage: Stage,
         table: &str,
         run_id: &str,
         wait: Duration,
@@ -91,10 +87,10 @@ impl Lease {
         let deadline = tokio::time::Instant::now() + wait;
         let mut announced = false;
         loop {
-            let attempt = match lake.local_path(&path(stage, table)) {
+            let attempt = match lake.local_path(&layout::lease(stage, table)) {
                 Some(file) => try_local(file.with_extension("lock"), run_id).await?,
                 None => {
-                    let path = format!("{}.json", path(stage, table));
+                    let path = format!("{}.json", layout::lease(stage, table));
                     try_object(lake.store(), &path, run_id).await?
                 }
             };
@@ -296,12 +292,12 @@ mod tests {
     async fn a_second_holder_waits_and_gives_up_naming_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
-        let first = Lease::acquire(&lake, "ingest", "DimUser", "run-a", Duration::ZERO)
+        let first = Lease::acquire(&lake, Stage::Ingest, "DimUser", "run-a", Duration::ZERO)
             .await
             .unwrap();
         let err = Lease::acquire(
             &lake,
-            "ingest",
+            Stage::Ingest,
             "DimUser",
             "run-b",
             Duration::from_millis(300),
@@ -315,7 +311,7 @@ mod tests {
             "{err}"
         );
         // Another table is free.
-        Lease::acquire(&lake, "ingest", "DimTrack", "run-b", Duration::ZERO)
+        Lease::acquire(&lake, Stage::Ingest, "DimTrack", "run-b", Duration::ZERO)
             .await
             .unwrap()
             .release()
@@ -324,7 +320,14 @@ mod tests {
         let waiting = tokio::spawn({
             let lake = lake.clone();
             async move {
-                Lease::acquire(&lake, "ingest", "DimUser", "run-b", Duration::from_secs(10)).await
+                Lease::acquire(
+                    &lake,
+                    Stage::Ingest,
+                    "DimUser",
+                    "run-b",
+                    Duration::from_secs(10),
+                )
+                .await
             }
         });
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -4,6 +4,7 @@
 pub mod areas;
 pub mod azurite;
 pub mod events;
+pub mod layout;
 pub mod lease;
 pub mod watermark;
 pub mod writers;
@@ -287,11 +288,6 @@ fn azure_store(url: &str) -> std::result::Result<(Arc<dyn ObjectStore>, Option<S
         Some(parsed.username().to_string())
     };
     Ok((store, container))
-}
-
-/// Where bronze files of a table live: `bronze/<Table>/`.
-pub fn bronze_dir(table: &str) -> String {
-    format!("bronze/{table}")
 }
 
 /// A lake root.

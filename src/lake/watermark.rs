@@ -7,13 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::Lake;
+use super::layout;
 use crate::error::{Error, Result};
 use crate::window::{Bound, BoundKind};
-
-/// The lake path of a table's watermark.
-pub fn path(table: &str) -> String {
-    format!("bronze/_watermarks/{table}.json")
-}
 
 /// The stored watermark of one table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +45,7 @@ pub async fn read(
     column: &str,
     kind: BoundKind,
 ) -> Result<Option<Watermark>> {
-    let file = path(table);
+    let file = layout::watermark(table);
     let Some(bytes) = lake.get_opt(&file).await? else {
         return Ok(None);
     };
@@ -72,11 +68,11 @@ pub async fn read(
 pub async fn write(lake: &Lake, table: &str, watermark: &Watermark) -> Result<()> {
     let mut bytes =
         serde_json::to_vec_pretty(watermark).map_err(|e| Error::WatermarkUnreadable {
-            file: path(table),
+            file: layout::watermark(table),
             reason: e.to_string(),
         })?;
     bytes.push(b'\n');
-    lake.put(&path(table), bytes.into()).await
+    lake.put(&layout::watermark(table), bytes.into()).await
 }
 
 /// Every stored watermark, by table name (for `status`).
@@ -84,7 +80,7 @@ pub async fn read_all(
     lake: &Lake,
 ) -> Result<Vec<(String, std::result::Result<Watermark, String>)>> {
     let mut out = Vec::new();
-    for meta in lake.list("bronze/_watermarks").await? {
+    for meta in lake.list(layout::WATERMARKS).await? {
         let name = meta.location.filename().unwrap_or_default().to_string();
         let Some(table) = name.strip_suffix(".json") else {
             continue;
@@ -140,9 +136,12 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("created_at"), "{err}");
 
-        lake.put(&path("DimUser"), bytes::Bytes::from_static(b"{not json"))
-            .await
-            .unwrap();
+        lake.put(
+            &layout::watermark("DimUser"),
+            bytes::Bytes::from_static(b"{not json"),
+        )
+        .await
+        .unwrap();
         let err = read(&lake, "DimUser", "updated_at", BoundKind::Timestamp)
             .await
             .unwrap_err()

@@ -6,6 +6,8 @@ pub mod ingest;
 pub mod refresh;
 pub mod silver;
 
+use crate::lake::layout::Stage;
+
 /// A run id: UTC start time plus a random suffix, sortable and unique enough per lake.
 pub fn new_run_id() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -31,7 +33,7 @@ pub async fn per_table<R, F, Fut>(
     tables: &[crate::config::TableSpec],
     limit: usize,
     run_id: &str,
-    stage: &'static str,
+    stage: Stage,
     work: F,
     on_panic: impl Fn(&crate::config::TableSpec, String) -> R,
 ) -> Vec<R>
@@ -46,17 +48,17 @@ where
         .iter()
         .map(|table| {
             let permits = permits.clone();
-            let span = tracing::info_span!("table", run_id = %run_id, stage, table = %table.name);
+            let span = tracing::info_span!("table", run_id = %run_id, stage = stage.as_str(), table = %table.name);
             let task = work(table.clone());
             let label = match (stage, &table.gold) {
-                ("silver", _) => table.silver_name(),
-                ("gold", Some(gold)) => gold.name.clone(),
+                (Stage::Silver, _) => table.silver_name(),
+                (Stage::Gold, Some(gold)) => gold.name.clone(),
                 _ => table.name.clone(),
             };
             tokio::spawn(
                 async move {
                     let _permit = permits.acquire_owned().await;
-                    let tracker = crate::progress::Tracker::start(stage, &label);
+                    let tracker = crate::progress::Tracker::start(stage.as_str(), &label);
                     let result = crate::progress::scope(tracker.clone(), task).await;
                     tracker.finish(result.status(), result.rows());
                     result

@@ -13,9 +13,9 @@ use tracing::info;
 
 use crate::config::{GoldKind, Pipeline, TableSpec};
 use crate::error::{Error, Result, delta_err};
+use crate::lake::layout::Stage;
 use crate::lake::lease::Lease;
-use crate::lake::{Lake, bronze_dir, watermark};
-use crate::stages::{gold, silver};
+use crate::lake::{Lake, layout, watermark};
 
 /// What a refresh of one table discards, for the operator to confirm.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -109,10 +109,10 @@ pub async fn reset(
     run_id: &str,
 ) -> Result<Vec<TableSpec>> {
     let wait = std::time::Duration::from_secs(pipeline.settings.lease_wait_seconds);
-    let mut leases = vec![Lease::acquire(lake, "ingest", &table.name, run_id, wait).await?];
+    let mut leases = vec![Lease::acquire(lake, Stage::Ingest, &table.name, run_id, wait).await?];
     for (spec, _) in gold_tables(pipeline, table) {
         if let Some(g) = &spec.gold {
-            leases.push(Lease::acquire(lake, "gold", &g.name, run_id, wait).await?);
+            leases.push(Lease::acquire(lake, Stage::Gold, &g.name, run_id, wait).await?);
         }
     }
     let result = reset_leased(lake, pipeline, table, run_id).await;
@@ -128,7 +128,7 @@ async fn reset_leased(
     table: &TableSpec,
     run_id: &str,
 ) -> Result<Vec<TableSpec>> {
-    let archive = format!("bronze/_refreshed/{}/{run_id}", table.name);
+    let archive = layout::refreshed(&table.name, run_id);
     for file in bronze_files(lake, &table.name).await? {
         let name = file.rsplit('/').next().unwrap_or(&file).to_string();
         let to = format!("{archive}/{name}");
@@ -137,13 +137,12 @@ async fn reset_leased(
             .await
             .map_err(|e| Error::lake(&file, e))?;
     }
-    lake.delete(&watermark::path(&table.name)).await?;
+    lake.delete(&layout::watermark(&table.name)).await?;
     // Deletes are detected afresh from the new extract on.
-    lake.delete(&super::ingest::deletes::keys_path(&table.name))
-        .await?;
+    lake.delete(&layout::keys(&table.name)).await?;
     empty(
         lake,
-        &silver::table_path(&table.silver_name()),
+        &layout::silver_table(&table.silver_name()),
         None,
         Vec::new(),
     )
@@ -152,10 +151,10 @@ async fn reset_leased(
         if let Some(g) = &spec.gold {
             empty(
                 lake,
-                &gold::table_path(&g.name),
+                &layout::gold_table(&g.name),
                 unknown_member(g),
                 vec![Transaction::new(
-                    gold::consumed_app_id(&spec.silver_name()),
+                    layout::app_id::gold_consumed(&spec.silver_name()),
                     -1,
                 )],
             )
@@ -239,7 +238,7 @@ fn dependent_facts<'a>(pipeline: &'a Pipeline, table: &TableSpec) -> Vec<&'a Tab
 
 /// The table's bronze data files (not the quarantine, watermarks or archives beside them).
 async fn bronze_files(lake: &Lake, table: &str) -> Result<Vec<String>> {
-    let dir = bronze_dir(table);
+    let dir = layout::bronze_dir(table);
     Ok(lake
         .list(&dir)
         .await?

@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::config::ingest::CHANGE_VERSION;
 use crate::config::{TableSpec, ident::quote_tsql};
-use crate::stages::silver::CHANGE_TYPE;
+use crate::lake::layout::silver_columns::CHANGE_TYPE;
 
 /// The database's current change version: the window's upper bound, read before the copy.
 pub const CURRENT_VERSION_SQL: &str = "SELECT CHANGE_TRACKING_CURRENT_VERSION()";

@@ -393,7 +393,8 @@ impl Source for MssqlSource {
                 .map(|f| f.name().as_str())
                 .filter(|n| {
                     table.cdc_mode == CdcMode::Watermark
-                        || (*n != CHANGE_VERSION && *n != crate::stages::silver::CHANGE_TYPE)
+                        || (*n != CHANGE_VERSION
+                            && *n != crate::lake::layout::silver_columns::CHANGE_TYPE)
                 })
                 .collect();
             let sql = match table.cdc_mode {

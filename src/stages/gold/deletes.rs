@@ -16,7 +16,8 @@ use super::{SilverChanges, col, commit_properties, delta_err, df_err, register};
 use crate::config::TableSpec;
 use crate::config::ident::quote_ansi as q;
 use crate::error::Result;
-use crate::stages::silver::CHANGE_TYPE;
+use crate::lake::layout;
+use crate::lake::layout::silver_columns::CHANGE_TYPE;
 
 /// The SQL condition over a silver row that makes it a delete, or `None` when no row of
 /// `silver` can be one.
@@ -177,10 +178,10 @@ pub(super) async fn apply(
         .with_source_alias("s")
         .with_target_alias("t")
         .when_matched_delete(|d| d.predicate(ended))
-        .map_err(delta_err(name))?
+        .map_err(delta_err(layout::gold_table(name)))?
         .with_commit_properties(commit_properties(txns))
         .await
-        .map_err(delta_err(name))?;
+        .map_err(delta_err(layout::gold_table(name)))?;
     let removed = metrics.num_target_rows_deleted as u64;
     let asked = metrics.num_source_rows as u64;
     tracing::info!(

@@ -27,18 +27,17 @@ use tracing::{debug, info};
 use super::outrigger::Outrigger;
 use super::rewrite::Rewrite;
 use super::{
-    TableReport, append, col, consumed_app_id, df_err, insert_from_source, merge_rows, op_is,
-    project, recorded, register, schema_of, silver_changes, table_path, update_from_source,
+    TableReport, append, col, df_err, insert_from_source, merge_rows, op_is, project, recorded,
+    register, schema_of, silver_changes, update_from_source,
 };
 use crate::config::ident::quote_ansi as q;
 use crate::config::{GoldSpec, TableSpec};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
+use crate::lake::layout;
+use crate::lake::layout::gold_columns::{self, IS_CURRENT, VALID_FROM, VALID_TO};
+use crate::lake::layout::silver_columns::{INGESTED_AT, SOURCE_FILE};
 use crate::stages::Status;
-use crate::stages::silver::{INGESTED_AT, SOURCE_FILE};
-
-/// The app id under which a dimension records the largest surrogate key it ever assigned.
-pub const SK_APP_ID: &str = "tunelake.gold.sk";
 
 /// Columns a gold table never takes from silver: lineage and rescue columns.
 pub(super) fn is_lineage(name: &str) -> bool {
@@ -140,7 +139,7 @@ impl DimColumns {
         out.extend(self.attrs.iter().cloned());
         out.extend(self.copied.iter().cloned());
         if self.scd2 {
-            out.extend(["valid_from", "valid_to", "is_current"].map(String::from));
+            out.extend(gold_columns::SCD2.map(String::from));
         }
         out
     }
@@ -376,13 +375,13 @@ pub(super) fn versions(
     if c.scd2 {
         let seq = column("__seq")?;
         fields.push(arrow::datatypes::Field::new(
-            "valid_from",
+            VALID_FROM,
             seq.data_type().clone(),
             true,
         ));
         arrays.push(arrow::compute::take(&seq, &take_rows, None)?);
         fields.push(arrow::datatypes::Field::new(
-            "valid_to",
+            VALID_TO,
             seq.data_type().clone(),
             true,
         ));
@@ -426,7 +425,7 @@ pub(super) fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -
             picked.extend(c.attrs.iter().map(|a| pick(a)));
             picked.extend(c.copied.iter().map(|a| pick(a)));
             if c.scd2 {
-                picked.extend(["valid_from", "valid_to"].map(|p| format!("g.{p}")));
+                picked.extend(gold_columns::PERIOD.map(|p| format!("g.{p}")));
             }
             format!(
                 "o AS (SELECT {} FROM gold AS g JOIN touched AS c ON {})",
@@ -547,7 +546,7 @@ pub(super) fn numbered(
     let at = arrow::array::UInt32Array::from(inserted.clone());
     let mut by: Vec<&str> = c.keys.iter().map(String::as_str).collect();
     if c.scd2 {
-        by.push("valid_from");
+        by.push(VALID_FROM);
     }
     let order = by
         .iter()
@@ -609,7 +608,7 @@ pub(super) fn first_rows(
     ))];
     let mut names: Vec<&str> = c.keys.iter().chain(&c.attrs).map(String::as_str).collect();
     if c.scd2 {
-        names.extend(["valid_from", "valid_to"]);
+        names.extend(gold_columns::PERIOD);
     }
     for name in names {
         let (i, field) = n.schema_ref().column_with_name(name).ok_or_else(|| {
@@ -625,7 +624,7 @@ pub(super) fn first_rows(
     };
     if c.scd2 {
         let current: BooleanArray = ended.iter().map(|e| Some(!e)).collect();
-        fields.push(Field::new("is_current", DataType::Boolean, true));
+        fields.push(Field::new(IS_CURRENT, DataType::Boolean, true));
         columns.push(Arc::new(current));
     }
     fields.push(Field::new("__op", DataType::Utf8, true));
@@ -655,11 +654,13 @@ pub(super) async fn build(
     };
     let silver_name = table.silver_name();
     let name = gold.name.as_str();
-    let path = table_path(name);
+    let path = layout::gold_table(name);
     let target = lake.delta_table(&path).await?;
-    let app_id = consumed_app_id(&silver_name);
+    let app_id = layout::app_id::gold_consumed(&silver_name);
     let consumed = recorded(&target, &app_id, name).await?;
-    let max_sk = recorded(&target, SK_APP_ID, name).await?.unwrap_or(0);
+    let max_sk = recorded(&target, layout::app_id::SURROGATE_KEY, name)
+        .await?
+        .unwrap_or(0);
     let Some(changes) = silver_changes(lake, &silver_name, consumed, None).await? else {
         info!("Silver has no table yet; nothing to build.");
         return Ok(());
@@ -731,7 +732,7 @@ pub(super) async fn build(
     let mut staged_columns: Vec<&str> = columns.keys.iter().map(String::as_str).collect();
     staged_columns.push(&columns.sk);
     if columns.scd2 {
-        staged_columns.extend(["valid_from", "valid_to"]);
+        staged_columns.extend(gold_columns::PERIOD);
     }
     staged_columns.extend(built.carried(name).iter().map(String::as_str));
     for (i, range) in ranges.iter().enumerate() {
@@ -872,7 +873,7 @@ pub(super) async fn build(
         // surrogate key goes with every commit, the consumed silver version only with the
         // last: a run stopped between ranges is redone, and finds the ranges already
         // written unchanged.
-        let mut txns = vec![Transaction::new(SK_APP_ID, sk_base)];
+        let mut txns = vec![Transaction::new(layout::app_id::SURROGATE_KEY, sk_base)];
         if last {
             txns.push(Transaction::new(&app_id, changes.version as i64));
         }
@@ -910,7 +911,7 @@ pub(super) async fn build(
     }
     if let Some(rewrite) = rewrite {
         let txns = vec![
-            Transaction::new(SK_APP_ID, sk_base),
+            Transaction::new(layout::app_id::SURROGATE_KEY, sk_base),
             Transaction::new(&app_id, changes.version as i64),
         ];
         target = if rewrite.is_empty() {
@@ -1192,7 +1193,7 @@ fn unknown_member(schema: &SchemaRef, c: &DimColumns) -> Result<RecordBatch> {
             let name = f.name();
             if *name == c.sk {
                 Arc::new(Int64Array::from(vec![-1]))
-            } else if c.scd2 && name == "is_current" {
+            } else if c.scd2 && name == IS_CURRENT {
                 Arc::new(BooleanArray::from(vec![true]))
             } else if (c.attrs.contains(name) || c.copied.contains(name))
                 && matches!(
@@ -1316,9 +1317,9 @@ mod tests {
                 "user_id",
                 "user_name",
                 "country",
-                "valid_from",
-                "valid_to",
-                "is_current"
+                VALID_FROM,
+                VALID_TO,
+                IS_CURRENT
             ]
         );
         let mut gold1 = gold.clone();
@@ -1462,7 +1463,7 @@ mod tests {
                 Arc::new(Schema::new(vec![
                     Field::new("user_sk", DataType::Int64, true),
                     Field::new("user_id", DataType::Int32, true),
-                    Field::new("valid_from", DataType::Int64, true),
+                    Field::new(VALID_FROM, DataType::Int64, true),
                     Field::new("__op", DataType::Utf8, true),
                 ])),
                 vec![

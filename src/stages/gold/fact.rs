@@ -22,20 +22,17 @@ use tracing::{Instrument, debug, info};
 use super::dimension::is_lineage;
 use super::rewrite::file_name;
 use super::{
-    SilverChanges, TableReport, append, col, consumed_app_id, count_op, delta_err, df_err,
-    insert_from_source, merge_rows, op_is, project, recorded, register, schema_of, silver_changes,
-    table_path, update_from_source,
+    SilverChanges, TableReport, append, col, count_op, delta_err, df_err, insert_from_source,
+    merge_rows, op_is, project, recorded, register, schema_of, silver_changes, update_from_source,
 };
 use crate::config::ident::quote_ansi as q;
 use crate::config::{GoldKind, TableSpec};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
+use crate::lake::layout;
+use crate::lake::layout::gold_columns::{self};
+use crate::lake::layout::silver_columns::{INGESTED_AT, SOURCE_FILE};
 use crate::stages::Status;
-use crate::stages::silver::{INGESTED_AT, SOURCE_FILE};
-
-fn lookup_app_id(dimension: &str) -> String {
-    format!("tunelake.gold.lookup:{dimension}")
-}
 
 /// Where a lookup's key value comes from: a fact column, or a column an earlier lookup
 /// carried in.
@@ -300,8 +297,8 @@ pub(super) async fn build(
     };
     let silver_name = table.silver_name();
     let name = gold.name.as_str();
-    let target = lake.delta_table(&table_path(name)).await?;
-    let app_id = consumed_app_id(&silver_name);
+    let target = lake.delta_table(&layout::gold_table(name)).await?;
+    let app_id = layout::app_id::gold_consumed(&silver_name);
     let consumed = recorded(&target, &app_id, name).await?;
     let Some(changes) = silver_changes(lake, &silver_name, consumed, None).await? else {
         info!("Silver has no table yet; nothing to build.");
@@ -503,7 +500,7 @@ pub(super) async fn build(
         };
         indexed.push(is_indexed);
         carried_types.push(carried);
-        let lookup_id = lookup_app_id(&l.dimension);
+        let lookup_id = layout::app_id::fact_lookup(&l.dimension);
         txns.push(Transaction::new(&lookup_id, dim_consumed));
         let Some(fact_cols) = &fact_columns else {
             continue;
@@ -949,7 +946,7 @@ async fn open_lookup(
     // While the dimension is being built, its current version is the one a hand-over will
     // apply to: it is read meanwhile, off the path from the hand-over to the fact's commit.
     let early = if built.building(&l.dimension) {
-        let dim = lake.delta_table(&table_path(&l.dimension)).await?;
+        let dim = lake.delta_table(&layout::gold_table(&l.dimension)).await?;
         match dim.version() {
             Some(version) => Some((
                 version,
@@ -965,7 +962,7 @@ async fn open_lookup(
             let rows = match early {
                 Some((version, rows)) if version == staged.base => rows,
                 _ => {
-                    let path = table_path(&l.dimension);
+                    let path = layout::gold_table(&l.dimension);
                     let dim = super::table_at(lake, &path, staged.base).await?;
                     lookup_rows(ctx, &dim, l, i, (fact_key, fact_seq), name).await?
                 }
@@ -1145,7 +1142,7 @@ async fn lookup_rows(
     let raw = format!("__raw_{i}");
     register(ctx, &raw, dim, None).await?;
     let mut wanted: Vec<&String> = l.dim_keys.iter().chain([&l.sk]).collect();
-    let period = ["valid_from".to_string(), "valid_to".to_string()];
+    let period = gold_columns::PERIOD.map(String::from);
     if l.scd2 {
         wanted.extend(&period);
     }
@@ -1283,7 +1280,10 @@ fn chunk_files(
     silver: &str,
     first_key: &str,
 ) -> Result<Vec<Vec<String>>> {
-    let snapshot = changes.table.snapshot().map_err(delta_err(silver))?;
+    let snapshot = changes
+        .table
+        .snapshot()
+        .map_err(delta_err(layout::silver_table(silver)))?;
     // Keyed by file name (delta-rs names data files uniquely), so each lookup is one probe;
     // a file not found counts as a full chunk, which only makes chunks smaller.
     let logged: std::collections::HashMap<String, (usize, Option<serde_json::Value>)> = snapshot
@@ -1474,8 +1474,8 @@ async fn append_plan(
     };
     let written = crate::lake::writers::write_streams(
         &target,
-        name,
-        &super::table_path(name),
+        &layout::gold_table(name),
+        &layout::gold_table(name),
         streams,
         std::num::NonZeroU64::new(FACT_FILE_BYTES),
         unknown,
@@ -1487,7 +1487,7 @@ async fn append_plan(
     }
     // The rows are written; they are committed once the dimensions they name are.
     hand_over.confirm(lake, built, name).await?;
-    crate::lake::writers::commit_append(target, name, written.adds, txns).await
+    crate::lake::writers::commit_append(target, &layout::gold_table(name), written.adds, txns).await
 }
 
 #[cfg(test)]

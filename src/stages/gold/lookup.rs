@@ -24,6 +24,7 @@ use datafusion::logical_expr::{
 
 use super::rewrite::SurrogateKeys;
 use crate::error::{Error, Result};
+use crate::lake::layout::gold_columns::{VALID_FROM, VALID_TO};
 
 /// One version of a dimension member: its period (`to` is `i64::MAX` while open) and its
 /// surrogate key, together so that a probe touches one place.
@@ -812,7 +813,7 @@ impl Indexer {
             return None;
         }
         if let Some(seq) = shape.period {
-            let (from, to) = (type_of("valid_from"), type_of("valid_to"));
+            let (from, to) = (type_of(VALID_FROM), type_of(VALID_TO));
             if from.as_ref() != Some(seq) || to.as_ref() != Some(seq) || !ordered_as_i64(seq) {
                 return None;
             }
@@ -862,7 +863,7 @@ impl Indexer {
             key: int64(&self.key)?,
             sk: int64(&self.sk)?,
             period: match self.periods {
-                true => Some((int64("valid_from")?, int64("valid_to")?)),
+                true => Some((int64(VALID_FROM)?, int64(VALID_TO)?)),
                 false => None,
             },
         })
@@ -1097,8 +1098,8 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![
             Field::new("sk", DataType::Int64, true),
             Field::new("id", DataType::Int32, true),
-            Field::new("valid_from", ts(), true),
-            Field::new("valid_to", ts(), true),
+            Field::new(VALID_FROM, ts(), true),
+            Field::new(VALID_TO, ts(), true),
             Field::new("name", DataType::Utf8, true),
         ]));
         let column = |f: fn(&Row) -> Option<i64>| {
@@ -1261,8 +1262,8 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![
             Field::new("sk", DataType::Int64, true),
             Field::new("id", DataType::Int64, true),
-            Field::new("valid_from", DataType::Int64, true),
-            Field::new("valid_to", DataType::Int64, true),
+            Field::new(VALID_FROM, DataType::Int64, true),
+            Field::new(VALID_TO, DataType::Int64, true),
         ]));
         // In three batches, as a dimension is read, and numbered across them.
         let batches = |spread: i64| -> Vec<RecordBatch> {

@@ -30,6 +30,8 @@ use super::Status;
 use crate::config::{GoldKind, Pipeline, TableSpec};
 use crate::error::{Error, Result, delta_err};
 use crate::lake::Lake;
+use crate::lake::layout;
+use crate::lake::layout::Stage;
 use crate::lake::lease::Lease;
 use write::{
     append, col, commit_properties, count_op, insert_from_source, merge_rows, op_is, project,
@@ -38,16 +40,6 @@ use write::{
 
 /// Commit attempts when another writer commits to the same gold table first.
 const COMMIT_TRIES: usize = 5;
-
-/// The app id under which a gold table records the silver version it consumed.
-pub(crate) fn consumed_app_id(silver: &str) -> String {
-    format!("tunelake.gold:{silver}")
-}
-
-/// Where a gold table lives.
-pub fn table_path(name: &str) -> String {
-    format!("gold/{name}")
-}
 
 /// What a gold run did to one table or view.
 #[derive(Debug, Clone, Serialize)]
@@ -138,7 +130,7 @@ impl GoldReport {
             .iter()
             .map(|t| crate::lake::events::Event {
                 run_id: self.run_id.clone(),
-                stage: "gold".to_string(),
+                stage: Stage::Gold.to_string(),
                 table: t.table.clone(),
                 status: t.status.to_string().to_lowercase(),
                 rows_in: t.rows_in as i64,
@@ -241,7 +233,7 @@ impl Gold {
                 &of_kind(kind),
                 pipeline.settings.max_concurrency,
                 &self.run_id,
-                "gold",
+                Stage::Gold,
                 move |table| {
                     let this = worker.clone();
                     let all = dims.clone();
@@ -266,11 +258,11 @@ impl Gold {
         let mut tables = Vec::new();
         for view in &pipeline.views {
             let start = Instant::now();
-            let tracker = crate::progress::Tracker::start("gold", &view.name);
+            let tracker = crate::progress::Tracker::start(Stage::Gold.as_str(), &view.name);
             let mut report = TableReport::new(&view.name, "view", None);
             let lease = Lease::acquire(
                 &self.lake,
-                "gold",
+                Stage::Gold,
                 &view.name,
                 &self.run_id,
                 self.lease_wait,
@@ -318,17 +310,24 @@ impl Gold {
             .gold
             .as_ref()
             .map_or(table.name.as_str(), |g| g.name.as_str());
-        let lease =
-            match Lease::acquire(&self.lake, "gold", name, &self.run_id, self.lease_wait).await {
-                Ok(lease) => lease,
-                Err(e) => {
-                    let mut report = report_for(table);
-                    report.status = Status::Failed;
-                    report.error = Some(e.to_string());
-                    report.seconds = start.elapsed().as_secs_f64();
-                    return report;
-                }
-            };
+        let lease = match Lease::acquire(
+            &self.lake,
+            Stage::Gold,
+            name,
+            &self.run_id,
+            self.lease_wait,
+        )
+        .await
+        {
+            Ok(lease) => lease,
+            Err(e) => {
+                let mut report = report_for(table);
+                report.status = Status::Failed;
+                report.error = Some(e.to_string());
+                report.seconds = start.elapsed().as_secs_f64();
+                return report;
+            }
+        };
         let report = self.leased_table(table, all, chunks, built, start).await;
         lease.release().await;
         report
@@ -521,18 +520,18 @@ pub async fn state(lake: &Lake, pipeline: &Pipeline) -> Result<Vec<TableState>> 
     let mut out = Vec::new();
     for t in &pipeline.tables {
         let Some(g) = &t.gold else { continue };
-        let table = lake.delta_table(&table_path(&g.name)).await?;
+        let table = lake.delta_table(&layout::gold_table(&g.name)).await?;
         let silver = t.silver_name();
         out.push(TableState {
             table: g.name.clone(),
             kind: report_for(t).kind,
             version: table.version(),
-            consumed: recorded(&table, &consumed_app_id(&silver), &g.name).await?,
+            consumed: recorded(&table, &layout::app_id::gold_consumed(&silver), &g.name).await?,
             source: Some(silver),
         });
     }
     for v in &pipeline.views {
-        let table = lake.delta_table(&table_path(&v.name)).await?;
+        let table = lake.delta_table(&layout::gold_table(&v.name)).await?;
         out.push(TableState {
             table: v.name.clone(),
             kind: "view".to_string(),
@@ -554,7 +553,7 @@ fn report_for(table: &TableSpec) -> TableReport {
 }
 
 async fn current_version(lake: &Lake, name: &str) -> Option<u64> {
-    lake.delta_table(&table_path(name))
+    lake.delta_table(&layout::gold_table(name))
         .await
         .ok()
         .and_then(|t| t.version())
@@ -583,7 +582,7 @@ fn df_err<'a>(
 ) -> impl Fn(datafusion::error::DataFusionError) -> Error + 'a {
     move |e| Error::DataFusion {
         table: table.to_string(),
-        file: table_path(table),
+        file: layout::gold_table(table),
         context: context.to_string(),
         source: e,
     }
@@ -596,10 +595,10 @@ async fn recorded(table: &DeltaTable, app_id: &str, name: &str) -> Result<Option
     }
     table
         .snapshot()
-        .map_err(delta_err(name))?
+        .map_err(delta_err(layout::gold_table(name)))?
         .transaction_version(table.log_store().as_ref(), app_id)
         .await
-        .map_err(delta_err(name))
+        .map_err(delta_err(layout::gold_table(name)))
 }
 
 /// A table at a given version (or `None` before its first commit).
@@ -611,8 +610,8 @@ async fn built_dimension(
     silver: &str,
     owner: &str,
 ) -> Result<(DeltaTable, i64)> {
-    let dim = lake.delta_table(&table_path(dimension)).await?;
-    match recorded(&dim, &consumed_app_id(silver), dimension).await? {
+    let dim = lake.delta_table(&layout::gold_table(dimension)).await?;
+    match recorded(&dim, &layout::app_id::gold_consumed(silver), dimension).await? {
         Some(consumed) => Ok((dim, consumed)),
         None => Err(Error::Gold {
             table: owner.to_string(),
@@ -646,7 +645,7 @@ async fn silver_changes(
     after: Option<i64>,
     upto: Option<u64>,
 ) -> Result<Option<SilverChanges>> {
-    let path = super::silver::table_path(silver);
+    let path = layout::silver_table(silver);
     let table = match upto {
         Some(v) => table_at(lake, &path, v).await?,
         None => lake.delta_table(&path).await?,
@@ -655,13 +654,18 @@ async fn silver_changes(
         return Ok(None);
     };
 
-    let mut files: Vec<String> = table.get_file_uris().map_err(delta_err(silver))?.collect();
+    let mut files: Vec<String> = table
+        .get_file_uris()
+        .map_err(delta_err(layout::silver_table(silver)))?
+        .collect();
     match after {
         Some(v) if v >= version as i64 => files.clear(),
         Some(v) if v >= 0 => {
             let before = table_at(lake, &path, v as u64).await?;
-            let old: std::collections::HashSet<String> =
-                before.get_file_uris().map_err(delta_err(silver))?.collect();
+            let old: std::collections::HashSet<String> = before
+                .get_file_uris()
+                .map_err(delta_err(layout::silver_table(silver)))?
+                .collect();
             files.retain(|f| !old.contains(f));
         }
         _ => {}
@@ -702,7 +706,7 @@ fn scan(
 ) -> Result<deltalake::delta_datafusion::TableProviderBuilder> {
     table
         .update_datafusion_session(&ctx.state())
-        .map_err(delta_err(name))?;
+        .map_err(delta_err(layout::gold_table(name)))?;
     Ok(table.table_provider().with_session(Arc::new(ctx.state())))
 }
 

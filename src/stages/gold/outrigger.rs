@@ -17,6 +17,7 @@ use super::{built_dimension, df_err, register};
 use crate::config::{LookupSpec, TableSpec};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
+use crate::lake::layout::gold_columns::IS_CURRENT;
 
 /// One lookup's current members, by key.
 pub(super) struct Outrigger {
@@ -70,7 +71,7 @@ impl Outrigger {
             .collect();
         let mut filter: Vec<String> = keys.iter().map(|k| format!("{k} IS NOT NULL")).collect();
         if gold.scd_type == 2 {
-            filter.push("is_current".to_string());
+            filter.push(IS_CURRENT.to_string());
         }
         let sql = format!(
             "SELECT {} FROM {raw} WHERE {}",

@@ -19,10 +19,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::arrow_writer::{ArrowWriter, ArrowWriterOptions, compute_leaves};
 use parquet::column::writer::ColumnCloseResult;
 
-/// The stored column that ends a version.
-pub(super) const VALID_TO: &str = "valid_to";
-/// The stored column that says a version has no end.
-pub(super) const IS_CURRENT: &str = "is_current";
+use crate::lake::layout::gold_columns::{IS_CURRENT, VALID_TO};
 
 /// New ends of stored versions, by surrogate key, in the raw units of the table's
 /// `valid_to` (`None`: the version is open again).

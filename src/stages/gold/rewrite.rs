@@ -20,9 +20,11 @@ use deltalake::protocol::DeltaOperation;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 
-use super::patch::{self, Ends, IS_CURRENT, VALID_TO};
+use super::patch::{self, Ends};
 use super::{commit_properties, delta_err, df_err, schema_of};
 use crate::error::{Error, Result};
+use crate::lake::layout;
+use crate::lake::layout::gold_columns::{IS_CURRENT, VALID_TO};
 
 /// The scan column that names each row's file.
 const FILE_COLUMN: &str = "__tunelake_file";
@@ -54,7 +56,8 @@ impl Rewrite {
     /// Starts a change to `target` (which exists), whose rows are identified by `sk`.
     pub(super) fn new(target: &DeltaTable, name: &str, sk: &str) -> Result<Self> {
         let schema = schema_of(target, name)?;
-        let writer = crate::lake::writers::delta_writer(target, name, &schema, None)?;
+        let writer =
+            crate::lake::writers::delta_writer(target, &layout::gold_table(name), &schema, None)?;
         Ok(Rewrite {
             name: name.to_string(),
             sk: sk.to_string(),
@@ -129,7 +132,7 @@ impl Rewrite {
         self.writer
             .write(&batch)
             .await
-            .map_err(delta_err(&self.name))?;
+            .map_err(delta_err(layout::gold_table(&self.name)))?;
         self.written += batch.num_rows();
         Ok(())
     }
@@ -153,7 +156,9 @@ impl Rewrite {
         } else {
             files_holding(ctx, &target, &name, &self.sk, &self.replaced, &self.ends).await?
         };
-        let snapshot = target.snapshot().map_err(delta_err(&name))?;
+        let snapshot = target
+            .snapshot()
+            .map_err(delta_err(layout::gold_table(&name)))?;
         // A file that only has rows to end is copied with two columns re-encoded; one that
         // loses rows is rewritten row by row (ending rows as it goes).
         let mut actions: Vec<Action> = Vec::new();
@@ -181,7 +186,7 @@ impl Rewrite {
         }
         let uris: Vec<String> = target
             .get_file_uris()
-            .map_err(delta_err(&name))?
+            .map_err(delta_err(layout::gold_table(&name)))?
             .filter(|uri| rows_go.contains(file_name(uri)))
             .collect();
         tracing::debug!(
@@ -196,7 +201,7 @@ impl Rewrite {
             self.writer
                 .close()
                 .await
-                .map_err(delta_err(&name))?
+                .map_err(delta_err(layout::gold_table(&name)))?
                 .into_iter()
                 .map(Action::Add),
         );
@@ -215,12 +220,12 @@ impl Rewrite {
                 DeltaOperation::Update { predicate: None },
             )
             .await
-            .map_err(delta_err(&name))?;
+            .map_err(delta_err(layout::gold_table(&name)))?;
         let mut target = target;
         target
             .update_incremental(Some(commit.version()))
             .await
-            .map_err(delta_err(&name))?;
+            .map_err(delta_err(layout::gold_table(&name)))?;
         Ok(target)
     }
 }

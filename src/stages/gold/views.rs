@@ -12,14 +12,11 @@ use tracing::info;
 
 use deltalake::kernel::Transaction;
 
-use super::{commit_properties, delta_err, df_err, recorded, table_path};
+use super::{commit_properties, delta_err, df_err, recorded};
 use crate::config::{Pipeline, ViewSpec};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
-
-fn input_app_id(table: &str) -> String {
-    format!("tunelake.view.input:{table}")
-}
+use crate::lake::layout;
 
 /// Rebuilds a view when a gold table moved since it was built (or it was never built);
 /// returns its rows and new version, or `None` when it was up to date.
@@ -28,7 +25,7 @@ pub(super) async fn refresh(
     pipeline: &Pipeline,
     view: &ViewSpec,
 ) -> Result<Option<(u64, Option<u64>)>> {
-    let target = lake.delta_table(&table_path(&view.name)).await?;
+    let target = lake.delta_table(&layout::gold_table(&view.name)).await?;
     let mut inputs = Vec::new();
     let mut stale = target.version().is_none();
     for name in pipeline
@@ -36,13 +33,13 @@ pub(super) async fn refresh(
         .iter()
         .filter_map(|t| t.gold.as_ref().map(|g| g.name.as_str()))
     {
-        let table = lake.delta_table(&table_path(name)).await?;
+        let table = lake.delta_table(&layout::gold_table(name)).await?;
         let Some(version) = table.version() else {
             // A view waits until every gold table has been built once.
             info!(view = %view.name, missing = name, "Not built yet: a gold table is missing.");
             return Ok(None);
         };
-        let app_id = input_app_id(name);
+        let app_id = layout::app_id::view_input(name);
         if !stale && recorded(&target, &app_id, &view.name).await? != Some(version as i64) {
             stale = true;
         }
@@ -81,7 +78,7 @@ async fn materialize(
     // The rows stream from the query into the table's files: a view can be as large as the
     // fact it reads.
     let df = crate::lake::storable_df(df, None).map_err(df_err(name, "planning the view"))?;
-    let table = lake.delta_table(&table_path(name)).await?;
+    let table = lake.delta_table(&layout::gold_table(name)).await?;
     let properties = crate::lake::parquet_properties(df.schema().as_arrow()).build();
     let written = table
         .write(Vec::new())
@@ -92,7 +89,7 @@ async fn materialize(
         .with_schema_mode(SchemaMode::Overwrite)
         .with_commit_properties(commit_properties(inputs))
         .await
-        .map_err(delta_err(name))?;
+        .map_err(delta_err(layout::gold_table(name)))?;
     let version = written.version();
     let rows = written_rows(&written, name)?;
     info!(view = name, rows, version, "Materialized the view.");
@@ -101,7 +98,9 @@ async fn materialize(
 
 /// The rows of a table's current files, from the row counts its log keeps per file.
 fn written_rows(table: &deltalake::DeltaTable, name: &str) -> Result<u64> {
-    let snapshot = table.snapshot().map_err(delta_err(name))?;
+    let snapshot = table
+        .snapshot()
+        .map_err(delta_err(layout::gold_table(name)))?;
     let mut rows = 0;
     for file in snapshot.log_data() {
         rows += file.num_records().unwrap_or(0) as u64;

@@ -9,6 +9,7 @@ use deltalake::kernel::Transaction;
 
 use super::{delta_err, df_err};
 use crate::error::{Error, Result};
+use crate::lake::layout;
 
 /// The commit properties of a gold commit: the versions it consumed, no blind retries (a
 /// conflicting commit is recomputed from the new state instead).
@@ -58,7 +59,7 @@ pub(super) fn count_op(
 pub(super) fn schema_of(table: &DeltaTable, name: &str) -> Result<arrow::datatypes::SchemaRef> {
     Ok(table
         .snapshot()
-        .map_err(delta_err(name))?
+        .map_err(delta_err(layout::gold_table(name)))?
         .snapshot()
         .arrow_schema())
 }
@@ -139,10 +140,10 @@ pub(super) async fn merge_rows(
         .with_target_alias("t")
         .with_merge_schema(true);
     let (table, _metrics) = clauses(builder)
-        .map_err(delta_err(name))?
+        .map_err(delta_err(layout::gold_table(name)))?
         .with_commit_properties(commit_properties(txns))
         .await
-        .map_err(delta_err(name))?;
+        .map_err(delta_err(layout::gold_table(name)))?;
     Ok(table)
 }
 
@@ -167,5 +168,5 @@ pub(super) async fn append(
         .with_configuration(crate::lake::CREATED_WITH)
         .with_commit_properties(commit_properties(txns))
         .await
-        .map_err(delta_err(name))
+        .map_err(delta_err(layout::gold_table(name)))
 }

@@ -23,25 +23,10 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::config::TableSpec;
 use crate::error::{Error, Result};
-use crate::lake::{Lake, bronze_dir};
+use crate::lake::layout::silver_columns::CHANGE_TYPE;
+use crate::lake::{Lake, layout};
 use crate::source::{BatchStream, Source};
-use crate::stages::silver::CHANGE_TYPE;
 use crate::window::Bound;
-
-/// The lake path of a table's key list.
-pub fn keys_path(table: &str) -> String {
-    format!("bronze/_keys/{table}.parquet")
-}
-
-/// The bronze path of a markers file: `<Table>_deletes_<time>.parquet`, beside the windows
-/// (its name is not a window's, so no window's cleanup ever takes it for one).
-pub fn markers_path(table: &str, at: &Bound) -> String {
-    format!(
-        "{}/{table}_deletes_{}.parquet",
-        bronze_dir(table),
-        at.file_token()
-    )
-}
 
 /// What one detection found.
 #[derive(Debug, Default)]
@@ -81,17 +66,17 @@ pub(super) async fn detect(
             .collect(),
     )
     .map_err(arrow_err)?;
-    let snapshot = keys_path(&table.name);
+    let snapshot = layout::keys(&table.name);
     let mut old = Side::new(previous_keys(lake, &snapshot, &key_schema).await?);
     let mut now = Side::new(Some(
         source.keys(table, key_schema.clone(), batch_rows).await?,
     ));
     let first = old.stream.is_none();
-    let next = format!("bronze/_keys/{}.next.parquet", table.name);
+    let next = layout::keys_next(&table.name);
     let mut kept = writer(lake, &next, &key_schema)?;
     let mut markers: Option<AsyncArrowWriter<_>> = None;
     let mut detected = Detected::default();
-    let marker_file = markers_path(&table.name, &at);
+    let marker_file = layout::delete_markers(&table.name, &at.file_token());
     let mut write_markers = async |batch: &RecordBatch, gone: Vec<u32>| -> Result<()> {
         if gone.is_empty() {
             return Ok(());

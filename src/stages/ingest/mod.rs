@@ -19,8 +19,9 @@ use super::Status;
 use crate::config::ingest::{CdcMode, Deletes};
 use crate::config::{Settings, TableSpec};
 use crate::error::{Error, Result};
+use crate::lake::layout::Stage;
 use crate::lake::lease::Lease;
-use crate::lake::{Lake, bronze_dir, watermark};
+use crate::lake::{Lake, layout, watermark};
 use crate::source::{self, Source};
 use crate::window::{self, Bound, BoundKind, Window};
 
@@ -99,7 +100,7 @@ impl IngestReport {
             .iter()
             .map(|t| crate::lake::events::Event {
                 run_id: self.run_id.clone(),
-                stage: "ingest".to_string(),
+                stage: Stage::Ingest.to_string(),
                 table: t.table.clone(),
                 status: t.status.to_string().to_lowercase(),
                 rows_in: t.rows as i64,
@@ -164,7 +165,7 @@ impl Ingest {
             tables,
             this.settings.max_concurrency,
             &this.run_id,
-            "ingest",
+            Stage::Ingest,
             move |table| {
                 let this = worker.clone();
                 async move {
@@ -187,7 +188,8 @@ impl Ingest {
     /// Ingests one table while holding its lease, so that two runs never work on it at once.
     async fn table(&self, table: &TableSpec, start: Instant) -> Result<TableReport> {
         let wait = std::time::Duration::from_secs(self.settings.lease_wait_seconds);
-        let lease = Lease::acquire(&self.lake, "ingest", &table.name, &self.run_id, wait).await?;
+        let lease =
+            Lease::acquire(&self.lake, Stage::Ingest, &table.name, &self.run_id, wait).await?;
         let result = self.leased_table(table, start).await;
         lease.release().await;
         result
@@ -272,7 +274,7 @@ impl Ingest {
 
         let leftovers = self
             .lake
-            .remove_staging_leftovers(&bronze_dir(&table.name))
+            .remove_staging_leftovers(&layout::bronze_dir(&table.name))
             .await?;
         if leftovers > 0 {
             warn!(
@@ -335,7 +337,7 @@ impl Ingest {
         let low = window
             .low
             .map_or_else(|| "0".to_string(), |b| b.file_token());
-        for meta in self.lake.list(&bronze_dir(&table.name)).await? {
+        for meta in self.lake.list(&layout::bronze_dir(&table.name)).await? {
             let Some(name) = meta.location.filename() else {
                 continue;
             };
@@ -366,7 +368,7 @@ impl Ingest {
         parts: usize,
     ) -> Result<()> {
         let stem = window.file_stem(&table.name);
-        for meta in self.lake.list(&bronze_dir(&table.name)).await? {
+        for meta in self.lake.list(&layout::bronze_dir(&table.name)).await? {
             let Some(name) = meta.location.filename() else {
                 continue;
             };
@@ -405,7 +407,7 @@ impl Ingest {
                 if open.is_none() {
                     let path = format!(
                         "{}/{}",
-                        bronze_dir(&table.name),
+                        layout::bronze_dir(&table.name),
                         window.file_name(&table.name, written.files.len())
                     );
                     let writer = AsyncArrowWriter::try_new(
