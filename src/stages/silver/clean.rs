@@ -1,6 +1,6 @@
 //! A bronze file read and cleaned before it meets the table: values fitted to the table's
 //! types (misfits rescued), the pipeline file's columns, renames and drops, and the
-//! expectations checked. Also the read-ahead that prepares the next file while one is written.
+//! expectations checked.
 
 use std::sync::Arc;
 
@@ -41,33 +41,21 @@ pub(super) enum Body {
     Unreadable(String),
     /// No rows.
     Empty(Counts),
-    /// The first row per (key, watermark) of the rows the expectations kept, and those they
-    /// dropped.
-    Rows {
-        counts: Counts,
-        schema: SchemaRef,
-        firsts: Rows,
-        kept_rows: u64,
-        dropped: Option<RecordBatch>,
-    },
+    /// Rows to load.
+    Rows(Cleaned),
 }
 
-/// The preparation of the next file, on a task of its own; dropped (an error before it is
-/// used), it is cancelled: it has written nothing.
-pub(super) struct Ahead(pub(super) tokio::task::JoinHandle<Result<Prepared>>);
-
-impl Ahead {
-    /// The prepared file, or `None` when preparing failed: the file is then prepared again
-    /// in its turn, where the error (a `fail` expectation, say) belongs to it.
-    pub(super) async fn wait(mut self) -> Option<Prepared> {
-        (&mut self.0).await.ok().and_then(|r| r.ok())
-    }
-}
-
-impl Drop for Ahead {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// A file's rows, cleaned: the first row per (key, watermark) of the rows the expectations
+/// kept, and those they dropped.
+pub(super) struct Cleaned {
+    /// The file's counts so far (rows in, dropped, rescued, per rule).
+    pub(super) counts: Counts,
+    pub(super) schema: SchemaRef,
+    pub(super) firsts: Rows,
+    /// Rows the expectations kept, before duplicates were taken out.
+    pub(super) kept_rows: u64,
+    /// Rows `drop` rules took out, with the rules' names, for the quarantine.
+    pub(super) dropped: Option<RecordBatch>,
 }
 
 /// The table's schema, once it has one.
@@ -137,13 +125,13 @@ pub(super) async fn prepare(
         .sum();
     let firsts = first_per_version(checked.kept, &checked.passed, table)
         .map_err(|e| Error::arrow(path, e))?;
-    done(Body::Rows {
+    done(Body::Rows(Cleaned {
         counts,
         schema: checked.schema,
         firsts,
         kept_rows,
         dropped: checked.dropped,
-    })
+    }))
 }
 
 /// A bronze file's rows, as one batch: silver holds the whole file anyway, and a dimension's

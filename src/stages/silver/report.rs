@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::super::Status;
 use crate::config::TableSpec;
-use crate::lake::layout::Stage;
+use crate::lake::layout::{self, Stage};
 
 /// The unit of work the gold stage receives after a silver commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -74,6 +74,19 @@ pub struct FileOutcome {
     pub reason: Option<String>,
 }
 
+impl FileOutcome {
+    /// A file's outcome with no version or reason.
+    pub(super) fn new(file: &str, status: FileStatus, counts: Counts) -> Self {
+        FileOutcome {
+            file: file.to_string(),
+            status,
+            counts,
+            version: None,
+            reason: None,
+        }
+    }
+}
+
 /// What a silver run did to one table.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableReport {
@@ -109,6 +122,26 @@ impl crate::progress::Outcome for TableReport {
 }
 
 impl TableReport {
+    /// Adds what happened to one of the table's files.
+    pub(super) fn add(&mut self, table: &TableSpec, outcome: FileOutcome) {
+        self.counts.add(&outcome.counts);
+        match outcome.status {
+            FileStatus::Committed => {
+                self.files += 1;
+                self.status = Status::Ok;
+                self.version = outcome.version;
+                if outcome.counts.rows_dropped > 0 {
+                    self.quarantined_rows
+                        .push(layout::quarantined_rows(&table.name, &outcome.file));
+                }
+            }
+            FileStatus::AlreadyLoaded | FileStatus::Vanished => self.skipped += 1,
+            FileStatus::Quarantined => self
+                .quarantined_files
+                .push((outcome.file, outcome.reason.unwrap_or_default())),
+        }
+    }
+
     pub(super) fn new(table: &TableSpec) -> Self {
         TableReport {
             table: table.silver_name(),

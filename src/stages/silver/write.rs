@@ -1,23 +1,176 @@
-//! How a file's rows are shaped for the table before they are written: a dimension's in
-//! key order, empty `drop_if_empty` columns left out, and a big file halved for two writers.
+//! The commit of a file: its cleaned rows less the versions silver already holds, shaped for
+//! the table (a dimension's in key order, empty `drop_if_empty` columns left out) and
+//! appended together with the record of the file, by one writer or, for a big file, two.
 
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::and;
 use arrow::datatypes::SchemaRef;
+use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
 
-use super::rows::Rows;
+use super::clean::Cleaned;
+use super::dedup::without_loaded;
+use super::report::Counts;
+use super::rows::{Rows, with_lineage};
+use super::session;
 use crate::config::TableSpec;
-use crate::lake::layout::silver_columns::{INGESTED_AT, SOURCE_FILE};
+use crate::error::{Error, Result, delta_err};
+use crate::lake::layout::{
+    self,
+    silver_columns::{INGESTED_AT, RESCUED, SOURCE_FILE},
+};
+
+/// Records a file without rows in an empty commit, so it is not read again.
+pub(super) async fn record_empty(
+    delta: DeltaTable,
+    table: &TableSpec,
+    txn: Transaction,
+) -> Result<DeltaTable> {
+    let Some(schema) = super::clean::table_schema(&delta) else {
+        return Ok(delta);
+    };
+    delta
+        .write(vec![RecordBatch::new_empty(schema)])
+        .with_save_mode(SaveMode::Append)
+        .with_commit_properties(
+            CommitProperties::default()
+                .with_application_transaction(txn)
+                .with_max_retries(0),
+        )
+        .await
+        .map_err(delta_err(layout::silver_table(&table.silver_name())))
+}
+
+/// Appends a file's cleaned rows that silver does not hold yet, recording the file in the
+/// same commit (`txn`). Returns the table after the commit and the file's counts.
+pub(super) async fn append(
+    delta: DeltaTable,
+    existing: Option<SchemaRef>,
+    table: &TableSpec,
+    path: &str,
+    cleaned: Cleaned,
+    txn: Transaction,
+) -> Result<(DeltaTable, Counts)> {
+    let Cleaned {
+        mut counts,
+        schema,
+        firsts,
+        kept_rows,
+        ..
+    } = cleaned;
+    let ctx = session();
+    let unique = match &existing {
+        Some(stored) if kept_rows > 0 && stored.field_with_name(&table.cdc_column).is_ok() => {
+            without_loaded(&ctx, firsts, schema.clone(), &delta, table)
+                .await
+                .map_err(df_err(
+                    table,
+                    path,
+                    "removing versions silver already holds",
+                ))?
+        }
+        _ => firsts,
+    };
+    let unique = by_key(unique, table).map_err(|e| Error::arrow(path, e))?;
+    counts.rows_out = unique.count() as u64;
+    counts.rows_duplicate = kept_rows - counts.rows_out;
+
+    let mut drop_if_empty = table.silver.drop_if_empty.clone();
+    drop_if_empty.push(RESCUED.to_string());
+    let (schema, unique) =
+        finalize(schema, unique, &drop_if_empty).map_err(|e| Error::arrow(path, e))?;
+    let rows = if unique.batches.is_empty() {
+        Rows::all(vec![RecordBatch::new_empty(schema.clone())])
+    } else {
+        unique
+    };
+    let two_writers = existing
+        .filter(|stored| counts.rows_out >= TWO_WRITERS_ROWS && same_columns(&schema, stored))
+        .is_some();
+    let written = if two_writers {
+        write_halves(&ctx, delta, table, path, rows, txn).await?
+    } else {
+        write_one(&ctx, delta, table, path, rows, txn).await?
+    };
+    Ok((written, counts))
+}
+
+/// A big file that brings no new column: its two halves go to two writers, one commit (one
+/// writer encodes on one core, and would leave the other idle).
+async fn write_halves(
+    ctx: &datafusion::prelude::SessionContext,
+    delta: DeltaTable,
+    table: &TableSpec,
+    path: &str,
+    rows: Rows,
+    txn: Transaction,
+) -> Result<DeltaTable> {
+    let rows =
+        with_lineage(ctx, halves(rows), path).map_err(df_err(table, path, "adding lineage"))?;
+    let streams =
+        rows.execute_stream_partitioned()
+            .await
+            .map_err(df_err(table, path, "writing the rows"))?;
+    let name = layout::silver_table(&table.silver_name());
+    let written =
+        crate::lake::writers::write_streams(&delta, &name, path, streams, None, |_| Vec::new())
+            .await?;
+    crate::lake::writers::commit_append(delta, &name, written.adds, vec![txn]).await
+}
+
+/// The rows through delta-rs's write, which also merges a schema change into the table.
+async fn write_one(
+    ctx: &datafusion::prelude::SessionContext,
+    delta: DeltaTable,
+    table: &TableSpec,
+    path: &str,
+    rows: Rows,
+    txn: Transaction,
+) -> Result<DeltaTable> {
+    let rows =
+        with_lineage(ctx, vec![rows], path).map_err(df_err(table, path, "adding lineage"))?;
+    let properties = crate::lake::parquet_properties(rows.schema().as_arrow()).build();
+    let props = CommitProperties::default()
+        .with_application_transaction(txn)
+        .with_max_retries(0);
+    delta
+        .write(Vec::new())
+        .with_input_plan(rows.into_unoptimized_plan())
+        .with_session_state(Arc::new(ctx.state()))
+        .with_writer_properties(properties)
+        .with_save_mode(SaveMode::Append)
+        .with_schema_mode(SchemaMode::Merge)
+        .with_configuration(crate::lake::CREATED_WITH)
+        .with_commit_properties(props)
+        .await
+        .map_err(delta_err(layout::silver_table(&table.silver_name())))
+}
+
+fn df_err<'a>(
+    table: &'a TableSpec,
+    path: &'a str,
+    context: &'static str,
+) -> impl Fn(datafusion::error::DataFusionError) -> Error + 'a {
+    move |e| Error::DataFusion {
+        table: table.name.clone(),
+        file: path.to_string(),
+        context: context.to_string(),
+        source: e,
+    }
+}
 
 /// Rows per file from which silver writes a file's rows with two writers (each half at least
 /// a default row group), below which one file is better for readers.
-pub(super) const TWO_WRITERS_ROWS: u64 = 128 * 1024;
+const TWO_WRITERS_ROWS: u64 = 128 * 1024;
 
 /// Whether the rows' columns are the table's (lineage aside), with the same types: no schema
 /// change for the commit to make.
-pub(super) fn same_columns(rows: &SchemaRef, stored: &SchemaRef) -> bool {
+fn same_columns(rows: &SchemaRef, stored: &SchemaRef) -> bool {
     rows.fields()
         .iter()
         .filter(|f| ![SOURCE_FILE, INGESTED_AT].contains(&f.name().as_str()))
@@ -30,7 +183,7 @@ pub(super) fn same_columns(rows: &SchemaRef, stored: &SchemaRef) -> bool {
 
 /// The rows in two partitions of about the same number of rows, in order (the first half,
 /// then the second), so that each writer's file keeps the rows' key order.
-pub(super) fn halves(rows: Rows) -> Vec<Rows> {
+fn halves(rows: Rows) -> Vec<Rows> {
     let total: usize = rows.batches.iter().map(|b| b.num_rows()).sum();
     let mut room = total / 2;
     let (mut first, mut second) = (Rows::default(), Rows::default());
@@ -64,17 +217,14 @@ pub(super) fn feeds_dimension(table: &TableSpec) -> bool {
 /// every silver file spans every key, and gold, which reads a dimension's history one key
 /// range at a time, would decode all of silver for each range; in key order, page statistics
 /// skip the rest. Facts are read by file, not by key range, and are left as they come.
-pub(super) fn by_key(
-    rows: Rows,
-    table: &TableSpec,
-) -> std::result::Result<Rows, arrow::error::ArrowError> {
+fn by_key(rows: Rows, table: &TableSpec) -> std::result::Result<Rows, arrow::error::ArrowError> {
     if !feeds_dimension(table) {
         return Ok(rows);
     }
     sorted_by_key(rows.filtered()?, table).map(Rows::all)
 }
 
-pub(super) fn sorted_by_key(
+fn sorted_by_key(
     batches: Vec<RecordBatch>,
     table: &TableSpec,
 ) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
@@ -153,7 +303,7 @@ pub(super) fn sorted_by_key(
 
 /// Makes every column nullable (so later files with NULLs always fit) and drops the
 /// `drop_if_empty` columns that are NULL in every row of this file.
-pub(super) fn finalize(
+fn finalize(
     schema: SchemaRef,
     rows: Rows,
     drop_if_empty: &[String],
@@ -193,7 +343,6 @@ pub(super) fn finalize(
 mod tests {
     use super::super::testing::{batch, spec};
     use super::*;
-    use crate::lake::layout::silver_columns::RESCUED;
     use arrow::array::{AsArray, Int32Array, Int64Array};
     use arrow::array::{BooleanArray, StringArray};
 
