@@ -7,25 +7,24 @@
 //! A remote parquet file's schema and high watermark come from its footer by range reads;
 //! only an extract downloads it.
 
+mod parquet_file;
+mod text;
+
+use parquet_file::*;
+use text::*;
+
 use std::fs::File;
-use std::io::{BufReader, Cursor, Read, Seek};
+use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::array::{Int64Array, RecordBatch};
 use arrow::compute::kernels::cmp::{gt, lt_eq};
-use arrow::compute::{and, cast, filter_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::compute::{and, filter_record_batch};
+use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ArrowReaderBuilder;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
-use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 
-use super::columns;
 use super::{BatchStream, Source};
 use crate::config::TableSpec;
 use crate::error::{Error, Result};
@@ -239,15 +238,6 @@ fn is_parquet(name: &str) -> bool {
     name.to_ascii_lowercase().ends_with(".parquet")
 }
 
-/// The watermark window of an extract, `(after, up_to]` as ordinals (see [`ordinal`]), which
-/// lets a parquet read skip the row groups whose statistics put them outside it.
-#[derive(Clone)]
-struct Pruning {
-    column: String,
-    after: Option<i64>,
-    up_to: i64,
-}
-
 /// Opens one file by its extension; returns its schema and its batches.
 fn open_file(
     name: &str,
@@ -283,370 +273,6 @@ fn open_file(
 fn wrap(file: &str) -> impl Fn(arrow::error::ArrowError) -> Error + Send + 'static {
     let file = file.to_string();
     move |e| Error::arrow(format!("file {file}"), e)
-}
-
-fn parquet_batches<R: parquet::file::reader::ChunkReader + 'static>(
-    name: &str,
-    reader: R,
-    batch_rows: usize,
-    pruning: Option<&Pruning>,
-) -> Result<(SchemaRef, Batches), String> {
-    let mut builder =
-        ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| e.to_string())?;
-    let schema = builder.schema().clone();
-    if let Some(p) = pruning
-        && let Some((mins, maxes)) = watermark_statistics(&builder, &p.column)
-    {
-        // Only rows in (after, up_to] are extracted, so a row group whose values all lie
-        // outside cannot contribute; one without statistics (null min or max) is read.
-        let keep: Vec<usize> = (0..mins.len())
-            .filter(|&i| {
-                let before = p
-                    .after
-                    .is_some_and(|a| maxes.is_valid(i) && maxes.value(i) <= a);
-                let past = mins.is_valid(i) && mins.value(i) > p.up_to;
-                !(before || past)
-            })
-            .collect();
-        builder = builder.with_row_groups(keep);
-    }
-    let batches = builder
-        .with_batch_size(batch_rows)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let wrap = wrap(name);
-    Ok((schema, Box::new(batches.map(move |b| b.map_err(&wrap)))))
-}
-
-/// The minimum and maximum watermark value of every row group of a parquet file, from its
-/// statistics, as ordinals; `None` when the file has no such column or its type has no
-/// ordinal. A row group without statistics has nulls.
-fn watermark_statistics<T>(
-    builder: &ArrowReaderBuilder<T>,
-    column: &str,
-) -> Option<(Int64Array, Int64Array)> {
-    let groups = builder.metadata().row_groups();
-    let converter =
-        StatisticsConverter::try_new(column, builder.schema(), builder.parquet_schema()).ok()?;
-    let mins = ordinal(&converter.row_group_mins(groups).ok()?).ok()?;
-    let maxes = ordinal(&converter.row_group_maxes(groups).ok()?).ok()?;
-    (mins.len() == groups.len() && maxes.len() == groups.len()).then_some((mins, maxes))
-}
-
-/// The largest watermark value the row groups' statistics of a parquet file give, and the
-/// row groups (with rows) that have none, whose watermark column must be read.
-fn statistics_max<T>(
-    name: &str,
-    builder: &ArrowReaderBuilder<T>,
-    column: &str,
-) -> Result<(Option<i64>, Vec<usize>)> {
-    if builder.schema().column_with_name(column).is_none() {
-        return Err(Error::SourceQuery {
-            table: name.to_string(),
-            message: format!("file {name}: no column {column}"),
-        });
-    }
-    let groups = builder.metadata().row_groups();
-    let mut best: Option<i64> = None;
-    let mut unread = Vec::new();
-    match watermark_statistics(builder, column) {
-        Some((_, maxes)) => {
-            for (i, group) in groups.iter().enumerate() {
-                if maxes.is_valid(i) {
-                    best = best.max(Some(maxes.value(i)));
-                } else if group.num_rows() > 0 {
-                    unread.push(i);
-                }
-            }
-        }
-        None => unread = (0..groups.len()).collect(),
-    }
-    Ok((best, unread))
-}
-
-/// The largest watermark value of a batch read for [`statistics_max`]'s unread row groups.
-fn batch_max(name: &str, batch: &RecordBatch, column: &str) -> Result<Option<i64>> {
-    match batch.column_by_name(column) {
-        Some(values) => Ok(arrow::compute::max(&ordinal(values).map_err(wrap(name))?)),
-        None => Ok(None),
-    }
-}
-
-/// The largest watermark value of a parquet file: from the row groups' statistics, reading
-/// only the watermark column of the row groups that have none.
-fn parquet_max<R: parquet::file::reader::ChunkReader + 'static>(
-    name: &str,
-    reader: R,
-    column: &str,
-) -> Result<Option<i64>> {
-    let fail = |e: String| Error::SourceQuery {
-        table: name.to_string(),
-        message: format!("file {name}: {e}"),
-    };
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| fail(e.to_string()))?;
-    let (mut best, unread) = statistics_max(name, &builder, column)?;
-    if unread.is_empty() {
-        return Ok(best);
-    }
-    let mask = ProjectionMask::columns(builder.parquet_schema(), [column]);
-    let batches = builder
-        .with_row_groups(unread)
-        .with_projection(mask)
-        .with_batch_size(65_536)
-        .build()
-        .map_err(|e| fail(e.to_string()))?;
-    for batch in batches {
-        best = best.max(batch_max(name, &batch.map_err(wrap(name))?, column)?);
-    }
-    Ok(best)
-}
-
-/// A file on a web server, read by byte ranges (a parquet footer, some column chunks).
-struct Ranged {
-    store: Arc<dyn ObjectStore>,
-    path: object_store::path::Path,
-    size: u64,
-}
-
-impl AsyncFileReader for Ranged {
-    fn get_bytes(
-        &mut self,
-        range: std::ops::Range<u64>,
-    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        Box::pin(async move {
-            self.store
-                .get_range(&self.path, range)
-                .await
-                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
-        })
-    }
-
-    fn get_metadata<'a>(
-        &'a mut self,
-        _: Option<&'a parquet::arrow::arrow_reader::ArrowReaderOptions>,
-    ) -> futures::future::BoxFuture<
-        'a,
-        parquet::errors::Result<Arc<parquet::file::metadata::ParquetMetaData>>,
-    > {
-        Box::pin(async move {
-            let size = self.size;
-            let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
-                .load_and_finish(self, size)
-                .await?;
-            Ok(Arc::new(metadata))
-        })
-    }
-}
-
-/// A parquet file on a web server, opened from its footer (a HEAD and range reads).
-async fn remote_parquet(
-    name: &str,
-    url: &str,
-    store: &Arc<dyn ObjectStore>,
-) -> Result<ParquetRecordBatchStreamBuilder<Ranged>> {
-    let path = object_store::path::Path::from(name);
-    let size = store
-        .head(&path)
-        .await
-        .map_err(|e| Error::lake(format!("{url}{name}"), e))?
-        .size;
-    let reader = Ranged {
-        store: store.clone(),
-        path,
-        size,
-    };
-    ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(|e| Error::SourceQuery {
-            table: name.to_string(),
-            message: format!("file {url}{name}: {e}"),
-        })
-}
-
-/// [`parquet_max`] of a file on a web server, by ranges: its footer, and only the watermark
-/// column of row groups without statistics, never the whole file.
-async fn remote_parquet_max(
-    name: &str,
-    url: &str,
-    store: &Arc<dyn ObjectStore>,
-    column: &str,
-) -> Result<Option<i64>> {
-    let fail = |e: String| Error::SourceQuery {
-        table: name.to_string(),
-        message: format!("file {url}{name}: {e}"),
-    };
-    let builder = remote_parquet(name, url, store).await?;
-    let (mut best, unread) = statistics_max(name, &builder, column)?;
-    if unread.is_empty() {
-        return Ok(best);
-    }
-    let mask = ProjectionMask::columns(builder.parquet_schema(), [column]);
-    let mut batches = builder
-        .with_row_groups(unread)
-        .with_projection(mask)
-        .with_batch_size(65_536)
-        .build()
-        .map_err(|e| fail(e.to_string()))?;
-    while let Some(batch) = batches.next().await {
-        best = best.max(batch_max(
-            name,
-            &batch.map_err(|e| fail(e.to_string()))?,
-            column,
-        )?);
-    }
-    Ok(best)
-}
-
-fn text_batches<R: Read + Seek + Send + 'static>(
-    name: &str,
-    ext: &str,
-    mut reader: R,
-    batch_rows: usize,
-) -> Result<(SchemaRef, Batches), String> {
-    let wrap = wrap(name);
-    match ext {
-        "csv" => {
-            let (schema, _) = arrow::csv::reader::Format::default()
-                .with_header(true)
-                .infer_schema(&mut reader, Some(10_000))
-                .map_err(|e| e.to_string())?;
-            reader.rewind().map_err(|e| e.to_string())?;
-            let schema = Arc::new(schema);
-            let batches = arrow::csv::ReaderBuilder::new(schema.clone())
-                .with_header(true)
-                .with_batch_size(batch_rows)
-                .build(reader)
-                .map_err(|e| e.to_string())?;
-            Ok((schema, Box::new(batches.map(move |b| b.map_err(&wrap)))))
-        }
-        "json" | "jsonl" => {
-            let mut buffered = BufReader::new(reader);
-            let (schema, _) =
-                arrow::json::reader::infer_json_schema_from_seekable(&mut buffered, Some(10_000))
-                    .map_err(|e| e.to_string())?;
-            let schema = Arc::new(schema);
-            let batches = arrow::json::ReaderBuilder::new(schema.clone())
-                .with_batch_size(batch_rows)
-                .build(buffered)
-                .map_err(|e| e.to_string())?;
-            Ok((schema, Box::new(batches.map(move |b| b.map_err(&wrap)))))
-        }
-        other => Err(format!(
-            "unknown file type .{other} (use parquet, csv or json)"
-        )),
-    }
-}
-
-/// The table schema for a file schema: timestamps become microsecond UTC, all nullable.
-fn normalized(schema: &SchemaRef) -> SchemaRef {
-    Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| {
-                let data_type = match f.data_type() {
-                    DataType::Timestamp(_, _) => columns::utc_micros(),
-                    DataType::Date64 => DataType::Date32,
-                    DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
-                    other => other.clone(),
-                };
-                Field::new(f.name(), data_type, true)
-            })
-            .collect::<Vec<_>>(),
-    ))
-}
-
-/// Casts a batch to the table schema, naming the file and column when a value does not fit.
-fn conform(file: &str, batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
-    let columns = target
-        .fields()
-        .iter()
-        .map(|field| {
-            let Some(column) = batch.column_by_name(field.name()) else {
-                return Ok(arrow::array::new_null_array(
-                    field.data_type(),
-                    batch.num_rows(),
-                ));
-            };
-            let casted = match (column.data_type(), field.data_type()) {
-                (DataType::Timestamp(_, _), DataType::Timestamp(_, _)) => to_utc_micros(column),
-                _ => cast(column, field.data_type()),
-            }
-            .map_err(|e| Error::ValueDoesNotFit {
-                table: file.to_string(),
-                column: field.name().clone(),
-                row: "(cast of the file's column)".to_string(),
-                value: column.data_type().to_string(),
-                expected: format!("{} ({e})", field.data_type()),
-            })?;
-            if casted.null_count() > column.null_count() {
-                return Err(Error::ValueDoesNotFit {
-                    table: file.to_string(),
-                    column: field.name().clone(),
-                    row: "(some rows)".to_string(),
-                    value: column.data_type().to_string(),
-                    expected: field.data_type().to_string(),
-                });
-            }
-            Ok(casted)
-        })
-        .collect::<Result<Vec<ArrayRef>>>()?;
-    RecordBatch::try_new(target.clone(), columns)
-        .map_err(|e| Error::arrow(format!("file {file}"), e))
-}
-
-/// A timestamp column as microsecond UTC instants. Zone-less values are read as UTC, the
-/// same rule as for SQL `datetime2`; zoned values are instants already, so only the unit
-/// changes (which needs no time-zone database).
-fn to_utc_micros(column: &ArrayRef) -> Result<ArrayRef, arrow::error::ArrowError> {
-    let DataType::Timestamp(_, tz) = column.data_type() else {
-        return cast(column, &columns::utc_micros());
-    };
-    let micros = cast(
-        column,
-        &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, tz.clone()),
-    )?;
-    Ok(Arc::new(
-        micros
-            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
-            .clone()
-            .with_timezone("UTC"),
-    ))
-}
-
-/// The watermark column as comparable i64s (integers, days, or microseconds).
-fn ordinal(column: &ArrayRef) -> Result<Int64Array, arrow::error::ArrowError> {
-    let as_int = match column.data_type() {
-        DataType::Date32 => cast(&cast(column, &DataType::Int32)?, &DataType::Int64)?,
-        DataType::Timestamp(_, _) => {
-            cast(&cast(column, &columns::utc_micros())?, &DataType::Int64)?
-        }
-        _ => cast(column, &DataType::Int64)?,
-    };
-    Ok(as_int
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .cloned()
-        .unwrap_or_else(|| Int64Array::from(Vec::<i64>::new())))
-}
-
-fn bound_ordinal(bound: &Bound) -> i64 {
-    match bound {
-        Bound::Integer(v) => *v,
-        Bound::Date(d) => i64::from(columns::days_since_epoch(*d)),
-        Bound::Timestamp(us) => *us,
-    }
-}
-
-fn bound_from_ordinal(kind: BoundKind, value: i64) -> Option<Bound> {
-    Some(match kind {
-        BoundKind::Integer => Bound::Integer(value),
-        BoundKind::Date => Bound::Date(
-            chrono::DateTime::from_timestamp(value.checked_mul(86_400)?, 0)?.date_naive(),
-        ),
-        BoundKind::Timestamp => Bound::Timestamp(value),
-    })
 }
 
 #[async_trait::async_trait]
@@ -771,8 +397,10 @@ fn batch_with_schema(file: &str, batch: RecordBatch, schema: &SchemaRef) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::AsArray;
     use arrow::array::TimestampNanosecondArray;
     use arrow::datatypes::TimeUnit;
+    use arrow::datatypes::{DataType, Field, Schema};
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
