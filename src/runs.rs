@@ -2,11 +2,10 @@
 //! its rows in the event log, and one alert when a table failed. Also the whole pipeline as
 //! one run ([`flow`]), where each table moves on as soon as what it needs is done.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::alert::{self, Alert, Failure, Graph};
 use crate::config::{GoldKind, Pipeline, TableSpec};
@@ -14,7 +13,7 @@ use crate::error::Result;
 use crate::lake::layout::Stage;
 use crate::lake::{Lake, events};
 use crate::stages::Status;
-use crate::stages::gold::{Gold, GoldReport, Progress};
+use crate::stages::gold::{Gold, GoldReport};
 use crate::stages::ingest::{Ingest, IngestReport};
 use crate::stages::silver::{Silver, SilverReport};
 
@@ -149,42 +148,8 @@ pub async fn flow(
     let is = |t: &TableSpec, kind: GoldKind| t.gold.as_ref().is_some_and(|g| g.kind == kind);
     // Each dimension's gold build says when it is over, failed or not: a fact then resolves
     // against whatever it left, as after a gold stage in which that dimension failed.
-    let (mut announcers, built): (HashMap<_, _>, HashMap<_, _>) = tables
-        .iter()
-        .filter(|t| is(t, GoldKind::Dimension))
-        .filter_map(|t| t.gold.as_ref())
-        .map(|g| {
-            let (tx, rx) = watch::channel(Progress::Building);
-            ((g.name.clone(), Arc::new(tx)), (g.name.clone(), rx))
-        })
-        .unzip();
-    // What the facts' lookups carry from each dimension: all a dimension's staged versions
-    // need besides keys, surrogate keys and periods.
-    let mut carried: HashMap<&str, Vec<String>> = HashMap::new();
-    for l in tables
-        .iter()
-        .filter_map(|t| t.gold.as_ref())
-        .flat_map(|g| &g.lookups)
-    {
-        let columns = carried.entry(l.dimension.as_str()).or_default();
-        for c in &l.columns {
-            if !columns.contains(c) {
-                columns.push(c.clone());
-            }
-        }
-    }
-    let chains = tables.iter().map(|table| {
-        let mut waits = crate::stages::gold::Built::default();
-        for l in table.gold.iter().flat_map(|g| &g.lookups) {
-            if let Some(done) = built.get(&l.dimension) {
-                waits.expect(&l.dimension, done.clone());
-            }
-        }
-        let announce = table.gold.as_ref().and_then(|g| announcers.remove(&g.name));
-        if let (Some(to), Some(g)) = (&announce, &table.gold) {
-            let carries = carried.get(g.name.as_str()).cloned().unwrap_or_default();
-            waits.announce(&g.name, to.clone(), carries);
-        }
+    let hand_overs = crate::stages::gold::handover::plan(tables);
+    let chains = tables.iter().zip(hand_overs).map(|(table, waits)| {
         let (source, gates, gold) = (source.clone(), &gates, gold.clone());
         async move {
             let one = std::slice::from_ref(table);
@@ -217,15 +182,11 @@ pub async fn flow(
                 started[2] = Utc::now();
                 gold.tables(pipeline, one, &waits).await
             };
-            if let Some(tx) = announce {
-                let _ = tx.send(Progress::Done);
-            }
+            waits.done();
             (ingest.tables, silver.tables, gold, started)
         }
     });
     let chains = futures::future::join_all(chains);
-    // Only the facts' receivers stay: a dimension no fact waits for keeps no staged rows.
-    drop(built);
     let done = chains.await;
     let first = |stage: usize| {
         done.iter()

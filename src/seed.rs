@@ -262,115 +262,16 @@ pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
     let mut report = SeedReport::default();
     let tx = conn.transaction().map_err(sql("seeding"))?;
     {
-        let tracker = progress::Tracker::start("seed", "DimUser");
-        let mut rng = Rng::new(seed, "DimUser");
-        let mut stmt = tx
-            .prepare("INSERT INTO DimUser VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
-            .map_err(sql("DimUser"))?;
-        let mut previous = String::new();
-        for id in 1..=users {
-            let name = if id > 1 && rng.chance(0.01) {
-                // A different person whose name looks like the one before: case and spaces only.
-                dirty(&mut rng, previous.trim())
-            } else {
-                rng.person()
-            };
-            // Every first version predates the first stream (2024-01-01), as sign-up precedes
-            // listening; so a stream's user version is always there at its time.
-            let start_day = micros(ymd(2023, 1, 1)) + rng.range(0, 270) * DAY_US;
-            let updated = (start_day + rng.range(0, 90 * DAY_US)).min(as_of);
-            let end = rng
-                .chance(0.05)
-                .then(|| date_of(updated + rng.range(1, 60) * DAY_US).to_string());
-            stmt.execute(params![
-                id,
-                name,
-                (!rng.chance(0.01)).then(|| rng.dirty_pick(COUNTRIES)),
-                rng.dirty_pick(SUBSCRIPTIONS),
-                date_of(start_day).to_string(),
-                end,
-                ts_text(updated)
-            ])
-            .map_err(sql("DimUser"))?;
-            previous = name;
-        }
+        insert_users(&tx, seed, users, as_of)?;
         report.add("DimUser", users as u64, 0);
-        tracker.finish("ok", users as u64);
 
-        let tracker = progress::Tracker::start("seed", "DimArtist");
-
-        let mut rng = Rng::new(seed, "DimArtist");
-        let mut stmt = tx
-            .prepare("INSERT INTO DimArtist VALUES (?1, ?2, ?3, ?4, ?5)")
-            .map_err(sql("DimArtist"))?;
-        for id in 1..=artists {
-            let name = match rng.below(3) {
-                0 => format!(
-                    "The {} {}",
-                    title_case(rng.pick(WORDS)),
-                    title_case(rng.pick(WORDS))
-                ),
-                1 => format!(
-                    "{} {}",
-                    title_case(rng.pick(FIRST)),
-                    title_case(rng.pick(LAST))
-                ),
-                _ => format!("DJ {}", title_case(rng.pick(WORDS))),
-            };
-            stmt.execute(params![
-                id,
-                dirty(&mut rng, &name),
-                rng.dirty_pick(GENRES),
-                (!rng.chance(0.02)).then(|| rng.dirty_pick(COUNTRIES)),
-                ts_text(micros(ymd(2023, 1, 1)) + rng.range(0, 360 * DAY_US))
-            ])
-            .map_err(sql("DimArtist"))?;
-        }
+        insert_artists(&tx, seed, artists)?;
         report.add("DimArtist", artists as u64, 0);
-        tracker.finish("ok", artists as u64);
 
-        let tracker = progress::Tracker::start("seed", "DimTrack");
-
-        let mut rng = Rng::new(seed, "DimTrack");
-        let mut stmt = tx
-            .prepare("INSERT INTO DimTrack VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
-            .map_err(sql("DimTrack"))?;
-        for id in 1..=tracks {
-            stmt.execute(params![
-                id,
-                track_name(&mut rng),
-                rng.range(1, artists),
-                {
-                    let album = format!("{} {}", rng.pick(WORDS), rng.pick(WORDS));
-                    dirty(&mut rng, &album)
-                },
-                rng.range(45, 540),
-                date_of(micros(ymd(2000, 1, 1)) + rng.range(0, 9_300) * DAY_US).to_string(),
-                ts_text(micros(ymd(2023, 1, 1)) + rng.range(0, 360 * DAY_US))
-            ])
-            .map_err(sql("DimTrack"))?;
-        }
+        insert_tracks(&tx, seed, tracks, artists)?;
         report.add("DimTrack", tracks as u64, 0);
-        tracker.finish("ok", tracks as u64);
 
-        let mut stmt = tx
-            .prepare("INSERT INTO DimDate VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-            .map_err(sql("DimDate"))?;
-        let mut day = ymd(2023, 1, 1);
-        let mut days = 0;
-        while day <= ymd(2025, 12, 31) {
-            stmt.execute(params![
-                date_key(day),
-                day.to_string(),
-                day.day(),
-                day.month(),
-                day.year(),
-                WEEKDAYS[day.weekday().num_days_from_monday() as usize]
-            ])
-            .map_err(sql("DimDate"))?;
-            days += 1;
-            day = day.succ_opt().unwrap_or(NaiveDate::MAX);
-        }
+        let days = insert_dates(&tx)?;
         report.add("DimDate", days, 0);
 
         let first = micros(ymd(2024, 1, 1));
@@ -389,6 +290,129 @@ pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
     conn.execute_batch(INDEXES).map_err(sql("indexing"))?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// DimUser: `users` members, a few with names that only differ in case and spaces.
+fn insert_users(tx: &rusqlite::Transaction, seed: u64, users: i64, as_of: i64) -> Result<()> {
+    let tracker = progress::Tracker::start("seed", "DimUser");
+    let mut rng = Rng::new(seed, "DimUser");
+    let mut stmt = tx
+        .prepare("INSERT INTO DimUser VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+        .map_err(sql("DimUser"))?;
+    let mut previous = String::new();
+    for id in 1..=users {
+        let name = if id > 1 && rng.chance(0.01) {
+            // A different person whose name looks like the one before: case and spaces only.
+            dirty(&mut rng, previous.trim())
+        } else {
+            rng.person()
+        };
+        // Every first version predates the first stream (2024-01-01), as sign-up precedes
+        // listening; so a stream's user version is always there at its time.
+        let start_day = micros(ymd(2023, 1, 1)) + rng.range(0, 270) * DAY_US;
+        let updated = (start_day + rng.range(0, 90 * DAY_US)).min(as_of);
+        let end = rng
+            .chance(0.05)
+            .then(|| date_of(updated + rng.range(1, 60) * DAY_US).to_string());
+        stmt.execute(params![
+            id,
+            name,
+            (!rng.chance(0.01)).then(|| rng.dirty_pick(COUNTRIES)),
+            rng.dirty_pick(SUBSCRIPTIONS),
+            date_of(start_day).to_string(),
+            end,
+            ts_text(updated)
+        ])
+        .map_err(sql("DimUser"))?;
+        previous = name;
+    }
+    tracker.finish("ok", users as u64);
+    Ok(())
+}
+
+/// DimArtist: `artists` artists with dirty names and genres.
+fn insert_artists(tx: &rusqlite::Transaction, seed: u64, artists: i64) -> Result<()> {
+    let tracker = progress::Tracker::start("seed", "DimArtist");
+
+    let mut rng = Rng::new(seed, "DimArtist");
+    let mut stmt = tx
+        .prepare("INSERT INTO DimArtist VALUES (?1, ?2, ?3, ?4, ?5)")
+        .map_err(sql("DimArtist"))?;
+    for id in 1..=artists {
+        let name = match rng.below(3) {
+            0 => format!(
+                "The {} {}",
+                title_case(rng.pick(WORDS)),
+                title_case(rng.pick(WORDS))
+            ),
+            1 => format!(
+                "{} {}",
+                title_case(rng.pick(FIRST)),
+                title_case(rng.pick(LAST))
+            ),
+            _ => format!("DJ {}", title_case(rng.pick(WORDS))),
+        };
+        stmt.execute(params![
+            id,
+            dirty(&mut rng, &name),
+            rng.dirty_pick(GENRES),
+            (!rng.chance(0.02)).then(|| rng.dirty_pick(COUNTRIES)),
+            ts_text(micros(ymd(2023, 1, 1)) + rng.range(0, 360 * DAY_US))
+        ])
+        .map_err(sql("DimArtist"))?;
+    }
+    tracker.finish("ok", artists as u64);
+    Ok(())
+}
+
+/// DimTrack: `tracks` tracks of the `artists`.
+fn insert_tracks(tx: &rusqlite::Transaction, seed: u64, tracks: i64, artists: i64) -> Result<()> {
+    let tracker = progress::Tracker::start("seed", "DimTrack");
+
+    let mut rng = Rng::new(seed, "DimTrack");
+    let mut stmt = tx
+        .prepare("INSERT INTO DimTrack VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+        .map_err(sql("DimTrack"))?;
+    for id in 1..=tracks {
+        stmt.execute(params![
+            id,
+            track_name(&mut rng),
+            rng.range(1, artists),
+            {
+                let album = format!("{} {}", rng.pick(WORDS), rng.pick(WORDS));
+                dirty(&mut rng, &album)
+            },
+            rng.range(45, 540),
+            date_of(micros(ymd(2000, 1, 1)) + rng.range(0, 9_300) * DAY_US).to_string(),
+            ts_text(micros(ymd(2023, 1, 1)) + rng.range(0, 360 * DAY_US))
+        ])
+        .map_err(sql("DimTrack"))?;
+    }
+    tracker.finish("ok", tracks as u64);
+    Ok(())
+}
+
+/// DimDate: every day of 2023 to 2025; returns how many.
+fn insert_dates(tx: &rusqlite::Transaction) -> Result<u64> {
+    let mut stmt = tx
+        .prepare("INSERT INTO DimDate VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        .map_err(sql("DimDate"))?;
+    let mut day = ymd(2023, 1, 1);
+    let mut days = 0;
+    while day <= ymd(2025, 12, 31) {
+        stmt.execute(params![
+            date_key(day),
+            day.to_string(),
+            day.day(),
+            day.month(),
+            day.year(),
+            WEEKDAYS[day.weekday().num_days_from_monday() as usize]
+        ])
+        .map_err(sql("DimDate"))?;
+        days += 1;
+        day = day.succ_opt().unwrap_or(NaiveDate::MAX);
+    }
+    Ok(days)
 }
 
 fn fast_writes(conn: &Connection) -> Result<()> {
@@ -479,6 +503,144 @@ pub fn delete_user(path: &Path) -> Result<Option<i64>> {
     Ok(id)
 }
 
+/// Changes ~10% of the `max_user` users (subscription, country, churn, rename, or only the
+/// time) and signs up ~5% new ones, at times in `base..base + window`. Returns the users
+/// updated and each new user's sign-up time.
+fn change_users(
+    tx: &rusqlite::Transaction,
+    batch_seed: u64,
+    max_user: i64,
+    (base, window): (i64, i64),
+) -> Result<(u64, Vec<i64>)> {
+    let tracker = progress::Tracker::start("seed", "DimUser");
+    let mut rng = Rng::new(batch_seed, "DimUser+");
+    let mut updated = 0u64;
+    let mut update = tx
+        .prepare(
+            "UPDATE DimUser SET
+               subscription_type = CASE WHEN ?7 = 1 THEN ?3 ELSE subscription_type END,
+               country = CASE WHEN ?7 = 2 THEN ?4 ELSE country END,
+               end_date = CASE WHEN ?7 = 3 THEN ?5 ELSE end_date END,
+               user_name = CASE WHEN ?7 = 4 THEN ?6 ELSE user_name END,
+               updated_at = ?2
+             WHERE user_id = ?1",
+        )
+        .map_err(sql("DimUser"))?;
+    for id in 1..=max_user {
+        if !rng.chance(0.10) {
+            continue;
+        }
+        let at = ts_text(base + rng.range(0, window));
+        // 10% touch only updated_at; then subscription 45%, country 25%, churn 15%, rename 5%.
+        let change = match rng.below(100) {
+            0..10 => 0,
+            10..55 => 1,
+            55..80 => 2,
+            80..95 => 3,
+            _ => 4,
+        };
+        let subscription = rng.dirty_pick(SUBSCRIPTIONS);
+        let country = rng.dirty_pick(COUNTRIES);
+        let name = rng.person();
+        update
+            .execute(params![
+                id,
+                at,
+                subscription,
+                country,
+                date_of(base + window).to_string(),
+                name,
+                change
+            ])
+            .map_err(sql("DimUser"))?;
+        updated += 1;
+    }
+    let new_users = (max_user / 20).max(1);
+    let mut stmt = tx
+        .prepare("INSERT INTO DimUser VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)")
+        .map_err(sql("DimUser"))?;
+    let mut signed_up = Vec::with_capacity(new_users as usize);
+    for id in max_user + 1..=max_user + new_users {
+        let at = base + rng.range(0, window);
+        signed_up.push(at);
+        stmt.execute(params![
+            id,
+            rng.person(),
+            (!rng.chance(0.01)).then(|| rng.dirty_pick(COUNTRIES)),
+            rng.dirty_pick(SUBSCRIPTIONS),
+            date_of(at).to_string(),
+            ts_text(at)
+        ])
+        .map_err(sql("DimUser"))?;
+    }
+    tracker.finish("ok", signed_up.len() as u64 + updated);
+    Ok((updated, signed_up))
+}
+
+/// Renames ~1% of the `max_track` tracks (a remastered album). Returns how many.
+fn change_tracks(
+    tx: &rusqlite::Transaction,
+    batch_seed: u64,
+    max_track: i64,
+    (base, window): (i64, i64),
+) -> Result<u64> {
+    let tracker = progress::Tracker::start("seed", "DimTrack");
+
+    let mut rng = Rng::new(batch_seed, "DimTrack+");
+    let mut changed = 0;
+    let mut stmt = tx
+        .prepare("UPDATE DimTrack SET track_name = ?2, album_name = ?3, updated_at = ?4 WHERE track_id = ?1")
+        .map_err(sql("DimTrack"))?;
+    for id in 1..=max_track {
+        if rng.chance(0.01) {
+            let name = track_name(&mut rng);
+            let album = format!("{} {} (Remastered)", rng.pick(WORDS), rng.pick(WORDS));
+            let album = dirty(&mut rng, &album);
+            stmt.execute(params![
+                id,
+                name,
+                album,
+                ts_text(base + rng.range(0, window))
+            ])
+            .map_err(sql("DimTrack"))?;
+            changed += 1;
+        }
+    }
+    tracker.finish("ok", changed);
+    Ok(changed)
+}
+
+/// Changes the genre of ~1% of the `max_artist` artists. Returns how many.
+fn change_artists(
+    tx: &rusqlite::Transaction,
+    batch_seed: u64,
+    max_artist: i64,
+    (base, window): (i64, i64),
+) -> Result<u64> {
+    let tracker = progress::Tracker::start("seed", "DimArtist");
+
+    let mut rng = Rng::new(batch_seed, "DimArtist+");
+    let mut changed = 0;
+    let mut stmt = tx
+        .prepare("UPDATE DimArtist SET genre = ?2, updated_at = ?3 WHERE artist_id = ?1")
+        .map_err(sql("DimArtist"))?;
+    for id in 1..=max_artist {
+        if rng.chance(0.01) {
+            stmt.execute(params![
+                id,
+                rng.dirty_pick(GENRES),
+                ts_text(base + rng.range(0, window))
+            ])
+            .map_err(sql("DimArtist"))?;
+            changed += 1;
+        }
+    }
+    tracker.finish("ok", changed);
+    Ok(changed)
+}
+
+/// Applies one change batch to the sample source at `path`, newer than anything it holds:
+/// ~10% of users changed and ~5% new, ~1% of tracks and artists changed, ~10% more streams.
 pub fn apply_changes(path: &Path, seed: u64) -> Result<SeedReport> {
     let start = Instant::now();
     if !path.is_file() {
@@ -514,115 +676,15 @@ pub fn apply_changes(path: &Path, seed: u64) -> Result<SeedReport> {
     let mut report = SeedReport::default();
     let tx = conn.transaction().map_err(sql("applying changes"))?;
     {
-        let tracker = progress::Tracker::start("seed", "DimUser");
-        let mut rng = Rng::new(batch_seed, "DimUser+");
-        let mut updated = 0u64;
-        let mut update = tx
-            .prepare(
-                "UPDATE DimUser SET
-                   subscription_type = CASE WHEN ?7 = 1 THEN ?3 ELSE subscription_type END,
-                   country = CASE WHEN ?7 = 2 THEN ?4 ELSE country END,
-                   end_date = CASE WHEN ?7 = 3 THEN ?5 ELSE end_date END,
-                   user_name = CASE WHEN ?7 = 4 THEN ?6 ELSE user_name END,
-                   updated_at = ?2
-                 WHERE user_id = ?1",
-            )
-            .map_err(sql("DimUser"))?;
-        for id in 1..=max_user {
-            if !rng.chance(0.10) {
-                continue;
-            }
-            let at = ts_text(base + rng.range(0, window));
-            // 10% touch only updated_at; then subscription 45%, country 25%, churn 15%, rename 5%.
-            let change = match rng.below(100) {
-                0..10 => 0,
-                10..55 => 1,
-                55..80 => 2,
-                80..95 => 3,
-                _ => 4,
-            };
-            let subscription = rng.dirty_pick(SUBSCRIPTIONS);
-            let country = rng.dirty_pick(COUNTRIES);
-            let name = rng.person();
-            update
-                .execute(params![
-                    id,
-                    at,
-                    subscription,
-                    country,
-                    date_of(base + window).to_string(),
-                    name,
-                    change
-                ])
-                .map_err(sql("DimUser"))?;
-            updated += 1;
-        }
-        let new_users = (max_user / 20).max(1);
-        let mut stmt = tx
-            .prepare("INSERT INTO DimUser VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)")
-            .map_err(sql("DimUser"))?;
-        let mut signed_up = Vec::with_capacity(new_users as usize);
-        for id in max_user + 1..=max_user + new_users {
-            let at = base + rng.range(0, window);
-            signed_up.push(at);
-            stmt.execute(params![
-                id,
-                rng.person(),
-                (!rng.chance(0.01)).then(|| rng.dirty_pick(COUNTRIES)),
-                rng.dirty_pick(SUBSCRIPTIONS),
-                date_of(at).to_string(),
-                ts_text(at)
-            ])
-            .map_err(sql("DimUser"))?;
-        }
+        let (updated, signed_up) = change_users(&tx, batch_seed, max_user, (base, window))?;
+        let new_users = signed_up.len() as i64;
         report.add("DimUser", new_users as u64, updated);
-        tracker.finish("ok", new_users as u64 + updated);
 
-        let tracker = progress::Tracker::start("seed", "DimTrack");
-
-        let mut rng = Rng::new(batch_seed, "DimTrack+");
-        let mut changed = 0;
-        let mut stmt = tx
-            .prepare("UPDATE DimTrack SET track_name = ?2, album_name = ?3, updated_at = ?4 WHERE track_id = ?1")
-            .map_err(sql("DimTrack"))?;
-        for id in 1..=max_track {
-            if rng.chance(0.01) {
-                let name = track_name(&mut rng);
-                let album = format!("{} {} (Remastered)", rng.pick(WORDS), rng.pick(WORDS));
-                let album = dirty(&mut rng, &album);
-                stmt.execute(params![
-                    id,
-                    name,
-                    album,
-                    ts_text(base + rng.range(0, window))
-                ])
-                .map_err(sql("DimTrack"))?;
-                changed += 1;
-            }
-        }
+        let changed = change_tracks(&tx, batch_seed, max_track, (base, window))?;
         report.add("DimTrack", 0, changed);
-        tracker.finish("ok", changed);
 
-        let tracker = progress::Tracker::start("seed", "DimArtist");
-
-        let mut rng = Rng::new(batch_seed, "DimArtist+");
-        let mut changed = 0;
-        let mut stmt = tx
-            .prepare("UPDATE DimArtist SET genre = ?2, updated_at = ?3 WHERE artist_id = ?1")
-            .map_err(sql("DimArtist"))?;
-        for id in 1..=max_artist {
-            if rng.chance(0.01) {
-                stmt.execute(params![
-                    id,
-                    rng.dirty_pick(GENRES),
-                    ts_text(base + rng.range(0, window))
-                ])
-                .map_err(sql("DimArtist"))?;
-                changed += 1;
-            }
-        }
+        let changed = change_artists(&tx, batch_seed, max_artist, (base, window))?;
         report.add("DimArtist", 0, changed);
-        tracker.finish("ok", changed);
         report.add("DimDate", 0, 0);
 
         let users = max_user + new_users;

@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Pipeline;
 use crate::error::{Error, Result};
-use crate::lake::{Lake, events, layout, watermark};
+use crate::lake::layout::{self, Stage};
+use crate::lake::{Lake, events, watermark};
 use crate::progress;
 use crate::runs;
 use crate::seed;
@@ -73,14 +74,21 @@ pub enum LogFormat {
 }
 
 /// The stages `run` can be limited to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Stage {
-    /// Source tables to bronze parquet, by watermark.
-    Ingest,
-    /// Bronze files to cleaned silver Delta change logs, each file once.
-    Silver,
-    /// Silver changes to the star schema (SCD dimensions, point-in-time fact) and views.
-    Gold,
+impl ValueEnum for Stage {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Stage::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            Stage::Ingest => "Source tables to bronze parquet, by watermark",
+            Stage::Silver => "Bronze files to cleaned silver Delta change logs, each file once",
+            Stage::Gold => {
+                "Silver changes to the star schema (SCD dimensions, point-in-time fact) and views"
+            }
+        };
+        Some(clap::builder::PossibleValue::new(self.as_str()).help(help))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,47 +292,7 @@ pub async fn run(cli: Cli) -> Result<bool> {
             }
             Ok(true)
         }
-        Command::Run { stage, ref tables } => {
-            let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
-            let tables = pipeline.select(tables)?;
-            let lake = Lake::connect(&cli.lake).await?;
-            let run_id = new_run_id();
-            let mut ok = true;
-            if stage.is_none() {
-                let flow = runs::flow(&run_id, &cli.source, &lake, &pipeline, &tables).await?;
-                if !cli.quiet {
-                    print_ingest(&flow.ingest);
-                    print_silver(&flow.silver);
-                    print_gold(&flow.gold);
-                }
-                return Ok(report_errors(&flow.ingest)
-                    & report_silver_errors(&flow.silver)
-                    & report_gold_errors(&flow.gold));
-            }
-            if stage == Some(Stage::Ingest) {
-                let report =
-                    runs::ingest(&run_id, &cli.source, &lake, &pipeline, &tables, None).await?;
-                if !cli.quiet {
-                    print_ingest(&report);
-                }
-                ok &= report_errors(&report);
-            }
-            if stage == Some(Stage::Silver) {
-                let report = runs::silver(&run_id, &lake, &pipeline, &tables).await?;
-                if !cli.quiet {
-                    print_silver(&report);
-                }
-                ok &= report_silver_errors(&report);
-            }
-            if stage == Some(Stage::Gold) {
-                let report = runs::gold(&run_id, &lake, &pipeline, &tables).await?;
-                if !cli.quiet {
-                    print_gold(&report);
-                }
-                ok &= report_gold_errors(&report);
-            }
-            Ok(ok)
-        }
+        Command::Run { stage, ref tables } => run_stages(&cli, stage, tables).await,
         Command::Ingest {
             ref tables,
             ref from,
@@ -348,32 +316,7 @@ pub async fn run(cli: Cli) -> Result<bool> {
         }
         Command::Refresh { ref table, yes } => refresh(&cli, table, yes).await,
         Command::Status => status(&cli).await,
-        Command::Package { ref out } => {
-            let binary = std::env::current_exe().map_err(|e| Error::io("the running binary", e))?;
-            let zip = crate::functions::package::build(out, &binary)?;
-            if !cli.quiet {
-                let size = std::fs::metadata(&zip).map(|m| m.len()).unwrap_or(0);
-                out!(
-                    "Packaged {} ({:.1} MB) and {}/app/:",
-                    zip.display(),
-                    size as f64 / 1_048_576.0,
-                    out.display()
-                );
-                for (name, _) in crate::functions::package::FILES {
-                    out!("  {name}");
-                }
-                out!(
-                    "  {} (from {})",
-                    crate::functions::package::EXECUTABLE,
-                    binary.display()
-                );
-                out!(
-                    "Deploy: az functionapp deployment source config-zip -g <group> -n <app> --src {}",
-                    zip.display()
-                );
-            }
-            Ok(true)
-        }
+        Command::Package { ref out } => package(&cli, out),
         Command::Serve { port } => {
             let app = crate::functions::App {
                 pipeline: Pipeline::load_or_default(cli.config.as_deref())?,
@@ -408,6 +351,79 @@ pub async fn run(cli: Cli) -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// `tunelake run`: the whole pipeline as one flow, each table moving on as soon as it can,
+/// or only `stage` for every table.
+async fn run_stages(cli: &Cli, stage: Option<Stage>, tables: &[String]) -> Result<bool> {
+    let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+    let tables = pipeline.select(tables)?;
+    let lake = Lake::connect(&cli.lake).await?;
+    let run_id = new_run_id();
+    Ok(match stage {
+        None => {
+            let flow = runs::flow(&run_id, &cli.source, &lake, &pipeline, &tables).await?;
+            if !cli.quiet {
+                print_ingest(&flow.ingest);
+                print_silver(&flow.silver);
+                print_gold(&flow.gold);
+            }
+            report_errors(&flow.ingest)
+                & report_silver_errors(&flow.silver)
+                & report_gold_errors(&flow.gold)
+        }
+        Some(Stage::Ingest) => {
+            let report =
+                runs::ingest(&run_id, &cli.source, &lake, &pipeline, &tables, None).await?;
+            if !cli.quiet {
+                print_ingest(&report);
+            }
+            report_errors(&report)
+        }
+        Some(Stage::Silver) => {
+            let report = runs::silver(&run_id, &lake, &pipeline, &tables).await?;
+            if !cli.quiet {
+                print_silver(&report);
+            }
+            report_silver_errors(&report)
+        }
+        Some(Stage::Gold) => {
+            let report = runs::gold(&run_id, &lake, &pipeline, &tables).await?;
+            if !cli.quiet {
+                print_gold(&report);
+            }
+            report_gold_errors(&report)
+        }
+    })
+}
+
+/// `tunelake package`: the Function App as a folder and a zip, from this binary.
+fn package(cli: &Cli, out: &std::path::Path) -> Result<bool> {
+    let binary = std::env::current_exe().map_err(|e| Error::io("the running binary", e))?;
+    let zip = crate::functions::package::build(out, &binary)?;
+    if cli.quiet {
+        return Ok(true);
+    }
+    let size = std::fs::metadata(&zip).map(|m| m.len()).unwrap_or(0);
+    out!(
+        "Packaged {} ({:.1} MB) and {}/app/:",
+        zip.display(),
+        size as f64 / 1_048_576.0,
+        out.display()
+    );
+    for (name, _) in crate::functions::package::FILES {
+        out!("  {name}");
+    }
+    out!(
+        "  {} (from {})",
+        crate::functions::package::EXECUTABLE,
+        binary.display()
+    );
+    out!(
+        "Deploy: az functionapp deployment source config-zip -g <group> -n <app> --src {}",
+        zip.display()
+    );
+    Ok(true)
 }
 
 /// `tunelake refresh`: what would go, and with `--yes` the refresh and a run of the tables.

@@ -253,6 +253,132 @@ pub struct Pipeline {
     pub templates: Templates,
 }
 
+/// `[settings]`, defaults where absent; each bad value is a problem.
+fn parse_settings(raw: Option<&toml::Value>, problem: &mut impl FnMut(String, String)) -> Settings {
+    let settings = match raw.map(|v| v.clone().try_into::<Settings>()) {
+        None => Settings::default(),
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            problem("settings".to_string(), e.message().to_string());
+            Settings::default()
+        }
+    };
+    for (key, value) in [
+        ("max_concurrency", settings.max_concurrency as u64),
+        ("chunk_rows", settings.chunk_rows),
+        ("dimension_chunk_keys", settings.dimension_chunk_keys),
+        ("max_file_mb", settings.max_file_mb),
+    ] {
+        if value == 0 {
+            problem(format!("settings.{key}"), "must be at least 1".into());
+        }
+    }
+    if !(1..=1_048_576).contains(&settings.batch_rows) {
+        problem(
+            "settings.batch_rows".into(),
+            "must be between 1 and 1048576".into(),
+        );
+    }
+    if settings.max_file_rows < settings.batch_rows as u64 {
+        problem(
+            "settings.max_file_rows".into(),
+            format!(
+                "{} is below batch_rows ({}): a file holds at least one batch",
+                settings.max_file_rows, settings.batch_rows
+            ),
+        );
+    }
+    settings
+}
+
+/// `[[tables]]`, each checked on its own and then for names listed twice.
+fn parse_tables(
+    raw: Option<&toml::Value>,
+    problem: &mut impl FnMut(String, String),
+) -> Vec<TableSpec> {
+    let raw_tables = match raw {
+        Some(toml::Value::Array(a)) => a.clone(),
+        Some(_) => {
+            problem(
+                "tables".into(),
+                "must be an array of tables ([[tables]])".into(),
+            );
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    if raw_tables.is_empty() {
+        problem("tables".into(), "no tables are listed".into());
+    }
+    let mut tables: Vec<TableSpec> = Vec::new();
+    for (i, raw) in raw_tables.into_iter().enumerate() {
+        let name = raw
+            .get("name")
+            .and_then(|v| v.as_str())
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        let at = format!("tables[{i}]{name}");
+        match raw.try_into::<TableSpec>() {
+            Ok(t) => {
+                validate_table(&t, &at, problem);
+                tables.push(t);
+            }
+            Err(e) => problem(at, e.message().to_string()),
+        }
+    }
+    for (i, t) in tables.iter().enumerate() {
+        if tables[..i]
+            .iter()
+            .any(|o| o.name.eq_ignore_ascii_case(&t.name))
+        {
+            problem(
+                format!("tables[{i}] ({})", t.name),
+                "this table is listed twice".into(),
+            );
+        }
+    }
+    tables
+}
+
+/// The checks of one table that need no other table (`at` names it in problems).
+fn validate_table(t: &TableSpec, at: &str, problem: &mut impl FnMut(String, String)) {
+    for (field, value) in [
+        ("name", &t.name),
+        ("schema", &t.schema),
+        ("cdc_column", &t.cdc_column),
+    ] {
+        if let Some(p) = ident::problem(value) {
+            problem(format!("{at}.{field}"), p);
+        }
+    }
+    if t.keys.is_empty() {
+        problem(
+            format!("{at}.keys"),
+            "at least one key column is needed".into(),
+        );
+    }
+    for (k, key) in t.keys.iter().enumerate() {
+        if let Some(p) = ident::problem(key) {
+            problem(format!("{at}.keys[{k}]"), p);
+        } else if t.keys[..k].contains(key) {
+            problem(
+                format!("{at}.keys[{k}]"),
+                format!("{key:?} is listed twice"),
+            );
+        }
+    }
+    silver::validate(t, at, problem);
+    ingest::validate(t, at, problem);
+    for (f, file) in t.files.iter().enumerate() {
+        if file.is_empty() || file.split('/').any(|s| s == ".." || s.is_empty()) {
+            problem(
+                format!("{at}.files[{f}]"),
+                format!("{file:?} must be a relative path without '..'"),
+            );
+        }
+    }
+}
+
 impl Pipeline {
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self> {
@@ -297,125 +423,8 @@ impl Pipeline {
                 );
             }
         }
-        let settings = match doc.get("settings") {
-            None => Settings::default(),
-            Some(v) => match v.clone().try_into::<Settings>() {
-                Ok(s) => s,
-                Err(e) => {
-                    problem("settings".to_string(), e.message().to_string());
-                    Settings::default()
-                }
-            },
-        };
-        if settings.max_concurrency == 0 {
-            problem(
-                "settings.max_concurrency".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if !(1..=1_048_576).contains(&settings.batch_rows) {
-            problem(
-                "settings.batch_rows".into(),
-                "must be between 1 and 1048576".into(),
-            );
-        }
-        if settings.max_file_rows < settings.batch_rows as u64 {
-            problem(
-                "settings.max_file_rows".into(),
-                format!(
-                    "{} is below batch_rows ({}): a file holds at least one batch",
-                    settings.max_file_rows, settings.batch_rows
-                ),
-            );
-        }
-        if settings.chunk_rows == 0 {
-            problem("settings.chunk_rows".into(), "must be at least 1".into());
-        }
-        if settings.dimension_chunk_keys == 0 {
-            problem(
-                "settings.dimension_chunk_keys".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if settings.max_file_mb == 0 {
-            problem("settings.max_file_mb".into(), "must be at least 1".into());
-        }
-
-        let raw_tables = match doc.get("tables") {
-            Some(toml::Value::Array(a)) => a.clone(),
-            Some(_) => {
-                problem(
-                    "tables".into(),
-                    "must be an array of tables ([[tables]])".into(),
-                );
-                Vec::new()
-            }
-            None => Vec::new(),
-        };
-        if raw_tables.is_empty() {
-            problem("tables".into(), "no tables are listed".into());
-        }
-        let mut tables = Vec::new();
-        for (i, raw) in raw_tables.into_iter().enumerate() {
-            let name = raw
-                .get("name")
-                .and_then(|v| v.as_str())
-                .map(|n| format!(" ({n})"))
-                .unwrap_or_default();
-            let at = format!("tables[{i}]{name}");
-            match raw.try_into::<TableSpec>() {
-                Ok(t) => {
-                    for (field, value) in [
-                        ("name", &t.name),
-                        ("schema", &t.schema),
-                        ("cdc_column", &t.cdc_column),
-                    ] {
-                        if let Some(p) = ident::problem(value) {
-                            problem(format!("{at}.{field}"), p);
-                        }
-                    }
-                    if t.keys.is_empty() {
-                        problem(
-                            format!("{at}.keys"),
-                            "at least one key column is needed".into(),
-                        );
-                    }
-                    for (k, key) in t.keys.iter().enumerate() {
-                        if let Some(p) = ident::problem(key) {
-                            problem(format!("{at}.keys[{k}]"), p);
-                        } else if t.keys[..k].contains(key) {
-                            problem(
-                                format!("{at}.keys[{k}]"),
-                                format!("{key:?} is listed twice"),
-                            );
-                        }
-                    }
-                    silver::validate(&t, &at, &mut problem);
-                    ingest::validate(&t, &at, &mut problem);
-                    for (f, file) in t.files.iter().enumerate() {
-                        if file.is_empty() || file.split('/').any(|s| s == ".." || s.is_empty()) {
-                            problem(
-                                format!("{at}.files[{f}]"),
-                                format!("{file:?} must be a relative path without '..'"),
-                            );
-                        }
-                    }
-                    tables.push(t);
-                }
-                Err(e) => problem(at, e.message().to_string()),
-            }
-        }
-        for (i, t) in tables.iter().enumerate() {
-            if tables[..i]
-                .iter()
-                .any(|o| o.name.eq_ignore_ascii_case(&t.name))
-            {
-                problem(
-                    format!("tables[{i}] ({})", t.name),
-                    "this table is listed twice".into(),
-                );
-            }
-        }
+        let settings = parse_settings(doc.get("settings"), &mut problem);
+        let tables = parse_tables(doc.get("tables"), &mut problem);
 
         let dims: Vec<(&str, &TableSpec)> = tables
             .iter()

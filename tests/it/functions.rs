@@ -300,20 +300,38 @@ fn the_functions_build_the_same_gold_as_a_run_and_refuse_bad_input() {
     );
 }
 
-/// Azurite as the tests start it: from TUNELAKE_AZURITE, or where `.ci/run` installs it.
+/// Azurite as the tests start it: from TUNELAKE_AZURITE, else from the cache folder
+/// (`~/.cache/tunelake/azurite`), where the first test that needs it installs it through npm
+/// (Node 20), so `cargo test` needs nothing installed by hand but Node.
 fn azurite_binary() -> PathBuf {
     if let Ok(path) = std::env::var("TUNELAKE_AZURITE") {
         return PathBuf::from(path);
     }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let path = PathBuf::from(home).join(".cache/tunelake/azurite/node_modules/.bin/azurite");
-    assert!(
-        path.exists(),
-        "Azurite is needed for this test: npm install --prefix ~/.cache/tunelake/azurite azurite@3.35.0 \
-         (Node 20), or set TUNELAKE_AZURITE to its binary; .ci/run does this"
-    );
-    path
+    static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            let dir = PathBuf::from(home).join(".cache/tunelake/azurite");
+            let path = dir.join("node_modules/.bin/azurite");
+            if !path.exists() {
+                std::fs::create_dir_all(&dir).unwrap();
+                let status = Command::new("npm")
+                    .args(["install", "--prefix"])
+                    .arg(&dir)
+                    .args(["--no-audit", "--no-fund", "--loglevel=error", AZURITE])
+                    .status()
+                    .unwrap_or_else(|e| {
+                        panic!("Azurite is installed through npm, which did not start ({e}): install Node 20")
+                    });
+                assert!(status.success(), "npm install {AZURITE} failed: {status}");
+            }
+            path
+        })
+        .clone()
 }
+
+/// The Azurite release the tests run (DEPENDENCIES.md).
+const AZURITE: &str = "azurite@3.35.0";
 
 /// The emulator process and its data folder (removed when dropped).
 struct Azurite(Child, #[allow(dead_code)] tempfile::TempDir);
