@@ -9,7 +9,7 @@ source with benches/peers/pipeline.toml; its source folder gets part-00002 for t
 incremental run, as the peers' incremental run reads batch 2.
 
 Reports median wall seconds, CPU seconds (user+sys) and peak RSS per contender and step, and
-tunelake / best peer, into benches/RESULTS.md (appending a dated section).
+tunelake / best peer, into benches/README.md (replacing the table of that scale).
 """
 import argparse
 import json
@@ -132,10 +132,24 @@ def main():
               (check.stdout + check.stderr).strip(), "```"]
     text = "\n".join(lines) + "\n\n"
     print(text)
-    with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
-        f.write(text)
+    record(os.path.join(HERE, "README.md"), f"{a.scale:g}", text)
     with open(os.path.join(a.work, f"results-{sf}.json"), "w") as f:
         json.dump(results, f, indent=1)
+
+
+def record(readme, scale, text):
+    """Puts `text` as the table of `scale` in the README, between its markers (added at the end
+    when the scale has none yet)."""
+    start, end = f"<!-- scale {scale} -->", f"<!-- /scale {scale} -->"
+    title, rest = text.strip().split("\n", 1)
+    body = f"### Scale {scale} ({title.removeprefix('## ')})\n{rest}"
+    doc = open(readme).read()
+    if start in doc and end in doc:
+        doc = doc[:doc.index(start)] + f"{start}\n{body}\n{end}" + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + f"\n\n{start}\n{body}\n{end}\n"
+    with open(readme, "w") as f:
+        f.write(doc)
 
 
 if __name__ == "__main__":

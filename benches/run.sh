@@ -3,7 +3,7 @@
 #   benches/run.sh --scale 10 [--seed 42] [--reps 3] [--peers duckdb polars_delta pyspark]
 # Sets up the peers' virtualenv (shared/peers/setup.sh), generates the data once per scale,
 # builds tunelake in release, then runs every contender full and incremental, alternating,
-# and writes benches/RESULTS.md. Not part of CI.
+# and writes the table into benches/README.md. Not part of CI.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 peers="${PEERS_DIR:-$here/../../shared/peers}"

@@ -4,7 +4,7 @@ that tunelake's contract defines the same way as the peers' spec.
 
     benches/verify.py --tunelake work/out/tunelake/sf1/lake work/out/duckdb/sf1 work/out/polars_delta/sf1
 
-Where the contracts differ, the comparison is narrowed, not skipped (see RESULTS.md):
+Where the contracts differ, the comparison is narrowed, not skipped (see benches/README.md):
 - silver is a change log in tunelake and a current-state upsert in the peers: users and tracks
   are compared on each key's latest row;
 - SCD2 history differs (tunelake versions every distinct change it extracted): dimensions are

@@ -60,11 +60,9 @@ fn default_batch_rows() -> usize {
 fn default_max_file_mb() -> u64 {
     128
 }
-// The three bounds below keep a run's memory from growing with the data, well within 512 MB
-// so that the largest table fits a 1.5 GB Consumption instance: at scale 10 (10M streams) a
-// whole run peaks at 210-230 MB and an incremental one at ~180 MB (benches/RESULTS.md).
-// Smaller bronze files lower silver's share at a cost in time: against 400k rows, 300k made
-// the full run 3-5% slower, 200k 3.5-17% (benches/RESULTS.md).
+// The three bounds below keep a run's memory from growing with the data, so that the largest
+// table fits a Consumption instance; smaller bronze files lower silver's share of the peak at
+// a cost in time (docs/decisions/002-speed-and-memory.md, "Bounds").
 fn default_max_file_rows() -> u64 {
     300_000
 }

@@ -63,9 +63,8 @@ pub fn build(out: &Path, binary: &Path) -> Result<PathBuf> {
     }
     let zip_path = out.join("tunelake-functions.zip");
     let file = std::fs::File::create(&zip_path).map_err(|e| Error::io(&zip_path, e))?;
-    let mut writer = std::io::BufWriter::new(file);
-    write_zip(&mut writer, &entries).map_err(|e| Error::io(&zip_path, e))?;
-    writer.flush().map_err(|e| Error::io(&zip_path, e))?;
+    write_zip(std::io::BufWriter::new(file), &entries)
+        .map_err(|e| Error::io(&zip_path, std::io::Error::other(e)))?;
     Ok(zip_path)
 }
 
@@ -81,81 +80,57 @@ fn set_mode(_: &Path, _: u32) -> Result<()> {
     Ok(())
 }
 
-/// A zip archive (deflated entries, Unix modes so the binary stays executable after zip
-/// deploy). The format is small enough that a dependency would cost more than it saves.
-fn write_zip(out: &mut impl Write, entries: &[(String, Vec<u8>, u32)]) -> std::io::Result<()> {
-    let mut central = Vec::new();
-    let mut offset: u64 = 0;
+/// A zip archive of the entries (deflated, with Unix modes so the binary stays executable
+/// after zip deploy).
+fn write_zip(
+    out: impl Write + std::io::Seek,
+    entries: &[(String, Vec<u8>, u32)],
+) -> zip::result::ZipResult<()> {
+    let mut zip = zip::ZipWriter::new(out);
     for (name, bytes, mode) in entries {
-        let mut encoder =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-        encoder.write_all(bytes)?;
-        let compressed = encoder.finish()?;
-        let crc = crc32fast::hash(bytes);
-        let too_big = |n: usize| {
-            u32::try_from(n).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "entry over 4 GB")
-            })
-        };
-        let (size, packed) = (too_big(bytes.len())?, too_big(compressed.len())?);
-        let local_offset = u32::try_from(offset)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "zip over 4 GB"))?;
-        let name_len = name.len() as u16;
-        // Local file header.
-        let mut header = Vec::with_capacity(30 + name.len());
-        header.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-        header.extend_from_slice(&20u16.to_le_bytes()); // version needed
-        header.extend_from_slice(&0u16.to_le_bytes()); // flags
-        header.extend_from_slice(&8u16.to_le_bytes()); // deflate
-        header.extend_from_slice(&0u16.to_le_bytes()); // time
-        header.extend_from_slice(&0x21u16.to_le_bytes()); // date: 1980-01-01
-        header.extend_from_slice(&crc.to_le_bytes());
-        header.extend_from_slice(&packed.to_le_bytes());
-        header.extend_from_slice(&size.to_le_bytes());
-        header.extend_from_slice(&name_len.to_le_bytes());
-        header.extend_from_slice(&0u16.to_le_bytes());
-        header.extend_from_slice(name.as_bytes());
-        out.write_all(&header)?;
-        out.write_all(&compressed)?;
-        // Central directory entry, "made by" Unix so the mode is honoured.
-        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-        central.extend_from_slice(&((3u16 << 8) | 20).to_le_bytes());
-        central.extend_from_slice(&20u16.to_le_bytes());
-        central.extend_from_slice(&0u16.to_le_bytes());
-        central.extend_from_slice(&8u16.to_le_bytes());
-        central.extend_from_slice(&0u16.to_le_bytes());
-        central.extend_from_slice(&0x21u16.to_le_bytes());
-        central.extend_from_slice(&crc.to_le_bytes());
-        central.extend_from_slice(&packed.to_le_bytes());
-        central.extend_from_slice(&size.to_le_bytes());
-        central.extend_from_slice(&name_len.to_le_bytes());
-        central.extend_from_slice(&0u16.to_le_bytes()); // extra
-        central.extend_from_slice(&0u16.to_le_bytes()); // comment
-        central.extend_from_slice(&0u16.to_le_bytes()); // disk
-        central.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
-        central.extend_from_slice(&((0o100_000 | mode) << 16).to_le_bytes());
-        central.extend_from_slice(&local_offset.to_le_bytes());
-        central.extend_from_slice(name.as_bytes());
-        offset += (header.len() + compressed.len()) as u64;
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .unix_permissions(*mode)
+            .large_file(bytes.len() as u64 >= u64::from(u32::MAX));
+        zip.start_file(name.as_str(), options)?;
+        zip.write_all(bytes)?;
     }
-    let central_offset = u32::try_from(offset)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "zip over 4 GB"))?;
-    out.write_all(&central)?;
-    let count = entries.len() as u16;
-    out.write_all(&0x0605_4b50u32.to_le_bytes())?;
-    out.write_all(&0u16.to_le_bytes())?;
-    out.write_all(&0u16.to_le_bytes())?;
-    out.write_all(&count.to_le_bytes())?;
-    out.write_all(&count.to_le_bytes())?;
-    out.write_all(&(central.len() as u32).to_le_bytes())?;
-    out.write_all(&central_offset.to_le_bytes())?;
-    out.write_all(&0u16.to_le_bytes())?;
+    zip.finish()?.flush()?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_archive_reads_back_with_its_files_and_modes() {
+        let entries = vec![
+            ("host.json".to_string(), b"{}".to_vec(), 0o644),
+            (
+                "silver/function.json".to_string(),
+                vec![b'x'; 10_000],
+                0o644,
+            ),
+            (
+                EXECUTABLE.to_string(),
+                (0..=255u8).cycle().take(70_000).collect(),
+                0o755,
+            ),
+        ];
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        write_zip(&mut bytes, &entries).unwrap();
+        let mut archive = zip::ZipArchive::new(bytes).unwrap();
+        assert_eq!(archive.len(), entries.len());
+        for (name, content, mode) in &entries {
+            let mut file = archive.by_name(name).unwrap();
+            assert_eq!(file.compression(), zip::CompressionMethod::Deflated);
+            assert_eq!(file.unix_mode().map(|m| m & 0o777), Some(*mode), "{name}");
+            let mut read = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut read).unwrap();
+            assert_eq!(&read, content, "{name}");
+        }
+    }
 
     #[test]
     fn every_function_folder_is_packaged_and_served() {

@@ -45,18 +45,16 @@ pub async fn delta_provider(
 
 /// Rows per parquet row group in every file the lake writes. A writer holds the row group it
 /// is building, encoded, until the group is complete, and then copies it whole into a buffer
-/// that grows by doubling: parquet's default of 1M rows made that grow with the table (a fact
-/// writer held ~27 MB at scale 10, half that at scale 1). At 256k rows, the two fact writers'
-/// flush buffers were still 17 MB of an incremental run's peak at scale 10 (jemalloc heap
-/// profile); 128k rows halve that at no measured cost in time, and are still large enough for
-/// efficient scans (DuckDB writes 122,880-row groups).
+/// that grows by doubling: parquet's default of 1M rows made that grow with the table. 128k
+/// rows bound it at no measured cost in time and are still large enough for efficient scans
+/// (DuckDB writes 122,880-row groups); see docs/decisions/002-speed-and-memory.md, "Parquet".
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// The configuration tunelake creates its Delta tables with: a checkpoint every 10 commits
 /// (delta-rs writes one after each 10th, against its default of 100). Every bronze file's
 /// silver commit and every gold build looks up the table's application transactions, and
-/// each lookup replayed every JSON commit since the last checkpoint: a fact's 28 silver
-/// commits were read 929 times in one incremental run (5% of its CPU). The JSON commits
+/// each lookup replays every JSON commit since the last checkpoint (decision 002, "Delta
+/// log"). The JSON commits
 /// are kept past the 30 days after which delta-rs would remove those a checkpoint covers:
 /// gold finds what changed in silver since its last run by reading silver at that version,
 /// however long ago the run was.
@@ -72,9 +70,9 @@ pub const CREATED_WITH: [(&str, Option<&str>); 2] = [
 /// Ids, amounts and timestamps are mostly distinct, so interning them into dictionaries was the
 /// largest single cost of writing and did not make them smaller. Plain, they were 8 bytes a
 /// value for snappy to compress (its largest cost in the profile). Delta-packed, ascending ids
-/// and timestamps take a few bits a value: at scale 10 the lake is half the size (937 -> 466
-/// MB) and the full run 13% faster (benches/RESULTS.md). DuckDB, Polars and Spark 4.3 read
-/// the files back (checked by hand; Spark's vectorized reader has the encoding since 3.3).
+/// and timestamps take a few bits a value, which halved the lake and sped up the whole run
+/// (decision 002, "Parquet"). DuckDB, Polars and Spark read the files back (Spark's vectorized
+/// reader has the encoding since 3.3).
 pub fn parquet_properties(
     schema: &arrow::datatypes::Schema,
 ) -> parquet::file::properties::WriterPropertiesBuilder {
@@ -92,8 +90,7 @@ pub fn parquet_properties(
                 let path = || ColumnPath::from(f.name().as_str());
                 let b = b.set_column_dictionary_enabled(path(), true);
                 // Lineage and rescue text (`_source_file`, `_rescued_data`) is never filtered
-                // on, and its min/max cost two comparisons of a long value per row: 4.5% of
-                // silver's time for a fact (perf, 10M streams).
+                // on, and its min/max cost two comparisons of a long value per row.
                 if f.name().starts_with('_') {
                     b.set_column_statistics_enabled(path(), EnabledStatistics::None)
                 } else {
@@ -105,9 +102,8 @@ pub fn parquet_properties(
                     ColumnPath::from(f.name().as_str()),
                     parquet::basic::Encoding::DELTA_BINARY_PACKED,
                 );
-                // Delta-packed values are what snappy cannot shrink: the column chunks of a
-                // silver fact file were the same size either way, byte for byte (scale 10),
-                // and compressing them and back was CPU for nothing.
+                // Delta-packed values are what snappy cannot shrink: compressing them and back
+                // was CPU for nothing.
                 b.set_column_compression(
                     ColumnPath::from(f.name().as_str()),
                     parquet::basic::Compression::UNCOMPRESSED,
@@ -115,8 +111,8 @@ pub fn parquet_properties(
             }
             // Measures are often few distinct values (durations in minutes to two decimals):
             // a dictionary stores them in a few bits each, where plain values needed snappy
-            // over 8 bytes a row (silver streams 129 -> 110 MB, gold fact 179 -> 160 MB at
-            // scale 10). Many distinct values fall back to plain past the dictionary's page.
+            // over 8 bytes a row. Many distinct values fall back to plain past the
+            // dictionary's page.
             DataType::Float32 | DataType::Float64 => {
                 b.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), true)
             }

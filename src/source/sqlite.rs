@@ -381,7 +381,7 @@ fn extract_blocking(
         .join(", ");
     let cdc = quote_ansi(&table.cdc_column);
     // A first, whole-table window reads faster as a scan than through the watermark index
-    // (measured 2.7x on 1M streams); `+col` keeps SQLite's planner off the index.
+    // (decision 002, "SQLite"); `+col` keeps SQLite's planner off the index.
     let upper = if window.low.is_none() {
         format!("+{cdc}")
     } else {

@@ -109,10 +109,8 @@ pub struct Staged {
     pub base: u64,
     /// The silver version the dimension's commit records as consumed.
     pub consumed: i64,
-    /// The new and changed versions, with the columns the facts' lookups read (keys,
-    /// surrogate key, period, carried columns): with every column, the staged versions of
-    /// dim_user were 18 MB at the peak of an incremental run at scale 10, held until the
-    /// dimension's commit.
+    /// The new and changed versions, with only the columns the facts' lookups read (keys,
+    /// surrogate key, period, carried columns): they are held until the dimension's commit.
     pub rows: Vec<arrow::array::RecordBatch>,
     /// The surrogate keys whose stored rows the commit removes.
     pub replaced: rewrite::SurrogateKeys,

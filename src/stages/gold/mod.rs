@@ -442,7 +442,7 @@ async fn current_version(lake: &Lake, name: &str) -> Option<u64> {
 /// delta-rs's planner is installed, so a query can be handed to a Delta write as its input
 /// plan and stream into the table. Parquet text is read as plain strings, the type gold
 /// stores: read as string views, every text value was copied back before it was written
-/// (`cast_view_to_byte`, 2% of a dimension's gold), and concatenating views rebuilt them.
+/// (`cast_view_to_byte`), and concatenating views rebuilt them.
 fn session() -> SessionContext {
     let config = SessionConfig::new()
         .set_bool("datafusion.sql_parser.enable_ident_normalization", false)

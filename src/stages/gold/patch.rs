@@ -3,8 +3,8 @@
 //! columns decoded and re-encoded; every other column chunk is copied as it is encoded.
 //!
 //! Why: an SCD2 run closes versions spread over every file of a dimension, and re-encoding
-//! all columns of all rows of those files was a quarter of an incremental dimension build
-//! (perf, scale 10: 90k closes over a million stored versions).
+//! all columns of all rows of those files dominated an incremental dimension build
+//! (docs/decisions/002-speed-and-memory.md, "Gold dimensions").
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -99,9 +99,9 @@ pub(super) async fn prepare(
     counts.rows_rescued = rescued;
     // The file's rows stay one batch through the silver columns (the session would cut them
     // into 8k-row slices): expectations, first rows and a dimension's key order (one `take`,
-    // not a gather from fifty batches) then work on whole columns. Silver's CPU -10%, a whole
-    // first run's -5% at scale 10, for ~15 MB more at its peak (each expression's
-    // intermediate results are file-sized).
+    // not a gather from fifty batches) then work on whole columns: less CPU for a little
+    // more memory, as each expression's intermediate results are file-sized (decision 002,
+    // "Silver").
     let batch_rows = usize::try_from(counts.rows_in).unwrap_or(usize::MAX);
     let ctx = session_with(SessionConfig::new().with_batch_size(batch_rows));
     let fail = |e| Error::DataFusion {
@@ -135,8 +135,7 @@ pub(super) async fn prepare(
 }
 
 /// A bronze file's rows, as one batch: silver holds the whole file anyway, and a dimension's
-/// rows are then put in key order with one `take` rather than gathered across batches (an
-/// interleave over 65k-row batches was 2.5% of a first run's CPU at scale 10).
+/// rows are then put in key order with one `take` rather than gathered across batches.
 pub(super) fn read_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, String> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| {

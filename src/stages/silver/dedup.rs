@@ -17,7 +17,7 @@ use crate::config::TableSpec;
 /// Keeps the first row per (keys, watermark value) within the file (as the rows to keep, see
 /// [`Rows`]). Done with Arrow's row format and a hash set rather than a DataFusion DISTINCT
 /// ON, which keeps an accumulator per column and was the slowest, hungriest step of a file
-/// (measured: 1M streams).
+/// (docs/decisions/002-speed-and-memory.md, "Silver").
 pub(super) fn first_per_version(
     batches: Vec<RecordBatch>,
     passed: &[Option<BooleanArray>],
@@ -40,9 +40,8 @@ pub(super) fn first_per_version(
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let masks: Vec<BooleanArray> = match integer_pairs(&batches, &indices) {
         // One integer-like key and the watermark, neither NULL (the usual case): each row is
-        // one number, found by slot or hash (`first_of_pairs`). Compared as row-format bytes
-        // (a memcmp per probe), this set was a tenth of a fact file's silver time (perf, 10M
-        // streams).
+        // one number, found by slot or hash (`first_of_pairs`), cheaper than comparing
+        // row-format bytes (a memcmp per probe).
         Some(pairs) => first_of_pairs(&pairs, passed, total),
         // Otherwise rows are compared as their row-format bytes, borrowed from the converted
         // batches (no per-row allocation), under a fast non-cryptographic hash (the keys are

@@ -16,9 +16,8 @@ use datafusion::prelude::{DataFrame, Expr, SessionContext, lit};
 
 /// A file's rows, each batch with the rows to keep (`None`: all of them). Duplicates and
 /// dropped rows are taken out only as the rows are written, a slice at a time (see
-/// [`with_lineage`]): filtered whole, a stream file was copied nearly whole (about 1% goes)
-/// beside the rows it came from, and the two files prepared at once at an incremental run's
-/// start held 2 × 48 MB (heaptrack, scale 10), half of it those copies.
+/// [`with_lineage`]): filtered whole, a file would be copied nearly whole beside the rows it
+/// came from (decision 002, "Silver").
 #[derive(Debug, Clone, Default)]
 pub(super) struct Rows {
     pub(super) batches: Vec<RecordBatch>,

@@ -271,8 +271,7 @@ fn sorted_by_key(
     }
     if batches.len() == 1 {
         // Column by column, each let go once gathered: the file's rows and their key-ordered
-        // copy are never both whole in memory (two dimension files' copies were 42 MB of a
-        // first run's peak at scale 10, beside the rows they were taken from).
+        // copy are never both whole in memory.
         let Some((schema, columns, _)) = batches.into_iter().next().map(|b| b.into_parts()) else {
             return Ok(Vec::new());
         };

@@ -60,8 +60,7 @@ pub(super) fn history_sql(c: &DimColumns, whole: bool, tiebreak: bool) -> String
 /// The order of a history's rows (from [`history_sql`]): by key, sequence value and, with
 /// `tiebreak`, the preferred row first (latest `_ingested_at`, then `_source_file`,
 /// descending). Sorting positions here instead of the rows in the query spares DataFusion's
-/// sort and merge of every column (with `versions`' row encoding, a fifth of a dimension's
-/// first build, perf). A single integer-like key with no tiebreak sorts as integer pairs.
+/// sort and merge of every column (decision 002, "Gold dimensions"). A single integer-like key with no tiebreak sorts as integer pairs.
 pub(super) fn history_order(
     c: &DimColumns,
     history: &RecordBatch,

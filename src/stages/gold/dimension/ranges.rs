@@ -36,8 +36,8 @@ pub(super) async fn key_ranges(
         key_type,
         Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32
     ) {
-        // Integer keys are made distinct and ordered here, by a bitmap when dense: the
-        // query's hash aggregate and sort were 7% of a first build of a million keys.
+        // Integer keys are made distinct and ordered here, by a bitmap when dense, rather
+        // than by the query's hash aggregate and sort.
         let batches = df.collect().await.map_err(fail())?;
         let mut values = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
         for batch in &batches {

@@ -128,7 +128,7 @@ pub(super) async fn open(
 
 /// Keeps what a lookup needs of its dimension (read once, by [`lookup_rows`]) in memory:
 /// every chunk of new rows and the re-resolution use it, instead of decoding parquet per
-/// chunk (at scale 10 that was 28 chunks times 2.2M dimension rows on a first build). An
+/// chunk. An
 /// index built as the rows were read (see [`Read`]) takes the staged commit's changes and
 /// becomes the lookup's functions; held rows become the index (`lookup::PointInTime`) when
 /// their types allow, else an in-memory table under the dimension's name for the join.

@@ -251,9 +251,8 @@ impl Build<'_> {
 }
 
 /// Where a writer closes a fact file. Each writer (one per partition of the query) builds the
-/// file it writes in memory, so this bounds that part of the write's memory whatever the size of the stream
-/// (delta-rs's default is 100 MB per file; at scale 10 the measured peaks with either were
-/// within noise of each other); a few dozen MB is still a large file for readers.
+/// file it writes in memory, so this bounds that part of the write's memory whatever the size
+/// of the stream; a few dozen MB is still a large file for readers.
 pub(super) const FACT_FILE_BYTES: u64 = 32 << 20;
 
 /// Appends the rows of the query `df` in one commit carrying `txns`, streaming, and adds

@@ -226,7 +226,7 @@ impl Slots {
             self.min = key;
         } else {
             // New keys above the table's come in ascending order: room for an eighth more at a
-            // time, not the doubling `resize` would reserve (8 MB more for a million keys).
+            // time, not the doubling `resize` would reserve.
             let more = (len - self.slots.len()).max(self.slots.len() / 8);
             self.slots.reserve_exact(more);
             self.slots.resize(len, EMPTY);
@@ -356,8 +356,7 @@ pub(super) enum Collected {
 }
 
 /// Builds a dimension's index batch by batch, as its rows are read, so that the rows
-/// themselves are not held: an incremental run at scale 10 held dim_user's 1.15M rows
-/// (34 MB) beside the index made from them at its peak. Given the keys' span up front (see
+/// themselves are not held beside the index made from them. Given the keys' span up front (see
 /// [`Span`]), versions go straight to their key's slot, and only keys with several versions
 /// (or a closed one) are sorted at the end; otherwise every version is listed and sorted.
 pub(in crate::stages::gold) struct Indexer {

@@ -5,8 +5,8 @@
 //! This is what `dimension RIGHT JOIN facts ON key AND valid_from <= seq AND seq < valid_to`
 //! computes, without the join: DataFusion's hash join gathers every version of a key and then
 //! filters the pairs, where here a probe reads one slot holding the key's version (or, for a
-//! key with several, where they are). At scale 10 the join's probes alone
-//! were a fifth of the fact's time. Only single integer keys (and periods of the fact's own
+//! key with several, where they are); the join's probes were a large share of the fact's time
+//! (docs/decisions/002-speed-and-memory.md, "Lookups"). Only single integer keys (and periods of the fact's own
 //! sequence type) take this path; other lookups keep the join.
 //!
 //! Here: the index and its probe; `indexer` builds one as a dimension's rows are read, and
@@ -51,8 +51,7 @@ impl Version {
 /// or, with `from` = `MARK`, a marker: run `sk` of the versions in `several` (`EMPTY`: the
 /// dimension does not hold the key). Once the index keeps its starts beside the slots (see
 /// [`Slots::widen`]), a version's `from` is 0 and its start is there. Eight slots share a
-/// cache line, and a million keys take 8 MB: with 16-byte slots (the values themselves), the
-/// two lookups of the fact at scale 10 held 32 MB, at the peak of an incremental run.
+/// cache line, and a million keys take 8 MB, half what slots holding the values took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Slot {
     from: i32,
@@ -214,9 +213,8 @@ pub(super) struct Shape<'a> {
 }
 
 /// A dimension's rows for its index: those it stores but the rows of the `replaced`
-/// surrogate keys, and those a staged commit adds (see `Staged`): read as they are, where
-/// copies of the stored rows without the replaced ones were 30 MB of an incremental run's
-/// peak at scale 10.
+/// surrogate keys, and those a staged commit adds (see `Staged`): read as they are, not
+/// copied without the replaced ones.
 pub(super) struct DimensionRows<'a> {
     pub stored: &'a [RecordBatch],
     pub replaced: Option<&'a SurrogateKeys>,
@@ -345,12 +343,8 @@ impl PointInTime {
     /// a memory latency; each read is requested `AHEAD` rows before it is needed, so that many
     /// are in flight at once. Dense keys take one read, their slot (a key with several
     /// versions two more, its run's bounds and its versions); sparse keys two, the key's run
-    /// and then its versions, done in two passes, every run first. Prefetching took a probe
-    /// from 80 to 31 ns (20M probes into a million keys); one slot read instead of offsets and
-    /// then versions took a third off the probes' time (a fact's first build at scale 10: 14%
-    /// less CPU); 16-byte slots (never across two cache lines, a third less memory) took
-    /// another 15% off that build's CPU; 8-byte ones cost no time (an incremental run at scale
-    /// 10: 2.00 and 1.98 CPU seconds, 5 pairs) and half the memory.
+    /// and then its versions, done in two passes, every run first. What prefetching and the
+    /// slot layout each saved is in decision 002, "Lookups".
     fn probe<T>(
         &self,
         key: &ArrayRef,
