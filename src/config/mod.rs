@@ -567,6 +567,18 @@ fn line_col(text: &str, offset: usize) -> String {
 mod tests {
     use super::*;
 
+    /// The pipeline file the README shows in brief is one the loader accepts.
+    #[test]
+    fn the_readme_example_loads() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block in the README") + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let p = Pipeline::parse(&readme[start..end], "README.md").unwrap();
+        let names: Vec<&str> = p.tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["DimUser", "FactStream"]);
+        assert_eq!(p.views.len(), 1);
+    }
+
     #[test]
     fn the_shipped_pipeline_file_is_valid() {
         let p = Pipeline::parse(DEFAULT_PIPELINE, "pipeline.toml").unwrap();
