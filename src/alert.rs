@@ -26,15 +26,20 @@ const TRIES: u32 = 4;
 /// One failed table of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
+    /// The table that failed.
     pub table: String,
+    /// Its error, as the run reported it.
     pub error: String,
 }
 
 /// What an alert says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
+    /// The run that failed.
     pub run_id: String,
+    /// The stage it failed in.
     pub stage: String,
+    /// Every table that failed, with its error.
     pub failures: Vec<Failure>,
     /// Free-form counts, e.g. "rows_in": 1000.
     #[serde(default)]
@@ -319,6 +324,7 @@ fn utf8_percent(text: &str) -> String {
 /// Where the alert ended up.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Delivered {
+    /// Sent through Microsoft Graph.
     Mail,
     /// The outbox path, and why not by mail (when a mail channel was configured).
     Outbox(String, Option<String>),

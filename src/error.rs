@@ -23,159 +23,270 @@ impl std::fmt::Display for ConfigProblem {
 /// Everything that can go wrong in tunelake's library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The pipeline file has problems; all of them are listed.
     #[error("{file}: {} problem(s) in the pipeline file:\n  {}", problems.len(), problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Config {
+        /// The file it concerns.
         file: String,
+        /// Every problem found.
         problems: Vec<ConfigProblem>,
     },
 
+    /// A command-line or configuration value is not usable.
     #[error("bad value for {what}: {message}")]
-    BadArgument { what: String, message: String },
+    BadArgument {
+        /// What the value is for.
+        what: String,
+        /// What is wrong.
+        message: String,
+    },
 
+    /// The source cannot be opened.
     #[error("source {url} cannot be reached: {reason}")]
-    SourceUnreachable { url: String, reason: String },
+    SourceUnreachable {
+        /// The URL, without secrets.
+        url: String,
+        /// Why.
+        reason: String,
+    },
 
+    /// A table of the pipeline file is not in the source.
     #[error("table {table}: not found in the source ({source_url})")]
-    UnknownTable { table: String, source_url: String },
+    UnknownTable {
+        /// The table it concerns.
+        table: String,
+        /// The source, without secrets.
+        source_url: String,
+    },
 
+    /// A column the pipeline file names is not in the table.
     #[error(
         "table {table}: column {column} named in the pipeline file is not in the source table (it has: {available})"
     )]
     UnknownColumn {
+        /// The table it concerns.
         table: String,
+        /// The column it concerns.
         column: String,
+        /// The columns the table has.
         available: String,
     },
 
+    /// A source column has a type tunelake cannot map to Arrow.
     #[error("table {table}, column {column}: source type {source_type} has no Arrow mapping")]
     UnsupportedType {
+        /// The table it concerns.
         table: String,
+        /// The column it concerns.
         column: String,
+        /// The source's type name.
         source_type: String,
     },
 
+    /// A watermark column is not an integer, a date or a timestamp.
     #[error(
         "table {table}, column {column}: the watermark column has type {data_type}; it must be an integer, a date or a timestamp"
     )]
     BadWatermarkType {
+        /// The table it concerns.
         table: String,
+        /// The column it concerns.
         column: String,
+        /// The column's type.
         data_type: String,
     },
 
+    /// A source value does not fit its column's type; the table stops.
     #[error("table {table}, column {column}, row {row}: value {value} does not fit {expected}")]
     ValueDoesNotFit {
+        /// The table it concerns.
         table: String,
+        /// The column it concerns.
         column: String,
         /// The row's position in the extract window (1-based) and its key, when known.
         row: String,
+        /// The value, as text.
         value: String,
+        /// The type it should fit.
         expected: String,
     },
 
+    /// The source reader failed or panicked before the end of its window.
     #[error(
         "table {table}: the source reader stopped before the end of the window ({reason}); nothing past the watermark was committed"
     )]
-    ReaderFailed { table: String, reason: String },
+    ReaderFailed {
+        /// The table it concerns.
+        table: String,
+        /// Why.
+        reason: String,
+    },
 
+    /// The source refused a query.
     #[error("table {table}: the source failed: {message}")]
-    SourceQuery { table: String, message: String },
+    SourceQuery {
+        /// The table it concerns.
+        table: String,
+        /// What is wrong.
+        message: String,
+    },
 
+    /// A watermark file exists but cannot be read.
     #[error("watermark file {file} cannot be used: {reason}")]
-    WatermarkUnreadable { file: String, reason: String },
+    WatermarkUnreadable {
+        /// The file it concerns.
+        file: String,
+        /// Why.
+        reason: String,
+    },
 
+    /// An object-store operation on the lake failed.
     #[error("lake {path}: {source}")]
     Lake {
+        /// The path it concerns.
         path: String,
+        /// The underlying error.
         #[source]
         source: object_store::Error,
     },
 
+    /// The lake URL cannot be used.
     #[error("lake URL {url}: {reason}")]
-    LakeUrl { url: String, reason: String },
+    LakeUrl {
+        /// The URL, without secrets.
+        url: String,
+        /// Why.
+        reason: String,
+    },
 
+    /// A parquet file cannot be read or written.
     #[error("file {file}: {source}")]
     Parquet {
+        /// The file it concerns.
         file: String,
+        /// The underlying error.
         #[source]
         source: parquet::errors::ParquetError,
     },
 
+    /// An Arrow computation failed.
     #[error("{context}: {source}")]
     Arrow {
+        /// What was being done.
         context: String,
+        /// The underlying error.
         #[source]
         source: arrow::error::ArrowError,
     },
 
+    /// The SQLite source or sample database failed.
     #[error("{context}: {source}")]
     Sqlite {
+        /// What was being done.
         context: String,
+        /// The underlying error.
         #[source]
         source: rusqlite::Error,
     },
 
+    /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {
+        /// The path it concerns.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
 
+    /// A Delta table operation failed.
     #[error("Delta table {table}: {source}")]
     Delta {
         /// The table's lake path (`silver/users`, `gold/dim_user`, `_system/events`).
         table: String,
+        /// The underlying error.
         #[source]
         source: deltalake::DeltaTableError,
     },
 
+    /// A query over a table's rows failed.
     #[error("table {table}, file {file}: {context}: {source}")]
     DataFusion {
+        /// The table it concerns.
         table: String,
+        /// The file it concerns.
         file: String,
+        /// What was being done.
         context: String,
+        /// The underlying error.
         #[source]
         source: datafusion::error::DataFusionError,
     },
 
+    /// A `fail` expectation is broken; the file was not committed.
     #[error(
         "table {table}, file {file}: expectation {rule} (action fail) is broken by {rows} row(s); nothing of the file was committed"
     )]
     ExpectationFailed {
+        /// The table it concerns.
         table: String,
+        /// The file it concerns.
         file: String,
+        /// The expectation's name.
         rule: String,
+        /// How many rows break it.
         rows: u64,
     },
 
+    /// A gold table cannot be built as the pipeline file describes it.
     #[error("gold table {table}: {message}")]
-    Gold { table: String, message: String },
+    Gold {
+        /// The table it concerns.
+        table: String,
+        /// What is wrong.
+        message: String,
+    },
 
+    /// A dimension did not commit the versions a fact resolved against; the fact commits nothing.
     #[error(
         "gold table {table}: gold.{dimension} did not commit the versions it handed over ({reason})"
     )]
     HandOver {
+        /// The table it concerns.
         table: String,
+        /// The dimension.
         dimension: String,
+        /// Why.
         reason: String,
     },
 
+    /// Another run holds the table's lease in this stage past the wait.
     #[error(
         "table {table}: another {stage} of this table is running ({holder}); waited {waited} s for it"
     )]
     Busy {
+        /// The table it concerns.
         table: String,
+        /// The stage.
         stage: String,
+        /// Who holds the lease.
         holder: String,
+        /// Seconds waited.
         waited: u64,
     },
 
+    /// A background task failed or panicked.
     #[error("a background task failed: {0}")]
     Task(String),
 
+    /// The run report cannot be made.
     #[error("run report {run_id}: {message}")]
-    Report { run_id: String, message: String },
+    Report {
+        /// The run.
+        run_id: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Maps delta-rs errors to [`Error::Delta`] for `table` (for `map_err`).

@@ -20,6 +20,7 @@ const MAX_HEAD: usize = 64 * 1024;
 /// One request.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// `GET`, `POST`, ...
     pub method: String,
     /// The path without the query string.
     pub path: String,
@@ -27,10 +28,12 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
+    /// The body, whole.
     pub body: Bytes,
 }
 
 impl Request {
+    /// The value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -38,6 +41,7 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The value of query parameter `name`, decoded.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
@@ -49,12 +53,16 @@ impl Request {
 /// One response.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The HTTP status code.
     pub status: u16,
+    /// The `Content-Type` header.
     pub content_type: &'static str,
+    /// The body.
     pub body: Bytes,
 }
 
 impl Response {
+    /// A JSON response.
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
         Response {
             status,
@@ -63,6 +71,7 @@ impl Response {
         }
     }
 
+    /// A plain-text response.
     pub fn text(status: u16, text: impl Into<String>) -> Self {
         Response {
             status,
@@ -72,6 +81,7 @@ impl Response {
     }
 }
 
+/// What answers each request.
 pub type Handler =
     Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
 

@@ -23,8 +23,11 @@ const AREAS: [(&str, &str); 3] = [
 /// How query results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// An aligned text table.
     Table,
+    /// CSV with a header row.
     Csv,
+    /// One JSON object per row, in an array.
     Json,
 }
 

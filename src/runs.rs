@@ -118,8 +118,11 @@ async fn golden(lake: &Lake, report: &GoldReport, started: DateTime<Utc>) -> Res
 
 /// What a whole-pipeline run did, stage by stage.
 pub struct FlowReport {
+    /// What ingest did.
     pub ingest: IngestReport,
+    /// What silver did.
     pub silver: SilverReport,
+    /// What gold did.
     pub gold: GoldReport,
 }
 

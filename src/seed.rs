@@ -17,8 +17,11 @@ use crate::source::sqlite::open_for_write;
 
 /// Rows per table at scale 1.
 pub const USERS_PER_SCALE: f64 = 100_000.0;
+/// Artists at scale 1.
 pub const ARTISTS_PER_SCALE: f64 = 10_000.0;
+/// Tracks at scale 1.
 pub const TRACKS_PER_SCALE: f64 = 100_000.0;
+/// Streams at scale 1.
 pub const STREAMS_PER_SCALE: f64 = 1_000_000.0;
 /// The user id that streams of unknown users point to.
 pub const UNKNOWN_USER_ID: i64 = 999_999_999;
@@ -222,6 +225,7 @@ const DAY_US: i64 = 86_400_000_000;
 pub struct SeedReport {
     /// `(table, rows inserted, rows updated)`.
     pub tables: Vec<(String, u64, u64)>,
+    /// How long it took.
     pub seconds: f64,
 }
 

@@ -15,8 +15,11 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BoundKind {
+    /// An integer column.
     Integer,
+    /// A date column.
     Date,
+    /// A timestamp column (microseconds, UTC).
     Timestamp,
 }
 
@@ -79,7 +82,9 @@ pub fn parse_timestamp(text: &str) -> Option<NaiveDateTime> {
 /// A typed watermark value. Values of different kinds are never compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Bound {
+    /// An integer value.
     Integer(i64),
+    /// A date.
     Date(NaiveDate),
     /// Microseconds since the Unix epoch, UTC.
     Timestamp(i64),
@@ -149,7 +154,9 @@ impl fmt::Display for Bound {
 /// One extract: rows with `low < watermark <= high`; `low = None` means from the beginning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
+    /// Above this value (`None`: from the start).
     pub low: Option<Bound>,
+    /// Up to this value, included.
     pub high: Bound,
 }
 

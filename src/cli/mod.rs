@@ -63,13 +63,17 @@ pub struct Cli {
     /// Print only errors.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// How logs are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -91,6 +95,7 @@ impl ValueEnum for Stage {
     }
 }
 
+/// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Seed a fresh sample source, run the pipeline, apply a change batch, run again, summarize.

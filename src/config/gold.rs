@@ -24,6 +24,7 @@ pub enum GoldKind {
 pub struct GoldSpec {
     /// The gold table, `gold/<name>/`.
     pub name: String,
+    /// A dimension (the default) or a fact.
     #[serde(default)]
     pub kind: GoldKind,
     /// 1 (overwrite in place) or 2 (keep history); dimensions only.
@@ -79,6 +80,7 @@ pub struct LookupSpec {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ViewSpec {
+    /// The view, materialized as `gold/<name>/`.
     pub name: String,
     /// The template's file name under `templates/`.
     pub template: String,

@@ -39,7 +39,9 @@ pub const CHANGE_VERSION: &str = "SYS_CHANGE_VERSION";
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum LookbackSetting {
+    /// A duration (`"90s"`, `"30m"`, `"2h"`, `"1d"`).
     Text(String),
+    /// An amount of an integer watermark.
     Count(i64),
 }
 

@@ -2,7 +2,7 @@
 //! and turned into typed specs that the stages read.
 
 pub mod gold;
-pub mod ident;
+pub(crate) mod ident;
 pub mod ingest;
 mod silver;
 pub mod templates;
@@ -156,7 +156,9 @@ pub struct SilverSpec {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
+    /// The column, new or replaced.
     pub name: String,
+    /// Its SQL expression over the bronze columns (DataFusion dialect).
     pub expr: String,
 }
 
@@ -164,7 +166,9 @@ pub struct ColumnSpec {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenameSpec {
+    /// The bronze column.
     pub from: String,
+    /// Its silver name.
     pub to: String,
 }
 
@@ -184,8 +188,11 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expectation {
+    /// The rule's name, in counts, quarantine and the report.
     pub name: String,
+    /// A SQL condition that a good row meets (NULL counts as broken).
     pub rule: String,
+    /// What happens to a row that breaks it.
     pub action: Action,
 }
 
@@ -243,7 +250,9 @@ fn default_schema() -> String {
 /// The validated pipeline file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pipeline {
+    /// Run-wide settings.
     pub settings: Settings,
+    /// The tables, in the file's order.
     pub tables: Vec<TableSpec>,
     /// Business views (`[[views]]`), materialized in gold after the tables.
     pub views: Vec<ViewSpec>,
@@ -571,7 +580,10 @@ mod tests {
     #[test]
     fn the_readme_example_loads() {
         let readme = include_str!("../../README.md");
-        let start = readme.find("```toml\n").expect("a toml block in the README") + 8;
+        let start = readme
+            .find("```toml\n")
+            .expect("a toml block in the README")
+            + 8;
         let end = start + readme[start..].find("```").unwrap();
         let p = Pipeline::parse(&readme[start..end], "README.md").unwrap();
         let names: Vec<&str> = p.tables.iter().map(|t| t.name.as_str()).collect();

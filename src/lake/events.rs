@@ -22,21 +22,31 @@ use crate::error::{Error, Result};
 /// One row of the event log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
+    /// The run (one id for the stages of a `tunelake run`).
     pub run_id: String,
+    /// `ingest`, `silver` or `gold`.
     pub stage: String,
+    /// The table (the source name for ingest, the silver or gold name after).
     pub table: String,
     /// `ok`, `empty` or `failed`.
     pub status: String,
+    /// Rows read.
     pub rows_in: i64,
+    /// Rows written.
     pub rows_out: i64,
+    /// Rows dropped (silver: by expectations; gold: deleted).
     pub rows_dropped: i64,
+    /// Rows with a value moved to `_rescued_data`.
     pub rows_rescued: i64,
     /// The table version the stage read (gold: the silver version), when it applies.
     pub input_version: Option<i64>,
     /// The table version the stage left (silver, gold), when it applies.
     pub output_version: Option<i64>,
+    /// When the stage started.
     pub started_at: DateTime<Utc>,
+    /// How long the table took.
     pub seconds: f64,
+    /// The error, when it failed.
     pub error: Option<String>,
     /// Stage-specific detail as a JSON object (silver: rows per broken expectation, duplicates,
     /// quarantined files; gold: versions inserted, closed, deleted; ingest: the window and
@@ -218,11 +228,15 @@ pub async fn of_run(lake: &Lake, run_id: Option<&str>) -> Result<Option<(String,
 /// One run in the event log, as the report lists recent runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunSummary {
+    /// The run.
     pub run_id: String,
+    /// When its first stage started.
     pub started_at: DateTime<Utc>,
     /// The stages it ran, in pipeline order.
     pub stages: Vec<String>,
+    /// Tables it touched.
     pub tables: i64,
+    /// Tables that failed.
     pub failed: i64,
     /// Tables that wrote data.
     pub wrote: i64,

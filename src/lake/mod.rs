@@ -1,13 +1,13 @@
 //! The lake: one object store (local folder, Azure Blob / ADLS Gen2, Azurite) and the layout
 //! of DESIGN.md §5. All lake I/O goes through here.
 
-pub mod areas;
-pub mod azurite;
+pub(crate) mod areas;
+pub(crate) mod azurite;
 pub mod events;
 pub mod layout;
-pub mod lease;
+pub(crate) mod lease;
 pub mod watermark;
-pub mod writers;
+pub(crate) mod writers;
 
 use std::path::PathBuf;
 use std::sync::Arc;

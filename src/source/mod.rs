@@ -4,10 +4,10 @@
 //! of its watermark column, and the rows of one `(low, high]` window. Rows are produced in
 //! bounded batches through a bounded channel, so memory does not grow with the table.
 
-pub mod columns;
-pub mod files;
-pub mod mssql;
-pub mod sqlite;
+pub(crate) mod columns;
+pub(crate) mod files;
+pub(crate) mod mssql;
+pub(crate) mod sqlite;
 
 use std::sync::Arc;
 

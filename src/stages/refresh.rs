@@ -38,6 +38,7 @@ pub struct Plan {
 pub struct Emptied {
     /// `silver.<name>` or `gold.<name>`.
     pub table: String,
+    /// Its rows.
     pub rows: u64,
     /// Closed SCD2 versions among `rows`.
     pub history: u64,

@@ -90,6 +90,7 @@ pub struct Built {
 /// How far a dimension's build has got, as the facts that look it up see it.
 #[derive(Debug, Clone, Default)]
 pub enum Progress {
+    /// Its versions are being computed.
     #[default]
     Building,
     /// Its versions are computed and written, and the commit is under way.

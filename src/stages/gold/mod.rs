@@ -50,6 +50,7 @@ pub struct TableReport {
     pub kind: String,
     /// The silver table read (none for views).
     pub source: Option<String>,
+    /// How the table ended.
     pub status: Status,
     /// Silver rows read (the changes since the last run).
     pub rows_in: u64,
@@ -69,7 +70,9 @@ pub struct TableReport {
     pub input_version: Option<u64>,
     /// The gold table's version after the run.
     pub version: Option<u64>,
+    /// How long it took.
     pub seconds: f64,
+    /// The error, when it failed.
     pub error: Option<String>,
 }
 
@@ -112,11 +115,14 @@ impl TableReport {
 /// What a gold run did, dimensions first, then facts, then views.
 #[derive(Debug, Clone, Serialize)]
 pub struct GoldReport {
+    /// The run.
     pub run_id: String,
+    /// Per table and view, dimensions first, then facts, then views.
     pub tables: Vec<TableReport>,
 }
 
 impl GoldReport {
+    /// True when a table or view failed.
     pub fn failed(&self) -> bool {
         self.tables.iter().any(|t| t.status == Status::Failed)
     }
@@ -165,6 +171,7 @@ pub struct Gold {
 }
 
 impl Gold {
+    /// The gold stage over `lake`, its events under `run_id`.
     pub fn new(lake: Lake, run_id: impl Into<String>) -> Self {
         Gold {
             lake,
@@ -387,10 +394,15 @@ impl Gold {
 /// Where one gold table stands: its version, and the silver version it has consumed.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableState {
+    /// The gold table or view.
     pub table: String,
+    /// `dimension`, `fact` or `view`.
     pub kind: String,
+    /// Its Delta version.
     pub version: Option<u64>,
+    /// The silver table it is built from (none for views).
     pub source: Option<String>,
+    /// The silver version it has consumed.
     pub consumed: Option<i64>,
 }
 

@@ -30,19 +30,25 @@ pub mod deletes;
 /// What one table's ingest did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableReport {
+    /// The source table.
     pub table: String,
+    /// How the table ended.
     pub status: Status,
     /// The extracted window, `(low, high]`, in canonical text.
     pub window: Option<(Option<String>, String)>,
+    /// Rows extracted.
     pub rows: u64,
     /// Lake paths of the parquet files written.
     pub files: Vec<String>,
+    /// Bytes of parquet written.
     pub bytes: u64,
     /// The watermark after the run.
     pub watermark: Option<String>,
     /// Keys found deleted in the source (`deletes = "detect"`): delete markers written.
     pub deleted: u64,
+    /// How long it took.
     pub seconds: f64,
+    /// The error, when it failed.
     pub error: Option<String>,
 }
 
@@ -76,7 +82,9 @@ impl TableReport {
 /// What a whole ingest did, table by table in pipeline order.
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestReport {
+    /// The run.
     pub run_id: String,
+    /// Per table, in pipeline order.
     pub tables: Vec<TableReport>,
 }
 
@@ -135,6 +143,7 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// The ingest stage from `source` into `lake`, with the pipeline's settings.
     pub fn new(
         source: Arc<dyn Source>,
         lake: Lake,

@@ -54,6 +54,7 @@ pub struct Silver {
 }
 
 impl Silver {
+    /// The silver stage over `lake`, its events under `run_id`.
     pub fn new(lake: Lake, settings: Settings, run_id: impl Into<String>) -> Self {
         Silver {
             lake,

@@ -65,8 +65,11 @@ impl Counts {
 /// What happened to one bronze file.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileOutcome {
+    /// The bronze file.
     pub file: String,
+    /// How it ended.
     pub status: FileStatus,
+    /// Its rows.
     pub counts: Counts,
     /// The silver version of the commit, when committed.
     pub version: Option<u64>,
@@ -94,6 +97,7 @@ pub struct TableReport {
     pub table: String,
     /// The bronze (source) table name.
     pub source_table: String,
+    /// How the table ended.
     pub status: Status,
     /// Files committed by this run.
     pub files: u64,
@@ -101,13 +105,16 @@ pub struct TableReport {
     pub skipped: u64,
     /// Bronze files moved to quarantine, with the reason.
     pub quarantined_files: Vec<(String, String)>,
+    /// Rows of the files committed, summed.
     #[serde(flatten)]
     pub counts: Counts,
     /// The table's version after the run.
     pub version: Option<u64>,
     /// Rows quarantined by expectations, where they went.
     pub quarantined_rows: Vec<String>,
+    /// How long it took.
     pub seconds: f64,
+    /// The error, when it failed.
     pub error: Option<String>,
 }
 
@@ -162,7 +169,9 @@ impl TableReport {
 /// What a silver run did, table by table in pipeline order.
 #[derive(Debug, Clone, Serialize)]
 pub struct SilverReport {
+    /// The run.
     pub run_id: String,
+    /// Per table, in pipeline order.
     pub tables: Vec<TableReport>,
 }
 
