@@ -170,44 +170,54 @@ pub(super) fn validate(
             );
         }
     }
-    match g.kind {
-        GoldKind::Dimension => {
-            if !matches!(g.scd_type, 1 | 2) {
-                problem(
-                    format!("{at}.scd_type"),
-                    format!("must be 1 or 2, not {}", g.scd_type),
-                );
-            }
-            // A dimension copies attributes of another's current members (the track's
-            // artist name): one level, so that the dimensions build in two waves.
-            for (i, l) in g.lookups.iter().enumerate() {
-                let at = format!("{at}.lookups[{i}]");
-                if l.columns.is_empty() {
-                    problem(
-                        format!("{at}.columns"),
-                        "a dimension's lookup names the columns it copies".into(),
-                    );
-                }
-                if l.dimension == g.name {
-                    problem(
-                        format!("{at}.dimension"),
-                        "a dimension cannot look itself up".into(),
-                    );
-                } else if let Some((_, dim)) = dims.iter().find(|(n, _)| *n == l.dimension)
-                    && dim.gold.as_ref().is_some_and(|d| !d.lookups.is_empty())
-                {
-                    problem(
-                        format!("{at}.dimension"),
-                        format!(
-                            "{} looks up another dimension itself; a dimension may only look up \
-                             one that does not",
-                            l.dimension
-                        ),
-                    );
-                }
-            }
+    if g.kind == GoldKind::Dimension && !matches!(g.scd_type, 1 | 2) {
+        problem(
+            format!("{at}.scd_type"),
+            format!("must be 1 or 2, not {}", g.scd_type),
+        );
+    }
+    validate_lookups(g, &at, dims, problem);
+}
+
+/// Checks a gold section's lookups against the dimensions of the file (`dims`, by name).
+fn validate_lookups(
+    g: &GoldSpec,
+    at: &str,
+    dims: &[(&str, &TableSpec)],
+    problem: &mut impl FnMut(String, String),
+) {
+    // A dimension copies attributes of another's current members (the track's artist name):
+    // one level, so that the dimensions build in two waves.
+    for (i, l) in g
+        .lookups
+        .iter()
+        .enumerate()
+        .filter(|_| g.kind == GoldKind::Dimension)
+    {
+        let at = format!("{at}.lookups[{i}]");
+        if l.columns.is_empty() {
+            problem(
+                format!("{at}.columns"),
+                "a dimension's lookup names the columns it copies".into(),
+            );
         }
-        GoldKind::Fact => {}
+        if l.dimension == g.name {
+            problem(
+                format!("{at}.dimension"),
+                "a dimension cannot look itself up".into(),
+            );
+        } else if let Some((_, dim)) = dims.iter().find(|(n, _)| *n == l.dimension)
+            && dim.gold.as_ref().is_some_and(|d| !d.lookups.is_empty())
+        {
+            problem(
+                format!("{at}.dimension"),
+                format!(
+                    "{} looks up another dimension itself; a dimension may only look up \
+                     one that does not",
+                    l.dimension
+                ),
+            );
+        }
     }
     for (i, l) in g.lookups.iter().enumerate() {
         let Some((_, dim)) = dims.iter().find(|(n, _)| *n == l.dimension) else {

@@ -69,18 +69,13 @@ impl Invocation {
             && let Ok(url) = url::Url::parse(&uri)
         {
             let path = percent_decode(url.path());
-            if let Some(i) = path.rfind("/bronze/") {
+            if let Some(i) = path.rfind(&format!("/{}/", crate::lake::layout::BRONZE)) {
                 return Some(path[i + 1..].to_string());
             }
             return Some(path.trim_start_matches('/').to_string());
         }
         let name = self.metadata_text("name")?;
-        let name = name.trim_start_matches('/');
-        Some(if name.starts_with("bronze/") {
-            name.to_string()
-        } else {
-            format!("bronze/{name}")
-        })
+        Some(crate::lake::layout::in_bronze(&name))
     }
 
     /// The queue message bound as `binding`, as `T`: JSON, JSON inside a JSON string, or

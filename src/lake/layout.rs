@@ -87,9 +87,22 @@ impl Area {
     }
 }
 
+/// The bronze area (in the cloud, its container).
+pub const BRONZE: &str = "bronze";
+
 /// Where bronze files of a table live: `bronze/<Table>`.
 pub fn bronze_dir(table: &str) -> String {
-    format!("bronze/{table}")
+    format!("{BRONZE}/{table}")
+}
+
+/// A lake path from a name inside the bronze area (as a blob event names it), or the name
+/// itself when it already starts in bronze.
+pub fn in_bronze(name: &str) -> String {
+    let name = name.trim_start_matches('/');
+    match name.strip_prefix(BRONZE).and_then(|n| n.strip_prefix('/')) {
+        Some(_) => name.to_string(),
+        None => format!("{BRONZE}/{name}"),
+    }
 }
 
 /// The folder of the watermark files.
@@ -231,6 +244,11 @@ mod tests {
     #[test]
     fn paths_follow_the_documented_layout() {
         assert_eq!(watermark("DimUser"), "bronze/_watermarks/DimUser.json");
+        assert_eq!(in_bronze("DimUser/a.parquet"), "bronze/DimUser/a.parquet");
+        assert_eq!(
+            in_bronze("/bronze/DimUser/a.parquet"),
+            "bronze/DimUser/a.parquet"
+        );
         assert_eq!(
             quarantined_rows("FactStream", "bronze/FactStream/a.parquet"),
             "bronze/_quarantine/FactStream/rows/a.parquet"

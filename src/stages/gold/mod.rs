@@ -35,7 +35,7 @@ use crate::lake::lease::Lease;
 pub use handover::{Built, Progress, Staged};
 use write::{
     append, col, commit_properties, count_op, insert_from_source, merge_rows, op_is, project,
-    schema_of, update_from_source,
+    record_only, schema_of, update_from_source,
 };
 
 /// Commit attempts when another writer commits to the same gold table first.
@@ -520,6 +520,41 @@ async fn table_at(lake: &Lake, path: &str, version: u64) -> Result<DeltaTable> {
         .load()
         .await
         .map_err(delta_err(path))
+}
+
+/// Where a gold table's build starts: the table, the record of the silver version it has
+/// consumed, and the silver changes since.
+struct Start {
+    target: DeltaTable,
+    /// The app id under which the table records the silver version it consumed.
+    app_id: String,
+    consumed: Option<i64>,
+    changes: SilverChanges,
+}
+
+/// The start of gold table `name`'s build from silver table `silver` (`None` when silver has
+/// no table yet: nothing to build), with the versions noted in `report`.
+async fn start(
+    lake: &Lake,
+    silver: &str,
+    name: &str,
+    report: &mut TableReport,
+) -> Result<Option<Start>> {
+    let target = lake.delta_table(&layout::gold_table(name)).await?;
+    let app_id = layout::app_id::gold_consumed(silver);
+    let consumed = recorded(&target, &app_id, name).await?;
+    let Some(changes) = silver_changes(lake, silver, consumed, None).await? else {
+        info!("Silver has no table yet; nothing to build.");
+        return Ok(None);
+    };
+    report.input_version = Some(changes.version);
+    report.version = target.version();
+    Ok(Some(Start {
+        target,
+        app_id,
+        consumed,
+        changes,
+    }))
 }
 
 /// The silver changes a gold table has not consumed: the silver table at its latest version

@@ -147,6 +147,16 @@ pub(super) async fn merge_rows(
     Ok(table)
 }
 
+/// A commit of no rows that records `txns`: progress when nothing differs.
+pub(super) async fn record_only(
+    target: DeltaTable,
+    name: &str,
+    txns: Vec<Transaction>,
+) -> Result<DeltaTable> {
+    let schema = schema_of(&target, name)?;
+    append(target, name, schema, Vec::new(), txns).await
+}
+
 /// Appends rows in one commit carrying `txns`: the first build of a table (which creates
 /// it), or, with no rows, a commit that only records progress.
 pub(super) async fn append(

@@ -35,7 +35,7 @@ use tracing::{debug, info};
 
 use super::outrigger::Outrigger;
 use super::rewrite::Rewrite;
-use super::{SilverChanges, TableReport, df_err, recorded, register, schema_of, silver_changes};
+use super::{SilverChanges, TableReport, df_err, recorded, register, schema_of};
 use crate::config::TableSpec;
 use crate::error::Result;
 use crate::lake::Lake;
@@ -62,18 +62,18 @@ pub(super) async fn build(
     };
     let silver_name = table.silver_name();
     let name = gold.name.as_str();
-    let target = lake.delta_table(&layout::gold_table(name)).await?;
-    let app_id = layout::app_id::gold_consumed(&silver_name);
-    let consumed = recorded(&target, &app_id, name).await?;
+    let Some(super::Start {
+        target,
+        app_id,
+        consumed,
+        changes,
+    }) = super::start(lake, &silver_name, name, report).await?
+    else {
+        return Ok(());
+    };
     let max_sk = recorded(&target, layout::app_id::SURROGATE_KEY, name)
         .await?
         .unwrap_or(0);
-    let Some(changes) = silver_changes(lake, &silver_name, consumed, None).await? else {
-        info!("Silver has no table yet; nothing to build.");
-        return Ok(());
-    };
-    report.input_version = Some(changes.version);
-    report.version = target.version();
     if changes.files.is_empty() {
         return Ok(());
     }
@@ -221,8 +221,7 @@ impl Build<'_> {
         let txns = self.txns(sk_base, true);
         if rewrite.is_empty() {
             // Nothing differs (identical or excluded-column changes): progress only.
-            let schema = schema_of(&target, self.name)?;
-            return super::append(target, self.name, schema, Vec::new(), txns).await;
+            return super::record_only(target, self.name, txns).await;
         }
         debug!("Wrote the new versions; rewriting the files they replace.");
         if let Some(staged) = staged {

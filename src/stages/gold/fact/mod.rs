@@ -26,7 +26,7 @@ use datafusion::common::ScalarValue;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::{SilverChanges, TableReport, recorded, register, schema_of, silver_changes};
 use crate::config::TableSpec;
@@ -57,15 +57,15 @@ pub(super) async fn build(
     };
     let silver_name = table.silver_name();
     let name = gold.name.as_str();
-    let target = lake.delta_table(&layout::gold_table(name)).await?;
-    let app_id = layout::app_id::gold_consumed(&silver_name);
-    let consumed = recorded(&target, &app_id, name).await?;
-    let Some(changes) = silver_changes(lake, &silver_name, consumed, None).await? else {
-        info!("Silver has no table yet; nothing to build.");
+    let Some(super::Start {
+        target,
+        app_id,
+        changes,
+        ..
+    }) = super::start(lake, &silver_name, name, report).await?
+    else {
         return Ok(());
     };
-    report.input_version = Some(changes.version);
-    report.version = target.version();
     let silver_schema = schema_of(&changes.table, &silver_name)?;
     let fact_seq = silver_schema
         .field_with_name(table.sequence_by())

@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::super::{
     TableReport, append, col, count_op, df_err, insert_from_source, merge_rows, op_is, project,
-    register, schema_of, update_from_source,
+    record_only, register, update_from_source,
 };
 use super::chunks::overlaps;
 use super::columns::{FactColumns, key_match, resolve_sql};
@@ -148,8 +148,7 @@ impl Build<'_> {
                 return Ok(target);
             }
             // Nothing moved, but this is the run's last commit: it records progress.
-            let schema = schema_of(&target, name)?;
-            return append(target, name, schema, Vec::new(), txns).await;
+            return record_only(target, name, txns).await;
         }
         let resolved = columns.resolved();
         merge_rows(
@@ -207,8 +206,7 @@ impl Build<'_> {
             if txns.is_empty() {
                 return Ok(target);
             }
-            let schema = schema_of(&target, name)?;
-            return append(target, name, schema, Vec::new(), txns).await;
+            return record_only(target, name, txns).await;
         }
         let output = columns.output();
         let newer = op_is("N").and(col("s", &columns.seq).gt_eq(col("t", &columns.seq)));

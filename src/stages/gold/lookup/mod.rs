@@ -13,6 +13,7 @@
 //! `udf` exposes it to SQL.
 
 mod indexer;
+mod slots;
 #[cfg(test)]
 mod testing;
 mod udf;
