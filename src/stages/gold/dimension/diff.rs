@@ -14,7 +14,7 @@ use super::columns::{DimColumns, join_on, list};
 use super::write::collected;
 use crate::config::ident::quote_ansi as q;
 use crate::error::{Error, Result};
-use crate::lake::layout::gold_columns::{self, IS_CURRENT, VALID_FROM};
+use crate::lake::layout::gold_columns::{self, IS_CURRENT, VALID_FROM, VALID_TO};
 
 /// The rows that bring the stored table to the new versions `n` of the changed keys (see
 /// `history::versions`), with `__op` I (insert), U (update) or D (delete), `__closed`,
@@ -61,7 +61,11 @@ fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -> String {
             format!(", {}", list(prefix, &c.attrs))
         }
     };
-    let period = if c.scd2 { ", valid_from, valid_to" } else { "" };
+    let period = if c.scd2 {
+        format!(", {VALID_FROM}, {VALID_TO}")
+    } else {
+        String::new()
+    };
     let sk = q(&c.sk);
     let old = match gold_columns {
         Some(cols) => {
@@ -117,8 +121,8 @@ fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -> String {
         "false".to_string()
     };
     if c.scd2 {
-        differs.push("(n.valid_to IS DISTINCT FROM o.valid_to)".to_string());
-        on.push_str(" AND n.valid_from = o.valid_from");
+        differs.push(format!("(n.{VALID_TO} IS DISTINCT FROM o.{VALID_TO})"));
+        on.push_str(&format!(" AND n.{VALID_FROM} = o.{VALID_FROM}"));
     }
     let differs = if differs.is_empty() {
         "false".to_string()
@@ -126,9 +130,9 @@ fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -> String {
         differs.join(" OR ")
     };
     let closed = if c.scd2 {
-        "(o.valid_to IS NULL) AND (n.valid_to IS NOT NULL)"
+        format!("(o.{VALID_TO} IS NULL) AND (n.{VALID_TO} IS NOT NULL)")
     } else {
-        "false"
+        "false".to_string()
     };
     let keys_coalesced = c
         .keys
@@ -136,15 +140,13 @@ fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -> String {
         .map(|k| format!("COALESCE(n.{k}, o.{k}) AS {k}", k = q(k)))
         .collect::<Vec<_>>()
         .join(", ");
-    let n_period = if c.scd2 {
-        ", n.valid_from AS valid_from, n.valid_to AS valid_to"
+    let (n_period, current) = if c.scd2 {
+        (
+            format!(", n.{VALID_FROM} AS {VALID_FROM}, n.{VALID_TO} AS {VALID_TO}"),
+            format!(", {VALID_FROM}, {VALID_TO}, {VALID_TO} IS NULL AS {IS_CURRENT}"),
+        )
     } else {
-        ""
-    };
-    let current = if c.scd2 {
-        ", valid_from, valid_to, valid_to IS NULL AS is_current"
-    } else {
-        ""
+        (String::new(), String::new())
     };
     // A version keeps the copied values it was written with (new ones get theirs later).
     let stored_copied: String = c

@@ -11,6 +11,7 @@ use super::super::dimension::is_lineage;
 use crate::config::ident::quote_ansi as q;
 use crate::config::{GoldKind, TableSpec};
 use crate::error::{Error, Result};
+use crate::lake::layout::gold_columns::{VALID_FROM, VALID_TO};
 use crate::lake::layout::silver_columns::{INGESTED_AT, SOURCE_FILE};
 
 /// Where a lookup's key value comes from: a fact column, or a column an earlier lookup
@@ -242,7 +243,7 @@ pub(super) fn resolve_sql(
                 .collect();
         let period = if l.scd2 {
             format!(
-                " AND {d}.valid_from <= {r}.{s} AND ({d}.valid_to IS NULL OR {r}.{s} < {d}.valid_to)"
+                " AND {d}.{VALID_FROM} <= {r}.{s} AND ({d}.{VALID_TO} IS NULL OR {r}.{s} < {d}.{VALID_TO})"
             )
         } else {
             String::new()
