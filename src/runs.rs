@@ -1,16 +1,20 @@
 //! One run of a stage, as the command line and the Function App start it: the stage itself,
 //! its rows in the event log, and one alert when a table failed. Also the whole pipeline as
-//! one run ([`flow`]), where each table moves on as soon as what it needs is done.
+//! one run ([`flow`]), where each table moves on as soon as what it needs is done, and the
+//! maintenance of the tables a run wrote ([`maintain`]).
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
+use tracing::warn;
 
 use crate::alert::{self, Alert, Failure, Graph};
 use crate::config::{GoldKind, Pipeline, TableSpec};
 use crate::error::Result;
-use crate::lake::layout::Stage;
+use crate::lake::layout::{self, Stage};
+use crate::lake::lease::Lease;
+use crate::lake::maintain::{self, Due, Maintained};
 use crate::lake::{Lake, events};
 use crate::stages::Status;
 use crate::stages::gold::{Gold, GoldReport};
@@ -68,6 +72,11 @@ pub async fn silver(
         .run(tables)
         .await;
     silvered(lake, &report, started).await?;
+    let silver_only: Vec<_> = written_tables(pipeline, tables)
+        .into_iter()
+        .filter(|(_, gold)| gold.is_none())
+        .collect();
+    maintain(lake, pipeline, silver_only, run_id, Due::Compaction).await;
     Ok(report)
 }
 
@@ -101,6 +110,14 @@ pub async fn gold(
         .run(pipeline, tables)
         .await;
     golden(lake, &report, started).await?;
+    maintain(
+        lake,
+        pipeline,
+        written_tables(pipeline, tables),
+        run_id,
+        Due::Everything,
+    )
+    .await;
     Ok(report)
 }
 
@@ -230,7 +247,73 @@ pub async fn flow(
     ingested(lake, &report.ingest, started[0]).await?;
     silvered(lake, &report.silver, started[1]).await?;
     golden(lake, &report.gold, started[2]).await?;
+    maintain(
+        lake,
+        pipeline,
+        written_tables(pipeline, tables),
+        run_id,
+        Due::Everything,
+    )
+    .await;
     Ok(report)
+}
+
+/// The Delta tables a run over `tables` writes: their silver and gold tables, the views when
+/// every table is in the run, and the event log.
+pub fn written_tables(pipeline: &Pipeline, tables: &[TableSpec]) -> Vec<(String, Option<String>)> {
+    let mut paths: Vec<(String, Option<String>)> = Vec::new();
+    for t in tables {
+        paths.push((layout::silver_table(&t.silver_name()), None));
+        if let Some(g) = &t.gold {
+            paths.push((layout::gold_table(&g.name), Some(g.name.clone())));
+        }
+    }
+    if pipeline.tables.iter().all(|t| tables.contains(t)) {
+        for v in &pipeline.views {
+            paths.push((layout::gold_table(&v.name), Some(v.name.clone())));
+        }
+    }
+    paths.push((layout::EVENTS.to_string(), None));
+    paths
+}
+
+/// Maintains the Delta tables at `paths` (each with its gold name, for a gold table), as
+/// `due` allows (`[maintenance]`). A gold table is maintained under its lease, so compaction
+/// never races its build; one being built is left for the next run. Maintenance moves no
+/// data: a failure is logged, and the next run tries again.
+pub async fn maintain(
+    lake: &Lake,
+    pipeline: &Pipeline,
+    paths: Vec<(String, Option<String>)>,
+    run_id: &str,
+    due: Due,
+) -> Vec<Maintained> {
+    let mut done = Vec::new();
+    for (path, gold) in paths {
+        let lease = match &gold {
+            Some(name) => {
+                let now = std::time::Duration::ZERO;
+                match Lease::acquire(lake, Stage::Gold, name, run_id, now).await {
+                    Ok(lease) => Some(lease),
+                    Err(e) => {
+                        warn!(table = %path, error = %e, "Not maintained: its gold build holds it.");
+                        continue;
+                    }
+                }
+            }
+            None => None,
+        };
+        match maintain::table(lake, &path, &pipeline.maintenance, due).await {
+            Ok(m) => done.push(m),
+            Err(e) => {
+                warn!(table = %path, error = %e, "Maintenance failed; the next run tries again.")
+            }
+        }
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+    }
+    done
 }
 
 /// The failed tables of a report, from (table, status, error).

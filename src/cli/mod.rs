@@ -151,6 +151,15 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Maintain the silver and gold tables now: compact small files, vacuum removed files past
+    /// their retention and clean the log past its ([maintenance] in the pipeline file; runs
+    /// do this by themselves unless it is turned off there).
+    Maintain {
+        /// Only these source tables' silver and gold tables (default: every table, the views
+        /// and the event log).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
     /// Show watermarks and bronze files per table, and the latest runs.
     Status,
     /// Serve the Azure Functions custom handler (what host.json starts) on 127.0.0.1.
@@ -320,6 +329,7 @@ pub async fn run(cli: Cli) -> Result<bool> {
             Ok(report_errors(&report))
         }
         Command::Refresh { ref table, yes } => refresh(&cli, table, yes).await,
+        Command::Maintain { ref tables } => maintain(&cli, tables).await,
         Command::Status => status(&cli).await,
         Command::Package { ref out } => package(&cli, out),
         Command::Serve { port } => {
@@ -400,6 +410,27 @@ async fn run_stages(cli: &Cli, stage: Option<Stage>, tables: &[String]) -> Resul
             report_gold_errors(&report)
         }
     })
+}
+
+/// `tunelake maintain`: every table of the selection maintained now, and what was done.
+async fn maintain(cli: &Cli, tables: &[String]) -> Result<bool> {
+    let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+    let selected = pipeline.select(tables)?;
+    let lake = Lake::connect(&cli.lake).await?;
+    let paths = runs::written_tables(&pipeline, &selected);
+    let wanted = paths.len();
+    let done = runs::maintain(
+        &lake,
+        &pipeline,
+        paths,
+        &new_run_id(),
+        crate::lake::maintain::Due::Forced,
+    )
+    .await;
+    if !cli.quiet {
+        print::maintained(&done);
+    }
+    Ok(done.len() == wanted)
 }
 
 /// `tunelake package`: the Function App as a folder and a zip, from this binary.

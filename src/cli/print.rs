@@ -170,3 +170,28 @@ pub(super) fn print_ingest(report: &IngestReport) {
         report.tables.iter().map(|t| t.bytes).sum::<u64>() as f64 / 1_048_576.0,
     );
 }
+
+/// What `tunelake maintain` did, a line per table.
+pub(super) fn maintained(done: &[crate::lake::maintain::Maintained]) {
+    out!(
+        "{:<28} {:>6} {:>18} {:>9} {:>12}",
+        "table",
+        "files",
+        "compacted",
+        "vacuumed",
+        "log entries"
+    );
+    for m in done {
+        let compacted = m
+            .compacted
+            .map_or("-".to_string(), |(from, to)| format!("{from} -> {to}"));
+        out!(
+            "{:<28} {:>6} {:>18} {:>9} {:>12}",
+            m.table,
+            m.files,
+            compacted,
+            m.vacuumed,
+            m.log_entries_removed
+        );
+    }
+}

@@ -4,6 +4,7 @@
 pub mod gold;
 pub(crate) mod ident;
 pub mod ingest;
+pub mod maintenance;
 mod silver;
 pub mod templates;
 
@@ -252,6 +253,8 @@ fn default_schema() -> String {
 pub struct Pipeline {
     /// Run-wide settings.
     pub settings: Settings,
+    /// How the tables are kept healthy over a lifetime of runs.
+    pub maintenance: maintenance::Maintenance,
     /// The tables, in the file's order.
     pub tables: Vec<TableSpec>,
     /// Business views (`[[views]]`), materialized in gold after the tables.
@@ -423,14 +426,24 @@ impl Pipeline {
             |location: String, message: String| problems.push(ConfigProblem { location, message });
 
         for key in doc.keys() {
-            if !["settings", "tables", "views"].contains(&key.as_str()) {
+            if !["settings", "maintenance", "tables", "views"].contains(&key.as_str()) {
                 problem(
                     key.clone(),
-                    "unknown section (expected [settings], [[tables]] or [[views]])".to_string(),
+                    "unknown section (expected [settings], [maintenance], [[tables]] or [[views]])"
+                        .to_string(),
                 );
             }
         }
         let settings = parse_settings(doc.get("settings"), &mut problem);
+        let maintenance = match doc.get("maintenance").map(|v| v.clone().try_into()) {
+            None => maintenance::Maintenance::default(),
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                problem("maintenance".to_string(), e.message().to_string());
+                maintenance::Maintenance::default()
+            }
+        };
+        maintenance::validate(&maintenance, &mut problem);
         let tables = parse_tables(doc.get("tables"), &mut problem);
 
         let dims: Vec<(&str, &TableSpec)> = tables
@@ -463,6 +476,7 @@ impl Pipeline {
         if problems.is_empty() {
             Ok(Pipeline {
                 settings,
+                maintenance,
                 tables,
                 views,
                 templates,

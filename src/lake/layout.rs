@@ -16,6 +16,7 @@
 //! _system/events                                      the run event log (Delta)
 //! _system/leases/<stage>/<table>.{lock,json}          one writer per table and stage
 //! _system/outbox/<run>-<stage>.json                   alerts when no mail is configured
+//! _system/maintenance/<area>/<table>.json             when a table was last vacuumed
 //! ```
 
 use std::fmt;
@@ -171,6 +172,11 @@ pub const EVENTS: &str = "_system/events";
 /// A lease of one table in one stage, without its extension.
 pub fn lease(stage: Stage, table: &str) -> String {
     format!("_system/leases/{stage}/{table}")
+}
+
+/// When maintenance last vacuumed the table at `table_path` (`gold/dim_user`, ...).
+pub fn maintenance_record(table_path: &str) -> String {
+    format!("_system/maintenance/{table_path}.json")
 }
 
 /// An alert written to the outbox.

@@ -6,6 +6,7 @@ pub(crate) mod azurite;
 pub mod events;
 pub mod layout;
 pub(crate) mod lease;
+pub mod maintain;
 pub mod watermark;
 pub(crate) mod writers;
 

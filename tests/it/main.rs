@@ -12,6 +12,7 @@ mod functions;
 mod gold;
 mod infra;
 mod ingest;
+mod maintain;
 mod mssql;
 mod operations;
 mod query;

@@ -586,14 +586,23 @@ async fn silver_changes(
         .collect();
     match after {
         Some(v) if v >= version as i64 => files.clear(),
-        Some(v) if v >= 0 => {
-            let before = table_at(lake, &path, v as u64).await?;
-            let old: std::collections::HashSet<String> = before
-                .get_file_uris()
-                .map_err(delta_err(layout::silver_table(silver)))?
-                .collect();
-            files.retain(|f| !old.contains(f));
-        }
+        Some(v) if v >= 0 => match changed_files(&table, v as u64, version).await {
+            Some(changed) => files.retain(|f| changed.contains(rewrite::file_name(f))),
+            // The log since `v` was cleaned: what is not in the table at `v` is new, and when
+            // that version is gone too, every file is read again (the result is the same).
+            None => match table_at(lake, &path, v as u64).await {
+                Ok(before) => {
+                    let old: std::collections::HashSet<String> = before
+                        .get_file_uris()
+                        .map_err(delta_err(layout::silver_table(silver)))?
+                        .collect();
+                    files.retain(|f| !old.contains(f));
+                }
+                Err(e) => {
+                    warn!(table = silver, error = %e, "Silver's log no longer reaches the version gold consumed; reading all of it.")
+                }
+            },
+        },
         _ => {}
     }
     Ok(Some(SilverChanges {
@@ -601,6 +610,42 @@ async fn silver_changes(
         version,
         files,
     }))
+}
+
+/// The names of the live files that hold rows added after version `after`, from the log's
+/// commits up to `upto`: the files of commits that change data, and of a compaction
+/// (`dataChange = false`) only when it rewrote such a file, so compacting rows gold already
+/// consumed makes no work for it. `None` when a commit is no longer in the log.
+async fn changed_files(
+    table: &DeltaTable,
+    after: u64,
+    upto: u64,
+) -> Option<std::collections::HashSet<String>> {
+    let mut changed = std::collections::HashSet::new();
+    for version in after + 1..=upto {
+        let bytes = table.log_store().read_commit_entry(version).await.ok()??;
+        let (mut adds, mut removed, mut data_change) = (Vec::new(), false, false);
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let action: serde_json::Value = serde_json::from_slice(line).ok()?;
+            for (kind, is_add) in [("add", true), ("remove", false)] {
+                let Some(file) = action.get(kind) else {
+                    continue;
+                };
+                let name = file.get("path")?.as_str()?;
+                let name = rewrite::file_name(name).to_string();
+                data_change |= file.get("dataChange").and_then(|d| d.as_bool()) != Some(false);
+                if is_add {
+                    adds.push(name);
+                } else {
+                    removed |= changed.contains(&name);
+                }
+            }
+        }
+        if data_change || removed {
+            changed.extend(adds);
+        }
+    }
+    Some(changed)
 }
 
 /// Registers a Delta table in a session under `name`, optionally only some of its files.

@@ -1,0 +1,155 @@
+//! Maintenance over many runs: compaction leaves every table's rows as they were and makes
+//! gold no work, vacuum deletes only files removed past the retention, and a short retention
+//! needs forcing.
+
+use crate::cli::{gold_tables, tunelake_with};
+
+/// The shipped pipeline, compacting from `min_files` small files on, with `extra` lines in
+/// its `[maintenance]`.
+fn pipeline(min_files: usize, extra: &str) -> String {
+    format!(
+        "{}\n[maintenance]\ncompact_min_files = {min_files}\n{extra}\n",
+        tunelake::config::DEFAULT_PIPELINE
+    )
+}
+
+fn tunelake(d: &std::path::Path, args: &[&str]) -> String {
+    let (code, out, err) = tunelake_with(d, args, &[]);
+    assert_eq!(code, 0, "tunelake {args:?}: {err}\n{out}");
+    out
+}
+
+/// Live data files of each silver and gold table, by lake path.
+async fn live_files(d: &std::path::Path) -> Vec<(String, usize)> {
+    let lake = tunelake::lake::Lake::open(d.join("lake").to_str().unwrap()).unwrap();
+    let mut counts = Vec::new();
+    for area in ["silver", "gold"] {
+        let mut names: Vec<String> = std::fs::read_dir(d.join("lake").join(area))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let path = format!("{area}/{name}");
+            let table = lake.delta_table(&path).await.unwrap();
+            counts.push((path, table.get_file_uris().unwrap().count()));
+        }
+    }
+    counts
+}
+
+fn parquet_on_disk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".parquet")
+        })
+        .count()
+}
+
+/// Five runs of small batches with auto compaction off, then `tunelake maintain`: every table
+/// ends with fewer files and the same rows; a run after it finds nothing new in silver for
+/// gold to do; the removed files stay on disk inside the retention, and go with a forced
+/// zero retention, after which every table still reads the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_vacuum_keep_every_row_and_make_gold_no_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("pipeline.toml"),
+        pipeline(3, "auto_compact = false\nauto_vacuum = false"),
+    )
+    .unwrap();
+    tunelake(d, &["seed", "--scale", "0.01"]);
+    tunelake(d, &["run"]);
+    for _ in 0..4 {
+        tunelake(d, &["seed", "--incremental"]);
+        tunelake(d, &["run"]);
+    }
+    let before = gold_tables(d, "lake");
+    let files_before = live_files(d).await;
+    let streams = d.join("lake/silver/streams");
+    let on_disk = parquet_on_disk(&streams);
+
+    let out = tunelake(d, &["maintain"]);
+    assert!(out.contains("silver/streams"), "{out}");
+    let files_after = live_files(d).await;
+    for ((table, was), (_, now)) in files_before.iter().zip(&files_after) {
+        assert!(now <= was, "{table}: {was} -> {now} files");
+    }
+    let (_, was) = &files_before[files_before.len() - 1];
+    assert!(
+        files_before
+            .iter()
+            .zip(&files_after)
+            .any(|((_, w), (_, n))| n < w),
+        "nothing was compacted: {files_after:?} (last before: {was})"
+    );
+    assert_eq!(gold_tables(d, "lake"), before, "compaction changed gold");
+    assert!(
+        parquet_on_disk(&streams) > on_disk,
+        "inside the retention, compaction's removed files stay for readers"
+    );
+
+    // Nothing new in the source: silver commits nothing, and gold must not take the
+    // compacted silver files for new rows.
+    let (code, out, err) = tunelake_with(d, &["run", "--stage", "gold"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let events = tunelake(
+        d,
+        &[
+            "sql",
+            "SELECT \"table\", rows_in FROM system.events WHERE stage = 'gold' AND \"table\" IN ('dim_user', 'fact_stream') ORDER BY started_at DESC LIMIT 2",
+            "--format",
+            "csv",
+        ],
+    );
+    let lines: Vec<&str> = events.lines().skip(1).filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 2, "{events}");
+    for line in lines {
+        assert!(
+            line.ends_with(",0"),
+            "gold read compacted rows again: {line}\n{out}"
+        );
+    }
+
+    std::fs::write(
+        d.join("pipeline.toml"),
+        pipeline(
+            3,
+            "deleted_file_retention_hours = 0\nretention_check = false",
+        ),
+    )
+    .unwrap();
+    tunelake(d, &["maintain"]);
+    let live = live_files(d).await;
+    let streams_live = live.iter().find(|(t, _)| t == "silver/streams").unwrap().1;
+    assert_eq!(
+        parquet_on_disk(&streams),
+        streams_live,
+        "a zero retention leaves only the live files"
+    );
+    assert_eq!(gold_tables(d, "lake"), before, "vacuum changed gold");
+}
+
+/// A retention below a week is refused with the reason unless forced.
+#[test]
+fn a_short_retention_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("pipeline.toml"),
+        pipeline(50, "deleted_file_retention_hours = 24"),
+    )
+    .unwrap();
+    let (code, _, err) = tunelake_with(d, &["maintain"], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("maintenance.deleted_file_retention_hours") && err.contains("168"),
+        "{err}"
+    );
+}
