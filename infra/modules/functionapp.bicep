@@ -10,6 +10,8 @@ param sqlDatabaseName string
 param alertTo string
 param alertFrom string
 param ingestSchedule string
+@description('NCRONTAB schedule of the maintain function (compaction, vacuum, log cleanup).')
+param maintainSchedule string = '0 30 3 * * *'
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -78,6 +80,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'TUNELAKE_ALERT_TO', value: alertTo }
         { name: 'TUNELAKE_ALERT_FROM', value: alertFrom }
         { name: 'INGEST_SCHEDULE', value: ingestSchedule }
+        { name: 'MAINTAIN_SCHEDULE', value: maintainSchedule }
       ]
     }
   }

@@ -23,7 +23,9 @@ use crate::stages::silver::{FileStatus, GoldWorkItem, Silver};
 use crate::stages::{Status, new_run_id};
 
 /// The functions, as `functions/<name>/function.json` declares them.
-pub const FUNCTIONS: [&str; 6] = ["ingest", "silver", "gold", "alert", "query", "refresh"];
+pub const FUNCTIONS: [&str; 7] = [
+    "ingest", "silver", "gold", "alert", "query", "refresh", "maintain",
+];
 
 /// Rows a query answers at most unless `limit` asks for fewer.
 const DEFAULT_ROWS: usize = 1000;
@@ -54,6 +56,7 @@ impl App {
             ("POST", "/ingest") => self.invocation(&request, Self::ingest).await,
             ("POST", "/silver") => self.invocation(&request, Self::silver).await,
             ("POST", "/gold") => self.invocation(&request, Self::gold).await,
+            ("POST", "/maintain") => self.invocation(&request, Self::maintain).await,
             (_, "/api/alert") => self.alert(request.body.as_ref()).await,
             (_, "/api/query") => self.query(&request).await,
             ("POST", "/api/refresh") => self.refresh(&request).await,
@@ -277,6 +280,35 @@ impl App {
             }
             Err(e) => Outcome::error(e.to_string()),
         }
+    }
+
+    /// The maintenance timer: every table compacted, vacuumed and its log cleaned, for lakes
+    /// whose runs leave that off (`[maintenance]`), or to catch up after a pause.
+    async fn maintain(&self, _: payload::Invocation) -> Outcome {
+        let paths = runs::written_tables(&self.pipeline, &self.pipeline.tables);
+        let wanted = paths.len();
+        let run_id = crate::stages::new_run_id();
+        let done = runs::maintain(
+            &self.lake,
+            &self.pipeline,
+            paths,
+            &run_id,
+            crate::lake::maintain::Due::Forced,
+        )
+        .await;
+        let logs = done
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}: {} files, compacted {:?}, {} vacuumed, {} log entries",
+                    m.table, m.files, m.compacted, m.vacuumed, m.log_entries_removed
+                )
+            })
+            .collect();
+        Outcome::done(logs, json!({})).failed_if(
+            done.len() < wanted,
+            "a table could not be maintained (see the logs)",
+        )
     }
 
     /// The HTTP functions when the host sends them as `{Data: {req: ...}}`.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// `host.json` and the function definitions, as in the repository.
-pub const FILES: [(&str, &str); 7] = [
+pub const FILES: [(&str, &str); 8] = [
     ("host.json", include_str!("../../host.json")),
     (
         "ingest/function.json",
@@ -35,6 +35,10 @@ pub const FILES: [(&str, &str); 7] = [
     (
         "refresh/function.json",
         include_str!("../../functions/refresh/function.json"),
+    ),
+    (
+        "maintain/function.json",
+        include_str!("../../functions/maintain/function.json"),
     ),
 ];
 

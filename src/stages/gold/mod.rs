@@ -612,6 +612,45 @@ async fn silver_changes(
     }))
 }
 
+/// One commit of a table's log, as far as what it changed: the names of the files it added
+/// and removed, and whether it changed data (a compaction's and a vacuum's do not).
+struct Commit {
+    adds: Vec<String>,
+    removes: Vec<String>,
+    data_change: bool,
+}
+
+/// The commits of `table` after version `after` up to `upto`; `None` when one is no longer in
+/// the log (cleaned past its retention) or cannot be read.
+async fn commits(table: &DeltaTable, after: u64, upto: u64) -> Option<Vec<Commit>> {
+    let mut commits = Vec::new();
+    for version in after + 1..=upto {
+        let bytes = table.log_store().read_commit_entry(version).await.ok()??;
+        let mut commit = Commit {
+            adds: Vec::new(),
+            removes: Vec::new(),
+            data_change: false,
+        };
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let action: serde_json::Value = serde_json::from_slice(line).ok()?;
+            for kind in ["add", "remove"] {
+                let Some(file) = action.get(kind) else {
+                    continue;
+                };
+                let name = rewrite::file_name(file.get("path")?.as_str()?).to_string();
+                commit.data_change |=
+                    file.get("dataChange").and_then(|d| d.as_bool()) != Some(false);
+                match kind {
+                    "add" => commit.adds.push(name),
+                    _ => commit.removes.push(name),
+                }
+            }
+        }
+        commits.push(commit);
+    }
+    Some(commits)
+}
+
 /// The names of the live files that hold rows added after version `after`, from the log's
 /// commits up to `upto`: the files of commits that change data, and of a compaction
 /// (`dataChange = false`) only when it rewrote such a file, so compacting rows gold already
@@ -622,30 +661,20 @@ async fn changed_files(
     upto: u64,
 ) -> Option<std::collections::HashSet<String>> {
     let mut changed = std::collections::HashSet::new();
-    for version in after + 1..=upto {
-        let bytes = table.log_store().read_commit_entry(version).await.ok()??;
-        let (mut adds, mut removed, mut data_change) = (Vec::new(), false, false);
-        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let action: serde_json::Value = serde_json::from_slice(line).ok()?;
-            for (kind, is_add) in [("add", true), ("remove", false)] {
-                let Some(file) = action.get(kind) else {
-                    continue;
-                };
-                let name = file.get("path")?.as_str()?;
-                let name = rewrite::file_name(name).to_string();
-                data_change |= file.get("dataChange").and_then(|d| d.as_bool()) != Some(false);
-                if is_add {
-                    adds.push(name);
-                } else {
-                    removed |= changed.contains(&name);
-                }
-            }
-        }
-        if data_change || removed {
-            changed.extend(adds);
+    for commit in commits(table, after, upto).await? {
+        if commit.data_change || commit.removes.iter().any(|r| changed.contains(r)) {
+            changed.extend(commit.adds);
         }
     }
     Some(changed)
+}
+
+/// Whether `table`'s data changed after version `after` (not only its file layout); true
+/// when the log no longer says.
+async fn data_changed(table: &DeltaTable, after: u64, upto: u64) -> bool {
+    commits(table, after, upto)
+        .await
+        .is_none_or(|commits| commits.iter().any(|c| c.data_change))
 }
 
 /// Registers a Delta table in a session under `name`, optionally only some of its files.

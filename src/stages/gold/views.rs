@@ -2,8 +2,9 @@
 //! tables (`gold.*`, `silver.*`), and materialized as a gold Delta table, replaced whole.
 //!
 //! A view records the version of every gold table it was built from (`txn` app ids
-//! `tunelake.view.input:<table>`) in its own commit, and is rebuilt whenever one of them has
-//! moved, so a run that died between a table and its views leaves nothing stale behind.
+//! `tunelake.view.input:<table>`) in its own commit, and is rebuilt whenever the data of one
+//! of them has changed since (a compaction changes none), so a run that died between a table
+//! and its views leaves nothing stale behind.
 
 use datafusion::execution::context::SQLOptions;
 use deltalake::operations::write::SchemaMode;
@@ -40,8 +41,15 @@ pub(super) async fn refresh(
             return Ok(None);
         };
         let app_id = layout::app_id::view_input(name);
-        if !stale && recorded(&target, &app_id, &view.name).await? != Some(version as i64) {
-            stale = true;
+        if !stale {
+            stale = match recorded(&target, &app_id, &view.name).await? {
+                // A table that only compaction or vacuum moved holds the same rows.
+                Some(built) if built >= 0 && (built as u64) < version => {
+                    super::data_changed(&table, built as u64, version).await
+                }
+                Some(built) => built != version as i64,
+                None => true,
+            };
         }
         inputs.push(Transaction::new(&app_id, version as i64));
     }
