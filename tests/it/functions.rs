@@ -195,7 +195,9 @@ fn the_functions_build_the_same_gold_as_a_run_and_refuse_bad_input() {
     assert_eq!(status, 404);
     assert_eq!(
         answer["functions"],
-        json!(["ingest", "silver", "gold", "alert", "query", "refresh"])
+        json!([
+            "ingest", "silver", "gold", "alert", "query", "refresh", "maintain"
+        ])
     );
     let (status, body) = server.request("POST", "/gold", "{not json");
     assert_eq!(status, 400, "{body}");
@@ -291,6 +293,20 @@ fn the_functions_build_the_same_gold_as_a_run_and_refuse_bad_input() {
     assert!(d.join("lake/_system/outbox/r9-gold.json").is_file());
     let (status, body) = server.request("POST", "/api/alert", r#"{"stage": 1}"#);
     assert_eq!(status, 400, "{body}");
+
+    // The maintenance timer: every table maintained, gold as it was.
+    let timer = json!({ "Data": { "timer": { "IsPastDue": false } }, "Metadata": {} });
+    let (status, answer) = server.invoke("maintain", &timer);
+    assert_eq!(status, 200, "{answer}");
+    let logs = answer["Logs"].to_string();
+    for table in [
+        "silver/streams",
+        "gold/dim_user",
+        "gold/stream_details",
+        "_system/events",
+    ] {
+        assert!(logs.contains(table), "{table} not maintained: {logs}");
+    }
 
     // The same tables as `tunelake run` over the same source.
     assert_eq!(before, reference_run(d, &[]));
