@@ -7,6 +7,7 @@ pub mod events;
 pub mod layout;
 pub(crate) mod lease;
 pub mod maintain;
+pub(crate) mod transactions;
 pub mod watermark;
 pub(crate) mod writers;
 

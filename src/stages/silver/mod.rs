@@ -138,13 +138,26 @@ impl Silver {
             .filter(|m| m.location.as_ref().ends_with(".parquet"))
             .collect();
         listed.sort_by(|a, b| a.location.cmp(&b.location));
+        // Every file's record read in one pass over the log; file by file if that fails.
+        let recorded = match latest {
+            Some(delta) => crate::lake::transactions::all(delta).await,
+            None => None,
+        };
         let mut files = Vec::with_capacity(listed.len());
         for meta in listed {
             let path = meta.location.to_string();
             let version = meta.last_modified.timestamp_millis();
-            match latest {
-                Some(delta) if loaded(delta, table, &path, version).await? => report.skipped += 1,
-                _ => files.push(path),
+            let is_loaded = match (latest, &recorded) {
+                (None, _) => false,
+                (Some(_), Some(recorded)) => recorded
+                    .get(&layout::app_id::silver_file(&path))
+                    .is_some_and(|&v| v >= version),
+                (Some(delta), None) => loaded(delta, table, &path, version).await?,
+            };
+            if is_loaded {
+                report.skipped += 1;
+            } else {
+                files.push(path);
             }
         }
         Ok(files)
