@@ -72,11 +72,8 @@ pub async fn silver(
         .run(tables)
         .await;
     silvered(lake, &report, started).await?;
-    let silver_only: Vec<_> = written_tables(pipeline, tables)
-        .into_iter()
-        .filter(|(_, gold)| gold.is_none())
-        .collect();
-    maintain(lake, pipeline, silver_only, run_id, Due::Compaction).await;
+    let paths = committed(Some(&report), None);
+    maintain(lake, pipeline, paths, run_id, Due::Compaction).await;
     Ok(report)
 }
 
@@ -110,14 +107,8 @@ pub async fn gold(
         .run(pipeline, tables)
         .await;
     golden(lake, &report, started).await?;
-    maintain(
-        lake,
-        pipeline,
-        written_tables(pipeline, tables),
-        run_id,
-        Due::Everything,
-    )
-    .await;
+    let paths = committed(None, Some(&report));
+    maintain(lake, pipeline, paths, run_id, Due::Everything).await;
     Ok(report)
 }
 
@@ -247,19 +238,44 @@ pub async fn flow(
     ingested(lake, &report.ingest, started[0]).await?;
     silvered(lake, &report.silver, started[1]).await?;
     golden(lake, &report.gold, started[2]).await?;
-    maintain(
-        lake,
-        pipeline,
-        written_tables(pipeline, tables),
-        run_id,
-        Due::Everything,
-    )
-    .await;
+    let paths = committed(Some(&report.silver), Some(&report.gold));
+    maintain(lake, pipeline, paths, run_id, Due::Everything).await;
     Ok(report)
 }
 
-/// The Delta tables a run over `tables` writes: their silver and gold tables, the views when
-/// every table is in the run, and the event log.
+/// The Delta tables a run committed rows to: the silver tables that loaded files, the gold
+/// tables and views that changed and the silver tables those read (in the cloud, silver's
+/// per-file function leaves its maintenance to gold's), and the event log. Only these can
+/// have gained small or removed files.
+fn committed(
+    silver: Option<&SilverReport>,
+    gold: Option<&GoldReport>,
+) -> Vec<(String, Option<String>)> {
+    let mut paths: Vec<(String, Option<String>)> = Vec::new();
+    let mut add = |path: String, gold: Option<String>| {
+        if !paths.iter().any(|(p, _)| *p == path) {
+            paths.push((path, gold));
+        }
+    };
+    for t in silver.iter().flat_map(|r| &r.tables) {
+        if t.status == Status::Ok {
+            add(layout::silver_table(&t.table), None);
+        }
+    }
+    for t in gold.iter().flat_map(|r| &r.tables) {
+        if t.status == Status::Ok {
+            add(layout::gold_table(&t.table), Some(t.table.clone()));
+            if let Some(source) = &t.source {
+                add(layout::silver_table(source), None);
+            }
+        }
+    }
+    add(layout::EVENTS.to_string(), None);
+    paths
+}
+
+/// Every Delta table of a run over `tables`: their silver and gold tables, the views when
+/// every table is in the run, and the event log (what `tunelake maintain` maintains).
 pub fn written_tables(pipeline: &Pipeline, tables: &[TableSpec]) -> Vec<(String, Option<String>)> {
     let mut paths: Vec<(String, Option<String>)> = Vec::new();
     for t in tables {

@@ -35,7 +35,13 @@ pub async fn all(table: &DeltaTable) -> Option<HashMap<String, i64>> {
                 return None;
             }
             let name = format!("{at:020}.checkpoint.parquet");
-            let bytes = store.get(&log.clone().join(name.as_str())).await.ok()?.bytes().await.ok()?;
+            let bytes = store
+                .get(&log.clone().join(name.as_str()))
+                .await
+                .ok()?
+                .bytes()
+                .await
+                .ok()?;
             read_checkpoint(bytes, &mut found)?;
             Some(at)
         }
