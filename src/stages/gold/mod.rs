@@ -522,9 +522,14 @@ async fn table_at(lake: &Lake, path: &str, version: u64) -> Result<DeltaTable> {
         .map_err(delta_err(path))
 }
 
-/// Where a gold table's build starts: the table, the record of the silver version it has
-/// consumed, and the silver changes since.
-struct Start {
+/// Where a gold table's build starts: its section of the pipeline file, the table, the record
+/// of the silver version it has consumed, and the silver changes since.
+struct Start<'a> {
+    gold: &'a crate::config::GoldSpec,
+    /// The gold table's name.
+    name: &'a str,
+    /// The silver table's name.
+    silver: String,
     target: DeltaTable,
     /// The app id under which the table records the silver version it consumed.
     app_id: String,
@@ -532,24 +537,30 @@ struct Start {
     changes: SilverChanges,
 }
 
-/// The start of gold table `name`'s build from silver table `silver` (`None` when silver has
-/// no table yet: nothing to build), with the versions noted in `report`.
-async fn start(
+/// The start of `table`'s gold build (`None` when it has no gold section, or silver has no
+/// table yet: nothing to build), with the versions noted in `report`.
+async fn start<'a>(
     lake: &Lake,
-    silver: &str,
-    name: &str,
+    table: &'a TableSpec,
     report: &mut TableReport,
-) -> Result<Option<Start>> {
+) -> Result<Option<Start<'a>>> {
+    let Some(gold) = &table.gold else {
+        return Ok(None);
+    };
+    let (name, silver) = (gold.name.as_str(), table.silver_name());
     let target = lake.delta_table(&layout::gold_table(name)).await?;
-    let app_id = layout::app_id::gold_consumed(silver);
+    let app_id = layout::app_id::gold_consumed(&silver);
     let consumed = recorded(&target, &app_id, name).await?;
-    let Some(changes) = silver_changes(lake, silver, consumed, None).await? else {
+    let Some(changes) = silver_changes(lake, &silver, consumed, None).await? else {
         info!("Silver has no table yet; nothing to build.");
         return Ok(None);
     };
     report.input_version = Some(changes.version);
     report.version = target.version();
     Ok(Some(Start {
+        gold,
+        name,
+        silver,
         target,
         app_id,
         consumed,

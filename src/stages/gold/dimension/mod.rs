@@ -57,17 +57,15 @@ pub(super) async fn build(
     built: &super::Built,
     report: &mut TableReport,
 ) -> Result<()> {
-    let Some(gold) = &table.gold else {
-        return Ok(());
-    };
-    let silver_name = table.silver_name();
-    let name = gold.name.as_str();
     let Some(super::Start {
+        gold,
+        name,
+        silver: silver_name,
         target,
         app_id,
         consumed,
         changes,
-    }) = super::start(lake, &silver_name, name, report).await?
+    }) = super::start(lake, table, report).await?
     else {
         return Ok(());
     };

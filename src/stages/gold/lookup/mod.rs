@@ -52,7 +52,7 @@ impl Version {
 /// or, with `from` = `MARK`, a marker: run `sk` of the versions in `several` (`EMPTY`: the
 /// dimension does not hold the key). Once the index keeps its starts beside the slots (see
 /// [`Slots::widen`]), a version's `from` is 0 and its start is there. Eight slots share a
-/// cache line, and a million keys take 8 MB, half what slots holding the values took.
+/// cache line, and a slot is half the size of one holding the values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Slot {
     from: i32,
