@@ -87,6 +87,83 @@ pub struct ViewSpec {
     /// Parameters handed to the template as they are written.
     #[serde(default)]
     pub params: toml::Table,
+    /// How the view refreshes (dbt's `incremental_strategy`); without one it is rebuilt whole.
+    #[serde(default)]
+    pub incremental_strategy: Option<Incremental>,
+    /// For `merge`: the column that identifies a row of the view.
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    /// For `insert_overwrite`: the column whose values are the partitions a refresh replaces.
+    #[serde(default)]
+    pub partition_by: Option<String>,
+}
+
+/// An incremental refresh: only the view's rows that the inputs' changes can reach are
+/// computed again and replaced, by row key (`merge`) or by partition (`insert_overwrite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Incremental {
+    /// Replace the rows whose `unique_key` the changes reach.
+    Merge,
+    /// Replace every row of the `partition_by` values the changes reach.
+    InsertOverwrite,
+}
+
+impl ViewSpec {
+    /// The column an incremental refresh replaces rows by, or `None` for a rebuild.
+    pub fn refresh_key(&self) -> Option<&str> {
+        match self.incremental_strategy? {
+            Incremental::Merge => self.unique_key.as_deref(),
+            Incremental::InsertOverwrite => self.partition_by.as_deref(),
+        }
+    }
+
+    /// The problems of the incremental settings, as (key, message).
+    pub(super) fn refresh_problems(&self) -> Vec<(&'static str, String)> {
+        let strategy = self.incremental_strategy.map(Incremental::name);
+        let needed = match self.incremental_strategy {
+            Some(Incremental::Merge) => Some("unique_key"),
+            Some(Incremental::InsertOverwrite) => Some("partition_by"),
+            None => None,
+        };
+        let mut problems = Vec::new();
+        for (key, value) in [
+            ("unique_key", &self.unique_key),
+            ("partition_by", &self.partition_by),
+        ] {
+            match (value, needed) {
+                (None, Some(n)) if n == key => problems.push((
+                    key,
+                    format!("incremental_strategy = {strategy:?} needs it"),
+                )),
+                (Some(_), None) => problems.push((
+                    key,
+                    "is used only with incremental_strategy = \"merge\" (unique_key) or \"insert_overwrite\" (partition_by)".to_string(),
+                )),
+                (Some(_), Some(n)) if n != key => problems.push((
+                    key,
+                    format!("is not used by incremental_strategy = {strategy:?}, which replaces rows by {n}"),
+                )),
+                (Some(column), _) => {
+                    if let Some(p) = ident::problem(column) {
+                        problems.push((key, p));
+                    }
+                }
+                _ => {}
+            }
+        }
+        problems
+    }
+}
+
+impl Incremental {
+    /// The strategy as the pipeline file spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Incremental::Merge => "merge",
+            Incremental::InsertOverwrite => "insert_overwrite",
+        }
+    }
 }
 
 impl GoldSpec {

@@ -8,7 +8,7 @@ pub mod maintenance;
 mod silver;
 pub mod templates;
 
-pub use gold::{GoldKind, GoldSpec, LookupSpec, ViewSpec};
+pub use gold::{GoldKind, GoldSpec, Incremental, LookupSpec, ViewSpec};
 pub use templates::Templates;
 
 use std::path::Path;
@@ -567,6 +567,9 @@ fn parse_views(
                 }
                 if let Err(p) = templates.render(&view.template, &view.params) {
                     problem(format!("{at}.template"), p);
+                }
+                for (key, p) in view.refresh_problems() {
+                    problem(format!("{at}.{key}"), p);
                 }
                 if gold_tables.is_empty() {
                     problem(at, "views need gold tables to read".into());

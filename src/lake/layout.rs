@@ -212,6 +212,10 @@ pub mod app_id {
     pub fn view_input(table: &str) -> String {
         format!("tunelake.view.input:{table}")
     }
+
+    /// A view records a hash of its definition (the rendered query and how it refreshes), so
+    /// that an edited view is rebuilt, not refreshed in part.
+    pub const VIEW_DEFINITION: &str = "tunelake.view.definition";
 }
 
 /// Columns silver adds to the source's.

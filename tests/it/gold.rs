@@ -40,9 +40,9 @@ lookups = [{ dimension = "dim_user", on = ["user_id"] }]
 /// A lake whose silver tables the test writes directly, so gold sees exactly the change
 /// sequences a test wants.
 pub(crate) struct Lakehouse {
-    dir: tempfile::TempDir,
-    lake: Lake,
-    pipeline: Pipeline,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) lake: Lake,
+    pub(crate) pipeline: Pipeline,
     files: std::cell::Cell<u32>,
 }
 

@@ -18,3 +18,4 @@ mod operations;
 mod query;
 mod report;
 mod silver;
+mod views;

@@ -284,10 +284,11 @@ impl Gold {
                 Err(e) => Err(e),
             };
             match refreshed {
-                Ok(Some((rows, version))) => {
+                Ok(Some(refreshed)) => {
                     report.status = Status::Ok;
-                    report.inserted = rows;
-                    report.version = version;
+                    report.inserted = refreshed.rows;
+                    report.version = refreshed.version;
+                    tracing::debug!(view = %view.name, incremental = refreshed.incremental, "Refreshed.");
                 }
                 Ok(None) => report.version = current_version(&self.lake, &view.name).await,
                 Err(e) => {

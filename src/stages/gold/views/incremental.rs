@@ -1,0 +1,365 @@
+//! An incremental refresh: which of a view's rows its inputs' changes can reach, as values of
+//! the view's key, and the predicate that names them for a Delta `replaceWhere`.
+//!
+//! The view's key is a column of one input, the driving table (a fact, when several inputs
+//! hold the column). The rows that changed in an input are the symmetric difference of its
+//! files then and now, over the columns the view reads of it, so rows that a rewrite only
+//! moved (compaction, a chunk written again) cancel out, and so do SCD2 columns the view does
+//! not read. The driving table's changed rows give their keys; any other input reaches the
+//! driving rows that hold one of its changed values in a column of the same name that the
+//! view joins on. An input that no such column links makes the refresh a rebuild.
+
+use std::collections::BTreeSet;
+
+use arrow::array::{Array, Int64Array, StringArray};
+use arrow::datatypes::DataType;
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use tracing::info;
+
+use super::lineage::Lineage;
+use crate::error::delta_err;
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+use crate::stages::gold::{df_err, register, table_at};
+
+/// A predicate names at most this many ranges of integer keys: nearer ranges are merged
+/// (replacing a few rows that did not change) to keep the commit's predicate short.
+const MAX_RANGES: usize = 64;
+
+/// Past this many distinct text keys, a rebuild is simpler than a predicate listing them.
+const MAX_TEXT_KEYS: usize = 10_000;
+
+/// One table a view reads: as it is now, and the version the view was last built from.
+pub(super) struct Input {
+    /// `area.table`, as the query names it.
+    pub name: String,
+    /// The table's folder in the lake.
+    pub path: String,
+    pub table: DeltaTable,
+    pub version: u64,
+    /// The version the view was built from, when the view recorded one not newer than now.
+    pub built: Option<u64>,
+    /// Whether the table's data changed since `built`.
+    pub changed: bool,
+    /// Whether it is a gold fact.
+    pub is_fact: bool,
+}
+
+/// Key values of the view's rows that changes reach.
+#[derive(Debug, PartialEq)]
+pub(super) enum Keys {
+    Ints(BTreeSet<i64>),
+    Text(BTreeSet<String>),
+}
+
+impl Keys {
+    pub(super) fn is_empty(&self) -> bool {
+        match self {
+            Keys::Ints(k) => k.is_empty(),
+            Keys::Text(k) => k.is_empty(),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Keys::Ints(k) => k.len(),
+            Keys::Text(k) => k.len(),
+        }
+    }
+}
+
+/// The keys of the view's rows that the inputs' changes since the view was built can reach,
+/// or `None` when the changes cannot be followed to the key (the refresh is then a rebuild).
+pub(super) async fn reached(
+    lake: &Lake,
+    view: &str,
+    key: &str,
+    lineage: &Lineage,
+    inputs: &[Input],
+) -> Result<Option<Keys>> {
+    let reads = |i: &Input| lineage.tables.get(&i.name);
+    let holders: Vec<&Input> = inputs
+        .iter()
+        .filter(|i| reads(i).is_some_and(|c| c.contains(key)))
+        .collect();
+    let facts: Vec<&Input> = holders.iter().copied().filter(|i| i.is_fact).collect();
+    let driving = match (facts.as_slice(), holders.as_slice()) {
+        ([one], _) | ([], [one]) => *one,
+        _ => {
+            info!(
+                view,
+                key, "No single input holds the view's key; rebuilding."
+            );
+            return Ok(None);
+        }
+    };
+    if inputs.iter().any(|i| i.changed && i.built.is_none()) {
+        return Ok(None);
+    }
+    let ctx = crate::stages::gold::session();
+    let schema = driving
+        .table
+        .snapshot()
+        .map_err(delta_err(&driving.path))?
+        .schema()
+        .as_ref()
+        .clone();
+    let driving_columns: BTreeSet<String> = schema.fields().map(|f| f.name().clone()).collect();
+    let text = match schema.field(key).map(|f| f.data_type().clone()) {
+        Some(deltalake::kernel::DataType::Primitive(p)) => !matches!(
+            p,
+            deltalake::kernel::PrimitiveType::Byte
+                | deltalake::kernel::PrimitiveType::Short
+                | deltalake::kernel::PrimitiveType::Integer
+                | deltalake::kernel::PrimitiveType::Long
+        ),
+        _ => return Ok(None),
+    };
+    let selected = if text {
+        format!("DISTINCT CAST(\"{key}\" AS VARCHAR)")
+    } else {
+        format!("DISTINCT CAST(\"{key}\" AS BIGINT)")
+    };
+    register(&ctx, "__driving", &driving.table, None).await?;
+    let mut keys = if text {
+        Keys::Text(BTreeSet::new())
+    } else {
+        Keys::Ints(BTreeSet::new())
+    };
+    for (n, input) in inputs.iter().enumerate().filter(|(_, i)| i.changed) {
+        let Some(read) = reads(input) else { continue };
+        let is_driving = std::ptr::eq(input, driving);
+        let links: Vec<&String> = if is_driving {
+            vec![]
+        } else {
+            let links: Vec<&String> = read
+                .iter()
+                .filter(|c| driving_columns.contains(*c) && lineage.joins.contains(*c))
+                .collect();
+            if links.is_empty() {
+                info!(view, input = %input.name, "No join column links this input to the view's key; rebuilding.");
+                return Ok(None);
+            }
+            links
+        };
+        let mut columns: Vec<String> = read.iter().cloned().collect();
+        if is_driving && !read.contains(key) {
+            columns.push(key.to_string());
+        }
+        let Some(changed) = changed_rows(lake, &ctx, input, &format!("__in{n}"), &columns).await?
+        else {
+            continue;
+        };
+        let queries: Vec<String> = if is_driving {
+            vec![format!("SELECT {selected} FROM ({changed}) AS c")]
+        } else {
+            links
+                .iter()
+                .map(|l| {
+                    format!(
+                        "SELECT {selected} FROM __driving WHERE \"{l}\" IN \
+                         (SELECT \"{l}\" FROM ({changed}) AS c)"
+                    )
+                })
+                .collect()
+        };
+        for sql in queries {
+            collect(&ctx, view, &sql, &mut keys).await?;
+        }
+    }
+    Ok(Some(keys))
+}
+
+/// A query of the rows, over `columns`, that differ between `input` at the version the view
+/// was built from and now; `None` when no file differs.
+async fn changed_rows(
+    lake: &Lake,
+    ctx: &SessionContext,
+    input: &Input,
+    alias: &str,
+    columns: &[String],
+) -> Result<Option<String>> {
+    let Some(built) = input.built else {
+        return Ok(None);
+    };
+    let before = table_at(lake, &input.path, built).await?;
+    let uris = |t: &DeltaTable| -> Result<BTreeSet<String>> {
+        Ok(t.get_file_uris().map_err(delta_err(&input.path))?.collect())
+    };
+    let (now, then) = (uris(&input.table)?, uris(&before)?);
+    let added: Vec<String> = now.difference(&then).cloned().collect();
+    let removed: Vec<String> = then.difference(&now).cloned().collect();
+    let columns = columns
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sides = Vec::new();
+    for (side, table, files) in [
+        ("added", &input.table, added),
+        ("removed", &before, removed),
+    ] {
+        if !files.is_empty() {
+            let name = format!("{alias}_{side}");
+            register(ctx, &name, table, Some(&files)).await?;
+            sides.push(name);
+        }
+    }
+    Ok(match sides.as_slice() {
+        [] => None,
+        [one] => Some(format!("SELECT {columns} FROM {one}")),
+        [a, r, ..] => Some(format!(
+            "(SELECT {columns} FROM {a} EXCEPT SELECT {columns} FROM {r}) UNION ALL \
+             (SELECT {columns} FROM {r} EXCEPT SELECT {columns} FROM {a})"
+        )),
+    })
+}
+
+/// Runs a query of one key column and adds its values to `keys`.
+async fn collect(ctx: &SessionContext, view: &str, sql: &str, keys: &mut Keys) -> Result<()> {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .map_err(df_err(view, "finding the rows the changes reach"))?
+        .collect()
+        .await
+        .map_err(df_err(view, "finding the rows the changes reach"))?;
+    for batch in &batches {
+        let column = batch.column(0);
+        match keys {
+            Keys::Ints(set) => {
+                let values = column
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| unexpected(view, column.data_type()))?;
+                set.extend(values.iter().flatten());
+            }
+            Keys::Text(set) => {
+                let values = column
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| unexpected(view, column.data_type()))?;
+                set.extend(values.iter().flatten().map(str::to_string));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unexpected(view: &str, found: &DataType) -> Error {
+    Error::Gold {
+        table: view.to_string(),
+        message: format!("the view's key values came back as {found}"),
+    }
+}
+
+/// The predicate that selects the rows of `keys`: ranges of integers (at most [`MAX_RANGES`],
+/// nearer ones merged), or a list of text values; `None` past [`MAX_TEXT_KEYS`] of them.
+pub(super) fn predicate(key: &str, keys: &Keys) -> Option<String> {
+    let column = format!("\"{key}\"");
+    match keys {
+        Keys::Ints(set) => {
+            let terms: Vec<String> = ranges(set, MAX_RANGES)
+                .into_iter()
+                .map(|(lo, hi)| match lo == hi {
+                    true => format!("{column} = {lo}"),
+                    false => format!("{column} BETWEEN {lo} AND {hi}"),
+                })
+                .collect();
+            Some(terms.join(" OR "))
+        }
+        Keys::Text(set) if set.len() <= MAX_TEXT_KEYS => {
+            let values: Vec<String> = set
+                .iter()
+                .map(|v| format!("'{}'", v.replace('\'', "''")))
+                .collect();
+            Some(format!("{column} IN ({})", values.join(", ")))
+        }
+        Keys::Text(_) => None,
+    }
+}
+
+/// Runs of consecutive values as (first, last), merged across the smallest gaps until at
+/// most `max` remain.
+fn ranges(values: &BTreeSet<i64>, max: usize) -> Vec<(i64, i64)> {
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for &v in values {
+        match runs.last_mut() {
+            Some((_, hi)) if hi.checked_add(1) == Some(v) => *hi = v,
+            _ => runs.push((v, v)),
+        }
+    }
+    if runs.len() <= max.max(1) {
+        return runs;
+    }
+    // Keep the max - 1 widest gaps as the boundaries between ranges.
+    let mut gaps: Vec<(i128, usize)> = runs
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (i128::from(w[1].0) - i128::from(w[0].1), i))
+        .collect();
+    gaps.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut splits: Vec<usize> = gaps.iter().take(max.max(1) - 1).map(|g| g.1).collect();
+    splits.sort_unstable();
+    let mut merged = Vec::with_capacity(max);
+    let mut start = 0;
+    for split in splits.into_iter().chain(std::iter::once(runs.len() - 1)) {
+        merged.push((runs[start].0, runs[split].1));
+        start = split + 1;
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(values: &[i64]) -> BTreeSet<i64> {
+        values.iter().copied().collect()
+    }
+
+    #[test]
+    fn consecutive_keys_make_one_range_and_far_ones_stay_apart() {
+        assert_eq!(
+            ranges(&ints(&[1, 2, 3, 7, 9, 10]), 64),
+            [(1, 3), (7, 7), (9, 10)]
+        );
+        assert_eq!(ranges(&ints(&[]), 64), []);
+        assert_eq!(
+            ranges(&ints(&[i64::MAX - 1, i64::MAX]), 2),
+            [(i64::MAX - 1, i64::MAX)]
+        );
+    }
+
+    #[test]
+    fn past_the_limit_the_nearest_ranges_merge_and_every_key_stays_covered() {
+        let values = ints(&[1, 2, 5, 100, 102, 1000, 1001, 5000]);
+        let merged = ranges(&values, 3);
+        assert_eq!(merged, [(1, 102), (1000, 1001), (5000, 5000)]);
+        let mut next = crate::stages::gold::scrambled(7);
+        let many: BTreeSet<i64> = (0..5000).map(|_| next(1_000_000) as i64).collect();
+        let merged = ranges(&many, 64);
+        assert!(merged.len() <= 64);
+        assert!(
+            many.iter()
+                .all(|v| merged.iter().any(|(lo, hi)| lo <= v && v <= hi))
+        );
+        assert!(merged.windows(2).all(|w| w[0].1 < w[1].0), "{merged:?}");
+    }
+
+    #[test]
+    fn predicates_name_ranges_or_quoted_values() {
+        assert_eq!(
+            predicate(
+                "date_key",
+                &Keys::Ints(ints(&[20240101, 20240102, 20240105]))
+            ),
+            Some("\"date_key\" BETWEEN 20240101 AND 20240102 OR \"date_key\" = 20240105".into())
+        );
+        let text = Keys::Text(["a'b".to_string(), "c".to_string()].into());
+        assert_eq!(predicate("k", &text), Some("\"k\" IN ('a''b', 'c')".into()));
+        let many = Keys::Text((0..=MAX_TEXT_KEYS).map(|i| i.to_string()).collect());
+        assert_eq!(predicate("k", &many), None);
+    }
+}

@@ -1,0 +1,293 @@
+//! Business views: the template rendered with its parameters, run read-only over the lake's
+//! tables (`gold.*`, `silver.*`), and materialized as a gold Delta table.
+//!
+//! A view records, in its own commit, the version of every table it read (`txn` app ids
+//! `tunelake.view.input:<area.table>`) and a hash of its definition. It is refreshed whenever
+//! the data of one of them has changed since (a compaction changes none), so a run that died
+//! between a table and its views leaves nothing stale behind. A view that declares an
+//! `incremental_strategy` computes again and replaces only the rows the changes reach
+//! ([`incremental`]); any other view, and any change that cannot be followed to the view's
+//! key (an edited definition, a log cleaned past the last build), rebuilds it whole.
+
+mod incremental;
+mod lineage;
+
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::SessionContext;
+use deltalake::kernel::Transaction;
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+use tracing::{info, warn};
+
+use super::{commit_properties, delta_err, df_err, record_only, recorded};
+use crate::config::{GoldKind, Pipeline, ViewSpec};
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+use crate::lake::layout;
+use incremental::{Input, Keys};
+
+/// What one refresh wrote.
+pub(super) struct Refreshed {
+    /// Rows written: the whole view, or the rows replaced.
+    pub rows: u64,
+    pub version: Option<u64>,
+    /// Whether only the reached rows were replaced.
+    pub incremental: bool,
+}
+
+/// Refreshes a view when a table it reads moved since it was built (or it was never built,
+/// or its definition changed); `None` when it was up to date.
+pub(super) async fn refresh(
+    lake: &Lake,
+    pipeline: &Pipeline,
+    view: &ViewSpec,
+) -> Result<Option<Refreshed>> {
+    let name = view.name.as_str();
+    for gold in pipeline.tables.iter().filter_map(|t| t.gold.as_ref()) {
+        if super::current_version(lake, &gold.name).await.is_none() {
+            // A view waits until every gold table has been built once.
+            info!(view = name, missing = %gold.name, "Not built yet: a gold table is missing.");
+            return Ok(None);
+        }
+    }
+    let sql = render(pipeline, view)?;
+    let ctx = crate::query::session(lake).await?;
+    let df = plan(&ctx, name, &sql).await?;
+    let lineage = lineage::of(
+        &df.clone()
+            .into_optimized_plan()
+            .map_err(df_err(name, "planning the view"))?,
+    );
+    let target = lake.delta_table(&layout::gold_table(name)).await?;
+    let inputs = inputs(lake, pipeline, &target, name, &lineage).await?;
+    let definition = definition_hash(view, &sql);
+    let same_definition =
+        recorded(&target, layout::app_id::VIEW_DEFINITION, name).await? == Some(definition);
+    if target.version().is_some() && same_definition && !inputs.iter().any(|i| i.changed) {
+        return Ok(None);
+    }
+    let mut txns: Vec<Transaction> = inputs
+        .iter()
+        .map(|i| Transaction::new(layout::app_id::view_input(&i.name), i.version as i64))
+        .collect();
+    txns.push(Transaction::new(
+        layout::app_id::VIEW_DEFINITION,
+        definition,
+    ));
+    if let (Some(key), Some(_), true) = (view.refresh_key(), target.version(), same_definition) {
+        match incremental::reached(lake, name, key, &lineage, &inputs).await {
+            Ok(Some(keys)) => {
+                match replace(lake, &ctx, target.clone(), view, key, &sql, &keys, &txns).await {
+                    Ok(Some(refreshed)) => return Ok(Some(refreshed)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(view = name, error = %e, "The incremental refresh failed; rebuilding the view.")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(view = name, error = %e, "The changes could not be followed to the view's rows; rebuilding it.")
+            }
+        }
+    }
+    materialize(lake, &ctx, name, df, txns).await.map(Some)
+}
+
+/// The rendered query of a view.
+fn render(pipeline: &Pipeline, view: &ViewSpec) -> Result<String> {
+    pipeline
+        .templates
+        .render(&view.template, &view.params)
+        .map_err(|message| Error::BadArgument {
+            what: format!("view {}", view.name),
+            message,
+        })
+}
+
+/// Plans a read-only query in the lake's session.
+async fn plan(ctx: &SessionContext, name: &str, sql: &str) -> Result<DataFrame> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    ctx.sql_with_options(sql, options)
+        .await
+        .map_err(df_err(name, "planning the view"))
+}
+
+/// The lake tables a view reads, with the versions it was built from.
+async fn inputs(
+    lake: &Lake,
+    pipeline: &Pipeline,
+    target: &deltalake::DeltaTable,
+    view: &str,
+    lineage: &lineage::Lineage,
+) -> Result<Vec<Input>> {
+    let mut inputs = Vec::new();
+    for name in lineage.tables.keys() {
+        let path = match name.split_once('.') {
+            Some(("gold", table)) => layout::gold_table(table),
+            Some(("silver", table)) => layout::silver_table(table),
+            _ => continue,
+        };
+        let table = lake.delta_table(&path).await?;
+        let Some(version) = table.version() else {
+            continue;
+        };
+        let built = recorded(target, &layout::app_id::view_input(name), view)
+            .await?
+            .and_then(|b| u64::try_from(b).ok())
+            .filter(|b| *b <= version);
+        let changed = match built {
+            Some(b) if b == version => false,
+            // A table that only compaction or vacuum moved holds the same rows.
+            Some(b) => super::data_changed(&table, b, version).await,
+            None => true,
+        };
+        let is_fact = pipeline.tables.iter().any(|t| {
+            t.gold.as_ref().is_some_and(|g| {
+                g.kind == GoldKind::Fact && Some(g.name.as_str()) == name.strip_prefix("gold.")
+            })
+        });
+        inputs.push(Input {
+            name: name.clone(),
+            path,
+            table,
+            version,
+            built,
+            changed,
+            is_fact,
+        });
+    }
+    Ok(inputs)
+}
+
+/// A hash of what the view computes (FNV-1a over the query and how it refreshes), stable
+/// across builds of tunelake, as a non-negative `txn` version.
+fn definition_hash(view: &ViewSpec, sql: &str) -> i64 {
+    let strategy = view.incremental_strategy.map_or("", |s| s.name());
+    let key = view.refresh_key().unwrap_or("");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in [sql, "\0", strategy, "\0", key].concat().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash & i64::MAX as u64) as i64
+}
+
+/// Replaces the view's rows whose key `keys` holds with the query's rows for them, in one
+/// commit; `None` when the keys cannot be written as a predicate.
+#[allow(clippy::too_many_arguments)]
+async fn replace(
+    lake: &Lake,
+    ctx: &SessionContext,
+    target: deltalake::DeltaTable,
+    view: &ViewSpec,
+    key: &str,
+    sql: &str,
+    keys: &Keys,
+    txns: &[Transaction],
+) -> Result<Option<Refreshed>> {
+    let name = view.name.as_str();
+    if keys.is_empty() {
+        info!(view = name, "No row of the view is reached by the changes.");
+        let written = record_only(target, name, txns.to_vec()).await?;
+        return Ok(Some(Refreshed {
+            rows: 0,
+            version: written.version(),
+            incremental: true,
+        }));
+    }
+    let Some(predicate) = incremental::predicate(key, keys) else {
+        return Ok(None);
+    };
+    let query = format!(
+        "SELECT * FROM (\n{}\n) AS __view WHERE {predicate}",
+        sql.trim_end().trim_end_matches(';')
+    );
+    let df = plan(ctx, name, &query).await?;
+    let written = write(lake, ctx, name, df, Some(predicate), txns.to_vec()).await?;
+    let rows = added_rows(&written).await;
+    info!(view = name, keys = keys.len(), rows, version = ?written.version(), "Refreshed the view's reached rows.");
+    Ok(Some(Refreshed {
+        rows,
+        version: written.version(),
+        incremental: true,
+    }))
+}
+
+/// Writes the whole view; returns its rows and new version.
+async fn materialize(
+    lake: &Lake,
+    ctx: &SessionContext,
+    name: &str,
+    df: DataFrame,
+    txns: Vec<Transaction>,
+) -> Result<Refreshed> {
+    let written = write(lake, ctx, name, df, None, txns).await?;
+    let version = written.version();
+    let rows = written_rows(&written, name)?;
+    info!(view = name, rows, version, "Materialized the view.");
+    Ok(Refreshed {
+        rows,
+        version,
+        incremental: false,
+    })
+}
+
+/// Streams a query's rows into the view's table: over all of it, or over the rows that
+/// `replace_where` selects.
+async fn write(
+    lake: &Lake,
+    ctx: &SessionContext,
+    name: &str,
+    df: DataFrame,
+    replace_where: Option<String>,
+    txns: Vec<Transaction>,
+) -> Result<deltalake::DeltaTable> {
+    // The rows stream from the query into the table's files: a view can be as large as the
+    // fact it reads.
+    let df = crate::lake::storable_df(df, None).map_err(df_err(name, "planning the view"))?;
+    let table = lake.delta_table(&layout::gold_table(name)).await?;
+    let properties = crate::lake::parquet_properties(df.schema().as_arrow()).build();
+    let mut builder = table
+        .write(Vec::new())
+        .with_writer_properties(properties)
+        .with_input_plan(df.into_unoptimized_plan())
+        .with_session_state(std::sync::Arc::new(ctx.state()))
+        .with_save_mode(SaveMode::Overwrite)
+        .with_commit_properties(commit_properties(txns));
+    builder = match replace_where {
+        Some(predicate) => builder.with_replace_where(predicate),
+        None => builder.with_schema_mode(SchemaMode::Overwrite),
+    };
+    builder.await.map_err(delta_err(layout::gold_table(name)))
+}
+
+/// The rows the table's last commit added, from its operation metrics.
+async fn added_rows(table: &deltalake::DeltaTable) -> u64 {
+    use futures::StreamExt;
+    let Some(Ok(commit)) = table.history(Some(1)).next().await else {
+        return 0;
+    };
+    commit
+        .info
+        .get("operationMetrics")
+        .cloned()
+        .and_then(|m| m.get("num_added_rows").and_then(|n| n.as_u64()))
+        .unwrap_or(0)
+}
+
+/// The rows of a table's current files, from the row counts its log keeps per file.
+fn written_rows(table: &deltalake::DeltaTable, name: &str) -> Result<u64> {
+    let snapshot = table
+        .snapshot()
+        .map_err(delta_err(layout::gold_table(name)))?;
+    let mut rows = 0;
+    for file in snapshot.log_data() {
+        rows += file.num_records().unwrap_or(0) as u64;
+    }
+    Ok(rows)
+}
