@@ -74,7 +74,25 @@ pub async fn silver(
     silvered(lake, &report, started).await?;
     let paths = committed(Some(&report), None);
     maintain(lake, pipeline, paths, run_id, Due::Compaction).await;
+    clean_sources(lake, pipeline, tables).await;
     Ok(report)
+}
+
+/// Applies `[maintenance] clean_source` to the bronze files of `tables`; returns how many
+/// files left bronze. Like the rest of maintenance it moves no data, so a failure is logged
+/// and the next run tries again.
+pub async fn clean_sources(lake: &Lake, pipeline: &Pipeline, tables: &[TableSpec]) -> usize {
+    let now = chrono::Utc::now();
+    let mut cleaned = 0;
+    for table in tables {
+        match crate::stages::silver::clean_source(lake, table, &pipeline.maintenance, now).await {
+            Ok(n) => cleaned += n,
+            Err(e) => {
+                warn!(table = %table.name, error = %e, "Bronze retention failed; the next run tries again.")
+            }
+        }
+    }
+    cleaned
 }
 
 /// Records a silver run in the event log and alerts on its failed tables and quarantines.
@@ -240,6 +258,7 @@ pub async fn flow(
     golden(lake, &report.gold, started[2]).await?;
     let paths = committed(Some(&report.silver), Some(&report.gold));
     maintain(lake, pipeline, paths, run_id, Due::Everything).await;
+    clean_sources(lake, pipeline, tables).await;
     Ok(report)
 }
 

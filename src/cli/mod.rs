@@ -427,8 +427,12 @@ async fn maintain(cli: &Cli, tables: &[String]) -> Result<bool> {
         crate::lake::maintain::Due::Forced,
     )
     .await;
+    let cleaned = runs::clean_sources(&lake, &pipeline, &selected).await;
     if !cli.quiet {
         print::maintained(&done);
+        if cleaned > 0 {
+            out!("Bronze: {cleaned} loaded files past clean_source_retention_days cleaned.");
+        }
     }
     Ok(done.len() == wanted)
 }

@@ -30,6 +30,26 @@ pub struct Maintenance {
     /// Refuse a `deleted_file_retention_hours` below 168, which could delete files a reader
     /// or a late gold run still needs (Spark's `retentionDurationCheck.enabled`).
     pub retention_check: bool,
+    /// What happens to a bronze file once silver has committed it and it is older than
+    /// `clean_source_retention_days` (Auto Loader's `cloudFiles.cleanSource`): kept (`off`),
+    /// deleted, or moved to `bronze/_archive/`. Bronze then holds only recent files, so the
+    /// catch-up listing stays short.
+    pub clean_source: CleanSource,
+    /// How old a loaded bronze file must be before `clean_source` acts on it (Auto Loader's
+    /// `cloudFiles.cleanSource.retentionDuration`, 30 days).
+    pub clean_source_retention_days: u64,
+}
+
+/// Auto Loader's `cloudFiles.cleanSource` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanSource {
+    /// Bronze keeps every file.
+    Off,
+    /// Loaded files past the retention are deleted.
+    Delete,
+    /// Loaded files past the retention are moved to `bronze/_archive/<Table>/`.
+    Move,
 }
 
 impl Default for Maintenance {
@@ -43,6 +63,8 @@ impl Default for Maintenance {
             deleted_file_retention_hours: SAFE_RETENTION_HOURS,
             log_retention_days: 30,
             retention_check: true,
+            clean_source: CleanSource::Off,
+            clean_source_retention_days: 30,
         }
     }
 }
@@ -73,6 +95,13 @@ pub(super) fn validate(m: &Maintenance, problem: &mut impl FnMut(String, String)
                  retention_check = false to force it",
                 m.deleted_file_retention_hours
             ),
+        );
+    }
+    if m.clean_source != CleanSource::Off && m.clean_source_retention_days == 0 {
+        problem(
+            "maintenance.clean_source_retention_days".into(),
+            "must be at least 1: a file just loaded may still be read by a retry or an event"
+                .into(),
         );
     }
     if m.log_retention_days == 0 {

@@ -296,6 +296,7 @@ impl App {
             crate::lake::maintain::Due::Forced,
         )
         .await;
+        runs::clean_sources(&self.lake, &self.pipeline, &self.pipeline.tables).await;
         let logs = done
             .iter()
             .map(|m| {

@@ -140,6 +140,11 @@ pub fn quarantined_file(table: &str, file: &str) -> String {
     format!("bronze/_quarantine/{table}/{}", file_name(file))
 }
 
+/// Where `clean_source = "move"` puts a bronze file silver has loaded.
+pub fn archived(table: &str, file: &str) -> String {
+    format!("bronze/_archive/{table}/{}", file_name(file))
+}
+
 /// The reason file beside a quarantined file.
 pub fn reason_of(quarantined: &str) -> String {
     format!("{quarantined}.reason.txt")

@@ -155,3 +155,91 @@ fn a_short_retention_is_a_config_error() {
         "{err}"
     );
 }
+
+/// Bronze files under `dir`, recursively, as paths relative to it.
+fn bronze_files(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(bronze_files(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            found.push(path.display().to_string());
+        }
+    }
+    found.sort();
+    found
+}
+
+/// `clean_source = "move"`: once loaded and past the retention, bronze window files go to
+/// `bronze/_archive/`; a file silver has not loaded stays, whatever its age, and is loaded by
+/// the next run, after which silver and gold hold every source row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bronze_retention_moves_only_loaded_files_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("pipeline.toml"),
+        pipeline(50, "clean_source = \"move\""),
+    )
+    .unwrap();
+    tunelake(d, &["seed", "--scale", "0.01"]);
+    tunelake(d, &["run"]);
+    let streams = d.join("lake/bronze/FactStream");
+    let loaded = bronze_files(&streams);
+    assert!(!loaded.is_empty());
+    // A new batch only ingested, then every bronze file made older than the retention.
+    tunelake(d, &["seed", "--incremental"]);
+    tunelake(d, &["run", "--stage", "ingest"]);
+    let pending: Vec<String> = bronze_files(&streams)
+        .into_iter()
+        .filter(|f| !loaded.contains(f))
+        .collect();
+    assert!(!pending.is_empty(), "the batch wrote new bronze files");
+    for file in bronze_files(&d.join("lake/bronze")) {
+        let touched = std::process::Command::new("touch")
+            .args(["-d", "40 days ago", &file])
+            .status()
+            .unwrap();
+        assert!(touched.success());
+    }
+    let out = tunelake(d, &["maintain"]);
+    assert!(
+        out.contains("loaded files past clean_source_retention_days"),
+        "{out}"
+    );
+    assert_eq!(
+        bronze_files(&streams),
+        pending,
+        "only the loaded files left"
+    );
+    let archived = bronze_files(&d.join("lake/bronze/_archive/FactStream"));
+    assert_eq!(archived.len(), loaded.len());
+
+    // The next run loads the pending files (and then moves them), and nothing is missing.
+    tunelake(d, &["run"]);
+    assert!(bronze_files(&streams).is_empty());
+    let source = tunelake(
+        d,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT COUNT(*) AS n FROM gold.fact_stream",
+        ],
+    );
+    let con = rusqlite_count(&d.join("source.db"));
+    assert_eq!(source.lines().nth(1), Some(con.to_string().as_str()));
+}
+
+/// Streams in the SQLite source that pass the shipped expectation (`listen_duration >= 0`).
+fn rusqlite_count(db: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM FactStream WHERE listen_duration >= 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}

@@ -18,6 +18,7 @@ mod clean;
 mod dedup;
 mod quarantine;
 mod report;
+mod retention;
 mod rows;
 #[cfg(test)]
 mod testing;
@@ -26,6 +27,7 @@ mod write;
 use ahead::ReadAhead;
 use clean::{Body, Prepared, prepare, table_schema};
 pub use report::{Counts, FileOutcome, FileStatus, GoldWorkItem, SilverReport, TableReport};
+pub use retention::clean_source;
 
 use std::sync::Arc;
 use std::time::Instant;
