@@ -15,6 +15,8 @@ use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use serde::Serialize;
 
+mod window;
+
 use super::Lake;
 use super::layout;
 use crate::error::{Error, Result};
@@ -161,66 +163,136 @@ fn fail(e: datafusion::error::DataFusionError) -> Error {
     }
 }
 
-/// A session with the log registered as `events`; `None` before the first event.
-async fn session(lake: &Lake) -> Result<Option<datafusion::prelude::SessionContext>> {
+/// The log, or `None` before the first event.
+async fn opened(lake: &Lake) -> Result<Option<DeltaTable>> {
     let table = open(lake).await?;
-    if table.version().is_none() {
-        return Ok(None);
-    }
+    Ok(table.version().is_some().then_some(table))
+}
+
+/// A session with the log's `files` (all of them when `None`) registered as `events`.
+async fn session(
+    table: &DeltaTable,
+    files: Option<Vec<String>>,
+) -> Result<datafusion::prelude::SessionContext> {
     let ctx = datafusion::prelude::SessionContext::new();
-    let provider = super::delta_provider(&table, &ctx, layout::EVENTS).await?;
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| Error::Delta {
+            table: layout::EVENTS.to_string(),
+            source: e,
+        })?;
+    let mut provider = table.table_provider();
+    if let Some(files) = files {
+        provider = provider.with_file_paths(files);
+    }
+    let provider = provider.await.map_err(fail)?;
     ctx.register_table("events", provider).map_err(fail)?;
-    Ok(Some(ctx))
+    Ok(ctx)
+}
+
+async fn query(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    ctx.sql(sql)
+        .await
+        .map_err(fail)?
+        .collect()
+        .await
+        .map_err(fail)
+}
+
+fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// Runs `sql` (which holds `{cut}` where a time bound goes) over the events started since a
+/// cut, from one hour before the newest event back, widening eightfold until it returns
+/// `wanted` rows or covers the whole log; only the files that can hold such events are read.
+async fn newest(table: &DeltaTable, sql: &str, wanted: usize) -> Result<Vec<RecordBatch>> {
+    let ranges = window::ranges(table)?;
+    let Some((earliest, latest)) = window::span(&ranges) else {
+        return query(&session(table, None).await?, &sql.replace("{cut}", "TRUE")).await;
+    };
+    let mut back: i64 = 3_600_000_000;
+    loop {
+        let cut = latest.saturating_sub(back);
+        let whole = cut <= earliest;
+        let bound = match DateTime::from_timestamp_micros(cut) {
+            Some(t) if !whole => format!("started_at >= '{}'", t.to_rfc3339()),
+            _ => "TRUE".to_string(),
+        };
+        let files = (!whole).then(|| window::since(&ranges, cut));
+        let found = query(&session(table, files).await?, &sql.replace("{cut}", &bound)).await?;
+        if whole || rows(&found) >= wanted {
+            return Ok(found);
+        }
+        back = back.saturating_mul(8);
+    }
 }
 
 /// The latest `limit` events, newest first; empty when nothing ran yet.
 pub async fn latest(lake: &Lake, limit: usize) -> Result<Vec<RecordBatch>> {
-    let Some(ctx) = session(lake).await? else {
+    let Some(table) = opened(lake).await? else {
         return Ok(Vec::new());
     };
-    ctx.sql(&format!(
+    let sql = format!(
         "SELECT started_at, run_id, stage, \"table\", status, rows_in, rows_out, rows_dropped, rows_rescued, \
-         input_version, output_version, round(seconds, 2) AS seconds, error FROM events ORDER BY started_at DESC, stage, \"table\" LIMIT {limit}"
-    ))
-    .await
-    .map_err(fail)?
-    .collect()
-    .await
-    .map_err(fail)
+         input_version, output_version, round(seconds, 2) AS seconds, error FROM events WHERE {{cut}} \
+         ORDER BY started_at DESC, stage, \"table\" LIMIT {limit}"
+    );
+    newest(&table, &sql, limit).await
+}
+
+/// The ids of the latest `limit` runs (by their newest event), newest first.
+async fn latest_runs(table: &DeltaTable, limit: usize) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT run_id, max(started_at) AS newest FROM events WHERE {{cut}} \
+         GROUP BY run_id ORDER BY newest DESC LIMIT {limit}"
+    );
+    let batches = newest(table, &sql, limit).await?;
+    Ok(batches
+        .iter()
+        .flat_map(|b| (0..b.num_rows()).filter_map(move |row| text_at(b, 0, row)))
+        .collect())
+}
+
+/// A session over the files that can hold events of `runs`.
+async fn runs_session(
+    table: &DeltaTable,
+    runs: &[String],
+) -> Result<datafusion::prelude::SessionContext> {
+    let ranges = window::ranges(table)?;
+    session(table, Some(window::of_runs(&ranges, runs))).await
+}
+
+fn quoted(runs: &[String]) -> String {
+    runs.iter()
+        .map(|r| format!("'{}'", r.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Every event of run `run_id`, or of the latest run, in the order they were written; with
 /// the run's id. `None` when the log is empty or has no such run.
 pub async fn of_run(lake: &Lake, run_id: Option<&str>) -> Result<Option<(String, Vec<Event>)>> {
-    let Some(ctx) = session(lake).await? else {
+    let Some(table) = opened(lake).await? else {
         return Ok(None);
     };
     let run_id = match run_id {
         Some(id) => id.to_string(),
-        None => {
-            let latest = ctx
-                .sql("SELECT run_id FROM events ORDER BY started_at DESC LIMIT 1")
-                .await
-                .map_err(fail)?
-                .collect()
-                .await
-                .map_err(fail)?;
-            match latest.iter().find(|b| b.num_rows() > 0) {
-                Some(b) => text_at(b, 0, 0).unwrap_or_default(),
-                None => return Ok(None),
-            }
-        }
+        None => match latest_runs(&table, 1).await?.into_iter().next() {
+            Some(id) => id,
+            None => return Ok(None),
+        },
     };
-    let batches = ctx
-        .sql(&format!(
-            "SELECT * FROM events WHERE run_id = '{}' ORDER BY started_at",
-            run_id.replace('\'', "''")
-        ))
-        .await
-        .map_err(fail)?
-        .collect()
-        .await
-        .map_err(fail)?;
+    let ids = [run_id.clone()];
+    let ctx = runs_session(&table, &ids).await?;
+    let batches = query(
+        &ctx,
+        &format!(
+            "SELECT * FROM events WHERE run_id IN ({}) ORDER BY started_at",
+            quoted(&ids)
+        ),
+    )
+    .await?;
     let events = from_batches(&batches);
     Ok((!events.is_empty()).then_some((run_id, events)))
 }
@@ -244,22 +316,26 @@ pub struct RunSummary {
 
 /// The latest `limit` runs, newest first.
 pub async fn recent_runs(lake: &Lake, limit: usize) -> Result<Vec<RunSummary>> {
-    let Some(ctx) = session(lake).await? else {
+    let Some(table) = opened(lake).await? else {
         return Ok(Vec::new());
     };
-    let batches = ctx
-        .sql(&format!(
+    let ids = latest_runs(&table, limit).await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = runs_session(&table, &ids).await?;
+    let batches = query(
+        &ctx,
+        &format!(
             "SELECT run_id, min(started_at) AS started, \
              array_to_string(array_agg(DISTINCT stage), ' ') AS stages, count(*) AS tables, \
              sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed, \
              sum(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS wrote \
-             FROM events GROUP BY run_id ORDER BY started DESC LIMIT {limit}"
-        ))
-        .await
-        .map_err(fail)?
-        .collect()
-        .await
-        .map_err(fail)?;
+             FROM events WHERE run_id IN ({}) GROUP BY run_id ORDER BY started DESC",
+            quoted(&ids)
+        ),
+    )
+    .await?;
     let mut runs = Vec::new();
     for batch in &batches {
         let counts: Vec<_> = (3..=5)
@@ -444,5 +520,81 @@ mod tests {
                 .sum::<usize>(),
             12
         );
+    }
+
+    /// Thirty hourly runs of three stages, each stage its own file, and one long run whose
+    /// ingest started before all of them and whose gold ended last.
+    #[tokio::test]
+    async fn the_latest_runs_come_whole_from_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let at = |hours: i64, minutes: i64| {
+            DateTime::from_timestamp(1_750_000_000 + hours * 3600 + minutes * 60, 0).unwrap()
+        };
+        let stage_event = |run: &str, stage: &str, started_at| Event {
+            run_id: run.into(),
+            stage: stage.into(),
+            started_at,
+            ..event("users", "ok", None)
+        };
+        append(&lake, &[stage_event("long", "ingest", at(-1, 0))])
+            .await
+            .unwrap();
+        for run in 0..30 {
+            for (i, stage) in ["ingest", "silver", "gold"].into_iter().enumerate() {
+                let e = stage_event(&format!("run{run:02}"), stage, at(run, i as i64));
+                append(&lake, &[e]).await.unwrap();
+            }
+        }
+        append(&lake, &[stage_event("long", "gold", at(29, 30))])
+            .await
+            .unwrap();
+
+        let table = open(&lake).await.unwrap();
+        let ranges = window::ranges(&table).unwrap();
+        assert_eq!(ranges.len(), 92);
+        let (_, newest) = window::span(&ranges).unwrap();
+        assert!(window::since(&ranges, newest - 3_600_000_000).len() <= 6);
+
+        let whole = session(&table, None).await.unwrap();
+        let everything = query(
+            &whole,
+            "SELECT started_at, run_id, stage FROM events ORDER BY started_at DESC, stage LIMIT 7",
+        )
+        .await
+        .unwrap();
+        let windowed = latest(&lake, 7).await.unwrap();
+        let pick = |batches: &[RecordBatch]| -> Vec<(String, String)> {
+            batches
+                .iter()
+                .flat_map(|b| {
+                    (0..b.num_rows()).map(move |r| {
+                        let col = |n: &str| text_at(b, b.schema().index_of(n).unwrap(), r).unwrap();
+                        (col("run_id"), col("stage"))
+                    })
+                })
+                .collect()
+        };
+        assert_eq!(pick(&windowed), pick(&everything));
+        assert_eq!(rows(&windowed), 7);
+
+        let runs = recent_runs(&lake, 3).await.unwrap();
+        let ids: Vec<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(ids, ["run29", "run28", "long"], "by start, newest first");
+        let long = &runs[2];
+        assert_eq!(
+            (long.tables, long.stages.clone()),
+            (2, vec!["ingest".to_string(), "gold".to_string()])
+        );
+        assert_eq!(runs[0].tables, 3);
+
+        let (id, events) = of_run(&lake, None).await.unwrap().unwrap();
+        assert_eq!(
+            (id.as_str(), events.len()),
+            ("long", 2),
+            "the run with the newest event"
+        );
+        let (_, early) = of_run(&lake, Some("run03")).await.unwrap().unwrap();
+        assert_eq!(early.len(), 3);
     }
 }
