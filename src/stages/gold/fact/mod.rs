@@ -77,6 +77,7 @@ pub(super) async fn build(
         hand_over: HandOver::default(),
         silver_schema,
         fact_seq,
+        chunk_rows,
     };
     let mut txns = vec![Transaction::new(&app_id, changes.version as i64)];
     let chunks = chunk_files(&changes, chunk_rows, &silver_name, &b.columns.keys[0])?;
@@ -150,6 +151,8 @@ struct Build<'a> {
     silver_schema: arrow::datatypes::SchemaRef,
     /// The type of the fact's sequence column.
     fact_seq: DataType,
+    /// About how many facts one write holds (`settings.chunk_rows`).
+    chunk_rows: usize,
 }
 
 /// A lookup opened: the silver version its dimension has consumed, the schema of the
