@@ -7,7 +7,10 @@
 //! moved (compaction, a chunk written again) cancel out, and so do SCD2 columns the view does
 //! not read. The driving table's changed rows give their keys; any other input reaches the
 //! driving rows that hold one of its changed values in a column of the same name that the
-//! view joins on. An input that no such column links makes the refresh a rebuild.
+//! view joins on. An input that no such column links makes the refresh a rebuild. A lookup
+//! (a table the view only LEFT JOINs at its top to fill in columns, see [`Lineage`]) whose
+//! join key the view shows reaches just the view's rows with a changed key: renaming a track
+//! replaces the days the track is in the top ten, not every day it was played.
 
 use std::collections::BTreeSet;
 
@@ -73,7 +76,7 @@ impl Keys {
 /// or `None` when the changes cannot be followed to the key (the refresh is then a rebuild).
 pub(super) async fn reached(
     lake: &Lake,
-    view: &str,
+    (view, held): (&str, &DeltaTable),
     key: &str,
     lineage: &Lineage,
     inputs: &[Input],
@@ -122,6 +125,7 @@ pub(super) async fn reached(
         format!("DISTINCT CAST(\"{key}\" AS BIGINT)")
     };
     register(&ctx, "__driving", &driving.table, None).await?;
+    register(&ctx, "__view", held, None).await?;
     let mut keys = if text {
         Keys::Text(BTreeSet::new())
     } else {
@@ -130,7 +134,14 @@ pub(super) async fn reached(
     for (n, input) in inputs.iter().enumerate().filter(|(_, i)| i.changed) {
         let Some(read) = reads(input) else { continue };
         let is_driving = std::ptr::eq(input, driving);
-        let links: Vec<&String> = if is_driving {
+        // A lookup whose join key the view shows reaches the view's rows with that key.
+        let shown: Vec<&(String, String)> = match (is_driving, lineage.lookups.get(&input.name)) {
+            (false, Some(pairs)) => (pairs.iter())
+                .filter(|(column, _)| lineage.output.contains(column))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let links: Vec<&String> = if is_driving || !shown.is_empty() {
             vec![]
         } else {
             let links: Vec<&String> = read
@@ -153,6 +164,16 @@ pub(super) async fn reached(
         };
         let queries: Vec<String> = if is_driving {
             vec![format!("SELECT {selected} FROM ({changed}) AS c")]
+        } else if !shown.is_empty() {
+            shown
+                .iter()
+                .map(|(column, own)| {
+                    format!(
+                        "SELECT {selected} FROM __view WHERE \"{column}\" IN \
+                         (SELECT \"{own}\" FROM ({changed}) AS c)"
+                    )
+                })
+                .collect()
         } else {
             links
                 .iter()

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 
 /// The tables and columns a view's query reads.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -15,12 +15,28 @@ pub(super) struct Lineage {
     pub tables: BTreeMap<String, BTreeSet<String>>,
     /// The names of the columns that join conditions compare.
     pub joins: BTreeSet<String>,
+    /// Tables read only as lookups: the right side of a LEFT JOIN that only projections and
+    /// other such joins lie above, scanned nowhere else; with the (view column, table column)
+    /// pairs of its join condition. Such a table only fills in columns of rows the rest of
+    /// the query decides, so its changed rows reach exactly the rows whose join key matches.
+    pub lookups: BTreeMap<String, Vec<(String, String)>>,
+    /// The view's own columns.
+    pub output: BTreeSet<String>,
 }
 
 /// The lineage of an optimized plan: after projection push-down, each scan lists exactly the
 /// columns the query reads of its table (a filter pushed into the scan adds its own).
 pub(super) fn of(plan: &LogicalPlan) -> Lineage {
-    let mut lineage = Lineage::default();
+    let mut lineage = Lineage {
+        output: plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect(),
+        ..Lineage::default()
+    };
+    let mut scans: BTreeMap<String, usize> = BTreeMap::new();
     let names = |e: &Expr| -> Vec<String> {
         e.column_refs()
             .into_iter()
@@ -35,6 +51,7 @@ pub(super) fn of(plan: &LogicalPlan) -> Lineage {
                     Some(area) => format!("{area}.{}", scan.table_name.table()),
                     None => scan.table_name.table().to_string(),
                 };
+                *scans.entry(table.clone()).or_default() += 1;
                 let columns = lineage.tables.entry(table).or_default();
                 columns.extend(
                     scan.projected_schema
@@ -59,7 +76,59 @@ pub(super) fn of(plan: &LogicalPlan) -> Lineage {
         }
         Ok(TreeNodeRecursion::Continue)
     });
+    let mut found: BTreeMap<String, (usize, Vec<(String, String)>)> = BTreeMap::new();
+    lookups(plan, &mut found);
+    lineage.lookups = found
+        .into_iter()
+        .filter(|(table, (n, _))| scans.get(table) == Some(n))
+        .map(|(table, (_, pairs))| (table, pairs))
+        .collect();
     lineage
+}
+
+/// Collects the lookups of the plan below `plan`, with how often each table is one.
+fn lookups(plan: &LogicalPlan, found: &mut BTreeMap<String, (usize, Vec<(String, String)>)>) {
+    match plan {
+        LogicalPlan::Projection(p) => lookups(&p.input, found),
+        LogicalPlan::SubqueryAlias(a) => lookups(&a.input, found),
+        LogicalPlan::Sort(s) => lookups(&s.input, found),
+        LogicalPlan::Join(j) if j.join_type == JoinType::Left => {
+            let pairs: Vec<(String, String)> = (j.on.iter())
+                .filter_map(|(l, r)| Some((column_name(l)?, column_name(r)?)))
+                .collect();
+            if let (Some(table), false) = (single_scan(&j.right), pairs.is_empty()) {
+                let entry = found.entry(table).or_default();
+                entry.0 += 1;
+                entry.1.extend(pairs);
+            }
+            lookups(&j.left, found);
+        }
+        _ => {}
+    }
+}
+
+/// The one table a plan reads, through projections, filters and aliases only.
+fn single_scan(plan: &LogicalPlan) -> Option<String> {
+    match plan {
+        LogicalPlan::Projection(p) => single_scan(&p.input),
+        LogicalPlan::Filter(f) => single_scan(&f.input),
+        LogicalPlan::SubqueryAlias(a) => single_scan(&a.input),
+        LogicalPlan::TableScan(scan) => Some(match scan.table_name.schema() {
+            Some(area) => format!("{area}.{}", scan.table_name.table()),
+            None => scan.table_name.table().to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// The column an expression names, through casts.
+fn column_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Column(c) => Some(c.name.clone()),
+        Expr::Cast(c) => column_name(&c.expr),
+        Expr::TryCast(c) => column_name(&c.expr),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +181,27 @@ mod tests {
         assert_eq!(l.tables["gold.fact"], set(&["id", "day", "user_sk"]));
         assert_eq!(l.tables["gold.dim_user"], set(&["user_sk", "name"]));
         assert_eq!(l.joins, set(&["user_sk"]));
+        let pairs = vec![("user_sk".to_string(), "user_sk".to_string())];
+        assert_eq!(l.lookups["gold.dim_user"], pairs);
+        assert!(!l.lookups.contains_key("gold.fact"));
+        assert_eq!(l.output, set(&["id", "day", "name"]));
+    }
+
+    #[tokio::test]
+    async fn a_table_that_filters_or_is_read_twice_is_no_lookup() {
+        let filtered = lineage(
+            "SELECT f.id, u.name FROM gold.fact AS f \
+             LEFT JOIN gold.dim_user AS u ON f.user_sk = u.user_sk WHERE u.name > 3",
+        )
+        .await;
+        assert!(filtered.lookups.is_empty(), "{:?}", filtered.lookups);
+        let twice = lineage(
+            "SELECT f.id, u.name FROM gold.fact AS f \
+             LEFT JOIN gold.dim_user AS u ON f.user_sk = u.user_sk \
+             WHERE f.user_id IN (SELECT user_id FROM gold.dim_user WHERE is_current = 1)",
+        )
+        .await;
+        assert!(twice.lookups.is_empty(), "{:?}", twice.lookups);
     }
 
     #[tokio::test]

@@ -76,7 +76,7 @@ pub(super) async fn refresh(
         definition,
     ));
     if let (Some(key), Some(_), true) = (view.refresh_key(), target.version(), same_definition) {
-        match incremental::reached(lake, name, key, &lineage, &inputs).await {
+        match incremental::reached(lake, (name, &target), key, &lineage, &inputs).await {
             Ok(Some(keys)) => {
                 match replace(lake, &ctx, target.clone(), view, key, &sql, &keys, &txns).await {
                     Ok(Some(refreshed)) => return Ok(Some(refreshed)),
