@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 
+/// (view column, table column) pairs of a join condition.
+type JoinPairs = Vec<(String, String)>;
+
 /// The tables and columns a view's query reads.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(super) struct Lineage {
@@ -19,7 +22,7 @@ pub(super) struct Lineage {
     /// other such joins lie above, scanned nowhere else; with the (view column, table column)
     /// pairs of its join condition. Such a table only fills in columns of rows the rest of
     /// the query decides, so its changed rows reach exactly the rows whose join key matches.
-    pub lookups: BTreeMap<String, Vec<(String, String)>>,
+    pub lookups: BTreeMap<String, JoinPairs>,
     /// The view's own columns.
     pub output: BTreeSet<String>,
 }
@@ -76,7 +79,7 @@ pub(super) fn of(plan: &LogicalPlan) -> Lineage {
         }
         Ok(TreeNodeRecursion::Continue)
     });
-    let mut found: BTreeMap<String, (usize, Vec<(String, String)>)> = BTreeMap::new();
+    let mut found: BTreeMap<String, (usize, JoinPairs)> = BTreeMap::new();
     lookups(plan, &mut found);
     lineage.lookups = found
         .into_iter()
@@ -87,7 +90,7 @@ pub(super) fn of(plan: &LogicalPlan) -> Lineage {
 }
 
 /// Collects the lookups of the plan below `plan`, with how often each table is one.
-fn lookups(plan: &LogicalPlan, found: &mut BTreeMap<String, (usize, Vec<(String, String)>)>) {
+fn lookups(plan: &LogicalPlan, found: &mut BTreeMap<String, (usize, JoinPairs)>) {
     match plan {
         LogicalPlan::Projection(p) => lookups(&p.input, found),
         LogicalPlan::SubqueryAlias(a) => lookups(&a.input, found),
