@@ -40,10 +40,50 @@ fn df_error(sql: &str) -> impl Fn(datafusion::error::DataFusionError) -> Error +
 
 /// A session with every Delta table of the lake registered.
 pub async fn session(lake: &Lake) -> Result<SessionContext> {
-    let config = SessionConfig::new()
+    session_with(lake, None).await
+}
+
+/// A session with the Delta tables that `sql` names registered (every table when the query
+/// cannot be read, or asks the information schema): opening a table reads its log, so a
+/// query pays for the tables it reads, not for the whole lake.
+pub async fn session_for(lake: &Lake, sql: &str) -> Result<SessionContext> {
+    let named = named_tables(sql);
+    session_with(lake, named.as_ref()).await
+}
+
+/// The `(schema, table)` pairs a query names, or `None` when it names one without a schema,
+/// reads the information schema, or does not parse.
+fn named_tables(sql: &str) -> Option<std::collections::BTreeSet<(String, String)>> {
+    let ctx = crate::lake::delta_session(config());
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).ok()?;
+    let mut named = std::collections::BTreeSet::new();
+    for reference in state.resolve_table_references(&statement).ok()? {
+        let (schema, table) = (reference.schema()?, reference.table());
+        if schema == "information_schema" {
+            return None;
+        }
+        // A name is a folder of the lake, never a path out of it.
+        if table.contains(['/', '\\']) || table.starts_with('.') {
+            continue;
+        }
+        named.insert((schema.to_string(), table.to_string()));
+    }
+    Some(named)
+}
+
+fn config() -> SessionConfig {
+    SessionConfig::new()
         .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
-        .with_information_schema(true);
-    let ctx = crate::lake::delta_session(config);
+        .with_information_schema(true)
+}
+
+async fn session_with(
+    lake: &Lake,
+    only: Option<&std::collections::BTreeSet<(String, String)>>,
+) -> Result<SessionContext> {
+    let ctx = crate::lake::delta_session(config());
     let Some(catalog) = ctx.catalog("datafusion") else {
         return Err(Error::Task("DataFusion has no default catalog".to_string()));
     };
@@ -53,14 +93,21 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
         catalog
             .register_schema(schema, provider.clone())
             .map_err(df_error(schema))?;
-        let listing = store
-            .list_with_delimiter(Some(&Path::from(folder)))
-            .await
-            .map_err(|e| Error::lake(folder, e))?;
-        for dir in listing.common_prefixes {
-            let Some(name) = dir.filename().map(str::to_string) else {
-                continue;
-            };
+        let names: Vec<String> = match only {
+            Some(only) => (only.iter())
+                .filter(|(s, _)| s == schema)
+                .map(|(_, t)| t.clone())
+                .collect(),
+            None => store
+                .list_with_delimiter(Some(&Path::from(folder)))
+                .await
+                .map_err(|e| Error::lake(folder, e))?
+                .common_prefixes
+                .iter()
+                .filter_map(|dir| dir.filename().map(str::to_string))
+                .collect(),
+        };
+        for name in names {
             let path = format!("{folder}/{name}");
             let table = lake.delta_table(&path).await?;
             if table.version().is_none() {
@@ -85,7 +132,7 @@ pub async fn run(lake: &Lake, sql: &str) -> Result<Vec<RecordBatch>> {
 
 /// [`run`], returning at most `limit` rows (the plan stops reading past them).
 pub async fn run_limited(lake: &Lake, sql: &str, limit: Option<usize>) -> Result<Vec<RecordBatch>> {
-    let ctx = session(lake).await?;
+    let ctx = session_for(lake, sql).await?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -139,4 +186,31 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_names_the_tables_it_reads() {
+        let named = named_tables(
+            "WITH x AS (SELECT * FROM gold.fact_stream) SELECT * FROM x \
+             JOIN silver.users AS u ON true WHERE u.user_id IN (SELECT user_id FROM gold.dim_user)",
+        )
+        .unwrap();
+        let names: Vec<String> = named.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        assert_eq!(names, ["gold.dim_user", "gold.fact_stream", "silver.users"]);
+        assert_eq!(
+            named_tables("SELECT * FROM information_schema.tables"),
+            None
+        );
+        assert_eq!(named_tables("SELECT * FROM users"), None);
+        assert_eq!(named_tables("SELEC nonsense"), None);
+        assert!(
+            named_tables("SELECT * FROM gold.\"../x\"")
+                .unwrap()
+                .is_empty()
+        );
+    }
 }

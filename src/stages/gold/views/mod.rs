@@ -52,7 +52,7 @@ pub(super) async fn refresh(
         }
     }
     let sql = render(pipeline, view)?;
-    let ctx = crate::query::session(lake).await?;
+    let ctx = crate::query::session_for(lake, &sql).await?;
     let df = plan(&ctx, name, &sql).await?;
     let lineage = lineage::of(
         &df.clone()
