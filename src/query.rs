@@ -53,7 +53,7 @@ pub async fn session_for(lake: &Lake, sql: &str) -> Result<SessionContext> {
 
 /// The `(schema, table)` pairs a query names, or `None` when it names one without a schema,
 /// reads the information schema, or does not parse.
-fn named_tables(sql: &str) -> Option<std::collections::BTreeSet<(String, String)>> {
+pub(crate) fn named_tables(sql: &str) -> Option<std::collections::BTreeSet<(String, String)>> {
     let ctx = crate::lake::delta_session(config());
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
@@ -83,16 +83,9 @@ async fn session_with(
     lake: &Lake,
     only: Option<&std::collections::BTreeSet<(String, String)>>,
 ) -> Result<SessionContext> {
-    let ctx = crate::lake::delta_session(config());
-    let Some(catalog) = ctx.catalog("datafusion") else {
-        return Err(Error::Task("DataFusion has no default catalog".to_string()));
-    };
     let store = lake.store();
+    let mut tables = Vec::new();
     for (folder, schema) in AREAS {
-        let provider = Arc::new(MemorySchemaProvider::new());
-        catalog
-            .register_schema(schema, provider.clone())
-            .map_err(df_error(schema))?;
         let names: Vec<String> = match only {
             Some(only) => (only.iter())
                 .filter(|(s, _)| s == schema)
@@ -108,15 +101,36 @@ async fn session_with(
                 .collect(),
         };
         for name in names {
-            let path = format!("{folder}/{name}");
-            let table = lake.delta_table(&path).await?;
+            let table = lake.delta_table(&format!("{folder}/{name}")).await?;
+            tables.push((schema.to_string(), name, table));
+        }
+    }
+    session_over(&tables).await
+}
+
+/// A session with exactly these tables registered, as `schema.name`, at the versions they
+/// were loaded at (a table not created yet is left out).
+pub(crate) async fn session_over(
+    tables: &[(String, String, deltalake::DeltaTable)],
+) -> Result<SessionContext> {
+    let ctx = crate::lake::delta_session(config());
+    let Some(catalog) = ctx.catalog("datafusion") else {
+        return Err(Error::Task("DataFusion has no default catalog".to_string()));
+    };
+    for (folder, schema) in AREAS {
+        let provider = Arc::new(MemorySchemaProvider::new());
+        catalog
+            .register_schema(schema, provider.clone())
+            .map_err(df_error(schema))?;
+        for (_, name, table) in tables.iter().filter(|(s, _, _)| s == schema) {
             if table.version().is_none() {
                 continue;
             }
-            let provider_table = crate::lake::delta_provider(&table, &ctx, &path).await?;
+            let path = format!("{folder}/{name}");
+            let provider_table = crate::lake::delta_provider(table, &ctx, &path).await?;
             datafusion::catalog::SchemaProvider::register_table(
                 provider.as_ref(),
-                name,
+                name.clone(),
                 provider_table,
             )
             .map_err(df_error(&path))?;

@@ -20,6 +20,7 @@ keys = ["user_id"]
 name = "users"
 [tables.gold]
 name = "dim_user"
+track_history_except = ["note"]
 
 [[tables]]
 name = "FactStream"
@@ -46,7 +47,7 @@ partition_by = "date_key"
 "#;
 
 /// Each stream with its user as of the stream (a star join on the surrogate key).
-const DETAILS: &str = "SELECT f.stream_id, f.date_key, f.secs, u.user_id, u.country \
+const DETAILS: &str = "SELECT f.stream_id, f.date_key, f.secs, u.user_id, u.country, u.note \
     FROM gold.fact_stream AS f LEFT JOIN gold.dim_user AS u ON f.user_sk = u.user_sk";
 
 /// The two most active users of each day, with their country as it is now.
@@ -63,14 +64,18 @@ const TOP_USERS: &str = "WITH plays AS ( \
     WHERE r.position <= 2";
 
 fn lakehouse() -> Lakehouse {
-    let tables = &PIPELINE[..PIPELINE.find("[[views]]").unwrap()];
+    lakehouse_of(PIPELINE)
+}
+
+fn lakehouse_of(pipeline: &str) -> Lakehouse {
+    let tables = &pipeline[..pipeline.find("[[views]]").unwrap()];
     let mut h = Lakehouse::new(tables);
     let templates = h.dir.path().join("templates");
     std::fs::create_dir_all(&templates).unwrap();
     std::fs::write(templates.join("details.sql.j2"), DETAILS).unwrap();
     std::fs::write(templates.join("top_users.sql.j2"), TOP_USERS).unwrap();
     h.pipeline =
-        Pipeline::parse_with(PIPELINE, "views pipeline", Templates::new(Some(templates))).unwrap();
+        Pipeline::parse_with(pipeline, "views pipeline", Templates::new(Some(templates))).unwrap();
     h
 }
 
@@ -88,8 +93,15 @@ fn stamps(values: impl Iterator<Item = i64>) -> arrow::array::ArrayRef {
     Arc::new(TimestampMicrosecondArray::from_iter_values(values).with_timezone("UTC"))
 }
 
-/// Appends user versions: (user_id, country, day, time).
+/// Appends user versions: (user_id, country, day, time), noted "n".
 async fn users(h: &Lakehouse, rows: &[(i32, &str, u32, &str)]) {
+    let noted: Vec<(i32, &str, &str, u32, &str)> =
+        rows.iter().map(|r| (r.0, r.1, "n", r.2, r.3)).collect();
+    noted_users(h, &noted).await;
+}
+
+/// Appends user versions: (user_id, country, note, day, time).
+async fn noted_users(h: &Lakehouse, rows: &[(i32, &str, &str, u32, &str)]) {
     h.append(
         "users",
         vec![
@@ -104,9 +116,14 @@ async fn users(h: &Lakehouse, rows: &[(i32, &str, u32, &str)]) {
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
             ),
             (
+                "note",
+                DataType::Utf8,
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+            ),
+            (
                 "updated_at",
                 utc(),
-                stamps(rows.iter().map(|r| at(r.2, r.3))),
+                stamps(rows.iter().map(|r| at(r.3, r.4))),
             ),
         ],
     )
@@ -160,10 +177,9 @@ async fn streams(h: &Lakehouse, ids: std::ops::Range<i64>, users: i64, day: impl
 /// whether its last commit replaced rows by a predicate (an incremental refresh).
 async fn check_views(h: &Lakehouse, step: &str) -> [bool; 2] {
     let mut incremental = [false; 2];
-    for (i, (view, sql)) in [("details", DETAILS), ("top_users", TOP_USERS)]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, view) in ["details", "top_users"].into_iter().enumerate() {
+        let template = h.dir.path().join(format!("templates/{view}.sql.j2"));
+        let sql = std::fs::read_to_string(template).unwrap();
         let rebuilt = h
             .csv(&format!("SELECT * FROM ({sql}) AS v ORDER BY 1, 2, 3"))
             .await;
@@ -273,4 +289,24 @@ async fn incremental_refreshes_equal_a_rebuild_after_late_and_re_resolved_facts(
 
 async fn check_views_top(h: &Lakehouse) -> Vec<String> {
     h.csv("SELECT MAX(position) FROM gold.top_users").await
+}
+
+/// An SCD1 dimension updates a row in place and keeps its surrogate key: the streams that
+/// point to it, written long before, are reached and show the new values.
+#[tokio::test]
+async fn an_in_place_dimension_update_reaches_the_facts_that_point_to_it() {
+    let h = lakehouse_of(&PIPELINE.replace("track_history_except = [\"note\"]", "scd_type = 1"));
+    let top = h.dir.path().join("templates/top_users.sql.j2");
+    std::fs::write(&top, TOP_USERS.replace(" AND u.is_current", "")).unwrap();
+    users(&h, &[(1, "SE", 1, "00:00"), (2, "NO", 1, "00:00")]).await;
+    streams(&h, 1..21, 2, |id| 2 + (id % 3) as u32).await;
+    h.gold().await;
+    check_views(&h, "first build").await;
+    noted_users(&h, &[(2, "IS", "moved", 9, "00:00")]).await;
+    h.gold().await;
+    assert_eq!(check_views(&h, "in place").await, [true, true]);
+    let moved = h
+        .csv("SELECT COUNT(*) FROM gold.details WHERE note = 'moved' AND country = 'IS'")
+        .await;
+    assert_eq!(moved, ["10"], "every stream of user 2");
 }

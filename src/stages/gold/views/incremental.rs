@@ -24,7 +24,8 @@ use super::lineage::Lineage;
 use crate::error::delta_err;
 use crate::error::{Error, Result};
 use crate::lake::Lake;
-use crate::stages::gold::{df_err, register, table_at};
+use crate::lake::layout;
+use crate::stages::gold::{df_err, recorded, register, table_at};
 
 /// A predicate names at most this many ranges of integer keys: nearer ranges are merged
 /// (replacing a few rows that did not change) to keep the commit's predicate short.
@@ -39,6 +40,9 @@ pub(super) struct Input {
     pub name: String,
     /// The table's folder in the lake.
     pub path: String,
+    /// The area (`gold`, `silver`) and the table's name in it.
+    pub area: String,
+    pub table_name: String,
     pub table: DeltaTable,
     pub version: u64,
     /// The version the view was built from, when the view recorded one not newer than now.
@@ -47,6 +51,8 @@ pub(super) struct Input {
     pub changed: bool,
     /// Whether it is a gold fact.
     pub is_fact: bool,
+    /// A gold dimension's surrogate key column.
+    pub surrogate_key: Option<String>,
 }
 
 /// Key values of the view's rows that changes reach.
@@ -158,53 +164,55 @@ pub(super) async fn reached(
         if is_driving && !read.contains(key) {
             columns.push(key.to_string());
         }
-        let Some(changed) = changed_rows(lake, &ctx, input, &format!("__in{n}"), &columns).await?
-        else {
+        let alias = format!("__in{n}");
+        let Some(changed) = changed_rows(lake, &ctx, input, &alias, &columns).await? else {
             continue;
         };
-        let queries: Vec<String> = if is_driving {
-            vec![format!("SELECT {selected} FROM ({changed}) AS c")]
-        } else if !shown.is_empty() {
-            shown
-                .iter()
-                .map(|(column, own)| {
-                    format!(
-                        "SELECT {selected} FROM __view WHERE \"{column}\" IN \
-                         (SELECT \"{own}\" FROM ({changed}) AS c)"
-                    )
-                })
-                .collect()
-        } else {
-            links
-                .iter()
-                .map(|l| {
-                    format!(
-                        "SELECT {selected} FROM __driving WHERE \"{l}\" IN \
-                         (SELECT \"{l}\" FROM ({changed}) AS c)"
-                    )
-                })
-                .collect()
-        };
-        for sql in queries {
+        let changed_sql = &changed.sql;
+        if is_driving {
+            let sql = format!("SELECT {selected} FROM ({changed_sql}) AS c");
             collect(&ctx, view, &sql, &mut keys).await?;
+        } else if !shown.is_empty() {
+            for (column, own) in shown {
+                let sql = format!(
+                    "SELECT {selected} FROM __view WHERE \"{column}\" IN \
+                     (SELECT \"{own}\" FROM ({changed_sql}) AS c)"
+                );
+                collect(&ctx, view, &sql, &mut keys).await?;
+            }
+        } else {
+            through_driving(&ctx, (view, &selected), input, &changed, &links, &mut keys).await?;
         }
+        tracing::debug!(view, input = %input.name, keys = keys.len(), "Followed an input's changes.");
     }
     Ok(Some(keys))
 }
 
-/// A query of the rows, over `columns`, that differ between `input` at the version the view
-/// was built from and now; `None` when no file differs.
+/// An input's changes since the view was built.
+struct Changed {
+    /// A query of the rows that differ, over the columns the view reads.
+    sql: String,
+    /// For a dimension: the largest surrogate key it had handed out then.
+    sk_before: Option<i64>,
+}
+
+/// The rows, over `columns`, that differ between `input` at the version the view was built
+/// from and now; `None` when no file differs.
 async fn changed_rows(
     lake: &Lake,
     ctx: &SessionContext,
     input: &Input,
     alias: &str,
     columns: &[String],
-) -> Result<Option<String>> {
+) -> Result<Option<Changed>> {
     let Some(built) = input.built else {
         return Ok(None);
     };
     let before = table_at(lake, &input.path, built).await?;
+    let sk_before = match input.surrogate_key {
+        Some(_) => recorded(&before, layout::app_id::SURROGATE_KEY, &input.table_name).await?,
+        None => None,
+    };
     let uris = |t: &DeltaTable| -> Result<BTreeSet<String>> {
         Ok(t.get_file_uris().map_err(delta_err(&input.path))?.collect())
     };
@@ -227,14 +235,59 @@ async fn changed_rows(
             sides.push(name);
         }
     }
-    Ok(match sides.as_slice() {
-        [] => None,
-        [one] => Some(format!("SELECT {columns} FROM {one}")),
-        [a, r, ..] => Some(format!(
+    let sql = match sides.as_slice() {
+        [] => return Ok(None),
+        [one] => format!("SELECT {columns} FROM {one}"),
+        [a, r, ..] => format!(
             "(SELECT {columns} FROM {a} EXCEPT SELECT {columns} FROM {r}) UNION ALL \
              (SELECT {columns} FROM {r} EXCEPT SELECT {columns} FROM {a})"
-        )),
-    })
+        ),
+    };
+    Ok(Some(Changed { sql, sk_before }))
+}
+
+/// Adds the keys of the driving rows that hold a changed value of `input` in one of `links`.
+/// A dimension's surrogate key newer than the view's build can only be held by driving rows
+/// written since (see `open_inputs`), whose keys the driving table's own changes give, so
+/// only older keys are looked for; with none, the driving table is not read at all.
+async fn through_driving(
+    ctx: &SessionContext,
+    (view, selected): (&str, &str),
+    input: &Input,
+    changed: &Changed,
+    links: &[&String],
+    keys: &mut Keys,
+) -> Result<()> {
+    for link in links {
+        let bound = match (&input.surrogate_key, changed.sk_before) {
+            (Some(sk), Some(max)) if sk == *link => format!(" WHERE c.\"{link}\" <= {max}"),
+            _ => String::new(),
+        };
+        let context = "finding the rows the changes reach";
+        let values = ctx
+            .sql(&format!(
+                "SELECT DISTINCT \"{link}\" FROM ({}) AS c{bound}",
+                changed.sql
+            ))
+            .await
+            .map_err(df_err(view, context))?
+            .collect()
+            .await
+            .map_err(df_err(view, context))?;
+        let Some(first) = values.iter().find(|b| b.num_rows() > 0) else {
+            continue;
+        };
+        let batch = arrow::compute::concat_batches(&first.schema(), &values)
+            .map_err(|e| Error::arrow(view, e))?;
+        let _ = ctx.deregister_table("__link");
+        ctx.register_batch("__link", batch)
+            .map_err(df_err(view, context))?;
+        let sql = format!(
+            "SELECT {selected} FROM __driving WHERE \"{link}\" IN (SELECT \"{link}\" FROM __link)"
+        );
+        collect(ctx, view, &sql, keys).await?;
+    }
+    Ok(())
 }
 
 /// Runs a query of one key column and adds its values to `keys`.

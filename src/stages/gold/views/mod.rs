@@ -18,7 +18,7 @@ use datafusion::prelude::SessionContext;
 use deltalake::kernel::Transaction;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{commit_properties, delta_err, df_err, record_only, recorded};
 use crate::config::{GoldKind, Pipeline, ViewSpec};
@@ -44,6 +44,7 @@ pub(super) async fn refresh(
     view: &ViewSpec,
 ) -> Result<Option<Refreshed>> {
     let name = view.name.as_str();
+    let start = std::time::Instant::now();
     for gold in pipeline.tables.iter().filter_map(|t| t.gold.as_ref()) {
         if super::current_version(lake, &gold.name).await.is_none() {
             // A view waits until every gold table has been built once.
@@ -52,21 +53,30 @@ pub(super) async fn refresh(
         }
     }
     let sql = render(pipeline, view)?;
-    let ctx = crate::query::session_for(lake, &sql).await?;
-    let df = plan(&ctx, name, &sql).await?;
-    let lineage = lineage::of(
-        &df.clone()
-            .into_optimized_plan()
-            .map_err(df_err(name, "planning the view"))?,
-    );
     let target = lake.delta_table(&layout::gold_table(name)).await?;
-    let inputs = inputs(lake, pipeline, &target, name, &lineage).await?;
+    let inputs = open_inputs(lake, pipeline, &target, view, &sql).await?;
     let definition = definition_hash(view, &sql);
     let same_definition =
         recorded(&target, layout::app_id::VIEW_DEFINITION, name).await? == Some(definition);
     if target.version().is_some() && same_definition && !inputs.iter().any(|i| i.changed) {
         return Ok(None);
     }
+    let tables: Vec<(String, String, deltalake::DeltaTable)> = (inputs.iter())
+        .map(|i| (i.area.clone(), i.table_name.clone(), i.table.clone()))
+        .collect();
+    // The query reads the inputs exactly as loaded, so the versions recorded are the ones read.
+    let ctx = crate::query::session_over(&tables).await?;
+    let df = plan(&ctx, name, &sql).await?;
+    let lineage = lineage::of(
+        &df.clone()
+            .into_optimized_plan()
+            .map_err(df_err(name, "planning the view"))?,
+    );
+    debug!(
+        view = name,
+        seconds = start.elapsed().as_secs_f64(),
+        "Planned the view and opened its inputs."
+    );
     let mut txns: Vec<Transaction> = inputs
         .iter()
         .map(|i| Transaction::new(layout::app_id::view_input(&i.name), i.version as i64))
@@ -76,7 +86,13 @@ pub(super) async fn refresh(
         definition,
     ));
     if let (Some(key), Some(_), true) = (view.refresh_key(), target.version(), same_definition) {
-        match incremental::reached(lake, (name, &target), key, &lineage, &inputs).await {
+        let reached = incremental::reached(lake, (name, &target), key, &lineage, &inputs).await;
+        debug!(
+            view = name,
+            seconds = start.elapsed().as_secs_f64(),
+            "Followed the changes to the view's keys."
+        );
+        match reached {
             Ok(Some(keys)) => {
                 match replace(lake, &ctx, target.clone(), view, key, &sql, &keys, &txns).await {
                     Ok(Some(refreshed)) => return Ok(Some(refreshed)),
@@ -117,26 +133,48 @@ async fn plan(ctx: &SessionContext, name: &str, sql: &str) -> Result<DataFrame> 
         .map_err(df_err(name, "planning the view"))
 }
 
-/// The lake tables a view reads, with the versions it was built from.
-async fn inputs(
+/// The lake tables a view's query names, with the versions the view was built from. Facts
+/// are loaded first: a fact holds only surrogate keys its dimensions had handed out when it
+/// was written, so every key a loaded fact holds is in the dimensions loaded after it (which
+/// the incremental refresh relies on).
+async fn open_inputs(
     lake: &Lake,
     pipeline: &Pipeline,
     target: &deltalake::DeltaTable,
-    view: &str,
-    lineage: &lineage::Lineage,
+    view: &ViewSpec,
+    sql: &str,
 ) -> Result<Vec<Input>> {
+    let Some(named) = crate::query::named_tables(sql) else {
+        return Err(Error::BadArgument {
+            what: format!("view {}", view.name),
+            message: "its query must name every table with its area (gold.<table>, silver.<table>)"
+                .to_string(),
+        });
+    };
+    let gold_of = |area: &str, table: &str| {
+        (area == "gold")
+            .then(|| pipeline.tables.iter().filter_map(|t| t.gold.as_ref()))
+            .into_iter()
+            .flatten()
+            .find(|g| g.name == table)
+    };
+    let mut named: Vec<(String, String)> = named.into_iter().collect();
+    named.sort_by_key(|(area, table)| {
+        !gold_of(area, table).is_some_and(|g| g.kind == GoldKind::Fact)
+    });
     let mut inputs = Vec::new();
-    for name in lineage.tables.keys() {
-        let path = match name.split_once('.') {
-            Some(("gold", table)) => layout::gold_table(table),
-            Some(("silver", table)) => layout::silver_table(table),
-            _ => continue,
+    for (area, table_name) in named {
+        let path = match area.as_str() {
+            "gold" => layout::gold_table(&table_name),
+            "silver" => layout::silver_table(&table_name),
+            _ => format!("_{area}/{table_name}"),
         };
         let table = lake.delta_table(&path).await?;
         let Some(version) = table.version() else {
             continue;
         };
-        let built = recorded(target, &layout::app_id::view_input(name), view)
+        let name = format!("{area}.{table_name}");
+        let built = recorded(target, &layout::app_id::view_input(&name), &view.name)
             .await?
             .and_then(|b| u64::try_from(b).ok())
             .filter(|b| *b <= version);
@@ -146,19 +184,20 @@ async fn inputs(
             Some(b) => super::data_changed(&table, b, version).await,
             None => true,
         };
-        let is_fact = pipeline.tables.iter().any(|t| {
-            t.gold.as_ref().is_some_and(|g| {
-                g.kind == GoldKind::Fact && Some(g.name.as_str()) == name.strip_prefix("gold.")
-            })
-        });
+        let gold = gold_of(&area, &table_name);
         inputs.push(Input {
-            name: name.clone(),
+            name,
             path,
+            area,
+            table_name,
             table,
             version,
             built,
             changed,
-            is_fact,
+            is_fact: gold.is_some_and(|g| g.kind == GoldKind::Fact),
+            surrogate_key: gold
+                .filter(|g| g.kind == GoldKind::Dimension)
+                .map(|g| g.sk()),
         });
     }
     Ok(inputs)
