@@ -105,15 +105,16 @@ async fn session_with(
             tables.push((schema.to_string(), name, table));
         }
     }
-    session_over(&tables).await
+    session_over(&tables, None).await
 }
 
 /// A session with exactly these tables registered, as `schema.name`, at the versions they
-/// were loaded at (a table not created yet is left out).
+/// were loaded at (a table not created yet is left out), its operators within `memory` bytes.
 pub(crate) async fn session_over(
     tables: &[(String, String, deltalake::DeltaTable)],
+    memory: Option<usize>,
 ) -> Result<SessionContext> {
-    let ctx = crate::lake::delta_session(config());
+    let ctx = crate::lake::delta_session_within(config(), memory);
     let Some(catalog) = ctx.catalog("datafusion") else {
         return Err(Error::Task("DataFusion has no default catalog".to_string()));
     };

@@ -50,6 +50,11 @@ pub struct Settings {
     /// writer per table at a time) before it fails the table.
     #[serde(default = "default_lease_wait_seconds")]
     pub lease_wait_seconds: u64,
+    /// A view's query holds at most this much memory in its operators: its sorts and
+    /// aggregations spill to the temporary directory past it, so a view over the whole fact
+    /// stays within a Consumption instance.
+    #[serde(default = "default_view_memory_mb")]
+    pub view_memory_mb: u64,
 }
 
 fn default_max_concurrency() -> usize {
@@ -76,6 +81,9 @@ fn default_dimension_chunk_keys() -> u64 {
 fn default_lease_wait_seconds() -> u64 {
     600
 }
+fn default_view_memory_mb() -> u64 {
+    384
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -87,6 +95,7 @@ impl Default for Settings {
             chunk_rows: default_chunk_rows(),
             dimension_chunk_keys: default_dimension_chunk_keys(),
             lease_wait_seconds: default_lease_wait_seconds(),
+            view_memory_mb: default_view_memory_mb(),
         }
     }
 }
@@ -278,6 +287,7 @@ fn parse_settings(raw: Option<&toml::Value>, problem: &mut impl FnMut(String, St
         ("chunk_rows", settings.chunk_rows),
         ("dimension_chunk_keys", settings.dimension_chunk_keys),
         ("max_file_mb", settings.max_file_mb),
+        ("view_memory_mb", settings.view_memory_mb),
     ] {
         if value == 0 {
             problem(format!("settings.{key}"), "must be at least 1".into());

@@ -128,12 +128,32 @@ pub fn parquet_properties(
 pub fn delta_session(
     config: datafusion::prelude::SessionConfig,
 ) -> datafusion::prelude::SessionContext {
-    let state = datafusion::execution::SessionStateBuilder::new()
+    delta_session_within(config, None)
+}
+
+/// [`delta_session`] whose operators hold at most `memory` bytes: sorts and aggregations
+/// spill to the temporary directory past it (a join's build side cannot, and fails instead).
+pub fn delta_session_within(
+    config: datafusion::prelude::SessionConfig,
+    memory: Option<usize>,
+) -> datafusion::prelude::SessionContext {
+    let mut builder = datafusion::execution::SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
-        .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
-        .build();
-    datafusion::prelude::SessionContext::new_with_state(state)
+        .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new());
+    if let Some(bytes) = memory {
+        let pool = datafusion::execution::memory_pool::FairSpillPool::new(bytes);
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(pool))
+            .build_arc();
+        match runtime {
+            Ok(runtime) => builder = builder.with_runtime_env(runtime),
+            Err(e) => {
+                tracing::warn!(error = %e, "No memory limit: the runtime could not be built.")
+            }
+        }
+    }
+    datafusion::prelude::SessionContext::new_with_state(builder.build())
 }
 
 /// The query `df` with string views and large strings cast to plain strings, as Delta tables

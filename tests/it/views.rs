@@ -229,9 +229,11 @@ async fn incremental_refreshes_equal_a_rebuild_after_late_and_re_resolved_facts(
         "only the new streams are written"
     );
 
-    // Out of order: streams of days already built, and a late version of user 3 that
-    // re-resolves user 3's streams after 2024-01-03 12:00 to it.
-    users(&h, &[(3, "GL", 3, "12:00")]).await;
+    // Out of order: streams of days already built, and a version of user 3 from before
+    // the newest streams, which re-resolves user 3's streams after 2024-01-06 12:00 to it.
+    // (They lie in the second run's file only: a refresh after a change that rewrote most
+    // of the fact is a rebuild.)
+    users(&h, &[(3, "GL", 6, "12:00")]).await;
     streams(&h, 61..71, 4, |_| 3).await;
     let run = h.gold().await;
     assert_eq!(
@@ -251,6 +253,21 @@ async fn incremental_refreshes_equal_a_rebuild_after_late_and_re_resolved_facts(
         (10..70).contains(&written),
         "the late streams and the re-resolved ones, not the whole view: {written}"
     );
+
+    // A correction that moves most streams (every user has a version from 2024-01-02 on):
+    // finding the reached rows would cost more than a rebuild, so both views are rebuilt.
+    users(
+        &h,
+        &[
+            (1, "AX", 2, "00:00"),
+            (2, "AX", 2, "00:00"),
+            (3, "AX", 2, "00:00"),
+            (4, "AX", 2, "00:00"),
+        ],
+    )
+    .await;
+    h.gold().await;
+    assert_eq!(check_views(&h, "a correction").await, [false, false]);
 
     // Nothing new: neither view gets a commit.
     let versions = |h: &Lakehouse| {

@@ -25,11 +25,17 @@ use crate::error::delta_err;
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::layout;
+use crate::stages::gold::rewrite::file_name;
 use crate::stages::gold::{df_err, recorded, register, table_at};
 
 /// A predicate names at most this many ranges of integer keys: nearer ranges are merged
 /// (replacing a few rows that did not change) to keep the commit's predicate short.
 const MAX_RANGES: usize = 64;
+
+/// Past this share of the driving table's rows written since the view's build (a correction
+/// that moved most facts), finding the reached rows costs more than a rebuild, in time and
+/// memory: the view is rebuilt.
+const MAX_REWRITTEN_SHARE: f64 = 0.5;
 
 /// Past this many distinct text keys, a rebuild is simpler than a predicate listing them.
 const MAX_TEXT_KEYS: usize = 10_000;
@@ -168,6 +174,14 @@ pub(super) async fn reached(
         let Some(changed) = changed_rows(lake, &ctx, input, &alias, &columns).await? else {
             continue;
         };
+        if is_driving && changed.share > MAX_REWRITTEN_SHARE {
+            info!(
+                view,
+                share = changed.share,
+                "The changes rewrote most of the driving table; rebuilding."
+            );
+            return Ok(None);
+        }
         let changed_sql = &changed.sql;
         if is_driving {
             let sql = format!("SELECT {selected} FROM ({changed_sql}) AS c");
@@ -194,6 +208,27 @@ struct Changed {
     sql: String,
     /// For a dimension: the largest surrogate key it had handed out then.
     sk_before: Option<i64>,
+    /// The share of the table's rows now in files written since.
+    share: f64,
+}
+
+/// The share of `table`'s rows held by the files `added` (URIs of its live files).
+fn rewritten_share(table: &DeltaTable, added: &[String], path: &str) -> Result<f64> {
+    let snapshot = table.snapshot().map_err(delta_err(path))?;
+    let names: BTreeSet<&str> = added.iter().map(|u| file_name(u)).collect();
+    let (mut new, mut all) = (0u64, 0u64);
+    for file in snapshot.log_data() {
+        let rows = file.num_records().unwrap_or(0) as u64;
+        all += rows;
+        if names.contains(file_name(&file.path())) {
+            new += rows;
+        }
+    }
+    Ok(if all == 0 {
+        1.0
+    } else {
+        new as f64 / all as f64
+    })
 }
 
 /// The rows, over `columns`, that differ between `input` at the version the view was built
@@ -219,6 +254,7 @@ async fn changed_rows(
     let (now, then) = (uris(&input.table)?, uris(&before)?);
     let added: Vec<String> = now.difference(&then).cloned().collect();
     let removed: Vec<String> = then.difference(&now).cloned().collect();
+    let share = rewritten_share(&input.table, &added, &input.path)?;
     let columns = columns
         .iter()
         .map(|c| format!("\"{c}\""))
@@ -243,7 +279,11 @@ async fn changed_rows(
              (SELECT {columns} FROM {r} EXCEPT SELECT {columns} FROM {a})"
         ),
     };
-    Ok(Some(Changed { sql, sk_before }))
+    Ok(Some(Changed {
+        sql,
+        sk_before,
+        share,
+    }))
 }
 
 /// Adds the keys of the driving rows that hold a changed value of `input` in one of `links`.

@@ -65,7 +65,8 @@ pub(super) async fn refresh(
         .map(|i| (i.area.clone(), i.table_name.clone(), i.table.clone()))
         .collect();
     // The query reads the inputs exactly as loaded, so the versions recorded are the ones read.
-    let ctx = crate::query::session_over(&tables).await?;
+    let memory = pipeline.settings.view_memory_mb as usize * 1024 * 1024;
+    let ctx = crate::query::session_over(&tables, Some(memory)).await?;
     let df = plan(&ctx, name, &sql).await?;
     let lineage = lineage::of(
         &df.clone()
