@@ -8,6 +8,7 @@
 //! asks file by file as before.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
@@ -15,6 +16,36 @@ use deltalake::DeltaTable;
 use object_store::ObjectStoreExt;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// The cache of [`cached`]: by table, version and the version's commit time.
+type Cache = std::sync::Mutex<HashMap<(String, u64, i64), Arc<HashMap<String, i64>>>>;
+
+/// [`all`], remembered per table version (what a version records never changes; the commit
+/// file's time tells a table deleted and written again apart), so the several questions one
+/// run asks of a table read its log once. Not remembered for a version whose commit file its
+/// snapshot did not list (a checkpoint's version).
+pub async fn cached(table: &DeltaTable) -> Option<Arc<HashMap<String, i64>>> {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let version = table.version()?;
+    let committed = table.snapshot().ok()?.version_timestamp(version);
+    let key = committed.map(|at| (table.log_store().root_url().to_string(), version, at));
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(found) = key
+        .as_ref()
+        .and_then(|k| cache.lock().ok()?.get(k).cloned())
+    {
+        return Some(found);
+    }
+    let found = Arc::new(all(table).await?);
+    if let (Some(key), Ok(mut cache)) = (key, cache.lock()) {
+        // A long-running process keeps a bounded number of versions.
+        if cache.len() >= 512 {
+            cache.clear();
+        }
+        cache.insert(key, found.clone());
+    }
+    Some(found)
+}
 
 /// The table's application transactions as of its loaded version; `None` when they cannot be
 /// read in one pass.

@@ -289,6 +289,16 @@ async fn incremental_refreshes_equal_a_rebuild_after_late_and_re_resolved_facts(
     h.gold().await;
     assert_eq!(versions(&h).await, before);
 
+    // A view's table is checkpointed every ten commits, as every lake table: opening it reads
+    // a bounded log however often it refreshes.
+    let table = h.lake.delta_table("gold/details").await.unwrap();
+    let snapshot = table.snapshot().unwrap();
+    let interval = snapshot
+        .metadata()
+        .configuration()
+        .get("delta.checkpointInterval");
+    assert_eq!(interval.map(String::as_str), Some("10"));
+
     // An edited definition is rebuilt, not patched.
     let template = h.dir.path().join("templates/top_users.sql.j2");
     std::fs::write(

@@ -480,10 +480,14 @@ fn df_err<'a>(
     }
 }
 
-/// The version recorded under `app_id` in a table's log, if any.
+/// The version recorded under `app_id` in a table's log, if any: from the table version's
+/// records read once (a build asks several), else asked of delta-rs.
 async fn recorded(table: &DeltaTable, app_id: &str, name: &str) -> Result<Option<i64>> {
     if table.version().is_none() {
         return Ok(None);
+    }
+    if let Some(all) = crate::lake::transactions::cached(table).await {
+        return Ok(all.get(app_id).copied());
     }
     table
         .snapshot()

@@ -368,6 +368,21 @@ fn unexpected(view: &str, found: &DataType) -> Error {
     }
 }
 
+/// `keys` in groups of at most `size` consecutive values (text keys stay one group).
+pub(super) fn groups(keys: &Keys, size: usize) -> Vec<Keys> {
+    match keys {
+        Keys::Ints(set) if set.len() > size.max(1) => {
+            let values: Vec<i64> = set.iter().copied().collect();
+            values
+                .chunks(size.max(1))
+                .map(|c| Keys::Ints(c.iter().copied().collect()))
+                .collect()
+        }
+        Keys::Ints(set) => vec![Keys::Ints(set.clone())],
+        Keys::Text(set) => vec![Keys::Text(set.clone())],
+    }
+}
+
 /// The predicate that selects the rows of `keys`: ranges of integers (at most [`MAX_RANGES`],
 /// nearer ones merged), or a list of text values; `None` past [`MAX_TEXT_KEYS`] of them.
 pub(super) fn predicate(key: &str, keys: &Keys) -> Option<String> {
@@ -460,6 +475,20 @@ mod tests {
                 .all(|v| merged.iter().any(|(lo, hi)| lo <= v && v <= hi))
         );
         assert!(merged.windows(2).all(|w| w[0].1 < w[1].0), "{merged:?}");
+    }
+
+    #[test]
+    fn keys_split_into_groups_of_consecutive_values() {
+        let keys = Keys::Ints(ints(&[5, 1, 9, 3, 7]));
+        assert_eq!(
+            groups(&keys, 2),
+            [
+                Keys::Ints(ints(&[1, 3])),
+                Keys::Ints(ints(&[5, 7])),
+                Keys::Ints(ints(&[9]))
+            ]
+        );
+        assert_eq!(groups(&keys, 10), [Keys::Ints(ints(&[1, 3, 5, 7, 9]))]);
     }
 
     #[test]

@@ -95,7 +95,19 @@ pub(super) async fn refresh(
         );
         match reached {
             Ok(Some(keys)) => {
-                match replace(lake, &ctx, target.clone(), view, key, &sql, &keys, &txns).await {
+                match replace(
+                    lake,
+                    &ctx,
+                    target.clone(),
+                    view,
+                    key,
+                    &sql,
+                    &keys,
+                    &txns,
+                    pipeline.settings.chunk_rows as usize,
+                )
+                .await
+                {
                     Ok(Some(refreshed)) => return Ok(Some(refreshed)),
                     Ok(None) => {}
                     Err(e) => {
@@ -229,6 +241,7 @@ async fn replace(
     sql: &str,
     keys: &Keys,
     txns: &[Transaction],
+    chunk_rows: usize,
 ) -> Result<Option<Refreshed>> {
     let name = view.name.as_str();
     if keys.is_empty() {
@@ -240,20 +253,39 @@ async fn replace(
             incremental: true,
         }));
     }
-    let Some(predicate) = incremental::predicate(key, keys) else {
-        return Ok(None);
-    };
-    let query = format!(
-        "SELECT * FROM (\n{}\n) AS __view WHERE {predicate}",
-        sql.trim_end().trim_end_matches(';')
+    // Keys in groups of about chunk_rows, one commit each (the last records the inputs): a
+    // refresh after a large batch holds one group's rows at a time in its joins.
+    let groups = incremental::groups(keys, chunk_rows);
+    let mut predicates = Vec::with_capacity(groups.len());
+    for group in &groups {
+        match incremental::predicate(key, group) {
+            Some(predicate) => predicates.push(predicate),
+            None => return Ok(None),
+        }
+    }
+    let (mut rows, mut version) = (0, target.version());
+    let last = predicates.len().saturating_sub(1);
+    for (i, predicate) in predicates.into_iter().enumerate() {
+        let query = format!(
+            "SELECT * FROM (\n{}\n) AS __view WHERE {predicate}",
+            sql.trim_end().trim_end_matches(';')
+        );
+        let df = plan(ctx, name, &query).await?;
+        let group_txns = if i == last { txns.to_vec() } else { Vec::new() };
+        let written = write(lake, ctx, name, df, Some(predicate), group_txns).await?;
+        rows += added_rows(&written).await;
+        version = written.version();
+    }
+    info!(
+        view = name,
+        keys = keys.len(),
+        rows,
+        ?version,
+        "Refreshed the view's reached rows."
     );
-    let df = plan(ctx, name, &query).await?;
-    let written = write(lake, ctx, name, df, Some(predicate), txns.to_vec()).await?;
-    let rows = added_rows(&written).await;
-    info!(view = name, keys = keys.len(), rows, version = ?written.version(), "Refreshed the view's reached rows.");
     Ok(Some(Refreshed {
         rows,
-        version: written.version(),
+        version,
         incremental: true,
     }))
 }
@@ -298,6 +330,8 @@ async fn write(
         .with_input_plan(df.into_unoptimized_plan())
         .with_session_state(std::sync::Arc::new(ctx.state()))
         .with_save_mode(SaveMode::Overwrite)
+        // A checkpoint every ten commits, as every lake table: a view commits on most runs.
+        .with_configuration(crate::lake::CREATED_WITH)
         .with_commit_properties(commit_properties(txns));
     builder = match replace_where {
         Some(predicate) => builder.with_replace_where(predicate),
