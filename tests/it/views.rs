@@ -254,6 +254,24 @@ async fn incremental_refreshes_equal_a_rebuild_after_late_and_re_resolved_facts(
         "the late streams and the re-resolved ones, not the whole view: {written}"
     );
 
+    // A compaction between two refreshes moves rows and changes none: the next refresh still
+    // replaces only what the new streams reach.
+    let m = tunelake::config::maintenance::Maintenance::default();
+    for table in ["gold/fact_stream", "gold/dim_user"] {
+        let due = tunelake::lake::maintain::Due::Forced;
+        let done = tunelake::lake::maintain::table(&h.lake, table, &m, due)
+            .await
+            .unwrap();
+        assert!(
+            done.compacted.is_some(),
+            "{table} was not compacted: {done:?}"
+        );
+    }
+    streams(&h, 71..76, 4, |_| 8).await;
+    let run = h.gold().await;
+    assert_eq!(check_views(&h, "after a compaction").await, [true, true]);
+    assert_eq!(report(&run, "details").inserted, 5);
+
     // A correction that moves most streams (every user has a version from 2024-01-02 on):
     // finding the reached rows would cost more than a rebuild, so both views are rebuilt.
     users(

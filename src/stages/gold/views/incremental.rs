@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::layout;
 use crate::stages::gold::rewrite::file_name;
-use crate::stages::gold::{df_err, recorded, register, table_at};
+use crate::stages::gold::{Commit, df_err, recorded, register, table_at};
 
 /// A predicate names at most this many ranges of integer keys: nearer ranges are merged
 /// (replacing a few rows that did not change) to keep the commit's predicate short.
@@ -231,6 +231,67 @@ fn rewritten_share(table: &DeltaTable, added: &[String], path: &str) -> Result<f
     })
 }
 
+/// The files (URIs) whose rows data changes added since the build, live now, and removed,
+/// live then, from the commits between: a compaction only moves rows, so its output counts
+/// as its sources until a data change rewrites it (then its sources count as removed), and
+/// as added only where it absorbed a file a data change added (its sources then count as
+/// removed, and the unchanged rows cancel out). `None` when a name is not where it should be.
+fn data_sides(
+    commits: &[Commit],
+    now: &BTreeSet<String>,
+    then: &BTreeSet<String>,
+) -> Option<(Vec<String>, Vec<String>)> {
+    let mut sides = Sides::default();
+    for commit in commits {
+        let absorbs = commit.removes.iter().any(|r| sides.added.contains(r));
+        if commit.data_change || absorbs {
+            for name in &commit.removes {
+                sides.gone(name);
+            }
+            sides.added.extend(commit.adds.iter().cloned());
+        } else {
+            let sources: Vec<String> = (commit.removes.iter())
+                .flat_map(|r| sides.origin.remove(r).unwrap_or_else(|| vec![r.clone()]))
+                .collect();
+            for name in &commit.adds {
+                sides.origin.insert(name.clone(), sources.clone());
+            }
+        }
+    }
+    let locate = |names: &BTreeSet<String>, uris: &BTreeSet<String>| -> Option<Vec<String>> {
+        names
+            .iter()
+            .map(|n| uris.iter().find(|u| file_name(u) == n.as_str()).cloned())
+            .collect()
+    };
+    Some((locate(&sides.added, now)?, locate(&sides.removed, then)?))
+}
+
+/// File names while the commits are walked: added by data changes, removed from the build's
+/// version, and the build's files each untouched compaction output holds the rows of.
+#[derive(Default)]
+struct Sides {
+    added: BTreeSet<String>,
+    removed: BTreeSet<String>,
+    origin: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl Sides {
+    /// A file a data change removed: a file added since cancels out; a compaction's output
+    /// stands for its sources.
+    fn gone(&mut self, name: &String) {
+        if self.added.remove(name) {
+            return;
+        }
+        match self.origin.remove(name) {
+            Some(sources) => self.removed.extend(sources),
+            None => {
+                self.removed.insert(name.clone());
+            }
+        }
+    }
+}
+
 /// The rows, over `columns`, that differ between `input` at the version the view was built
 /// from and now; `None` when no file differs.
 async fn changed_rows(
@@ -252,8 +313,17 @@ async fn changed_rows(
         Ok(t.get_file_uris().map_err(delta_err(&input.path))?.collect())
     };
     let (now, then) = (uris(&input.table)?, uris(&before)?);
-    let added: Vec<String> = now.difference(&then).cloned().collect();
-    let removed: Vec<String> = then.difference(&now).cloned().collect();
+    let by_log = match crate::stages::gold::commits(&input.table, built, input.version).await {
+        Some(commits) => data_sides(&commits, &now, &then),
+        None => None,
+    };
+    // Without the commits (a log cleaned past the build), every file that differs is read.
+    let (added, removed) = by_log.unwrap_or_else(|| {
+        (
+            now.difference(&then).cloned().collect(),
+            then.difference(&now).cloned().collect(),
+        )
+    });
     let share = rewritten_share(&input.table, &added, &input.path)?;
     let columns = columns
         .iter()
@@ -489,6 +559,65 @@ mod tests {
             ]
         );
         assert_eq!(groups(&keys, 10), [Keys::Ints(ints(&[1, 3, 5, 7, 9]))]);
+    }
+
+    fn commit(data_change: bool, removes: &[&str], adds: &[&str]) -> Commit {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
+        Commit {
+            adds: names(adds),
+            removes: names(removes),
+            data_change,
+        }
+    }
+
+    fn uris(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| format!("file:///t/{n}")).collect()
+    }
+
+    fn sides(commits: &[Commit], now: &[&str], then: &[&str]) -> (Vec<String>, Vec<String>) {
+        let (added, removed) = data_sides(commits, &uris(now), &uris(then)).unwrap();
+        let names = |u: Vec<String>| u.iter().map(|u| file_name(u).to_string()).collect();
+        (names(added), names(removed))
+    }
+
+    #[test]
+    fn compaction_moves_rows_and_only_data_changes_count() {
+        let none: Vec<String> = Vec::new();
+        // Only a compaction: nothing changed.
+        let only = [commit(false, &["a", "b"], &["c"])];
+        assert_eq!(
+            sides(&only, &["c"], &["a", "b"]),
+            (none.clone(), none.clone())
+        );
+        // A new file, then compacted with older ones: the output against its sources.
+        let absorbed = [
+            commit(true, &[], &["f"]),
+            commit(false, &["a", "f"], &["c"]),
+        ];
+        assert_eq!(
+            sides(&absorbed, &["b", "c"], &["a", "b"]),
+            (vec!["c".to_string()], vec!["a".to_string()])
+        );
+        // A compaction, then a merge that rewrites its output: the sources are removed.
+        let rewritten = [
+            commit(false, &["a", "b"], &["c"]),
+            commit(true, &["c"], &["d"]),
+        ];
+        assert_eq!(
+            sides(&rewritten, &["d"], &["a", "b"]),
+            (
+                vec!["d".to_string()],
+                vec!["a".to_string(), "b".to_string()]
+            )
+        );
+        // A file added and rewritten since: only the last one is new.
+        let twice = [commit(true, &[], &["f"]), commit(true, &["f"], &["g"])];
+        assert_eq!(
+            sides(&twice, &["a", "g"], &["a"]),
+            (vec!["g".to_string()], none)
+        );
+        // A name the table does not hold: the caller compares whole file lists instead.
+        assert!(data_sides(&[commit(true, &[], &["x"])], &uris(&["a"]), &uris(&["a"])).is_none());
     }
 
     #[test]
