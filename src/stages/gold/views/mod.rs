@@ -45,16 +45,11 @@ pub(super) async fn refresh(
 ) -> Result<Option<Refreshed>> {
     let name = view.name.as_str();
     let start = std::time::Instant::now();
-    for gold in pipeline.tables.iter().filter_map(|t| t.gold.as_ref()) {
-        if super::current_version(lake, &gold.name).await.is_none() {
-            // A view waits until every gold table has been built once.
-            info!(view = name, missing = %gold.name, "Not built yet: a gold table is missing.");
-            return Ok(None);
-        }
-    }
     let sql = render(pipeline, view)?;
     let target = lake.delta_table(&layout::gold_table(name)).await?;
-    let inputs = open_inputs(lake, pipeline, &target, view, &sql).await?;
+    let Some(inputs) = open_inputs(lake, pipeline, &target, view, &sql).await? else {
+        return Ok(None);
+    };
     let definition = definition_hash(view, &sql);
     let same_definition =
         recorded(&target, layout::app_id::VIEW_DEFINITION, name).await? == Some(definition);
@@ -146,17 +141,18 @@ async fn plan(ctx: &SessionContext, name: &str, sql: &str) -> Result<DataFrame> 
         .map_err(df_err(name, "planning the view"))
 }
 
-/// The lake tables a view's query names, with the versions the view was built from. Facts
-/// are loaded first: a fact holds only surrogate keys its dimensions had handed out when it
-/// was written, so every key a loaded fact holds is in the dimensions loaded after it (which
-/// the incremental refresh relies on).
+/// The lake tables a view's query names, with the versions the view was built from; `None`
+/// while a gold table it reads has not been built (the view waits for it). Facts are loaded
+/// first: a fact holds only surrogate keys its dimensions had handed out when it was written,
+/// so every key a loaded fact holds is in the dimensions loaded after it (which the
+/// incremental refresh relies on).
 async fn open_inputs(
     lake: &Lake,
     pipeline: &Pipeline,
     target: &deltalake::DeltaTable,
     view: &ViewSpec,
     sql: &str,
-) -> Result<Vec<Input>> {
+) -> Result<Option<Vec<Input>>> {
     let Some(named) = crate::query::named_tables(sql) else {
         return Err(Error::BadArgument {
             what: format!("view {}", view.name),
@@ -184,6 +180,10 @@ async fn open_inputs(
         };
         let table = lake.delta_table(&path).await?;
         let Some(version) = table.version() else {
+            if area == "gold" {
+                info!(view = %view.name, missing = %table_name, "Not built yet: a gold table it reads is missing.");
+                return Ok(None);
+            }
             continue;
         };
         let name = format!("{area}.{table_name}");
@@ -213,7 +213,7 @@ async fn open_inputs(
                 .map(|g| g.sk()),
         });
     }
-    Ok(inputs)
+    Ok(Some(inputs))
 }
 
 /// A hash of what the view computes (FNV-1a over the query and how it refreshes), stable
