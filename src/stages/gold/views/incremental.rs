@@ -94,20 +94,8 @@ pub(super) async fn reached(
     inputs: &[Input],
 ) -> Result<Option<Keys>> {
     let reads = |i: &Input| lineage.tables.get(&i.name);
-    let holders: Vec<&Input> = inputs
-        .iter()
-        .filter(|i| reads(i).is_some_and(|c| c.contains(key)))
-        .collect();
-    let facts: Vec<&Input> = holders.iter().copied().filter(|i| i.is_fact).collect();
-    let driving = match (facts.as_slice(), holders.as_slice()) {
-        ([one], _) | ([], [one]) => *one,
-        _ => {
-            info!(
-                view,
-                key, "No single input holds the view's key; rebuilding."
-            );
-            return Ok(None);
-        }
+    let Some(driving) = driving_of(view, key, lineage, inputs) else {
+        return Ok(None);
     };
     if inputs.iter().any(|i| i.changed && i.built.is_none()) {
         return Ok(None);
@@ -121,15 +109,8 @@ pub(super) async fn reached(
         .as_ref()
         .clone();
     let driving_columns: BTreeSet<String> = schema.fields().map(|f| f.name().clone()).collect();
-    let text = match schema.field(key).map(|f| f.data_type().clone()) {
-        Some(deltalake::kernel::DataType::Primitive(p)) => !matches!(
-            p,
-            deltalake::kernel::PrimitiveType::Byte
-                | deltalake::kernel::PrimitiveType::Short
-                | deltalake::kernel::PrimitiveType::Integer
-                | deltalake::kernel::PrimitiveType::Long
-        ),
-        _ => return Ok(None),
+    let Some(text) = schema.field(key).and_then(|f| is_text(f.data_type())) else {
+        return Ok(None);
     };
     let selected = if text {
         format!("DISTINCT CAST(\"{key}\" AS VARCHAR)")
@@ -354,6 +335,41 @@ async fn changed_rows(
         sk_before,
         share,
     }))
+}
+
+/// The input that holds the view's key: the one that reads it, or the fact among several.
+fn driving_of<'a>(
+    view: &str,
+    key: &str,
+    lineage: &Lineage,
+    inputs: &'a [Input],
+) -> Option<&'a Input> {
+    let holders: Vec<&Input> = (inputs.iter())
+        .filter(|i| lineage.tables.get(&i.name).is_some_and(|c| c.contains(key)))
+        .collect();
+    let facts: Vec<&Input> = holders.iter().copied().filter(|i| i.is_fact).collect();
+    match (facts.as_slice(), holders.as_slice()) {
+        ([one], _) | ([], [one]) => Some(*one),
+        _ => {
+            info!(
+                view,
+                key, "No single input holds the view's key; rebuilding."
+            );
+            None
+        }
+    }
+}
+
+/// Whether a key column is compared as text (`Some(false)`: as an integer); `None` for a
+/// type a predicate cannot name.
+fn is_text(data_type: &deltalake::kernel::DataType) -> Option<bool> {
+    use deltalake::kernel::PrimitiveType as P;
+    match data_type {
+        deltalake::kernel::DataType::Primitive(p) => {
+            Some(!matches!(p, P::Byte | P::Short | P::Integer | P::Long))
+        }
+        _ => None,
+    }
 }
 
 /// Adds the keys of the driving rows that hold a changed value of `input` in one of `links`.
