@@ -54,12 +54,15 @@ pub async fn session_for(lake: &Lake, sql: &str) -> Result<SessionContext> {
 /// The `(schema, table)` pairs a query names, or `None` when it names one without a schema,
 /// reads the information schema, or does not parse.
 pub(crate) fn named_tables(sql: &str) -> Option<std::collections::BTreeSet<(String, String)>> {
-    let ctx = crate::lake::delta_session(config());
-    let state = ctx.state();
-    let dialect = state.config().options().sql_parser.dialect;
-    let statement = state.sql_to_statement(sql, &dialect).ok()?;
+    let mut statements = datafusion::sql::parser::DFParser::parse_sql(sql).ok()?;
+    let (Some(statement), true) = (statements.pop_front(), statements.is_empty()) else {
+        return None;
+    };
+    // Names as written: the sessions turn identifier normalization off.
+    let (references, _) =
+        datafusion::sql::resolve::resolve_table_references(&statement, false).ok()?;
     let mut named = std::collections::BTreeSet::new();
-    for reference in state.resolve_table_references(&statement).ok()? {
+    for reference in references {
         let (schema, table) = (reference.schema()?, reference.table());
         if schema == "information_schema" {
             return None;

@@ -174,24 +174,25 @@ pub fn gold_tables_with(
     ]
     .iter()
     .map(|t| {
-        let (code, out, err) = tunelake_with(
-            dir,
-            &[
-                "--lake",
-                lake,
-                "sql",
-                &format!("SELECT * FROM gold.{t}"),
-                "--format",
-                "csv",
-            ],
-            env,
-        );
-        assert_eq!(code, 0, "{t}: {err}");
-        let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
-        lines.sort();
-        (t.to_string(), lines)
+        let sql = format!("SELECT * FROM gold.{t}");
+        (t.to_string(), sorted_rows(dir, lake, &sql, env))
     })
     .collect()
+}
+
+/// The rows of a query over `lake` as CSV lines, sorted.
+pub fn sorted_rows(
+    dir: &std::path::Path,
+    lake: &str,
+    sql: &str,
+    env: &[(&str, String)],
+) -> Vec<String> {
+    let args = ["--lake", lake, "sql", sql, "--format", "csv"];
+    let (code, out, err) = tunelake_with(dir, &args, env);
+    assert_eq!(code, 0, "{sql}: {err}");
+    let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! gold no work, vacuum deletes only files removed past the retention, and a short retention
 //! needs forcing.
 
-use crate::cli::{copy_dir, gold_tables, tunelake_with};
+use crate::cli::{copy_dir, gold_tables, sorted_rows, tunelake_with};
 
 /// The shipped pipeline, compacting from `min_files` small files on, with `extra` lines in
 /// its `[maintenance]`.
@@ -249,20 +249,8 @@ fn silver_tables(d: &std::path::Path, lake: &str) -> Vec<(String, Vec<String>)> 
     ["users", "artists", "tracks", "dates", "streams"]
         .into_iter()
         .map(|t| {
-            let out = tunelake(
-                d,
-                &[
-                    "--lake",
-                    lake,
-                    "sql",
-                    "--format",
-                    "csv",
-                    &format!("SELECT * EXCEPT (_ingested_at) FROM silver.{t}"),
-                ],
-            );
-            let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
-            lines.sort();
-            (t.to_string(), lines)
+            let sql = format!("SELECT * EXCEPT (_ingested_at) FROM silver.{t}");
+            (t.to_string(), sorted_rows(d, lake, &sql, &[]))
         })
         .collect()
 }
