@@ -5,9 +5,12 @@
 //!
 //! Configuration comes from the environment (app settings in Azure):
 //! `TUNELAKE_ALERT_TO` (comma-separated recipients) and `TUNELAKE_ALERT_FROM` (the sending
-//! mailbox) turn the Graph channel on; the token comes from client credentials
-//! (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`) or else the managed identity
-//! (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`, optional `AZURE_CLIENT_ID`). `TUNELAKE_GRAPH_URL`
+//! mailbox) turn the Graph channel on; the token comes from the app's managed identity
+//! (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`, optional `AZURE_CLIENT_ID` for a user-assigned one)
+//! or else from client credentials of their own (`TUNELAKE_GRAPH_TENANT_ID`,
+//! `TUNELAKE_GRAPH_CLIENT_ID`, `TUNELAKE_GRAPH_CLIENT_SECRET`). Never from `AZURE_CLIENT_SECRET`:
+//! the lake's storage client reads the `AZURE_*` variables too and prefers a secret over the
+//! managed identity, so a mail-only credential there would become the lake's. `TUNELAKE_GRAPH_URL`
 //! and `TUNELAKE_LOGIN_URL` move Graph and the Entra ID token endpoint (tests point them at a
 //! loopback server).
 
@@ -131,10 +134,17 @@ impl Graph {
         else {
             return Ok(None);
         };
+        if var("AZURE_CLIENT_SECRET").is_some() && var("TUNELAKE_GRAPH_CLIENT_SECRET").is_none() {
+            warn!(
+                "AZURE_CLIENT_SECRET is set: the lake's storage client authenticates with it \
+                 instead of the managed identity, and alerts do not use it (their own client \
+                 credentials are TUNELAKE_GRAPH_TENANT_ID, _CLIENT_ID, _CLIENT_SECRET)."
+            );
+        }
         let credential = match (
-            var("AZURE_TENANT_ID"),
-            var("AZURE_CLIENT_ID"),
-            var("AZURE_CLIENT_SECRET"),
+            var("TUNELAKE_GRAPH_TENANT_ID"),
+            var("TUNELAKE_GRAPH_CLIENT_ID"),
+            var("TUNELAKE_GRAPH_CLIENT_SECRET"),
             var("IDENTITY_ENDPOINT"),
             var("IDENTITY_HEADER"),
         ) {
@@ -143,18 +153,18 @@ impl Graph {
                 client_id,
                 secret,
             },
-            (_, client_id, None, Some(endpoint), Some(header)) => Credential::ManagedIdentity {
+            (None, None, None, Some(endpoint), Some(header)) => Credential::ManagedIdentity {
                 endpoint,
                 header,
-                client_id,
+                client_id: var("AZURE_CLIENT_ID"),
             },
             _ => {
                 return Err(Error::BadArgument {
                     what: "alert settings".to_string(),
                     message: "TUNELAKE_ALERT_TO and TUNELAKE_ALERT_FROM are set, but there is no \
-                              credential: set AZURE_TENANT_ID, AZURE_CLIENT_ID and \
-                              AZURE_CLIENT_SECRET, or run with a managed identity \
-                              (IDENTITY_ENDPOINT, IDENTITY_HEADER)"
+                              credential: run with a managed identity (IDENTITY_ENDPOINT, \
+                              IDENTITY_HEADER), or set all three of TUNELAKE_GRAPH_TENANT_ID, \
+                              TUNELAKE_GRAPH_CLIENT_ID and TUNELAKE_GRAPH_CLIENT_SECRET"
                         .to_string(),
                 });
             }
@@ -393,17 +403,41 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(err.contains("AZURE_CLIENT_SECRET"), "{err}");
+        assert!(err.contains("TUNELAKE_GRAPH_CLIENT_SECRET"), "{err}");
         let graph = Graph::from_lookup(|n| match n {
             "TUNELAKE_ALERT_TO" => Some("x@y.z; w@y.z".into()),
             "TUNELAKE_ALERT_FROM" => Some("alerts@y.z".into()),
-            "AZURE_TENANT_ID" | "AZURE_CLIENT_ID" => Some("id".into()),
-            "AZURE_CLIENT_SECRET" => Some("s3cret".into()),
+            "TUNELAKE_GRAPH_TENANT_ID" | "TUNELAKE_GRAPH_CLIENT_ID" => Some("id".into()),
+            "TUNELAKE_GRAPH_CLIENT_SECRET" => Some("s3cret".into()),
             _ => None,
         })
         .unwrap()
         .unwrap();
         assert_eq!(graph.to, ["x@y.z", "w@y.z"]);
         assert!(!format!("{graph:?}").contains("s3cret"));
+        // The lake's AZURE_* credential is not the mail's: with a managed identity at hand,
+        // alerts use it even when AZURE_CLIENT_SECRET is set.
+        let graph = Graph::from_lookup(|n| match n {
+            "TUNELAKE_ALERT_TO" | "TUNELAKE_ALERT_FROM" => Some("a@b.c".into()),
+            "AZURE_TENANT_ID" | "AZURE_CLIENT_ID" => Some("id".into()),
+            "AZURE_CLIENT_SECRET" => Some("lake-secret".into()),
+            "IDENTITY_ENDPOINT" => Some("http://127.0.0.1:1/msi".into()),
+            "IDENTITY_HEADER" => Some("h".into()),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap();
+        assert!(
+            matches!(graph.credential, Credential::ManagedIdentity { .. }),
+            "{graph:?}"
+        );
+        // A half-set client credential is an error, not a silent fall-back.
+        let err = Graph::from_lookup(|n| match n {
+            "TUNELAKE_ALERT_TO" | "TUNELAKE_ALERT_FROM" => Some("a@b.c".into()),
+            "TUNELAKE_GRAPH_CLIENT_ID" => Some("id".into()),
+            "IDENTITY_ENDPOINT" | "IDENTITY_HEADER" => Some("x".into()),
+            _ => None,
+        });
+        assert!(err.is_err());
     }
 }

@@ -40,7 +40,7 @@ fn df_error(sql: &str) -> impl Fn(datafusion::error::DataFusionError) -> Error +
 
 /// A session with every Delta table of the lake registered.
 pub async fn session(lake: &Lake) -> Result<SessionContext> {
-    session_with(lake, None).await
+    session_with(lake, None, None).await
 }
 
 /// A session with the Delta tables that `sql` names registered (every table when the query
@@ -48,7 +48,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
 /// query pays for the tables it reads, not for the whole lake.
 pub async fn session_for(lake: &Lake, sql: &str) -> Result<SessionContext> {
     let named = named_tables(sql);
-    session_with(lake, named.as_ref()).await
+    session_with(lake, named.as_ref(), None).await
 }
 
 /// The `(schema, table)` pairs a query names, or `None` when it names one without a schema,
@@ -85,6 +85,7 @@ fn config() -> SessionConfig {
 async fn session_with(
     lake: &Lake,
     only: Option<&std::collections::BTreeSet<(String, String)>>,
+    memory: Option<usize>,
 ) -> Result<SessionContext> {
     let store = lake.store();
     let mut tables = Vec::new();
@@ -108,7 +109,7 @@ async fn session_with(
             tables.push((schema.to_string(), name, table));
         }
     }
-    session_over(&tables, None).await
+    session_over(&tables, memory).await
 }
 
 /// A session with exactly these tables registered, as `schema.name`, at the versions they
@@ -150,7 +151,65 @@ pub async fn run(lake: &Lake, sql: &str) -> Result<Vec<RecordBatch>> {
 
 /// [`run`], returning at most `limit` rows (the plan stops reading past them).
 pub async fn run_limited(lake: &Lake, sql: &str, limit: Option<usize>) -> Result<Vec<RecordBatch>> {
-    let ctx = session_for(lake, sql).await?;
+    run_within(lake, sql, limit, Bounds::default()).await
+}
+
+/// What one query may use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bounds {
+    /// Bytes its operators may hold (sorts and aggregations spill past it).
+    pub memory: Option<usize>,
+    /// How long it may run, opening the tables included.
+    pub time: Option<std::time::Duration>,
+}
+
+/// [`run_limited`] within `bounds`: a query past its time is stopped, one past its memory
+/// fails; both are a [`Error::BadArgument`] that says which bound and how to change it.
+pub async fn run_within(
+    lake: &Lake,
+    sql: &str,
+    limit: Option<usize>,
+    bounds: Bounds,
+) -> Result<Vec<RecordBatch>> {
+    let query = async {
+        let named = named_tables(sql);
+        let ctx = session_with(lake, named.as_ref(), bounds.memory).await?;
+        execute(&ctx, sql, limit).await
+    };
+    let result = match bounds.time {
+        // Dropping the query's future cancels its streams.
+        Some(time) => tokio::time::timeout(time, query)
+            .await
+            .map_err(|_| Error::BadArgument {
+                what: format!("query {sql:?}"),
+                message: format!(
+                    "stopped after {} s (settings.query_timeout_seconds)",
+                    time.as_secs()
+                ),
+            })?,
+        None => query.await,
+    };
+    match (result, bounds.memory) {
+        (Err(Error::BadArgument { what, message }), Some(bytes))
+            if message.contains("Resources exhausted") =>
+        {
+            Err(Error::BadArgument {
+                what,
+                message: format!(
+                    "needs more than {} MB of memory (settings.query_memory_mb): {message}",
+                    bytes / 1_048_576
+                ),
+            })
+        }
+        (result, _) => result,
+    }
+}
+
+async fn execute(
+    ctx: &SessionContext,
+    sql: &str,
+    limit: Option<usize>,
+) -> Result<Vec<RecordBatch>> {
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

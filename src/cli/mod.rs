@@ -333,12 +333,15 @@ pub async fn run(cli: Cli) -> Result<bool> {
         Command::Status => status(&cli).await,
         Command::Package { ref out } => package(&cli, out),
         Command::Serve { port } => {
-            let app = crate::functions::App {
-                pipeline: Pipeline::load_or_default(cli.config.as_deref())?,
-                lake: Lake::connect(&cli.lake).await?,
-                source_url: cli.source.clone(),
-                graph: crate::alert::Graph::from_env()?,
-            };
+            let config = serve_config(&cli);
+            let app = crate::functions::App::new(
+                Pipeline::load_or_default(config.as_deref())?,
+                Pipeline::file_in_use(config.as_deref())
+                    .map_or("built in".to_string(), |p| p.display().to_string()),
+                Lake::connect(&cli.lake).await?,
+                cli.source.clone(),
+                crate::alert::Graph::from_env()?,
+            );
             crate::functions::serve(app, port).await?;
             Ok(true)
         }
@@ -437,10 +440,38 @@ async fn maintain(cli: &Cli, tables: &[String]) -> Result<bool> {
     Ok(done.len() == wanted)
 }
 
+/// The pipeline file `serve` reads: `--config`, else the one packaged in the Function App's
+/// root (`FUNCTIONS_APP_ROOT_PATH`, set by the host), else as every command finds it.
+fn serve_config(cli: &Cli) -> Option<std::path::PathBuf> {
+    cli.config.clone().or_else(|| {
+        let root = std::env::var_os("FUNCTIONS_APP_ROOT_PATH")?;
+        let file = std::path::Path::new(&root).join(crate::functions::package::PIPELINE);
+        file.is_file().then_some(file)
+    })
+}
+
 /// `tunelake package`: the Function App as a folder and a zip, from this binary.
 fn package(cli: &Cli, out: &std::path::Path) -> Result<bool> {
     let binary = std::env::current_exe().map_err(|e| Error::io("the running binary", e))?;
-    let zip = crate::functions::package::build(out, &binary)?;
+    // Loaded first: a pipeline file that does not validate is never packaged.
+    let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+    let file = Pipeline::file_in_use(cli.config.as_deref());
+    let pipeline_toml = match &file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
+        None => crate::config::DEFAULT_PIPELINE.to_string(),
+    };
+    let templates = pipeline
+        .templates
+        .files()
+        .map_err(|message| Error::BadArgument {
+            what: "templates/".to_string(),
+            message,
+        })?;
+    let files = crate::functions::package::PipelineFiles {
+        pipeline_toml,
+        templates,
+    };
+    let zip = crate::functions::package::build(out, &binary, &files)?;
     if cli.quiet {
         return Ok(true);
     }
@@ -453,6 +484,17 @@ fn package(cli: &Cli, out: &std::path::Path) -> Result<bool> {
     );
     for (name, _) in crate::functions::package::FILES {
         out!("  {name}");
+    }
+    out!(
+        "  {} (from {})",
+        crate::functions::package::PIPELINE,
+        file.as_ref()
+            .map_or("the built-in pipeline".to_string(), |p| p
+                .display()
+                .to_string())
+    );
+    for (name, _) in &files.templates {
+        out!("  templates/{name}");
     }
     out!(
         "  {} (from {})",

@@ -382,10 +382,19 @@ impl Pipeline {
 
     /// Loads `path` if given or if `pipeline.toml` exists here; otherwise the built-in default.
     pub fn load_or_default(path: Option<&Path>) -> Result<Self> {
-        match path {
-            Some(p) => Self::load(p),
-            None if Path::new("pipeline.toml").exists() => Self::load(Path::new("pipeline.toml")),
+        match Self::file_in_use(path) {
+            Some(p) => Self::load(&p),
             None => Self::parse(DEFAULT_PIPELINE, "built-in pipeline.toml"),
+        }
+    }
+
+    /// The pipeline file [`Pipeline::load_or_default`] reads: `path`, else `./pipeline.toml`
+    /// when it exists; `None` for the built-in one.
+    pub fn file_in_use(path: Option<&Path>) -> Option<std::path::PathBuf> {
+        match path {
+            Some(p) => Some(p.to_path_buf()),
+            None if Path::new("pipeline.toml").exists() => Some("pipeline.toml".into()),
+            None => None,
         }
     }
 

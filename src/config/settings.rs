@@ -38,6 +38,17 @@ pub struct Settings {
     /// stays within a Consumption instance.
     #[serde(default = "default_view_memory_mb")]
     pub view_memory_mb: u64,
+    /// The query function's bounds: a query's operators hold at most this much memory
+    /// (sorts and aggregations spill past it, anything else fails the query), ...
+    #[serde(default = "default_query_memory_mb")]
+    pub query_memory_mb: u64,
+    /// ... it is stopped after this many seconds, ...
+    #[serde(default = "default_query_timeout_seconds")]
+    pub query_timeout_seconds: u64,
+    /// ... and at most this many run at once per instance (others wait a few seconds, then
+    /// get 429), so one query cannot take the app down.
+    #[serde(default = "default_query_concurrency")]
+    pub query_concurrency: usize,
 }
 
 fn default_max_concurrency() -> usize {
@@ -67,6 +78,15 @@ fn default_lease_wait_seconds() -> u64 {
 fn default_view_memory_mb() -> u64 {
     384
 }
+fn default_query_memory_mb() -> u64 {
+    512
+}
+fn default_query_timeout_seconds() -> u64 {
+    120
+}
+fn default_query_concurrency() -> usize {
+    2
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -79,6 +99,9 @@ impl Default for Settings {
             dimension_chunk_keys: default_dimension_chunk_keys(),
             lease_wait_seconds: default_lease_wait_seconds(),
             view_memory_mb: default_view_memory_mb(),
+            query_memory_mb: default_query_memory_mb(),
+            query_timeout_seconds: default_query_timeout_seconds(),
+            query_concurrency: default_query_concurrency(),
         }
     }
 }
@@ -102,6 +125,9 @@ pub(super) fn parse_settings(
         ("dimension_chunk_keys", settings.dimension_chunk_keys),
         ("max_file_mb", settings.max_file_mb),
         ("view_memory_mb", settings.view_memory_mb),
+        ("query_memory_mb", settings.query_memory_mb),
+        ("query_timeout_seconds", settings.query_timeout_seconds),
+        ("query_concurrency", settings.query_concurrency as u64),
     ] {
         if value == 0 {
             problem(format!("settings.{key}"), "must be at least 1".into());

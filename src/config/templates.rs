@@ -67,6 +67,35 @@ impl Templates {
             })
     }
 
+    /// Every template a view can name, as (file name, text): the folder's `*.sql.j2` files and
+    /// the built-in ones the folder does not replace.
+    pub fn files(&self) -> Result<Vec<(String, String)>, String> {
+        let mut files: Vec<(String, String)> = Vec::new();
+        if let Some(dir) = &self.dir
+            && dir.is_dir()
+        {
+            let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            for entry in entries {
+                let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+                let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                    continue;
+                };
+                if name.ends_with(".sql.j2") {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    files.push((name, text));
+                }
+            }
+        }
+        for (name, text) in BUILT_IN {
+            if !files.iter().any(|(n, _)| n == name) {
+                files.push((name.to_string(), text.to_string()));
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
     /// Renders template `name` with `params` into one SQL query. Errors name the template,
     /// the line and the text of that line, which shows the parameter at fault.
     pub fn render(&self, name: &str, params: &toml::Table) -> Result<String, String> {

@@ -1,45 +1,69 @@
 //! The Function App: `tunelake serve` is an Azure Functions custom handler. The host POSTs
-//! `/<function>` with `{Data, Metadata}` for the timer (`ingest`), blob (`silver`) and queue
-//! (`gold`) functions, and forwards the HTTP functions (`alert`, `query`, `refresh`) as they
+//! `/<function>` with `{Data, Metadata}` for the timer (`ingest`, `catchup`, `maintain`) and
+//! queue (`silver`, `gold`) functions, and forwards the HTTP functions (`alert`, `query`, `refresh`) as they
 //! arrive, at `/api/<function>`. Every stage answers `{Outputs, Logs, ReturnValue}`; a failed stage
 //! answers 500 so the host retries and, for the queue, poison-queues.
 
 pub mod package;
 mod payload;
+mod silver;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::alert::{self, Alert, Graph};
 use crate::config::Pipeline;
 use crate::error::{Error, Result};
 use crate::http::{Handler, Request, Response};
-use crate::lake::{Lake, events};
+use crate::lake::Lake;
 use crate::runs;
-use crate::stages::silver::{FileStatus, GoldWorkItem, Silver};
-use crate::stages::{Status, new_run_id};
+use crate::stages::new_run_id;
+use crate::stages::silver::GoldWorkItem;
 
 /// The functions, as `functions/<name>/function.json` declares them.
-pub const FUNCTIONS: [&str; 7] = [
-    "ingest", "silver", "gold", "alert", "query", "refresh", "maintain",
+pub const FUNCTIONS: [&str; 8] = [
+    "ingest", "silver", "catchup", "gold", "alert", "query", "refresh", "maintain",
 ];
 
 /// Rows a query answers at most unless `limit` asks for fewer.
 const DEFAULT_ROWS: usize = 1000;
 const MAX_ROWS: usize = 100_000;
+/// How long a query waits for a place among the running ones before it is answered 429.
+const QUERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the handler works with: the pipeline, the lake, the source, the mail channel.
 pub struct App {
+    /// Queries running now: at most `settings.query_concurrency` (see [`App::new`]).
+    queries: tokio::sync::Semaphore,
     pub pipeline: Pipeline,
+    /// Where the pipeline came from (its file, or "built in"), as the readiness answer says.
+    pub pipeline_origin: String,
     pub lake: Lake,
     pub source_url: String,
     pub graph: Option<Graph>,
 }
 
 impl App {
+    pub fn new(
+        pipeline: Pipeline,
+        pipeline_origin: String,
+        lake: Lake,
+        source_url: String,
+        graph: Option<Graph>,
+    ) -> Self {
+        App {
+            queries: tokio::sync::Semaphore::new(pipeline.settings.query_concurrency),
+            pipeline,
+            pipeline_origin,
+            lake,
+            source_url,
+            graph,
+        }
+    }
+
     /// The request handler for [`crate::http::serve`].
     pub fn handler(self: Arc<Self>) -> Handler {
         Arc::new(move |request: Request| {
@@ -52,9 +76,17 @@ impl App {
         let path = request.path.trim_end_matches('/').to_string();
         let start = Instant::now();
         let response = match (request.method.as_str(), path.as_str()) {
-            (_, "") => Response::text(200, format!("tunelake ready: {}", FUNCTIONS.join(", "))),
+            (_, "") => Response::text(
+                200,
+                format!(
+                    "tunelake ready: {}; pipeline {}",
+                    FUNCTIONS.join(", "),
+                    self.pipeline_origin
+                ),
+            ),
             ("POST", "/ingest") => self.invocation(&request, Self::ingest).await,
             ("POST", "/silver") => self.invocation(&request, Self::silver).await,
+            ("POST", "/catchup") => self.invocation(&request, Self::catchup).await,
             ("POST", "/gold") => self.invocation(&request, Self::gold).await,
             ("POST", "/maintain") => self.invocation(&request, Self::maintain).await,
             (_, "/api/alert") => self.alert(request.body.as_ref()).await,
@@ -72,13 +104,20 @@ impl App {
                 }),
             ),
         };
-        info!(
-            method = %request.method,
-            path = %request.path,
-            status = response.status,
-            seconds = start.elapsed().as_secs_f64(),
-            "Answered."
-        );
+        let seconds = start.elapsed().as_secs_f64();
+        // Trigger invocations log their own failures (see `invocation`).
+        if response.status >= 500 && request.path.starts_with("/api/") {
+            error!(
+                method = %request.method,
+                path = %request.path,
+                status = response.status,
+                seconds,
+                answer = %String::from_utf8_lossy(&response.body),
+                "Answered with a failure."
+            );
+        } else {
+            info!(method = %request.method, path = %request.path, status = response.status, seconds, "Answered.");
+        }
         response
     }
 
@@ -88,9 +127,16 @@ impl App {
         F: FnOnce(&'a Self, payload::Invocation) -> Fut,
         Fut: std::future::Future<Output = Outcome>,
     {
+        let function_name = request.path.trim_matches('/');
+        let invocation_id = request
+            .header("x-azure-functions-invocationid")
+            .unwrap_or("-");
         let invocation = match payload::Invocation::parse(&request.body) {
             Ok(i) => i,
-            Err(message) => return Response::json(400, &json!({ "error": message })),
+            Err(message) => {
+                error!(function = function_name, invocation_id, error = %message, "The invocation payload was refused.");
+                return Response::json(400, &json!({ "error": message }));
+            }
         };
         let outcome = function(self, invocation).await;
         let status = match &outcome.error {
@@ -99,6 +145,9 @@ impl App {
         };
         let mut logs = outcome.logs;
         if let Some(e) = &outcome.error {
+            // The host ignores `Logs` of a failed answer; stderr is what reaches
+            // Application Insights.
+            error!(function = function_name, invocation_id, status, error = %e, "The invocation failed.");
             logs.push(format!("error: {e}"));
         }
         Response::json(
@@ -135,106 +184,6 @@ impl App {
                     .failed_if(report.failed(), "a table failed to ingest")
             }
             Err(e) => Outcome::error(e.to_string()),
-        }
-    }
-
-    async fn silver(&self, invocation: payload::Invocation) -> Outcome {
-        let Some(path) = invocation.blob_path() else {
-            return Outcome::rejected(
-                "the blob invocation has neither Metadata.Uri nor Metadata.name".to_string(),
-            );
-        };
-        let Some(table) = self.pipeline.table_for_bronze_path(&path) else {
-            let note = format!("{path} is not a bronze file of a pipeline table; ignored");
-            info!(path, "Ignored a blob outside bronze.");
-            return Outcome::done(vec![note], json!({}));
-        };
-        let started = chrono::Utc::now();
-        let run_id = new_run_id();
-        let silver = Silver::new(self.lake.clone(), self.pipeline.settings.clone(), &run_id);
-        let begin = Instant::now();
-        let outcome = silver.process_file(table, &path).await;
-        let seconds = begin.elapsed().as_secs_f64();
-        let (status, counts, version, error) = match &outcome {
-            Ok(o) => (
-                match o.status {
-                    FileStatus::Committed => Status::Ok,
-                    FileStatus::Quarantined => Status::Failed,
-                    _ => Status::Empty,
-                },
-                o.counts.clone(),
-                o.version,
-                o.reason.clone(),
-            ),
-            Err(e) => (
-                Status::Failed,
-                Default::default(),
-                None,
-                Some(e.to_string()),
-            ),
-        };
-        let event = events::Event {
-            run_id: run_id.clone(),
-            stage: "silver".to_string(),
-            table: table.silver_name(),
-            status: status.to_string().to_lowercase(),
-            rows_in: counts.rows_in as i64,
-            rows_out: counts.rows_out as i64,
-            rows_dropped: counts.rows_dropped as i64,
-            rows_rescued: counts.rows_rescued as i64,
-            input_version: None,
-            output_version: version.map(|v| v as i64),
-            started_at: started,
-            seconds,
-            error: error.clone(),
-            details: Some(serde_json::json!({
-                "source_table": table.name,
-                "files": u64::from(status == Status::Ok),
-                "file": path,
-                "duplicates": counts.rows_duplicate,
-                "expectations": counts.expectations,
-            })),
-        };
-        if let Err(e) = events::append(&self.lake, &[event]).await {
-            warn!(error = %e, "The event log could not be appended.");
-        }
-        if let Some(error) = &error {
-            runs::notify(
-                &self.lake,
-                &run_id,
-                "silver",
-                vec![alert::Failure {
-                    table: format!("{} ({path})", table.silver_name()),
-                    error: error.clone(),
-                }],
-            )
-            .await;
-        }
-        match outcome {
-            Err(e) => Outcome::error(e.to_string()),
-            Ok(o) => {
-                let log = format!(
-                    "silver {} {path}: {:?}, {} rows in, {} out, {} dropped",
-                    table.silver_name(),
-                    o.status,
-                    o.counts.rows_in,
-                    o.counts.rows_out,
-                    o.counts.rows_dropped
-                );
-                let outputs = match (o.status, o.version) {
-                    (FileStatus::Committed, Some(version)) => {
-                        let item = GoldWorkItem {
-                            table: table.silver_name(),
-                            version,
-                        };
-                        // A JSON object: the host cannot mistake it for base64.
-                        json!({ "goldQueue": serde_json::to_string(&item).unwrap_or_default() })
-                    }
-                    _ => json!({}),
-                };
-                // A quarantined file is handled (moved aside, alerted): retrying cannot help.
-                Outcome::done(vec![log], outputs)
-            }
         }
     }
 
@@ -324,6 +273,9 @@ impl App {
             "refresh" => self.refresh(&inner).await,
             _ => self.query(&inner).await,
         };
+        if answer.status >= 500 {
+            error!(function, status = answer.status, answer = %String::from_utf8_lossy(&answer.body), "Answered with a failure.");
+        }
         let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         Response::json(
             200,
@@ -425,7 +377,25 @@ impl App {
             Ok(l) => l.unwrap_or(DEFAULT_ROWS).min(MAX_ROWS),
             Err(_) => return Response::json(400, &json!({ "error": "limit must be a number" })),
         };
-        match crate::query::run_limited(&self.lake, &sql, Some(limit + 1)).await {
+        // A query waits briefly for a place, then the caller is told to come back.
+        let place = tokio::time::timeout(QUERY_WAIT, self.queries.acquire()).await;
+        let Ok(Ok(_place)) = place else {
+            return Response::json(
+                429,
+                &json!({ "error": format!(
+                    "{} queries are running (settings.query_concurrency); retry shortly",
+                    self.pipeline.settings.query_concurrency
+                ) }),
+            );
+        };
+        let settings = &self.pipeline.settings;
+        let bounds = crate::query::Bounds {
+            memory: Some(settings.query_memory_mb as usize * 1_048_576),
+            time: Some(std::time::Duration::from_secs(
+                settings.query_timeout_seconds,
+            )),
+        };
+        match crate::query::run_within(&self.lake, &sql, Some(limit + 1), bounds).await {
             Ok(batches) => match rows_json(&batches, limit) {
                 Ok(value) => Response::json(200, &value),
                 Err(e) => Response::json(500, &json!({ "error": e.to_string() })),
@@ -561,6 +531,12 @@ pub async fn serve(app: App, port: u16) -> Result<()> {
         }
         info!("Stopping: finishing the requests in flight.");
     };
-    crate::http::serve(listener, Arc::new(app).handler(), shutdown).await;
+    crate::http::serve(
+        listener,
+        Arc::new(app).handler(),
+        crate::http::Limits::default(),
+        shutdown,
+    )
+    .await;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `tunelake package`: the deployable Function App, as a folder and a zip for zip deploy:
-//! `host.json`, one folder per function with its `function.json`, and this very binary (build
-//! it with `cargo build --release` for Linux x86-64, the Functions host's platform). Nothing
-//! else goes in. The JSON files are built into the binary, so a package always matches the
+//! `host.json`, one folder per function with its `function.json`, this very binary (build it
+//! for Linux x86-64 on an old glibc, see docs/deploy.md), and the pipeline: `pipeline.toml` and
+//! `templates/`, which `serve` reads from the app root, so a metadata change is a new package,
+//! not a new build. The JSON files are built into the binary, so a package always matches the
 //! code that serves it.
 
 use std::io::Write;
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// `host.json` and the function definitions, as in the repository.
-pub const FILES: [(&str, &str); 8] = [
+pub const FILES: [(&str, &str); 9] = [
     ("host.json", include_str!("../../host.json")),
     (
         "ingest/function.json",
@@ -19,6 +20,10 @@ pub const FILES: [(&str, &str); 8] = [
     (
         "silver/function.json",
         include_str!("../../functions/silver/function.json"),
+    ),
+    (
+        "catchup/function.json",
+        include_str!("../../functions/catchup/function.json"),
     ),
     (
         "gold/function.json",
@@ -45,8 +50,17 @@ pub const FILES: [(&str, &str); 8] = [
 /// The executable's name in the package (host.json's `defaultExecutablePath`).
 pub const EXECUTABLE: &str = "tunelake";
 
+/// The pipeline a package carries: the pipeline file's text and every view template.
+pub struct PipelineFiles {
+    pub pipeline_toml: String,
+    pub templates: Vec<(String, String)>,
+}
+
+/// The pipeline file's name in the package (what `serve` finds in the app root).
+pub const PIPELINE: &str = "pipeline.toml";
+
 /// Writes `<out>/app/` and `<out>/tunelake-functions.zip`; returns the zip's path.
-pub fn build(out: &Path, binary: &Path) -> Result<PathBuf> {
+pub fn build(out: &Path, binary: &Path, pipeline: &PipelineFiles) -> Result<PathBuf> {
     let app = out.join("app");
     if app.exists() {
         std::fs::remove_dir_all(&app).map_err(|e| Error::io(&app, e))?;
@@ -56,6 +70,14 @@ pub fn build(out: &Path, binary: &Path) -> Result<PathBuf> {
         .iter()
         .map(|(name, text)| (name.to_string(), text.as_bytes().to_vec(), 0o644))
         .collect();
+    entries.push((
+        PIPELINE.to_string(),
+        pipeline.pipeline_toml.as_bytes().to_vec(),
+        0o644,
+    ));
+    for (name, text) in &pipeline.templates {
+        entries.push((format!("templates/{name}"), text.as_bytes().to_vec(), 0o644));
+    }
     entries.push((EXECUTABLE.to_string(), binary_bytes, 0o755));
     for (name, bytes, mode) in &entries {
         let path = app.join(name);

@@ -54,38 +54,18 @@ impl Invocation {
         Ok(Invocation { data, metadata })
     }
 
-    fn metadata_text(&self, key: &str) -> Option<String> {
-        match decode(self.metadata.get(key)?) {
-            Value::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// The lake path of the triggering blob, `bronze/<Table>/<file>`: from `Metadata.Uri`
-    /// (from its `bronze/` segment on) or `Metadata.name` (relative to the trigger's
-    /// `.../bronze/` path).
-    pub fn blob_path(&self) -> Option<String> {
-        if let Some(uri) = self.metadata_text("Uri")
-            && let Ok(url) = url::Url::parse(&uri)
-        {
-            let path = percent_decode(url.path());
-            if let Some(i) = path.rfind(&format!("/{}/", crate::lake::layout::BRONZE)) {
-                return Some(path[i + 1..].to_string());
-            }
-            return Some(path.trim_start_matches('/').to_string());
-        }
-        let name = self.metadata_text("name")?;
-        Some(crate::lake::layout::in_bronze(&name))
-    }
-
     /// The queue message bound as `binding`, as `T`: JSON, JSON inside a JSON string, or
     /// base64 of either.
     pub fn queue_item<T: DeserializeOwned>(&self, binding: &str) -> Result<T, String> {
-        let field = format!("Data.{binding}");
+        let value = self.queue_value(binding)?;
+        serde_json::from_value(value).map_err(|e| format!("payload field Data.{binding}: {e}"))
+    }
+
+    fn queue_value(&self, binding: &str) -> Result<Value, String> {
         let raw = self
             .data
             .get(binding)
-            .ok_or_else(|| format!("payload field {field} is missing"))?;
+            .ok_or_else(|| format!("payload field Data.{binding} is missing"))?;
         let mut value = decode(raw);
         if let Value::String(text) = &value
             && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text.trim())
@@ -93,7 +73,24 @@ impl Invocation {
         {
             value = decode(&inner);
         }
-        serde_json::from_value(value).map_err(|e| format!("payload field {field}: {e}"))
+        Ok(value)
+    }
+
+    /// The storage events of a queue message bound as `binding`: one Event Grid event (its
+    /// own schema or CloudEvents), or an array of them.
+    pub fn blob_events(&self, binding: &str) -> Result<Vec<BlobEvent>, String> {
+        let events = match self.queue_value(binding)? {
+            Value::Array(events) => events,
+            event => vec![event],
+        };
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| {
+                BlobEvent::parse(event)
+                    .map_err(|e| format!("payload field Data.{binding}, event {i}: {e}"))
+            })
+            .collect()
     }
 
     /// The HTTP request of an HTTP trigger sent without forwarding (`Data.req`).
@@ -127,6 +124,75 @@ impl Invocation {
             headers: Vec::new(),
             body: Bytes::from(text("Body")),
         }
+    }
+}
+
+/// One storage event, as Event Grid delivers it to the `bronze-events` queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlobEvent {
+    /// `Microsoft.Storage.BlobCreated`, ...
+    pub event_type: String,
+    /// The storage operation (`PutBlob`, `PutBlockList`, `CreateFile`, `FlushWithClose`...).
+    pub api: Option<String>,
+    /// The blob's path from its container on (`bronze/DimUser/...parquet`), decoded.
+    pub path: String,
+}
+
+impl BlobEvent {
+    fn parse(event: &Value) -> Result<Self, String> {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(String::from);
+        let event_type = text(event.get("eventType"))
+            .or_else(|| text(event.get("type")))
+            .ok_or("no eventType (or CloudEvents type)")?;
+        let data = event.get("data");
+        let api = text(data.and_then(|d| d.get("api")));
+        let path = if let Some(url) = text(data.and_then(|d| d.get("url"))) {
+            let url = url::Url::parse(&url).map_err(|e| format!("data.url {url:?}: {e}"))?;
+            percent_decode(url.path())
+        } else if let Some(subject) = text(event.get("subject")) {
+            // `/blobServices/default/containers/<container>/blobs/<name>`
+            let rest = subject
+                .strip_prefix("/blobServices/default/containers/")
+                .ok_or_else(|| format!("subject {subject:?} does not name a blob"))?;
+            let (container, name) = rest
+                .split_once("/blobs/")
+                .ok_or_else(|| format!("subject {subject:?} does not name a blob"))?;
+            format!("/{container}/{name}")
+        } else {
+            return Err("neither data.url nor subject".to_string());
+        };
+        Ok(BlobEvent {
+            event_type,
+            api,
+            path: from_area(&path, crate::lake::layout::BRONZE),
+        })
+    }
+
+    /// Whether the event says a whole new blob is there: created by a single put or a block
+    /// list, or (on a hierarchical namespace) flushed and closed; `CreateFile` announces an
+    /// empty file that a `FlushWithClose` completes.
+    pub fn is_complete_blob(&self) -> bool {
+        let created = matches!(
+            self.event_type.as_str(),
+            "Microsoft.Storage.BlobCreated" | "BlobCreated"
+        );
+        created
+            && self.api.as_deref().is_none_or(|api| {
+                matches!(
+                    api,
+                    "PutBlob" | "PutBlockList" | "FlushWithClose" | "CopyBlob" | "PutBlockFromURL"
+                )
+            })
+    }
+}
+
+/// `path` (a URL path) from its `area` segment on: `bronze/<Table>/<file>` from
+/// `/bronze/<Table>/<file>` (a container per area) or `/lake/prefix/bronze/...` (one
+/// container); a path without the segment comes back as it is, without the leading `/`.
+fn from_area(path: &str, area: &str) -> String {
+    match path.find(&format!("/{area}/")) {
+        Some(i) => path[i + 1..].to_string(),
+        None => path.trim_start_matches('/').to_string(),
     }
 }
 
@@ -181,20 +247,84 @@ mod tests {
         );
     }
 
+    fn event(value: serde_json::Value) -> Result<Vec<BlobEvent>, String> {
+        let body = serde_json::json!({ "Data": { "event": value }, "Metadata": {} }).to_string();
+        Invocation::parse(body.as_bytes())
+            .unwrap()
+            .blob_events("event")
+    }
+
     #[test]
-    fn blob_paths_come_from_the_uri_or_the_name() {
-        let inv = Invocation::parse(
-            br#"{"Data":{},"Metadata":{"Uri":"\"https://acct.blob.core.windows.net/lake/demo/bronze/DimUser/DimUser_a%20b.parquet\"","name":"\"x\""}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            inv.blob_path().unwrap(),
-            "bronze/DimUser/DimUser_a b.parquet"
+    fn storage_events_give_the_bronze_path_in_every_encoding_and_schema() {
+        let grid = serde_json::json!({
+            "topic": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/storageAccounts/a",
+            "subject": "/blobServices/default/containers/bronze/blobs/DimUser/DimUser_1_2_00000.parquet",
+            "eventType": "Microsoft.Storage.BlobCreated",
+            "id": "1", "eventTime": "2026-12-07T10:00:00Z",
+            "data": { "api": "PutBlockList",
+                      "url": "https://a.blob.core.windows.net/bronze/DimUser/DimUser_1_2_00000.parquet",
+                      "contentLength": 1234, "blobType": "BlockBlob" },
+            "dataVersion": "", "metadataVersion": "1"
+        });
+        let want = BlobEvent {
+            event_type: "Microsoft.Storage.BlobCreated".into(),
+            api: Some("PutBlockList".into()),
+            path: "bronze/DimUser/DimUser_1_2_00000.parquet".into(),
+        };
+        let text = grid.to_string();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&text);
+        for message in [
+            grid.clone(),
+            serde_json::json!(text),
+            serde_json::json!(serde_json::to_string(&text).unwrap()),
+            serde_json::json!(b64),
+            serde_json::json!([grid.clone()]),
+        ] {
+            assert_eq!(
+                event(message.clone()).unwrap(),
+                vec![want.clone()],
+                "{message}"
+            );
+        }
+        // The subject alone; a CloudEvent; a single-container lake; an escaped name.
+        let mut no_url = grid.clone();
+        no_url["data"].as_object_mut().unwrap().remove("url");
+        assert_eq!(event(no_url).unwrap()[0].path, want.path);
+        let cloud = serde_json::json!({ "type": "Microsoft.Storage.BlobCreated", "subject": grid["subject"], "data": { "api": "PutBlob" } });
+        assert_eq!(event(cloud).unwrap()[0].path, want.path);
+        let mut prefixed = grid.clone();
+        prefixed["data"]["url"] = serde_json::json!(
+            "https://a.blob.core.windows.net/lake/demo/bronze/DimUser/a%20b.parquet"
         );
-        let inv = Invocation::parse(br#"{"Data":{},"Metadata":{"name":"\"DimUser/f.parquet\""}}"#)
-            .unwrap();
-        assert_eq!(inv.blob_path().unwrap(), "bronze/DimUser/f.parquet");
-        let inv = Invocation::parse(br#"{"Data":{},"Metadata":{}}"#).unwrap();
-        assert_eq!(inv.blob_path(), None);
+        assert_eq!(
+            event(prefixed).unwrap()[0].path,
+            "bronze/DimUser/a b.parquet"
+        );
+    }
+
+    #[test]
+    fn only_complete_new_blobs_are_loaded_and_bad_events_name_the_field() {
+        let of = |kind: &str, api: &str| {
+            event(serde_json::json!({ "eventType": kind, "subject": "/blobServices/default/containers/bronze/blobs/T/f.parquet", "data": { "api": api } }))
+                .unwrap()[0]
+                .is_complete_blob()
+        };
+        assert!(of("Microsoft.Storage.BlobCreated", "PutBlob"));
+        assert!(of("Microsoft.Storage.BlobCreated", "FlushWithClose"));
+        assert!(!of("Microsoft.Storage.BlobCreated", "CreateFile"));
+        assert!(!of("Microsoft.Storage.BlobDeleted", "DeleteBlob"));
+        let err = event(serde_json::json!({ "subject": "x" })).unwrap_err();
+        assert!(
+            err.contains("Data.event") && err.contains("eventType"),
+            "{err}"
+        );
+        let err = event(serde_json::json!({ "eventType": "Microsoft.Storage.BlobCreated", "subject": "/elsewhere" })).unwrap_err();
+        assert!(err.contains("subject"), "{err}");
+        let body = br#"{"Data":{},"Metadata":{}}"#;
+        let err = Invocation::parse(body)
+            .unwrap()
+            .blob_events("event")
+            .unwrap_err();
+        assert!(err.contains("Data.event"), "{err}");
     }
 }

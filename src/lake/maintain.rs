@@ -141,7 +141,7 @@ async fn compact(
             let counts = (metrics.num_files_removed, metrics.num_files_added);
             Ok((table, (counts.0 > 0).then_some(counts)))
         }
-        Err(e) if crate::stages::silver::is_conflict(&e) => {
+        Err(e) if super::conflict::is_conflict(&e) => {
             info!(table = path, error = %e, "Another writer committed first; compaction waits for the next run.");
             Ok((before, None))
         }

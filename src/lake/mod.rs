@@ -3,6 +3,7 @@
 
 pub(crate) mod areas;
 pub(crate) mod azurite;
+pub(crate) mod conflict;
 pub mod events;
 pub mod layout;
 pub(crate) mod lease;

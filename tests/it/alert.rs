@@ -40,9 +40,14 @@ async fn fake_graph(mail_statuses: Vec<u16>) -> FakeGraph {
         })
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(tunelake::http::serve(listener, handler, async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(tunelake::http::serve(
+        listener,
+        handler,
+        Default::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     FakeGraph {
         url,
         seen,
@@ -70,9 +75,10 @@ fn graph(fake: &FakeGraph, managed_identity: bool) -> Graph {
             "TUNELAKE_ALERT_FROM" => "alerts@contoso.example".into(),
             "TUNELAKE_GRAPH_URL" => format!("{url}/v1.0"),
             "TUNELAKE_LOGIN_URL" => url.clone(),
-            "AZURE_TENANT_ID" if !managed_identity => "tenant-1".into(),
-            "AZURE_CLIENT_ID" => "client-1".into(),
-            "AZURE_CLIENT_SECRET" if !managed_identity => "very-secret".into(),
+            "TUNELAKE_GRAPH_TENANT_ID" if !managed_identity => "tenant-1".into(),
+            "TUNELAKE_GRAPH_CLIENT_ID" if !managed_identity => "client-1".into(),
+            "AZURE_CLIENT_ID" if managed_identity => "client-1".into(),
+            "TUNELAKE_GRAPH_CLIENT_SECRET" if !managed_identity => "very-secret".into(),
             "IDENTITY_ENDPOINT" if managed_identity => format!("{url}/msi/token"),
             "IDENTITY_HEADER" if managed_identity => "identity-header".into(),
             _ => return None,

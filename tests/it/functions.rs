@@ -113,8 +113,45 @@ fn twice(text: &str) -> Value {
     Value::String(serde_json::to_string(text).unwrap())
 }
 
-/// Drives one pipeline round through the functions: timer, one blob invocation per bronze
-/// file the timer wrote, the queue invocation per work item. Returns the work items.
+/// A `BlobCreated` event for `file` as Event Grid puts it on the `bronze-events` queue, and as
+/// the host hands the message over: base64 (the queue extension's default) or plain JSON text
+/// encoded a second time.
+fn blob_created(blob_base: &str, file: &str, api: &str, base64: bool) -> Value {
+    use base64::Engine;
+    let event = json!({
+        "topic": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/storageAccounts/a",
+        "subject": format!("/blobServices/default/containers/bronze/blobs/{}", file.strip_prefix("bronze/").unwrap()),
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "id": "e1", "eventTime": "2026-12-07T10:00:01Z",
+        "data": { "api": api, "url": format!("{blob_base}/{file}"), "contentLength": 4, "blobType": "BlockBlob" },
+        "dataVersion": "", "metadataVersion": "1"
+    })
+    .to_string();
+    let message = match base64 {
+        true => Value::String(base64::engine::general_purpose::STANDARD.encode(event)),
+        false => twice(&event),
+    };
+    json!({
+        "Data": { "event": message },
+        "Metadata": { "DequeueCount": "1", "Id": twice("m0"), "sys": { "MethodName": "silver", "UtcNow": "2026-12-07T10:00:01Z", "RandGuid": "y" } }
+    })
+}
+
+/// The messages of an answer's `goldQueue` output.
+fn gold_messages(answer: &Value) -> Vec<String> {
+    match &answer["Outputs"]["goldQueue"] {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().unwrap().to_string())
+            .collect(),
+        Value::Null => Vec::new(),
+        other => panic!("goldQueue is not an array of messages: {other}"),
+    }
+}
+
+/// Drives one pipeline round through the functions: the ingest timer, one queue message per
+/// bronze file the timer wrote except the last (an event lost), the catch-up timer (which must
+/// load that one), and the gold invocation per work item. Returns the work items.
 fn drive(server: &Server, blob_base: &str) -> Vec<String> {
     let timer = json!({
         "Data": { "timer": { "Schedule": { "AdjustForDST": true }, "ScheduleStatus": null, "IsPastDue": false } },
@@ -128,26 +165,60 @@ fn drive(server: &Server, blob_base: &str) -> Vec<String> {
         .iter()
         .filter_map(|l| l.as_str()?.strip_prefix("wrote ").map(String::from))
         .collect();
-    assert!(!files.is_empty(), "{answer}");
+    assert!(files.len() > 1, "{answer}");
+    let (lost, announced) = files.split_last().unwrap();
     let mut work = Vec::new();
-    for file in &files {
-        let name = file.strip_prefix("bronze/").unwrap();
-        let blob = json!({
-            "Data": { "bronzeBlob": "UEFSMQ==" },
-            "Metadata": {
-                "name": twice(name),
-                "Uri": twice(&format!("{blob_base}/{file}")),
-                "Properties": { "ContentLength": 4 },
-                "sys": { "MethodName": "silver", "UtcNow": "2026-11-27T10:00:01Z", "RandGuid": "y" }
-            }
-        });
-        let (status, answer) = server.invoke("silver", &blob);
+    for (i, file) in announced.iter().enumerate() {
+        // An empty file being created (hierarchical namespace) is no file to load yet.
+        let (status, answer) = server.invoke(
+            "silver",
+            &blob_created(blob_base, file, "CreateFile", false),
+        );
         assert_eq!(status, 200, "{file}: {answer}");
-        if let Some(item) = answer["Outputs"]["goldQueue"].as_str() {
-            work.push(item.to_string());
-        }
+        assert!(
+            answer["Logs"][0].as_str().unwrap().contains("ignored"),
+            "{answer}"
+        );
+        assert!(gold_messages(&answer).is_empty());
+        let (status, answer) = server.invoke(
+            "silver",
+            &blob_created(blob_base, file, "PutBlob", i % 2 == 0),
+        );
+        assert_eq!(status, 200, "{file}: {answer}");
+        assert!(
+            answer["Logs"][0].as_str().unwrap().contains("Committed"),
+            "{file}: {answer}"
+        );
+        work.extend(gold_messages(&answer));
     }
-    assert!(!work.is_empty());
+    assert_eq!(work.len(), announced.len());
+    // The file no event brought: the catch-up timer loads it, and only it.
+    let (status, answer) = server.invoke("catchup", &timer);
+    assert_eq!(status, 200, "{answer}");
+    let loaded: Vec<&str> = answer["Logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .filter(|l| !l.contains(" 0 files loaded"))
+        .collect();
+    assert_eq!(loaded.len(), 1, "{lost}: {answer}");
+    assert!(loaded[0].contains("1 files loaded"), "{lost}: {answer}");
+    work.extend(gold_messages(&answer));
+    assert_eq!(work.len(), announced.len() + 1);
+    // A redelivered event changes nothing.
+    let (status, answer) = server.invoke(
+        "silver",
+        &blob_created(blob_base, &files[0], "PutBlob", true),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("AlreadyLoaded"),
+        "{answer}"
+    );
     for item in &work {
         let message = json!({
             "Data": { "work": twice(item) },
@@ -196,7 +267,7 @@ fn the_functions_build_the_same_gold_as_a_run_and_refuse_bad_input() {
     assert_eq!(
         answer["functions"],
         json!([
-            "ingest", "silver", "gold", "alert", "query", "refresh", "maintain"
+            "ingest", "silver", "catchup", "gold", "alert", "query", "refresh", "maintain"
         ])
     );
     let (status, body) = server.request("POST", "/gold", "{not json");
@@ -207,15 +278,28 @@ fn the_functions_build_the_same_gold_as_a_run_and_refuse_bad_input() {
         answer["error"].as_str().unwrap().contains("Data"),
         "{answer}"
     );
+    // A blob outside bronze is acknowledged and ignored; a message that is no event is
+    // refused (the host retries it, then moves it to the poison queue).
     let (status, answer) = server.invoke(
         "silver",
-        &json!({ "Data": {}, "Metadata": { "name": twice("../elsewhere/x.parquet"), "Uri": twice("https://a.blob.core.windows.net/lake/x/other/x.parquet") } }),
+        &blob_created(
+            "https://a.blob.core.windows.net/lake/x",
+            "bronze/../other/x.parquet",
+            "PutBlob",
+            true,
+        ),
     );
     assert_eq!(status, 200, "{answer}");
     assert!(
         answer["Logs"][0].as_str().unwrap().contains("ignored"),
         "{answer}"
     );
+    let (status, answer) = server.invoke(
+        "silver",
+        &json!({ "Data": { "event": twice(r#"{"subject":"x"}"#) }, "Metadata": {} }),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["Logs"].to_string().contains("eventType"), "{answer}");
 
     let work = drive(&server, "https://acct.blob.core.windows.net/lake/demo");
     let before = gold_tables(d, "lake");

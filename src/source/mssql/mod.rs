@@ -58,15 +58,63 @@ pub fn looks_like_ado(text: &str) -> bool {
 
 /// The connection string with password values replaced by `***`, for messages and logs.
 pub fn redact(text: &str) -> String {
-    text.split(';')
+    segments(text)
+        .into_iter()
         .map(|part| match part.split_once('=') {
             Some((k, _)) if matches!(normalize(k).as_str(), "password" | "pwd") => {
-                format!("{}=***", k)
+                format!("{k}=***")
             }
             _ => part.to_string(),
         })
         .collect::<Vec<_>>()
         .join(";")
+}
+
+/// The `keyword=value` parts of a connection string, split at the `;` that end them: a value
+/// quoted with `'` or `"` (a doubled quote inside stands for one) or braced with `{}` (`}}`
+/// inside) may hold `;` itself, as ADO.NET and ODBC allow.
+fn segments(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut parts = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    let mut in_value = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b';' => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+                in_value = false;
+            }
+            b'=' if !in_value => {
+                in_value = true;
+                let mut j = i + 1;
+                while j < bytes.len() && bytes[j] == b' ' {
+                    j += 1;
+                }
+                if let Some(&open) = bytes.get(j)
+                    && matches!(open, b'\'' | b'"' | b'{')
+                {
+                    let close = if open == b'{' { b'}' } else { open };
+                    j += 1;
+                    while j < bytes.len() {
+                        if bytes[j] == close {
+                            if bytes.get(j + 1) == Some(&close) {
+                                j += 2;
+                                continue;
+                            }
+                            break;
+                        }
+                        j += 1;
+                    }
+                    i = j;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(&text[start..]);
+    parts
 }
 
 fn normalize(keyword: &str) -> String {
@@ -83,7 +131,7 @@ impl ConnectionString {
         let mut auth_value = None;
         let mut user = None;
         let mut rest = Vec::new();
-        for part in text.split(';').filter(|p| !p.trim().is_empty()) {
+        for part in segments(text).into_iter().filter(|p| !p.trim().is_empty()) {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             match normalize(key).as_str() {
                 "authentication" => auth_value = Some(value.trim().to_string()),
@@ -775,6 +823,20 @@ mod tests {
             !shown.contains("s3cret") && shown.contains("Password=***"),
             "{shown}"
         );
+        // Quoted and braced values may hold `;` (and their own quote, doubled).
+        for (password, rest) in [
+            ("'se;cr''et'", "se;cr"),
+            ("\"a;b\"\"c;d\"", "c;d"),
+            ("{x;y}}z;w}", "z;w"),
+            (" 'p;q'", "p;q"),
+        ] {
+            let text = format!("Server=h;Pwd={password};Database=d");
+            let shown = redact(&text);
+            assert_eq!(shown, "Server=h;Pwd=***;Database=d", "{text}");
+            assert!(!shown.contains(rest), "{shown}");
+            let parsed = ConnectionString::parse(&text).unwrap();
+            assert!(parsed.for_tiberius.contains(password), "{parsed:?}");
+        }
     }
 
     #[test]

@@ -28,18 +28,15 @@ use tracing::{info, warn};
 use super::Status;
 use crate::config::{GoldKind, Pipeline, TableSpec};
 use crate::error::{Error, Result, delta_err};
-use crate::lake::Lake;
 use crate::lake::layout;
 use crate::lake::layout::Stage;
 use crate::lake::lease::Lease;
+use crate::lake::{Lake, conflict};
 pub use handover::{Built, Progress, Staged};
 use write::{
     append, col, commit_properties, count_op, insert_from_source, merge_rows, op_is, project,
     record_only, schema_of, update_from_source,
 };
-
-/// Commit attempts when another writer commits to the same gold table first.
-const COMMIT_TRIES: usize = 5;
 
 /// What a gold run did to one table or view.
 #[derive(Debug, Clone, Serialize)]
@@ -370,12 +367,13 @@ impl Gold {
                     report = report_for(table);
                 }
                 Err(Error::Delta { source, .. })
-                    if super::silver::is_conflict(&source) && tries < COMMIT_TRIES =>
+                    if conflict::is_conflict(&source) && tries < conflict::COMMIT_TRIES =>
                 {
                     info!(
                         tries,
                         "Another gold run committed first; starting the table again."
                     );
+                    conflict::back_off(tries).await;
                     report = report_for(table);
                 }
                 Err(e) => {

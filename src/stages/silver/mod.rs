@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
-use deltalake::{DeltaTable, DeltaTableError};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use tracing::{info, warn};
@@ -43,10 +43,7 @@ use super::Status;
 use crate::config::{Settings, TableSpec};
 use crate::error::{Error, Result};
 use crate::lake::layout::Stage;
-use crate::lake::{Lake, layout};
-
-/// Tries per file when another writer commits to the same table first.
-const COMMIT_TRIES: usize = 5;
+use crate::lake::{Lake, conflict, layout};
 
 /// The silver stage over one lake.
 pub struct Silver {
@@ -193,12 +190,13 @@ impl Silver {
             tries += 1;
             match self.try_file(table, path, latest, prepared.take()).await {
                 Err(Error::Delta { source, .. })
-                    if is_conflict(&source) && tries < COMMIT_TRIES =>
+                    if conflict::is_conflict(&source) && tries < conflict::COMMIT_TRIES =>
                 {
                     info!(
                         file = path,
                         tries, "Another writer committed first; reading the table again."
                     );
+                    conflict::back_off(tries).await;
                 }
                 other => return other,
             }
@@ -310,13 +308,6 @@ async fn loaded(delta: &DeltaTable, table: &TableSpec, path: &str, version: i64)
         .await
         .map_err(&delta_err)?;
     Ok(recorded.is_some_and(|v| v >= version))
-}
-
-pub(crate) fn is_conflict(e: &DeltaTableError) -> bool {
-    matches!(
-        e,
-        DeltaTableError::VersionAlreadyExists(_) | DeltaTableError::Transaction { .. }
-    )
 }
 
 fn session() -> SessionContext {
