@@ -521,3 +521,89 @@ fn on_azurite_the_functions_and_a_run_build_the_same_gold() {
     assert_eq!(functions, on_azurite("az://lake/run"));
     assert_eq!(functions, reference_run(d, &[]));
 }
+
+#[test]
+fn the_package_carries_the_pipeline_and_its_templates_and_serve_reads_them_from_the_app_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let project = d.join("project");
+    std::fs::create_dir_all(project.join("templates")).unwrap();
+    let pipeline = tunelake::config::DEFAULT_PIPELINE.replace(
+        "[settings]",
+        "[settings]\nquery_concurrency = 3   # this project's own",
+    );
+    assert_ne!(pipeline, tunelake::config::DEFAULT_PIPELINE);
+    std::fs::write(project.join("pipeline.toml"), &pipeline).unwrap();
+    let star = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/star_join.sql.j2"),
+    )
+    .unwrap();
+    let own_star = format!("{{# this project's star join #}}\n{star}");
+    std::fs::write(project.join("templates/star_join.sql.j2"), &own_star).unwrap();
+
+    let (code, out, err) = tunelake_with(
+        d,
+        &[
+            "--config",
+            "project/pipeline.toml",
+            "package",
+            "--out",
+            "dist",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let file = std::fs::File::open(d.join("dist/tunelake-functions.zip")).unwrap();
+    let mut zip = zip::ZipArchive::new(file).unwrap();
+    let mut read = |name: &str| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut zip.by_name(name).unwrap(), &mut text).unwrap();
+        text
+    };
+    assert_eq!(read("pipeline.toml"), pipeline);
+    assert_eq!(read("templates/star_join.sql.j2"), own_star);
+    assert!(read("templates/top_tracks_per_day.sql.j2").contains("SELECT"));
+    assert!(read("catchup/function.json").contains("CATCHUP_SCHEDULE"));
+    let silver: Value = serde_json::from_str(&read("silver/function.json")).unwrap();
+    assert_eq!(silver["bindings"][0]["type"], "queueTrigger");
+    assert_eq!(silver["bindings"][0]["queueName"], "bronze-events");
+    assert_eq!(silver["bindings"][0]["name"], "event");
+
+    // serve, started by the host in some other folder, reads the packaged pipeline.
+    let app = d.join("dist/app");
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let (server, _) = Server::start(
+        &elsewhere,
+        "lake",
+        &[("FUNCTIONS_APP_ROOT_PATH", app.display().to_string())],
+    );
+    let (status, body) = server.request("GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(&app.join("pipeline.toml").display().to_string()),
+        "{body}"
+    );
+    assert!(server.stop().success());
+
+    // A pipeline file that does not validate is never packaged.
+    std::fs::write(
+        project.join("pipeline.toml"),
+        pipeline.replace("query_concurrency = 3", "query_concurrency = 0"),
+    )
+    .unwrap();
+    let (code, out, err) = tunelake_with(
+        d,
+        &[
+            "--config",
+            "project/pipeline.toml",
+            "package",
+            "--out",
+            "bad",
+        ],
+        &[],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("query_concurrency"), "{err}");
+    assert!(!d.join("bad/tunelake-functions.zip").exists());
+}

@@ -82,3 +82,38 @@ async fn anything_but_a_query_is_refused_and_unknown_tables_are_named() {
     assert!(err.contains("podcasts"), "{err}");
     assert_eq!(render(&[], Format::Json).unwrap(), "[]");
 }
+
+#[tokio::test]
+async fn a_query_past_its_memory_or_time_is_stopped_with_the_setting_to_change() {
+    use std::time::Duration;
+    use tunelake::query::{Bounds, run_within};
+    let (_fx, lake) = loaded().await;
+    // A self-join's build side cannot spill: 64 KB is far below what it holds.
+    let heavy =
+        "SELECT count(*) AS n FROM silver.streams a JOIN silver.streams b ON a.user_id = b.user_id";
+    let tight = Bounds {
+        memory: Some(64 * 1024),
+        time: None,
+    };
+    let err = run_within(&lake, heavy, None, tight).await.unwrap_err();
+    assert!(
+        err.to_string().contains("settings.query_memory_mb"),
+        "{err}"
+    );
+    let short = Bounds {
+        memory: None,
+        time: Some(Duration::from_nanos(1)),
+    };
+    let err = run_within(&lake, heavy, None, short).await.unwrap_err();
+    assert!(
+        err.to_string().contains("settings.query_timeout_seconds"),
+        "{err}"
+    );
+    // Within generous bounds the same query answers.
+    let roomy = Bounds {
+        memory: Some(512 * 1024 * 1024),
+        time: Some(Duration::from_secs(120)),
+    };
+    let batches = run_within(&lake, heavy, None, roomy).await.unwrap();
+    assert_eq!(batches[0].num_rows(), 1);
+}
