@@ -1,9 +1,11 @@
 // tunelake: one Azure environment (DESIGN.md §7). Deploy at subscription scope:
 //   az deployment sub create -l <region> -f infra/main.bicep -p infra/main.dev.bicepparam
-// It creates the resource group and, in it: the ADLS Gen2 lake, Azure SQL (Entra-only), the
-// Function App on Flex Consumption with its managed identity and least-privilege roles,
-// Application Insights on Log Analytics, the Event Grid subscription that fires `silver` for
-// new bronze blobs, and a Databricks access connector that reads the same Delta tables.
+// It creates the resource group and, in it, in one pass: the ADLS Gen2 lake, the Function App's
+// own host storage, Azure SQL (Entra-only), a private network with private endpoints for all
+// three, the Function App on Flex Consumption with its managed identity and least-privilege
+// roles, Application Insights on Log Analytics (Entra-only ingestion), the Event Grid
+// subscription that queues new bronze blobs for `silver` (managed-identity delivery, dead
+// letters kept), and a Databricks access connector that reads the silver and gold tables.
 targetScope = 'subscription'
 
 @description('Environment name, part of every resource name.')
@@ -29,9 +31,6 @@ param alertFrom string = ''
 @description('Ingest timer, NCRONTAB with seconds (UTC).')
 param ingestSchedule string = '0 */15 * * * *'
 
-@description('Create the Event Grid subscription. It needs the app code deployed first (the blob extension key exists only then), so the deploy workflow runs this template twice.')
-param deployEventGrid bool = false
-
 param tags object = {
   app: 'tunelake'
   environment: environment
@@ -55,11 +54,32 @@ module monitoring 'modules/monitoring.bicep' = {
   }
 }
 
+module network 'modules/network.bicep' = {
+  scope: group
+  name: 'network'
+  params: {
+    name: name
+    location: location
+    tags: tags
+  }
+}
+
 module lake 'modules/storage.bicep' = {
   scope: group
   name: 'lake'
   params: {
     accountName: take(replace('st${prefix}${environment}${uniqueString(subscription().id, name)}', '-', ''), 24)
+    location: location
+    tags: tags
+    databricksConnectorId: databricks.outputs.id
+  }
+}
+
+module hostStorage 'modules/hoststorage.bicep' = {
+  scope: group
+  name: 'hoststorage'
+  params: {
+    accountName: take(replace('sth${prefix}${environment}${uniqueString(subscription().id, name)}', '-', ''), 24)
     location: location
     tags: tags
   }
@@ -77,6 +97,34 @@ module sql 'modules/sql.bicep' = {
   }
 }
 
+// What the app reaches privately: the lake's blob, dfs and queue endpoints, the host storage's
+// blob, queue and table endpoints, and SQL.
+var endpoints = [
+  { name: 'lake-blob', target: lake.outputs.id, group: 'blob', zone: network.outputs.blobZoneId }
+  { name: 'lake-dfs', target: lake.outputs.id, group: 'dfs', zone: network.outputs.dfsZoneId }
+  { name: 'lake-queue', target: lake.outputs.id, group: 'queue', zone: network.outputs.queueZoneId }
+  { name: 'host-blob', target: hostStorage.outputs.id, group: 'blob', zone: network.outputs.blobZoneId }
+  { name: 'host-queue', target: hostStorage.outputs.id, group: 'queue', zone: network.outputs.queueZoneId }
+  { name: 'host-table', target: hostStorage.outputs.id, group: 'table', zone: network.outputs.tableZoneId }
+  { name: 'sql', target: sql.outputs.id, group: 'sqlServer', zone: network.outputs.sqlZoneId }
+]
+
+module privateEndpoints 'modules/endpoint.bicep' = [
+  for e in endpoints: {
+    scope: group
+    name: 'pe-${e.name}'
+    params: {
+      name: 'pe-${name}-${e.name}'
+      location: location
+      tags: tags
+      subnetId: network.outputs.endpointSubnetId
+      targetId: e.target
+      groupId: e.group
+      zoneId: e.zone
+    }
+  }
+]
+
 module app 'modules/functionapp.bicep' = {
   scope: group
   name: 'functionapp'
@@ -84,7 +132,9 @@ module app 'modules/functionapp.bicep' = {
     name: name
     location: location
     tags: tags
-    storageAccountName: lake.outputs.accountName
+    hostAccountName: hostStorage.outputs.accountName
+    lakeAccountName: lake.outputs.accountName
+    appSubnetId: network.outputs.appSubnetId
     appInsightsConnectionString: monitoring.outputs.connectionString
     sqlServerFqdn: sql.outputs.serverFqdn
     sqlDatabaseName: sql.outputs.databaseName
@@ -98,7 +148,9 @@ module roles 'modules/roles.bicep' = {
   scope: group
   name: 'roles'
   params: {
-    storageAccountName: lake.outputs.accountName
+    lakeAccountName: lake.outputs.accountName
+    hostAccountName: hostStorage.outputs.accountName
+    appInsightsName: monitoring.outputs.name
     functionPrincipalId: app.outputs.principalId
     databricksPrincipalId: databricks.outputs.principalId
   }
@@ -114,15 +166,15 @@ module databricks 'modules/databricks.bicep' = {
   }
 }
 
-module events 'modules/eventgrid.bicep' = if (deployEventGrid) {
+module events 'modules/eventgrid.bicep' = {
   scope: group
   name: 'eventgrid'
   params: {
     name: name
     location: location
     tags: tags
-    storageAccountName: lake.outputs.accountName
-    functionAppName: app.outputs.name
+    lakeAccountName: lake.outputs.accountName
+    hostAccountName: hostStorage.outputs.accountName
   }
 }
 
@@ -131,3 +183,5 @@ output lakeUrl string = lake.outputs.lakeUrl
 output functionAppName string = app.outputs.name
 output sqlServerName string = sql.outputs.serverName
 output resourceGroupName string = group.name
+@description('For a Unity Catalog storage credential (tunelake catalog publish): the access connector.')
+output databricksAccessConnectorId string = databricks.outputs.id

@@ -1,9 +1,13 @@
 // The Function App: Linux, Flex Consumption, custom handler (the tunelake binary), with a
-// system-assigned managed identity. Storage is reached through that identity only.
+// system-assigned managed identity, its outbound traffic through the private network. Storage
+// is reached through that identity only: the host's state and package in their own account,
+// the lake (Delta tables and queues) in another.
 param name string
 param location string
 param tags object
-param storageAccountName string
+param hostAccountName string
+param lakeAccountName string
+param appSubnetId string
 param appInsightsConnectionString string
 param sqlServerFqdn string
 param sqlDatabaseName string
@@ -12,9 +16,15 @@ param alertFrom string
 param ingestSchedule string
 @description('NCRONTAB schedule of the maintain function (compaction, vacuum, log cleanup).')
 param maintainSchedule string = '0 30 3 * * *'
+@description('NCRONTAB schedule of the catchup function, which loads bronze files no event brought: a lost event delays a file by at most this period.')
+param catchupSchedule string = '0 */30 * * * *'
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
-  name: storageAccountName
+resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: hostAccountName
+}
+
+resource lake 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: lakeAccountName
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
@@ -42,11 +52,12 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    virtualNetworkSubnetId: appSubnetId
     functionAppConfig: {
       deployment: {
         storage: {
           type: 'blobContainer'
-          value: '${storage.properties.primaryEndpoints.blob}deployments'
+          value: '${hostStorage.properties.primaryEndpoints.blob}deployments'
           authentication: {
             type: 'SystemAssignedIdentity'
           }
@@ -65,14 +76,13 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'
       appSettings: [
-        { name: 'AzureWebJobsStorage__accountName', value: storage.name }
+        { name: 'AzureWebJobsStorage__accountName', value: hostStorage.name }
         { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
-        { name: 'LAKE_CONNECTION__blobServiceUri', value: storage.properties.primaryEndpoints.blob }
-        { name: 'LAKE_CONNECTION__queueServiceUri', value: storage.properties.primaryEndpoints.queue }
+        { name: 'LAKE_CONNECTION__queueServiceUri', value: lake.properties.primaryEndpoints.queue }
         { name: 'LAKE_CONNECTION__credential', value: 'managedidentity' }
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsightsConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'Authorization=AAD' }
-        { name: 'TUNELAKE_LAKE', value: 'abfss://{area}@${storage.name}.dfs.${environment().suffixes.storage}/' }
+        { name: 'TUNELAKE_LAKE', value: 'abfss://{area}@${lake.name}.dfs.${environment().suffixes.storage}/' }
         {
           name: 'TUNELAKE_SOURCE'
           value: 'Server=tcp:${sqlServerFqdn},1433;Database=${sqlDatabaseName};Authentication=Active Directory Managed Identity;Encrypt=true'
@@ -81,6 +91,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'TUNELAKE_ALERT_FROM', value: alertFrom }
         { name: 'INGEST_SCHEDULE', value: ingestSchedule }
         { name: 'MAINTAIN_SCHEDULE', value: maintainSchedule }
+        { name: 'CATCHUP_SCHEDULE', value: catchupSchedule }
       ]
     }
   }

@@ -1,4 +1,6 @@
 // Application Insights on a Log Analytics workspace, for the Function App's logs and traces.
+// Entra-only ingestion: the app's identity publishes with Monitoring Metrics Publisher
+// (roles.bicep); the connection string's key alone is refused.
 param name string
 param location string
 param tags object
@@ -23,8 +25,9 @@ resource insights 'Microsoft.Insights/components@2020-02-02' = {
   properties: {
     Application_Type: 'web'
     WorkspaceResourceId: workspace.id
-    DisableLocalAuth: false
+    DisableLocalAuth: true
   }
 }
 
 output connectionString string = insights.properties.ConnectionString
+output name string = insights.name

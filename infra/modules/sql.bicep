@@ -1,4 +1,5 @@
-// Azure SQL, the source: Entra ID authentication only (no SQL logins, no passwords anywhere).
+// Azure SQL, the source: Entra ID authentication only (no SQL logins, no passwords anywhere),
+// no public endpoint: the Function App reaches it through a private endpoint (main.bicep).
 param name string
 param location string
 param tags object
@@ -11,7 +12,7 @@ resource server 'Microsoft.Sql/servers@2023-08-01' = {
   tags: tags
   properties: {
     minimalTlsVersion: '1.2'
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: 'Disabled'
     administrators: {
       administratorType: 'ActiveDirectory'
       azureADOnlyAuthentication: true
@@ -38,16 +39,7 @@ resource database 'Microsoft.Sql/servers/databases@2023-08-01' = {
   }
 }
 
-// Lets Azure services (the Function App's outbound addresses) reach the server.
-resource azureServices 'Microsoft.Sql/servers/firewallRules@2023-08-01' = {
-  parent: server
-  name: 'AllowAllWindowsAzureIps'
-  properties: {
-    startIpAddress: '0.0.0.0'
-    endIpAddress: '0.0.0.0'
-  }
-}
-
 output serverName string = server.name
+output id string = server.id
 output serverFqdn string = server.properties.fullyQualifiedDomainName
 output databaseName string = database.name

@@ -1,8 +1,13 @@
-// The lake: ADLS Gen2 (hierarchical namespace), one container per area, no public access, no
-// shared keys (every client authenticates with Entra ID), TLS 1.2.
+// The lake: ADLS Gen2 (hierarchical namespace), one container per area and the two queues
+// (`bronze-events`, which Event Grid fills, and `gold-build`), no shared keys (every client
+// authenticates with Entra ID), TLS 1.2. Private: the public endpoint refuses every network
+// except trusted Azure services (Event Grid's managed-identity delivery) and the Databricks
+// access connector's resource instance; the Function App reaches it through private endpoints.
 param accountName string
 param location string
 param tags object
+@description('The Databricks access connector allowed through the firewall (resource instance rule).')
+param databricksConnectorId string
 
 var areas = ['bronze', 'silver', 'gold', 'system']
 
@@ -22,6 +27,18 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     supportsHttpsTrafficOnly: true
     defaultToOAuthAuthentication: true
     publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Deny'
+      bypass: 'AzureServices'
+      ipRules: []
+      virtualNetworkRules: []
+      resourceAccessRules: [
+        {
+          tenantId: tenant().tenantId
+          resourceId: databricksConnectorId
+        }
+      ]
+    }
     accessTier: 'Hot'
   }
 }
@@ -41,18 +58,14 @@ resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2
   }
 ]
 
-// Where Flex Consumption keeps the deployed package.
-resource deployments 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: blobs
-  name: 'deployments'
-  properties: {
-    publicAccess: 'None'
-  }
-}
-
 resource queues 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
   parent: account
   name: 'default'
+}
+
+resource bronzeEvents 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queues
+  name: 'bronze-events'
 }
 
 resource goldQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
@@ -61,5 +74,7 @@ resource goldQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-
 }
 
 output accountName string = account.name
+output id string = account.id
 output blobEndpoint string = account.properties.primaryEndpoints.blob
+output queueEndpoint string = account.properties.primaryEndpoints.queue
 output lakeUrl string = 'abfss://{area}@${account.name}.dfs.${environment().suffixes.storage}/'

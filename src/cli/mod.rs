@@ -174,6 +174,11 @@ pub enum Command {
         /// Where `app/` and `tunelake-functions.zip` go.
         #[arg(long, default_value = "dist")]
         out: PathBuf,
+        /// The newest glibc the binary may need: the Functions images run an older one than
+        /// current build machines (build as docs/azure.md shows), so a binary needing more
+        /// is refused.
+        #[arg(long, default_value = "2.28")]
+        max_glibc: String,
     },
     /// Write the HTML report of a run (the latest by default): lineage with rows and times,
     /// data quality per expectation, dimension versions, streams per day, watermarks.
@@ -331,7 +336,10 @@ pub async fn run(cli: Cli) -> Result<bool> {
         Command::Refresh { ref table, yes } => refresh(&cli, table, yes).await,
         Command::Maintain { ref tables } => maintain(&cli, tables).await,
         Command::Status => status(&cli).await,
-        Command::Package { ref out } => package(&cli, out),
+        Command::Package {
+            ref out,
+            ref max_glibc,
+        } => package(&cli, out, max_glibc),
         Command::Serve { port } => {
             let config = serve_config(&cli);
             let app = crate::functions::App::new(
@@ -440,6 +448,30 @@ async fn maintain(cli: &Cli, tables: &[String]) -> Result<bool> {
     Ok(done.len() == wanted)
 }
 
+/// Refuses a binary that needs a newer glibc than `max` (e.g. `2.28`).
+fn check_glibc(binary: &std::path::Path, max: &str) -> Result<()> {
+    use crate::functions::glibc;
+    let bad = |message: String| Error::BadArgument {
+        what: "--max-glibc".to_string(),
+        message,
+    };
+    let max = glibc::parse_version(max)
+        .ok_or_else(|| bad(format!("{max:?} is not a version like 2.28")))?;
+    match glibc::required(binary)? {
+        Some(needed) if needed > max => Err(bad(format!(
+            "{} needs glibc {}.{}, newer than {}.{}: it would not start on the Functions host \
+             image. Build it for an older glibc (docs/azure.md, \"The binary\"), or raise \
+             --max-glibc if your host image has a newer one",
+            binary.display(),
+            needed.0,
+            needed.1,
+            max.0,
+            max.1
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The pipeline file `serve` reads: `--config`, else the one packaged in the Function App's
 /// root (`FUNCTIONS_APP_ROOT_PATH`, set by the host), else as every command finds it.
 fn serve_config(cli: &Cli) -> Option<std::path::PathBuf> {
@@ -451,8 +483,9 @@ fn serve_config(cli: &Cli) -> Option<std::path::PathBuf> {
 }
 
 /// `tunelake package`: the Function App as a folder and a zip, from this binary.
-fn package(cli: &Cli, out: &std::path::Path) -> Result<bool> {
+fn package(cli: &Cli, out: &std::path::Path, max_glibc: &str) -> Result<bool> {
     let binary = std::env::current_exe().map_err(|e| Error::io("the running binary", e))?;
+    check_glibc(&binary, max_glibc)?;
     // Loaded first: a pipeline file that does not validate is never packaged.
     let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
     let file = Pipeline::file_in_use(cli.config.as_deref());

@@ -4,6 +4,7 @@
 //! arrive, at `/api/<function>`. Every stage answers `{Outputs, Logs, ReturnValue}`; a failed stage
 //! answers 500 so the host retries and, for the queue, poison-queues.
 
+pub mod glibc;
 pub mod package;
 mod payload;
 mod silver;

@@ -549,6 +549,8 @@ fn the_package_carries_the_pipeline_and_its_templates_and_serve_reads_them_from_
             "package",
             "--out",
             "dist",
+            "--max-glibc",
+            "2.99",
         ],
         &[],
     );
@@ -600,6 +602,8 @@ fn the_package_carries_the_pipeline_and_its_templates_and_serve_reads_them_from_
             "package",
             "--out",
             "bad",
+            "--max-glibc",
+            "2.99",
         ],
         &[],
     );

@@ -1,7 +1,9 @@
 //! The infrastructure templates and workflows, checked as an Azure engineer would read them:
 //! every Bicep file parses (tree-sitter-bicep), and the properties that make the environment
-//! safe hold: hierarchical namespace on, public and shared-key access off, Entra-only SQL, a
-//! managed identity with exactly the roles it needs. A flipped property fails the check.
+//! safe hold: hierarchical namespace on the lake, public and shared-key access off, networks
+//! denied but for private endpoints, Entra-only SQL and telemetry, host storage apart from the
+//! lake, identities with exactly the roles they need at the narrowest scope, Event Grid
+//! delivering to a queue with its own identity. A flipped property fails the check.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -127,9 +129,9 @@ fn problems(root: &Path) -> Vec<String> {
             }
         }
     }
-    if files.len() < 7 {
+    if files.len() < 11 {
         problems.push(format!(
-            "expected main.bicep and 6 modules, found {} files",
+            "expected main.bicep and 10 modules, found {} files",
             files.len()
         ));
     }
@@ -150,10 +152,14 @@ fn problems(root: &Path) -> Vec<String> {
             ));
         }
     }
-    let mut check = |kind: &str, path: &str, want: &str| {
+    // `kind`'s resources (in files whose path ends with `file`, when given) must have `want`
+    // at `path`.
+    let mut check_in = |file: Option<&str>, kind: &str, path: &str, want: &str| {
         let found: Vec<_> = resources
             .iter()
-            .filter(|(_, r)| r.kind == kind && !r.existing)
+            .filter(|(f, r)| {
+                r.kind == kind && !r.existing && file.is_none_or(|name| f.file.ends_with(name))
+            })
             .collect();
         if found.is_empty() {
             problems.push(format!("no {kind} resource"));
@@ -169,11 +175,25 @@ fn problems(root: &Path) -> Vec<String> {
         }
     };
     let storage = "Microsoft.Storage/storageAccounts";
-    check(storage, "properties.isHnsEnabled", "true");
+    check_in(
+        Some("/storage.bicep"),
+        storage,
+        "properties.isHnsEnabled",
+        "true",
+    );
+    check_in(
+        Some("/hoststorage.bicep"),
+        storage,
+        "properties.isHnsEnabled",
+        "false",
+    );
+    let mut check = |kind: &str, path: &str, want: &str| check_in(None, kind, path, want);
     check(storage, "properties.allowBlobPublicAccess", "false");
     check(storage, "properties.allowSharedKeyAccess", "false");
     check(storage, "properties.minimumTlsVersion", "'TLS1_2'");
     check(storage, "properties.supportsHttpsTrafficOnly", "true");
+    check(storage, "properties.networkAcls.defaultAction", "'Deny'");
+    check(storage, "properties.networkAcls.bypass", "'AzureServices'");
     let containers = "Microsoft.Storage/storageAccounts/blobServices/containers";
     check(containers, "properties.publicAccess", "'None'");
     let sql = "Microsoft.Sql/servers";
@@ -187,10 +207,12 @@ fn problems(root: &Path) -> Vec<String> {
         "properties.administrators.administratorType",
         "'ActiveDirectory'",
     );
+    check(sql, "properties.publicNetworkAccess", "'Disabled'");
     let site = "Microsoft.Web/sites";
     check(site, "identity.type", "'SystemAssigned'");
     check(site, "kind", "'functionapp,linux'");
     check(site, "properties.httpsOnly", "true");
+    check(site, "properties.virtualNetworkSubnetId", "appSubnetId");
     check(
         site,
         "properties.functionAppConfig.runtime.name",
@@ -209,16 +231,45 @@ fn problems(root: &Path) -> Vec<String> {
         "'SystemAssigned'",
     );
     check(
-        "Microsoft.EventGrid/systemTopics/eventSubscriptions",
+        "Microsoft.Insights/components",
+        "properties.DisableLocalAuth",
+        "true",
+    );
+    let topic = "Microsoft.EventGrid/systemTopics";
+    check(topic, "identity.type", "'SystemAssigned'");
+    let subscription = "Microsoft.EventGrid/systemTopics/eventSubscriptions";
+    check(
+        subscription,
         "properties.filter.subjectBeginsWith",
         "'/blobServices/default/containers/bronze/blobs/'",
     );
-
+    check(
+        subscription,
+        "properties.deliveryWithResourceIdentity.destination.endpointType",
+        "'StorageQueue'",
+    );
+    check(
+        subscription,
+        "properties.deliveryWithResourceIdentity.destination.properties.queueName",
+        "'bronze-events'",
+    );
+    check(
+        subscription,
+        "properties.deliveryWithResourceIdentity.identity.type",
+        "'SystemAssigned'",
+    );
+    check(
+        subscription,
+        "properties.deadLetterWithResourceIdentity.deadLetterDestination.endpointType",
+        "'StorageBlob'",
+    );
     let all_text: String = files.iter().map(|f| f.text.as_str()).collect();
     for forbidden in [
         "administratorLoginPassword",
-        "listKeys(storage",
+        "listKeys(",
         "AccountKey=",
+        "AllowAllWindowsAzureIps",
+        "firewallRules",
     ] {
         if all_text.contains(forbidden) {
             problems.push(format!("a key or password is used somewhere: {forbidden}"));
@@ -234,15 +285,27 @@ fn problems(root: &Path) -> Vec<String> {
         "TUNELAKE_LAKE",
         "TUNELAKE_ALERT_TO",
         "TUNELAKE_ALERT_FROM",
+        "CATCHUP_SCHEDULE",
+        "MAINTAIN_SCHEDULE",
+        "LAKE_CONNECTION__queueServiceUri",
     ] {
         if !all_text.contains(&format!("name: '{setting}'")) {
             problems.push(format!("app setting {setting} is missing"));
         }
     }
-    if !all_text.contains("Microsoft.Storage.BlobCreated")
-        || !all_text.contains("Host.Functions.silver")
-    {
-        problems.push("no blob-created subscription to the silver function".to_string());
+    if !all_text.contains("Microsoft.Storage.BlobCreated") {
+        problems.push("no blob-created subscription to the bronze-events queue".to_string());
+    }
+    if !all_text.contains("name: 'AzureWebJobsStorage__accountName', value: hostStorage.name") {
+        problems.push("the host's storage is not its own account".to_string());
+    }
+    for group in ["'blob'", "'dfs'", "'queue'", "'sqlServer'"] {
+        if !all_text.contains(&format!("group: {group}")) {
+            problems.push(format!("no private endpoint for {group}"));
+        }
+    }
+    if !all_text.contains("serviceName: 'Microsoft.App/environments'") {
+        problems.push("the app subnet is not delegated to Flex Consumption".to_string());
     }
     if !all_text.contains("WorkspaceResourceId: workspace.id") {
         problems.push("Application Insights is not on the Log Analytics workspace".to_string());
@@ -260,7 +323,7 @@ fn problems(root: &Path) -> Vec<String> {
             )
         })
         .collect();
-    let assignments: Vec<(String, String)> = resources
+    let assignments: Vec<(String, String, String)> = resources
         .iter()
         .filter(|(_, r)| r.kind == "Microsoft.Authorization/roleAssignments")
         .map(|(file, r)| {
@@ -276,33 +339,68 @@ fn problems(root: &Path) -> Vec<String> {
             let principal = file
                 .value(r.body, "properties.principalId")
                 .unwrap_or_default();
-            (vars.get(&role_var).cloned().unwrap_or(role_var), principal)
+            let scope = file.value(r.body, "scope").unwrap_or_default();
+            (
+                vars.get(&role_var).cloned().unwrap_or(role_var),
+                principal,
+                scope,
+            )
         })
         .collect();
-    for (role, principal, what) in [
+    for (role, principal, scope, what) in [
         (
-            "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+            "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
             "functionPrincipalId",
-            "Storage Blob Data Owner for the Function App",
+            "lake",
+            "Storage Blob Data Contributor on the lake for the Function App",
         ),
         (
             "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
             "functionPrincipalId",
-            "Storage Queue Data Contributor for the Function App",
+            "lake",
+            "Storage Queue Data Contributor on the lake for the Function App",
+        ),
+        (
+            "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+            "functionPrincipalId",
+            "hostStorage",
+            "Storage Blob Data Owner on its host storage for the Function App",
+        ),
+        (
+            "3913510d-42f4-4e42-8a64-420c390055eb",
+            "functionPrincipalId",
+            "insights",
+            "Monitoring Metrics Publisher for the Function App",
+        ),
+        (
+            "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
+            "databricksPrincipalId",
+            "areaContainers[i]",
+            "Storage Blob Data Reader on silver and gold for Databricks",
+        ),
+        (
+            "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a",
+            "topic.identity.principalId",
+            "bronzeEvents",
+            "Storage Queue Data Message Sender on bronze-events for Event Grid",
         ),
         (
             "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
-            "databricksPrincipalId",
-            "Storage Blob Data Contributor for Databricks",
+            "topic.identity.principalId",
+            "deadLetters",
+            "Storage Blob Data Contributor on the dead-letter container for Event Grid",
         ),
     ] {
-        if !assignments.iter().any(|(r, p)| r == role && p == principal) {
+        if !assignments
+            .iter()
+            .any(|(r, p, s)| r == role && p == principal && s == scope)
+        {
             problems.push(format!("role assignment missing: {what} ({role})"));
         }
     }
-    if assignments.len() != 3 {
+    if assignments.len() != 7 {
         problems.push(format!(
-            "expected exactly 3 role assignments, found {}",
+            "expected exactly 7 role assignments, found {}",
             assignments.len()
         ));
     }
@@ -312,6 +410,7 @@ fn problems(root: &Path) -> Vec<String> {
         "output lakeUrl",
         "output functionAppName",
         "output sqlServerName",
+        "output databricksAccessConnectorId",
     ] {
         if !main.contains(output) {
             problems.push(format!("main.bicep has no {output}"));
@@ -352,12 +451,26 @@ fn problems(root: &Path) -> Vec<String> {
         "environment: prod",
         "environment: ${{ inputs.environment }}",
         "/api/query",
+        // Deploy only what CI passed, one deployment at a time, for the hosts' old glibc.
+        "workflows: [ci]",
+        "github.event.workflow_run.conclusion == 'success'",
+        "head_sha",
+        "cancel-in-progress: false",
+        "restore-keys:",
+        "--max-glibc 2.28",
+        "x86_64-unknown-linux-gnu.2.28",
     ] {
         if !deploy.contains(needed) {
             problems.push(format!("the deploy workflows lack `{needed}`"));
         }
     }
-    for forbidden in ["client-secret", "creds:", "password"] {
+    for forbidden in [
+        "client-secret",
+        "creds:",
+        "password",
+        "deployEventGrid",
+        "push:",
+    ] {
         if deploy.contains(forbidden) {
             problems.push(format!("the deploy workflows use a secret: `{forbidden}`"));
         }
@@ -416,9 +529,45 @@ fn each_flipped_property_is_caught() {
         ),
         (
             "infra/modules/roles.bicep",
-            "principalId: functionPrincipalId\n    principalType: 'ServicePrincipal'\n  }\n}\n\nresource functionQueueContributor",
-            "principalId: databricksPrincipalId\n    principalType: 'ServicePrincipal'\n  }\n}\n\nresource functionQueueContributor",
-            "Storage Blob Data Owner",
+            "scope: hostStorage\n  name: guid(hostStorage.id, functionPrincipalId, storageBlobDataOwner)",
+            "scope: lake\n  name: guid(hostStorage.id, functionPrincipalId, storageBlobDataOwner)",
+            "Storage Blob Data Owner on its host storage",
+        ),
+        (
+            "infra/modules/roles.bicep",
+            "storageBlobDataReader)\n    properties: {\n      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)",
+            "storageBlobDataReader)\n    properties: {\n      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)",
+            "Storage Blob Data Reader on silver and gold",
+        ),
+        (
+            "infra/modules/storage.bicep",
+            "defaultAction: 'Deny'",
+            "defaultAction: 'Allow'",
+            "networkAcls.defaultAction",
+        ),
+        (
+            "infra/modules/sql.bicep",
+            "publicNetworkAccess: 'Disabled'",
+            "publicNetworkAccess: 'Enabled'",
+            "publicNetworkAccess",
+        ),
+        (
+            "infra/modules/monitoring.bicep",
+            "DisableLocalAuth: true",
+            "DisableLocalAuth: false",
+            "DisableLocalAuth",
+        ),
+        (
+            "infra/modules/eventgrid.bicep",
+            "endpointType: 'StorageQueue'",
+            "endpointType: 'WebHook'",
+            "StorageQueue",
+        ),
+        (
+            "infra/modules/functionapp.bicep",
+            "value: hostStorage.name }",
+            "value: lake.name }",
+            "host's storage",
         ),
         (
             "infra/modules/storage.bicep",
