@@ -31,6 +31,9 @@ param alertFrom string = ''
 @description('Ingest timer, NCRONTAB with seconds (UTC).')
 param ingestSchedule string = '0 */15 * * * *'
 
+@description('Open the lake, the host storage and SQL to public networks (a dev convenience); private by default.')
+param allowPublicNetwork bool = false
+
 param tags object = {
   app: 'tunelake'
   environment: environment
@@ -72,6 +75,7 @@ module lake 'modules/storage.bicep' = {
     location: location
     tags: tags
     databricksConnectorId: databricks.outputs.id
+    allowPublicNetwork: allowPublicNetwork
   }
 }
 
@@ -82,6 +86,7 @@ module hostStorage 'modules/hoststorage.bicep' = {
     accountName: take(replace('sth${prefix}${environment}${uniqueString(subscription().id, name)}', '-', ''), 24)
     location: location
     tags: tags
+    allowPublicNetwork: allowPublicNetwork
   }
 }
 
@@ -94,6 +99,7 @@ module sql 'modules/sql.bicep' = {
     tags: tags
     adminLogin: sqlAdminLogin
     adminObjectId: sqlAdminObjectId
+    allowPublicNetwork: allowPublicNetwork
   }
 }
 

@@ -176,7 +176,7 @@ async fn read(request: axum::extract::Request, limits: Limits) -> Result<Request
 }
 
 /// Every path goes to `handler`: the functions route by name themselves.
-fn router(handler: Handler, limits: Limits) -> axum::Router {
+pub fn router(handler: Handler, limits: Limits) -> axum::Router {
     axum::Router::new().fallback(move |request: axum::extract::Request| {
         let handler = handler.clone();
         async move {

@@ -5,6 +5,8 @@
 param accountName string
 param location string
 param tags object
+@description('Open the public endpoint to every network (dev, for loading data from a laptop); private otherwise.')
+param allowPublicNetwork bool = false
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: accountName
@@ -23,7 +25,7 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     defaultToOAuthAuthentication: true
     publicNetworkAccess: 'Enabled'
     networkAcls: {
-      defaultAction: 'Deny'
+      defaultAction: allowPublicNetwork ? 'Allow' : 'Deny'
       bypass: 'AzureServices'
       ipRules: []
       virtualNetworkRules: []

@@ -5,6 +5,8 @@ param location string
 param tags object
 param adminLogin string
 param adminObjectId string
+@description('Open the public endpoint to every network (dev, for loading data from a laptop); private otherwise.')
+param allowPublicNetwork bool = false
 
 resource server 'Microsoft.Sql/servers@2023-08-01' = {
   name: 'sql-${name}-${uniqueString(resourceGroup().id)}'
@@ -12,7 +14,7 @@ resource server 'Microsoft.Sql/servers@2023-08-01' = {
   tags: tags
   properties: {
     minimalTlsVersion: '1.2'
-    publicNetworkAccess: 'Disabled'
+    publicNetworkAccess: allowPublicNetwork ? 'Enabled' : 'Disabled'
     administrators: {
       administratorType: 'ActiveDirectory'
       azureADOnlyAuthentication: true

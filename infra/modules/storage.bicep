@@ -8,6 +8,8 @@ param location string
 param tags object
 @description('The Databricks access connector allowed through the firewall (resource instance rule).')
 param databricksConnectorId string
+@description('Open the public endpoint to every network (dev, for loading data from a laptop); private otherwise.')
+param allowPublicNetwork bool = false
 
 var areas = ['bronze', 'silver', 'gold', 'system']
 
@@ -28,7 +30,7 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     defaultToOAuthAuthentication: true
     publicNetworkAccess: 'Enabled'
     networkAcls: {
-      defaultAction: 'Deny'
+      defaultAction: allowPublicNetwork ? 'Allow' : 'Deny'
       bypass: 'AzureServices'
       ipRules: []
       virtualNetworkRules: []

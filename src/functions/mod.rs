@@ -204,6 +204,19 @@ impl App {
                 item.table
             ));
         }
+        match crate::stages::gold::covers(&self.lake, &self.pipeline, &item.table, item.version)
+            .await
+        {
+            Ok(true) => {
+                let note = format!(
+                    "gold already holds {} at version {}: nothing to build",
+                    item.table, item.version
+                );
+                return Outcome::done(vec![note], json!({}));
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "Could not tell whether gold holds the item; building."),
+        }
         // Gold consumes every silver change since its last commit, so one item brings
         // every table up to date and later items for the same commits find nothing to do.
         let tables = self.pipeline.tables.clone();
@@ -540,4 +553,84 @@ pub async fn serve(app: App, port: u16) -> Result<()> {
     )
     .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    fn router(dir: &std::path::Path, settings: &str) -> axum::Router {
+        let text = crate::config::DEFAULT_PIPELINE.replace("[settings]", settings);
+        let pipeline = Pipeline::parse(&text, "pipeline.toml").unwrap();
+        let lake = Lake::open(dir.join("lake").to_str().unwrap()).unwrap();
+        let app = App::new(pipeline, "test".into(), lake, "sqlite:none.db".into(), None);
+        crate::http::router(Arc::new(app).handler(), crate::http::Limits::default())
+    }
+
+    async fn call(router: &axum::Router, method: &str, uri: &str, body: &str) -> (u16, String) {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_router_answers_readiness_unknown_functions_and_bad_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = router(dir.path(), "[settings]");
+        let (status, body) = call(&router, "GET", "/", "").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("catchup") && body.contains("pipeline test"),
+            "{body}"
+        );
+        let (status, body) = call(&router, "POST", "/platinum", "{}").await;
+        assert_eq!(status, 404, "{body}");
+        let (status, body) = call(&router, "POST", "/gold", "{not json").await;
+        assert_eq!(status, 400, "{body}");
+        let created = r#"{"Data":{"event":{"eventType":"Microsoft.Storage.BlobCreated","subject":"/blobServices/default/containers/bronze/blobs/DimUser/x.parquet","data":{"api":"CreateFile"}}},"Metadata":{}}"#;
+        let (status, body) = call(&router, "POST", "/silver", created).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("not a complete new blob"), "{body}");
+        let (status, body) = call(&router, "GET", "/api/query?q=SELECT%201&limit=x", "").await;
+        assert_eq!(status, 400, "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_runaway_query_is_stopped_while_other_requests_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = router(
+            dir.path(),
+            "[settings]\nquery_timeout_seconds = 1\nquery_concurrency = 1",
+        );
+        let runaway = tokio::spawn({
+            let router = router.clone();
+            async move {
+                let sql = "SELECT%20count(*)%20AS%20n%20FROM%20range(1000000000000)";
+                call(&router, "GET", &format!("/api/query?q={sql}"), "").await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Served while the runaway runs.
+        let started = Instant::now();
+        let (status, _) = call(&router, "GET", "/", "").await;
+        assert_eq!(status, 200);
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+        // A second query waits for the one place, then runs.
+        let (status, body) = call(&router, "GET", "/api/query?q=SELECT%2042%20AS%20x", "").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("42"), "{body}");
+        let (status, body) = runaway.await.unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("settings.query_timeout_seconds"), "{body}");
+    }
 }

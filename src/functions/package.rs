@@ -199,4 +199,27 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }
+
+    #[test]
+    fn every_app_setting_a_function_names_is_set_locally_and_in_azure() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let local = std::fs::read_to_string(root.join("local.settings.json")).unwrap();
+        let local: serde_json::Value = serde_json::from_str(&local).unwrap();
+        let bicep = std::fs::read_to_string(root.join("infra/modules/functionapp.bicep")).unwrap();
+        let mut named = 0;
+        for (file, text) in FILES.iter().skip(1) {
+            for setting in text.split('%').skip(1).step_by(2) {
+                named += 1;
+                assert!(
+                    local["Values"][setting].is_string(),
+                    "{file} names %{setting}%, which local.settings.json does not set"
+                );
+                assert!(
+                    bicep.contains(&format!("name: '{setting}'")),
+                    "{file} names %{setting}%, which the Function App's settings lack"
+                );
+            }
+        }
+        assert!(named >= 3, "the timers' schedules are app settings");
+    }
 }

@@ -309,9 +309,16 @@ fn the_functions_build_the_same_gold_as_a_run_and_refuse_bad_input() {
     );
     assert_eq!(status, 400, "{answer}");
     assert!(answer["Logs"].to_string().contains("Data.work"), "{answer}");
-    // Redelivering a work item changes nothing.
-    let (status, _) = server.invoke("gold", &json!({ "Data": { "work": twice(&work[0]) } }));
+    // Redelivering a work item changes nothing, and answers at once.
+    let (status, answer) = server.invoke("gold", &json!({ "Data": { "work": twice(&work[0]) } }));
     assert_eq!(status, 200);
+    assert!(
+        answer["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("nothing to build"),
+        "{answer}"
+    );
     assert_eq!(gold_tables(d, "lake"), before);
 
     // The query function: rows as JSON with a limit; anything but a query is refused.

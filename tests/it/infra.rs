@@ -192,7 +192,11 @@ fn problems(root: &Path) -> Vec<String> {
     check(storage, "properties.allowSharedKeyAccess", "false");
     check(storage, "properties.minimumTlsVersion", "'TLS1_2'");
     check(storage, "properties.supportsHttpsTrafficOnly", "true");
-    check(storage, "properties.networkAcls.defaultAction", "'Deny'");
+    check(
+        storage,
+        "properties.networkAcls.defaultAction",
+        "allowPublicNetwork ? 'Allow' : 'Deny'",
+    );
     check(storage, "properties.networkAcls.bypass", "'AzureServices'");
     let containers = "Microsoft.Storage/storageAccounts/blobServices/containers";
     check(containers, "properties.publicAccess", "'None'");
@@ -207,7 +211,11 @@ fn problems(root: &Path) -> Vec<String> {
         "properties.administrators.administratorType",
         "'ActiveDirectory'",
     );
-    check(sql, "properties.publicNetworkAccess", "'Disabled'");
+    check(
+        sql,
+        "properties.publicNetworkAccess",
+        "allowPublicNetwork ? 'Enabled' : 'Disabled'",
+    );
     let site = "Microsoft.Web/sites";
     check(site, "identity.type", "'SystemAssigned'");
     check(site, "kind", "'functionapp,linux'");
@@ -406,6 +414,9 @@ fn problems(root: &Path) -> Vec<String> {
     }
 
     let main = std::fs::read_to_string(root.join("infra/main.bicep")).unwrap_or_default();
+    if !main.contains("param allowPublicNetwork bool = false") {
+        problems.push("public network access is not off by default".to_string());
+    }
     for output in [
         "output lakeUrl",
         "output functionAppName",
@@ -541,15 +552,21 @@ fn each_flipped_property_is_caught() {
         ),
         (
             "infra/modules/storage.bicep",
-            "defaultAction: 'Deny'",
+            "defaultAction: allowPublicNetwork ? 'Allow' : 'Deny'",
             "defaultAction: 'Allow'",
             "networkAcls.defaultAction",
         ),
         (
             "infra/modules/sql.bicep",
-            "publicNetworkAccess: 'Disabled'",
+            "publicNetworkAccess: allowPublicNetwork ? 'Enabled' : 'Disabled'",
             "publicNetworkAccess: 'Enabled'",
             "publicNetworkAccess",
+        ),
+        (
+            "infra/main.bicep",
+            "param allowPublicNetwork bool = false",
+            "param allowPublicNetwork bool = true",
+            "public network access",
         ),
         (
             "infra/modules/monitoring.bicep",

@@ -13,7 +13,7 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::Status;
 use crate::config::ingest::{CdcMode, Deletes};
@@ -180,7 +180,7 @@ impl Ingest {
                 async move {
                     let start = Instant::now();
                     this.table(&table, start).await.unwrap_or_else(|e| {
-                        warn!(error = %e, "The table failed; its watermark was not moved.");
+                        error!(error = %e, "The table failed; its watermark was not moved.");
                         TableReport::failed(&table.name, e.to_string(), start)
                     })
                 }

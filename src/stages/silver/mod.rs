@@ -37,7 +37,7 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::Status;
 use crate::config::{Settings, TableSpec};
@@ -77,7 +77,7 @@ impl Silver {
                     let start = Instant::now();
                     let mut report = TableReport::new(&table);
                     if let Err(e) = this.catch_up(&table, &mut report).await {
-                        warn!(error = %e, "The table failed; the files before the failure stay committed.");
+                        error!(error = %e, "The table failed; the files before the failure stay committed.");
                         report.status = Status::Failed;
                         report.error = Some(e.to_string());
                     }
