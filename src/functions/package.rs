@@ -47,6 +47,12 @@ pub const FILES: [(&str, &str); 9] = [
     ),
 ];
 
+/// `local.settings.json`, as in the repository: in the package folder, not in the zip.
+pub const LOCAL_SETTINGS: (&str, &str) = (
+    "local.settings.json",
+    include_str!("../../local.settings.json"),
+);
+
 /// The executable's name in the package (host.json's `defaultExecutablePath`).
 pub const EXECUTABLE: &str = "tunelake";
 
@@ -87,6 +93,10 @@ pub fn build(out: &Path, binary: &Path, pipeline: &PipelineFiles) -> Result<Path
         std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
         set_mode(&path, *mode)?;
     }
+    // For `func start` in the folder (Core Tools reads it; Azure ignores it, so the zip
+    // leaves it out): local, non-secret defaults only.
+    let local = app.join(LOCAL_SETTINGS.0);
+    std::fs::write(&local, LOCAL_SETTINGS.1).map_err(|e| Error::io(&local, e))?;
     let zip_path = out.join("tunelake-functions.zip");
     let file = std::fs::File::create(&zip_path).map_err(|e| Error::io(&zip_path, e))?;
     write_zip(std::io::BufWriter::new(file), &entries)
@@ -203,8 +213,7 @@ mod tests {
     #[test]
     fn every_app_setting_a_function_names_is_set_locally_and_in_azure() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let local = std::fs::read_to_string(root.join("local.settings.json")).unwrap();
-        let local: serde_json::Value = serde_json::from_str(&local).unwrap();
+        let local: serde_json::Value = serde_json::from_str(LOCAL_SETTINGS.1).unwrap();
         let bicep = std::fs::read_to_string(root.join("infra/modules/functionapp.bicep")).unwrap();
         let mut named = 0;
         for (file, text) in FILES.iter().skip(1) {

@@ -578,6 +578,10 @@ fn the_package_carries_the_pipeline_and_its_templates_and_serve_reads_them_from_
     assert_eq!(silver["bindings"][0]["queueName"], "bronze-events");
     assert_eq!(silver["bindings"][0]["name"], "event");
 
+    // Core Tools' local settings sit in the folder, not in the zip Azure receives.
+    assert!(d.join("dist/app/local.settings.json").is_file());
+    assert!(zip.by_name("local.settings.json").is_err());
+
     // serve, started by the host in some other folder, reads the packaged pipeline.
     let app = d.join("dist/app");
     let elsewhere = d.join("elsewhere");
@@ -617,4 +621,82 @@ fn the_package_carries_the_pipeline_and_its_templates_and_serve_reads_them_from_
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("query_concurrency"), "{err}");
     assert!(!d.join("bad/tunelake-functions.zip").exists());
+}
+
+#[test]
+fn a_bronze_file_far_over_the_request_limit_loads_through_its_event() {
+    use arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray, UInt32Array};
+    use std::sync::Arc;
+    let dir = seeded();
+    let d = dir.path();
+    let (server, _) = Server::start(d, "lake", &[]);
+    let timer = json!({ "Data": { "timer": {} }, "Metadata": {} });
+    let (status, answer) = server.invoke("ingest", &timer);
+    assert_eq!(status, 200, "{answer}");
+    // A part of a big DimTrack extract: the ingested part's first row 24,000 times, with new
+    // ids and 1 KiB names, uncompressed: about 24 MiB, over the 16 MiB a request body may hold.
+    let tracks = d.join("lake/bronze/DimTrack");
+    let ingested = crate::common::parquet_files(&tracks);
+    let first = &crate::common::read_parquet(&ingested[0])[0];
+    let rows = 24_000u32;
+    let repeated =
+        arrow::compute::take_record_batch(first, &UInt32Array::from(vec![0; rows as usize]))
+            .unwrap();
+    let schema = repeated.schema();
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .zip(repeated.columns())
+        .map(|(field, column)| -> ArrayRef {
+            match field.name().as_str() {
+                "track_id" => Arc::new(Int32Array::from_iter_values(
+                    1_000_001..1_000_001 + rows as i32,
+                )),
+                "track_name" => Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| format!("{i:08}-{}", "x".repeat(1015))),
+                )),
+                _ => column.clone(),
+            }
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let name = ingested[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace("_00000.parquet", "_00099.parquet");
+    let file = format!("bronze/DimTrack/{name}");
+    let path = d.join("lake").join(&file);
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::UNCOMPRESSED)
+        .set_dictionary_enabled(false)
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        schema,
+        Some(props),
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size > 16 * 1024 * 1024, "{size} bytes");
+
+    let (status, answer) = server.invoke(
+        "silver",
+        &blob_created(
+            "https://acct.blob.core.windows.net",
+            &file,
+            "PutBlockList",
+            true,
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let log = answer["Logs"][0].as_str().unwrap();
+    assert!(
+        log.contains("Committed") && log.contains(&format!("{rows} rows in")),
+        "{answer}"
+    );
+    assert_eq!(gold_messages(&answer).len(), 1);
+    assert!(server.stop().success());
 }

@@ -470,6 +470,8 @@ fn problems(root: &Path) -> Vec<String> {
         "restore-keys:",
         "--max-glibc 2.28",
         "x86_64-unknown-linux-gnu.2.28",
+        "az deployment sub what-if",
+        "gh release create",
     ] {
         if !deploy.contains(needed) {
             problems.push(format!("the deploy workflows lack `{needed}`"));
