@@ -19,17 +19,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A running `tunelake serve`.
+/// A running `tunelake serve`, its stderr (what the host forwards to Application Insights)
+/// in a file.
 struct Server {
     child: Child,
     port: u16,
+    stderr: PathBuf,
 }
 
 impl Server {
     fn start(dir: &Path, lake: &str, env: &[(&str, String)]) -> (Server, Duration) {
         let port = free_port();
         let started = Instant::now();
+        let stderr = std::env::temp_dir().join(format!("tunelake-serve-{port}.stderr"));
         let child = Command::new(env!("CARGO_BIN_EXE_tunelake"))
+            .stderr(std::fs::File::create(&stderr).unwrap())
             .current_dir(dir)
             .env_remove("TUNELAKE_CONFIG")
             .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
@@ -55,7 +59,14 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        (Server { child, port }, started.elapsed())
+        (
+            Server {
+                child,
+                port,
+                stderr,
+            },
+            started.elapsed(),
+        )
     }
 
     fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -102,9 +113,18 @@ impl Server {
     }
 }
 
+impl Server {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        // Shown when a test fails; removed with the server.
+        eprint!("{}", self.stderr());
+        let _ = std::fs::remove_file(&self.stderr);
     }
 }
 
@@ -309,6 +329,16 @@ fn the_functions_build_the_same_gold_as_a_run_and_refuse_bad_input() {
     );
     assert_eq!(status, 400, "{answer}");
     assert!(answer["Logs"].to_string().contains("Data.work"), "{answer}");
+    // The host does not read the Logs of a failed answer: the failure is on stderr too.
+    let stderr = server.stderr();
+    assert!(
+        !stderr.contains('\u{1b}')
+            && stderr.lines().any(|l| l.contains("ERROR")
+                && l.contains("The invocation failed")
+                && l.contains("gold")
+                && l.contains("Data.work")),
+        "{stderr}"
+    );
     // Redelivering a work item changes nothing, and answers at once.
     let (status, answer) = server.invoke("gold", &json!({ "Data": { "work": twice(&work[0]) } }));
     assert_eq!(status, 200);
