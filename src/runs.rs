@@ -4,6 +4,7 @@
 //! maintenance of the tables a run wrote ([`maintain`]).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
@@ -16,9 +17,10 @@ use crate::lake::layout::{self, Stage};
 use crate::lake::lease::Lease;
 use crate::lake::maintain::{self, Due, Maintained};
 use crate::lake::{Lake, events};
+use crate::source::Source;
 use crate::stages::Status;
 use crate::stages::gold::{Gold, GoldReport};
-use crate::stages::ingest::{Ingest, IngestReport};
+use crate::stages::ingest::{Ingest, IngestReport, TableReport as IngestTableReport};
 use crate::stages::silver::{Silver, SilverReport};
 
 /// Ingests `tables` from the source at `source_url`. A run id may span stages: `tunelake run`
@@ -32,18 +34,73 @@ pub async fn ingest(
     from: Option<String>,
 ) -> Result<IngestReport> {
     let started = chrono::Utc::now();
-    let source = crate::source::open(source_url).await?;
-    let report = Ingest::new(
-        Arc::clone(&source),
-        lake.clone(),
-        pipeline.settings.clone(),
-        run_id,
-    )
-    .with_from(from)
-    .run(tables)
-    .await;
+    let sources = opened_sources(pipeline, source_url, tables).await?;
+    // Each source's tables as one ingest (sources side by side); a source that could not be
+    // opened fails its own tables only.
+    let runs = sources.iter().map(|(name, source)| {
+        let group: Vec<TableSpec> = (tables.iter())
+            .filter(|t| t.source == *name)
+            .cloned()
+            .collect();
+        let from = from.clone();
+        async move {
+            match source {
+                Ok(source) => {
+                    Ingest::new(
+                        Arc::clone(source),
+                        lake.clone(),
+                        pipeline.settings.clone(),
+                        run_id,
+                    )
+                    .with_from(from)
+                    .run(&group)
+                    .await
+                    .tables
+                }
+                Err(message) => group
+                    .iter()
+                    .map(|t| IngestTableReport::failed(&t.name, message.clone(), Instant::now()))
+                    .collect(),
+            }
+        }
+    });
+    let mut done: Vec<_> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    done.sort_by_key(|r| tables.iter().position(|t| t.name == r.table));
+    let report = IngestReport {
+        run_id: run_id.to_string(),
+        tables: done,
+    };
     ingested(lake, &report, started).await?;
     Ok(report)
+}
+
+/// The sources `tables` read. A source that cannot be opened fails only its tables (its
+/// error as their message), unless no source opens at all: then that is the run's error.
+async fn opened_sources(
+    pipeline: &Pipeline,
+    default_url: &str,
+    tables: &[TableSpec],
+) -> Result<Vec<(Option<String>, std::result::Result<Arc<dyn Source>, String>)>> {
+    let mut opened = crate::source::open_for(pipeline, default_url, tables).await;
+    if opened.iter().all(|(_, s)| s.is_err())
+        && let Some((_, Err(e))) = opened.pop()
+    {
+        return Err(e);
+    }
+    Ok(opened
+        .into_iter()
+        .map(|(name, source)| {
+            let describe = |e: crate::error::Error| match &name {
+                Some(n) => format!("source {n}: {e}"),
+                None => e.to_string(),
+            };
+            (name.clone(), source.map_err(describe))
+        })
+        .collect())
 }
 
 /// Records an ingest run in the event log and alerts on its failed tables.
@@ -168,7 +225,7 @@ pub async fn flow(
     pipeline: &Pipeline,
     tables: &[TableSpec],
 ) -> Result<FlowReport> {
-    let source = crate::source::open(source_url).await?;
+    let sources = opened_sources(pipeline, source_url, tables).await?;
     let limit = pipeline.settings.max_concurrency.max(1);
     // Ingest, silver, gold dimensions, gold facts. Facts have their own: one waiting for a
     // dimension must not hold a place that dimension needs.
@@ -179,16 +236,33 @@ pub async fn flow(
     // against whatever it left, as after a gold stage in which that dimension failed.
     let hand_overs = crate::stages::gold::handover::plan(tables);
     let chains = tables.iter().zip(hand_overs).map(|(table, waits)| {
-        let (source, gates, gold) = (source.clone(), &gates, gold.clone());
+        let source = (sources.iter())
+            .find(|(name, _)| *name == table.source)
+            .map(|(_, s)| s.clone());
+        let (gates, gold) = (&gates, gold.clone());
         async move {
             let one = std::slice::from_ref(table);
             let mut started = [Utc::now(); 3];
             let ingest = {
                 let _gate = gates[0].acquire().await;
                 started[0] = Utc::now();
-                Ingest::new(source, lake.clone(), pipeline.settings.clone(), run_id)
-                    .run(one)
-                    .await
+                match source {
+                    Some(Ok(source)) => {
+                        Ingest::new(source, lake.clone(), pipeline.settings.clone(), run_id)
+                            .run(one)
+                            .await
+                    }
+                    // Its source could not be opened: the table's ingest fails, and silver
+                    // and gold still take in what bronze holds.
+                    failed => IngestReport {
+                        run_id: run_id.to_string(),
+                        tables: vec![IngestTableReport::failed(
+                            &table.name,
+                            failed.and_then(|s| s.err()).unwrap_or_default(),
+                            Instant::now(),
+                        )],
+                    },
+                }
             };
             let silver = {
                 let _gate = gates[1].acquire().await;

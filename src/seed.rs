@@ -247,6 +247,7 @@ pub fn create(path: &Path, scale: f64, seed: u64) -> Result<SeedReport> {
             message: format!("{scale} must be above 0 and at most 1000"),
         });
     }
+    write_reference(path.parent().unwrap_or(Path::new(".")))?;
     let start = Instant::now();
     if path.exists() {
         std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
@@ -490,9 +491,26 @@ fn insert_streams(
     Ok(())
 }
 
-/// Applies one batch of changes with timestamps after everything already in the source:
-/// ~10% of users updated (a tenth of them touching only `updated_at`), ~5% new users,
-/// ~1% of tracks and artists changed, and ~10% more streams.
+/// The shipped pipeline's second source: `reference/` (country names, as the repository holds
+/// them) in `dir`, beside the sample database, unless it is there already.
+pub fn write_reference(dir: &Path) -> Result<()> {
+    let folder = dir.join(REFERENCE_DIR);
+    for (name, text) in REFERENCE_FILES {
+        let path = folder.join(name);
+        if path.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// The folder of the reference files, as the shipped pipeline's `[sources.reference]` names it.
+pub const REFERENCE_DIR: &str = "reference";
+const REFERENCE_FILES: [(&str, &str); 1] =
+    [("Country.csv", include_str!("../reference/Country.csv"))];
+
 /// Deletes the user with the smallest id from the source, as an OLTP system removes an
 /// account, and returns its id (`None` when there are no users).
 pub fn delete_user(path: &Path) -> Result<Option<i64>> {

@@ -30,9 +30,11 @@ macro_rules! out {
 
 // After `out!`, which they use.
 mod demo;
+mod package;
 mod print;
 
 use demo::{demo, write_report};
+use package::{package, serve_config};
 use print::{
     print_gold, print_ingest, print_seed, print_silver, report_errors, report_gold_errors,
     report_silver_errors,
@@ -344,7 +346,7 @@ pub async fn run(cli: Cli) -> Result<bool> {
             ref max_glibc,
         } => package(&cli, out, max_glibc),
         Command::Serve { port } => {
-            let config = serve_config(&cli);
+            let config = serve_config(&cli)?;
             let app = crate::functions::App::new(
                 Pipeline::load_or_default(config.as_deref())?,
                 Pipeline::file_in_use(config.as_deref())
@@ -449,99 +451,6 @@ async fn maintain(cli: &Cli, tables: &[String]) -> Result<bool> {
         }
     }
     Ok(done.len() == wanted)
-}
-
-/// Refuses a binary that needs a newer glibc than `max` (e.g. `2.28`).
-fn check_glibc(binary: &std::path::Path, max: &str) -> Result<()> {
-    use crate::functions::glibc;
-    let bad = |message: String| Error::BadArgument {
-        what: "--max-glibc".to_string(),
-        message,
-    };
-    let max = glibc::parse_version(max)
-        .ok_or_else(|| bad(format!("{max:?} is not a version like 2.28")))?;
-    match glibc::required(binary)? {
-        Some(needed) if needed > max => Err(bad(format!(
-            "{} needs glibc {}.{}, newer than {}.{}: it would not start on the Functions host \
-             image. Build it for an older glibc (docs/azure.md, \"The binary\"), or raise \
-             --max-glibc if your host image has a newer one",
-            binary.display(),
-            needed.0,
-            needed.1,
-            max.0,
-            max.1
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// The pipeline file `serve` reads: `--config`, else the one packaged in the Function App's
-/// root (`FUNCTIONS_APP_ROOT_PATH`, set by the host), else as every command finds it.
-fn serve_config(cli: &Cli) -> Option<std::path::PathBuf> {
-    cli.config.clone().or_else(|| {
-        let root = std::env::var_os("FUNCTIONS_APP_ROOT_PATH")?;
-        let file = std::path::Path::new(&root).join(crate::functions::package::PIPELINE);
-        file.is_file().then_some(file)
-    })
-}
-
-/// `tunelake package`: the Function App as a folder and a zip, from this binary.
-fn package(cli: &Cli, out: &std::path::Path, max_glibc: &str) -> Result<bool> {
-    let binary = std::env::current_exe().map_err(|e| Error::io("the running binary", e))?;
-    check_glibc(&binary, max_glibc)?;
-    // Loaded first: a pipeline file that does not validate is never packaged.
-    let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
-    let file = Pipeline::file_in_use(cli.config.as_deref());
-    let pipeline_toml = match &file {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
-        None => crate::config::DEFAULT_PIPELINE.to_string(),
-    };
-    let templates = pipeline
-        .templates
-        .files()
-        .map_err(|message| Error::BadArgument {
-            what: "templates/".to_string(),
-            message,
-        })?;
-    let files = crate::functions::package::PipelineFiles {
-        pipeline_toml,
-        templates,
-    };
-    let zip = crate::functions::package::build(out, &binary, &files)?;
-    if cli.quiet {
-        return Ok(true);
-    }
-    let size = std::fs::metadata(&zip).map(|m| m.len()).unwrap_or(0);
-    out!(
-        "Packaged {} ({:.1} MB) and {}/app/:",
-        zip.display(),
-        size as f64 / 1_048_576.0,
-        out.display()
-    );
-    for (name, _) in crate::functions::package::FILES {
-        out!("  {name}");
-    }
-    out!(
-        "  {} (from {})",
-        crate::functions::package::PIPELINE,
-        file.as_ref()
-            .map_or("the built-in pipeline".to_string(), |p| p
-                .display()
-                .to_string())
-    );
-    for (name, _) in &files.templates {
-        out!("  templates/{name}");
-    }
-    out!(
-        "  {} (from {})",
-        crate::functions::package::EXECUTABLE,
-        binary.display()
-    );
-    out!(
-        "Deploy: az functionapp deployment source config-zip -g <group> -n <app> --src {}",
-        zip.display()
-    );
-    Ok(true)
 }
 
 /// `tunelake refresh`: what would go, and with `--yes` the refresh and a run of the tables.

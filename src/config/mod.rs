@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod maintenance;
 mod settings;
 mod silver;
+pub mod sources;
 pub mod templates;
 
 pub use gold::{GoldKind, GoldSpec, Incremental, LookupSpec, ViewSpec};
@@ -36,6 +37,9 @@ pub struct TableSpec {
     pub cdc_column: String,
     /// The business key columns.
     pub keys: Vec<String>,
+    /// The named source (`[sources.<name>]`) the table is read from; none: the default
+    /// source (`--source`, `TUNELAKE_SOURCE`).
+    pub source: Option<String>,
     /// For the `files:` source: the table's file names relative to the base (default: the
     /// `<name>/` folder, or `<name>.parquet|csv|json`).
     #[serde(default)]
@@ -193,6 +197,8 @@ pub struct Pipeline {
     pub views: Vec<ViewSpec>,
     /// Where the views' templates are found.
     pub templates: Templates,
+    /// Named sources (`[sources.<name>]`): name → URL, variables expanded.
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 /// `[[tables]]`, each checked on its own and then for names listed twice.
@@ -320,10 +326,11 @@ impl Pipeline {
             |location: String, message: String| problems.push(ConfigProblem { location, message });
 
         for key in doc.keys() {
-            if !["settings", "maintenance", "tables", "views"].contains(&key.as_str()) {
+            if !["settings", "maintenance", "sources", "tables", "views"].contains(&key.as_str()) {
                 problem(
                     key.clone(),
-                    "unknown section (expected [settings], [maintenance], [[tables]] or [[views]])"
+                    "unknown section (expected [settings], [maintenance], [sources.<name>], \
+                     [[tables]] or [[views]])"
                         .to_string(),
                 );
             }
@@ -338,7 +345,28 @@ impl Pipeline {
             }
         };
         maintenance::validate(&maintenance, &mut problem);
+        let env = |name: &str| std::env::var(name).ok();
+        let sources = sources::parse_sources(doc.get("sources"), &env, &mut problem);
         let tables = parse_tables(doc.get("tables"), &mut problem);
+        for (i, t) in tables.iter().enumerate() {
+            if let Some(name) = &t.source
+                && !sources.contains_key(name)
+            {
+                let known: Vec<&str> = sources.keys().map(String::as_str).collect();
+                problem(
+                    format!("tables[{i}] ({}).source", t.name),
+                    format!(
+                        "{name:?} is not a source of this file (it names: {}); without `source` \
+                         a table reads the default source (--source)",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
 
         let dims: Vec<(&str, &TableSpec)> = tables
             .iter()
@@ -374,6 +402,7 @@ impl Pipeline {
                 tables,
                 views,
                 templates,
+                sources,
             })
         } else {
             Err(fail(problems))
@@ -517,10 +546,25 @@ mod tests {
         let names: Vec<_> = p.tables.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,
-            ["DimUser", "DimArtist", "DimTrack", "DimDate", "FactStream"]
+            [
+                "DimUser",
+                "DimArtist",
+                "DimTrack",
+                "DimDate",
+                "Country",
+                "FactStream"
+            ]
         );
-        let fact = &p.tables[4];
+        let fact = &p.tables[5];
         assert_eq!(fact.cdc_column, "stream_timestamp");
+        // The reference table reads the second source, `reference/` unless the environment
+        // says otherwise.
+        assert_eq!(p.tables[4].source.as_deref(), Some("reference"));
+        let url = &p.sources["reference"];
+        match std::env::var("TUNELAKE_REFERENCE") {
+            Ok(set) if !set.is_empty() => assert_eq!(*url, set),
+            _ => assert_eq!(url, "files:reference"),
+        }
         assert_eq!(fact.keys, ["stream_id"]);
         assert_eq!(p.tables[3].cdc_column, "date");
     }
@@ -653,7 +697,7 @@ expect = [{ name = "positive", rule = "x >", action = "drop" }]
     #[test]
     fn keys_get_a_non_null_rule_unless_one_is_given() {
         let p = Pipeline::parse(DEFAULT_PIPELINE, "pipeline.toml").unwrap();
-        let streams = &p.tables[4];
+        let streams = &p.tables[5];
         assert_eq!(streams.silver_name(), "streams");
         let rules = streams.expectations();
         assert_eq!(rules[0].name, "keys_not_null");

@@ -60,6 +60,8 @@ pub const EXECUTABLE: &str = "tunelake";
 pub struct PipelineFiles {
     pub pipeline_toml: String,
     pub templates: Vec<(String, String)>,
+    /// The files of local `files:` sources, by their path relative to the app root.
+    pub sources: Vec<(String, Vec<u8>)>,
 }
 
 /// The pipeline file's name in the package (what `serve` finds in the app root).
@@ -83,6 +85,9 @@ pub fn build(out: &Path, binary: &Path, pipeline: &PipelineFiles) -> Result<Path
     ));
     for (name, text) in &pipeline.templates {
         entries.push((format!("templates/{name}"), text.as_bytes().to_vec(), 0o644));
+    }
+    for (name, bytes) in &pipeline.sources {
+        entries.push((name.clone(), bytes.clone(), 0o644));
     }
     entries.push((EXECUTABLE.to_string(), binary_bytes, 0o755));
     for (name, bytes, mode) in &entries {

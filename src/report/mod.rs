@@ -163,12 +163,12 @@ fn lineage_of(pipeline: &Pipeline, events: &[Event]) -> (Vec<Node>, Vec<(usize, 
         nodes.len() - 1
     };
     for table in &pipeline.tables {
-        let source = push(
-            &mut nodes,
-            "source",
-            format!("{}.{}", table.schema, table.name),
-            None,
-        );
+        // A named source's tables are shown under its name (`reference:Country`).
+        let source_name = match &table.source {
+            Some(name) => format!("{name}:{}", table.name),
+            None => format!("{}.{}", table.schema, table.name),
+        };
+        let source = push(&mut nodes, "source", source_name, None);
         let bronze = push(&mut nodes, "bronze", table.name.clone(), Some("ingest"));
         let silver = push(&mut nodes, "silver", table.silver_name(), Some("silver"));
         edges.extend([(source, bronze), (bronze, silver)]);
@@ -421,9 +421,11 @@ mod tests {
     fn lineage_links_each_stage_the_lookups_and_the_tables_a_view_reads() {
         let r = report(vec![event("silver", "streams", "ok", None)]);
         let id = |wanted: &str| r.nodes.iter().position(|n| n.id() == wanted).unwrap();
-        assert_eq!(r.nodes.len(), 5 * 4 + 2);
+        assert_eq!(r.nodes.len(), 6 * 4 + 2);
         let has = |a: &str, b: &str| r.edges.contains(&(id(a), id(b)));
         assert!(has("source:dbo.FactStream", "bronze:FactStream"));
+        assert!(has("source:reference:Country", "bronze:Country"));
+        assert!(has("gold:dim_country", "view:stream_details"));
         assert!(has("bronze:FactStream", "silver:streams"));
         assert!(has("silver:streams", "gold:fact_stream"));
         assert!(has("gold:dim_user", "gold:fact_stream"));

@@ -94,6 +94,44 @@ pub async fn open(url: &str) -> Result<Arc<dyn Source>> {
     })
 }
 
+/// The sources `tables` read, each opened once: `(the tables' source name, or `None` for the
+/// default source at `default_url`; the source or why it could not be opened)`, in the
+/// order the tables first name them.
+pub async fn open_for(
+    pipeline: &crate::config::Pipeline,
+    default_url: &str,
+    tables: &[TableSpec],
+) -> Vec<(Option<String>, Result<Arc<dyn Source>>)> {
+    let mut names: Vec<Option<String>> = Vec::new();
+    for t in tables {
+        if !names.contains(&t.source) {
+            names.push(t.source.clone());
+        }
+    }
+    let mut opened = Vec::new();
+    for name in names {
+        let url = match &name {
+            None => Ok(default_url),
+            Some(n) => {
+                pipeline
+                    .sources
+                    .get(n)
+                    .map(String::as_str)
+                    .ok_or_else(|| Error::BadArgument {
+                        what: format!("source {n:?}"),
+                        message: "not in the pipeline file's [sources]".to_string(),
+                    })
+            }
+        };
+        let source = match url {
+            Ok(url) => open(url).await,
+            Err(e) => Err(e),
+        };
+        opened.push((name, source));
+    }
+    opened
+}
+
 /// Where a reader sends its batches.
 pub type BatchSender = mpsc::Sender<Result<RecordBatch>>;
 

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
@@ -84,17 +83,25 @@ impl Fixture {
         from: Option<&str>,
         settings: Settings,
     ) -> IngestReport {
-        let source = tunelake::source::open(&self.source_url()).await.unwrap();
+        // The shipped pipeline's sources: this fixture's database as the default one, and
+        // its named ones (the reference files) as the pipeline file gives them.
+        let pipeline =
+            Pipeline::parse(tunelake::config::DEFAULT_PIPELINE, "pipeline.toml").unwrap();
         let lake = Lake::open(self.lake.to_str().unwrap()).unwrap();
-        Ingest::new(
-            Arc::clone(&source),
-            lake,
-            settings,
-            tunelake::stages::new_run_id(),
-        )
-        .with_from(from.map(String::from))
-        .run(specs)
-        .await
+        let run_id = tunelake::stages::new_run_id();
+        let mut tables = Vec::new();
+        for (name, source) in tunelake::source::open_for(&pipeline, &self.source_url(), specs).await
+        {
+            let group: Vec<TableSpec> =
+                specs.iter().filter(|t| t.source == name).cloned().collect();
+            let report = Ingest::new(source.unwrap(), lake.clone(), settings.clone(), &run_id)
+                .with_from(from.map(String::from))
+                .run(&group)
+                .await;
+            tables.extend(report.tables);
+        }
+        tables.sort_by_key(|r| specs.iter().position(|t| t.name == r.table));
+        IngestReport { run_id, tables }
     }
 
     pub fn bronze_files(&self, table: &str) -> Vec<PathBuf> {

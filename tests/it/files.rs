@@ -315,3 +315,132 @@ async fn a_remote_parquet_files_high_watermark_costs_its_footer_not_the_file() {
         );
     }
 }
+
+/// A pipeline of its own over two sources and a third that cannot be reached: the SQLite
+/// source (the default) and country names served over HTTP, joined in a view.
+const TWO_SOURCES: &str = r#"
+[sources.web]
+url = "files:${WEB_BASE}"
+[sources.broken]
+url = "files:${BROKEN_DIR:-/no/such/folder}"
+
+[[tables]]
+name = "DimUser"
+cdc_column = "updated_at"
+keys = ["user_id"]
+[tables.silver]
+name = "users"
+columns = [{ name = "country", expr = "coalesce(upper(trim(country)), 'UNKNOWN')" }]
+[tables.gold]
+name = "dim_user"
+
+[[tables]]
+name = "Country"
+source = "web"
+cdc_column = "updated_at"
+keys = ["country_code"]
+[tables.gold]
+name = "dim_country"
+scd_type = 1
+
+[[tables]]
+name = "Region"
+source = "broken"
+cdc_column = "updated_at"
+keys = ["region"]
+
+[[views]]
+name = "users_by_country"
+template = "star_join.sql.j2"
+params.tables = [
+  { table = "gold.dim_user", alias = "u", cols = "u.user_id, u.country" },
+  { table = "gold.dim_country", alias = "c", cols = "c.country_name", condition = "u.country = c.country_code" },
+]
+params.where = "u.user_sk > 0"
+"#;
+
+#[test]
+fn one_run_reads_every_source_and_a_failing_source_fails_only_its_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, _, err) = crate::cli::tunelake_with(
+        d,
+        &["seed", "--source", "sqlite:src.db", "--scale", "0.002"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let served = d.join("www");
+    std::fs::create_dir_all(served.join("data")).unwrap();
+    std::fs::copy(
+        d.join("reference/Country.csv"),
+        served.join("data/Country.csv"),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let base = runtime.block_on(serve_folder(served));
+    std::fs::write(d.join("two.toml"), TWO_SOURCES).unwrap();
+    let args = [
+        "--config",
+        "two.toml",
+        "--source",
+        "sqlite:src.db",
+        "--lake",
+        "lake",
+        "run",
+    ];
+
+    // A variable the file needs and the environment lacks: nothing moves.
+    let (code, out, err) = crate::cli::tunelake_with(d, &args, &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("sources.web.url") && err.contains("WEB_BASE"),
+        "{out}{err}"
+    );
+    assert!(!d.join("lake").exists());
+
+    let env = [("WEB_BASE", base)];
+    let (code, out, err) = crate::cli::tunelake_with(d, &args, &env);
+    assert_ne!(code, 0, "Region's source cannot be reached: {out}");
+    let all = format!("{out}{err}");
+    assert!(
+        all.contains("Region") && all.contains("/no/such/folder"),
+        "{all}"
+    );
+    let rows = |sql: &str| {
+        let (code, out, err) =
+            crate::cli::tunelake_with(d, &["--lake", "lake", "sql", "--format", "csv", sql], &[]);
+        assert_eq!(code, 0, "{err}");
+        (out.lines().skip(1))
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    // Every user whose country the reference names has that name in the view.
+    let users = crate::common::Fixture::count_in(&d.join("src.db"), "SELECT COUNT(*) FROM DimUser");
+    assert_eq!(
+        rows("SELECT count(*) FROM gold.users_by_country"),
+        [users.to_string()]
+    );
+    let named = rows(
+        "SELECT count(*) FROM gold.users_by_country v JOIN silver.country c ON v.country = c.country_code",
+    );
+    assert_eq!(
+        rows("SELECT count(*) FROM gold.users_by_country WHERE country_name IS NOT NULL"),
+        named
+    );
+    assert_ne!(named, ["0"]);
+    assert_eq!(
+        rows("SELECT count(*) FROM gold.dim_country WHERE country_sk > 0"),
+        ["20"]
+    );
+}
+
+#[test]
+fn an_unknown_source_name_is_a_config_error_naming_the_table() {
+    let text = TWO_SOURCES.replace("source = \"web\"", "source = \"webb\"");
+    let err = Pipeline::parse(&text, "two.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("tables[1] (Country).source") && err.contains("\"webb\""),
+        "{err}"
+    );
+}

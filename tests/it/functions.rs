@@ -577,6 +577,14 @@ fn the_package_carries_the_pipeline_and_its_templates_and_serve_reads_them_from_
     .unwrap();
     let own_star = format!("{{# this project's star join #}}\n{star}");
     std::fs::write(project.join("templates/star_join.sql.j2"), &own_star).unwrap();
+    // The reference source's folder (`files:reference`, relative), which the app reads from
+    // its root.
+    std::fs::create_dir_all(d.join("reference")).unwrap();
+    std::fs::write(
+        d.join("reference/Country.csv"),
+        "country_code,updated_at\nUS,2024-01-01\n",
+    )
+    .unwrap();
 
     let (code, out, err) = tunelake_with(
         d,
@@ -601,6 +609,7 @@ fn the_package_carries_the_pipeline_and_its_templates_and_serve_reads_them_from_
     };
     assert_eq!(read("pipeline.toml"), pipeline);
     assert_eq!(read("templates/star_join.sql.j2"), own_star);
+    assert!(read("reference/Country.csv").starts_with("country_code,"));
     assert!(read("templates/top_tracks_per_day.sql.j2").contains("SELECT"));
     assert!(read("catchup/function.json").contains("CATCHUP_SCHEDULE"));
     let silver: Value = serde_json::from_str(&read("silver/function.json")).unwrap();

@@ -63,7 +63,8 @@ impl crate::progress::Outcome for TableReport {
 }
 
 impl TableReport {
-    fn failed(table: &str, error: String, start: Instant) -> Self {
+    /// A table that failed before or while it was read (`error` says why).
+    pub fn failed(table: &str, error: String, start: Instant) -> Self {
         TableReport {
             table: table.to_string(),
             status: Status::Failed,
