@@ -36,9 +36,19 @@ pub struct GoldSpec {
     /// Columns whose changes make no new SCD2 version (the sequence column never does).
     #[serde(default)]
     pub track_history_except: Vec<String>,
+    /// DLT's `track_history_column_list`: the only columns whose changes make a new SCD2
+    /// version (instead of `track_history_except`).
+    pub track_history_columns: Option<Vec<String>>,
     /// Silver columns left out of the gold table (lineage columns `_*` always are).
     #[serde(default)]
     pub except_columns: Vec<String>,
+    /// DLT's `column_list`: the only silver columns the gold table keeps besides the keys and
+    /// the sequence column (instead of `except_columns`).
+    pub columns: Option<Vec<String>>,
+    /// DLT's `ignore_null_updates`: a NULL in a change keeps the key's current value of that
+    /// column instead of overwriting it (and so makes no new SCD2 version by itself).
+    #[serde(default)]
+    pub ignore_null_updates: bool,
     /// The surrogate key column (default: `<entity>_sk`, `dim_user` → `user_sk`).
     pub surrogate_key: Option<String>,
     /// DLT's `apply_as_deletes`: a SQL condition over silver columns that makes a row a
@@ -167,6 +177,44 @@ impl Incremental {
 }
 
 impl GoldSpec {
+    /// Whether the gold table keeps silver column `name` (a non-key, non-lineage column):
+    /// listed in `columns` when that is given, else not in `except_columns`.
+    pub fn keeps(&self, name: &str) -> bool {
+        match &self.columns {
+            Some(only) => only.iter().any(|c| c == name),
+            None => !self.except_columns.iter().any(|c| c == name),
+        }
+    }
+
+    /// Whether a change of attribute `name` makes a new SCD2 version: listed in
+    /// `track_history_columns` when that is given, else not in `track_history_except`.
+    pub fn tracks(&self, name: &str) -> bool {
+        match &self.track_history_columns {
+            Some(only) => only.iter().any(|c| c == name),
+            None => !self.track_history_except.iter().any(|c| c == name),
+        }
+    }
+
+    /// Every column the section names, with its key (`columns[2]`), for checks against the
+    /// silver table.
+    pub fn named_columns(&self) -> Vec<(String, &str)> {
+        let lists: [(&str, &[String]); 4] = [
+            ("track_history_except", &self.track_history_except),
+            ("except_columns", &self.except_columns),
+            (
+                "track_history_columns",
+                self.track_history_columns.as_deref().unwrap_or(&[]),
+            ),
+            ("columns", self.columns.as_deref().unwrap_or(&[])),
+        ];
+        lists
+            .into_iter()
+            .flat_map(|(key, names)| {
+                (names.iter().enumerate()).map(move |(i, c)| (format!("{key}[{i}]"), c.as_str()))
+            })
+            .collect()
+    }
+
     /// The surrogate key column.
     pub fn sk(&self) -> String {
         self.surrogate_key.clone().unwrap_or_else(|| {
@@ -204,16 +252,50 @@ pub(super) fn validate(
     if let Some(s) = &g.surrogate_key {
         names.push((format!("{at}.surrogate_key"), s));
     }
-    for (i, c) in g.track_history_except.iter().enumerate() {
-        names.push((format!("{at}.track_history_except[{i}]"), c));
-    }
-    for (i, c) in g.except_columns.iter().enumerate() {
-        names.push((format!("{at}.except_columns[{i}]"), c));
-        if t.keys.contains(c) || c == t.sequence_by() {
+    for (key, c) in g.named_columns() {
+        names.push((format!("{at}.{key}"), c));
+        if key.starts_with("except_columns")
+            && (t.keys.iter().any(|k| k == c) || c == t.sequence_by())
+        {
             problem(
-                format!("{at}.except_columns[{i}]"),
+                format!("{at}.{key}"),
                 format!("{c:?} is a key or the sequence column; gold needs it"),
             );
+        }
+    }
+    // DLT takes one list or its opposite, not both.
+    for (include, exclude, given) in [
+        (
+            "columns",
+            "except_columns",
+            g.columns.is_some() && !g.except_columns.is_empty(),
+        ),
+        (
+            "track_history_columns",
+            "track_history_except",
+            g.track_history_columns.is_some() && !g.track_history_except.is_empty(),
+        ),
+    ] {
+        if given {
+            problem(
+                format!("{at}.{include}"),
+                format!(
+                    "name either {include} (the columns to take) or {exclude} (the ones to leave out), not both"
+                ),
+            );
+        }
+    }
+    if g.kind == GoldKind::Fact {
+        for (key, set) in [
+            ("track_history_columns", g.track_history_columns.is_some()),
+            ("ignore_null_updates", g.ignore_null_updates),
+        ] {
+            if set {
+                problem(
+                    format!("{at}.{key}"),
+                    "applies to dimensions only (a fact keeps no history)".into(),
+                );
+            }
         }
     }
     for (i, l) in g.lookups.iter().enumerate() {

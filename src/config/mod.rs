@@ -743,4 +743,56 @@ expect = [{ name = "positive", rule = "x >", action = "drop" }]
         let err = p.select(&["Nope".into()]).unwrap_err().to_string();
         assert!(err.contains("Nope") && err.contains("DimUser"), "{err}");
     }
+
+    #[test]
+    fn dlt_include_lists_exclude_their_opposites_and_history_options_are_for_dimensions() {
+        let with = |dim_user: &str, fact: &str| {
+            let text = DEFAULT_PIPELINE
+                .replacen(
+                    "name = \"dim_user\"\nscd_type = 2",
+                    &format!("name = \"dim_user\"\nscd_type = 2\n{dim_user}"),
+                    1,
+                )
+                .replacen(
+                    "name = \"fact_stream\"",
+                    &format!("name = \"fact_stream\"\n{fact}"),
+                    1,
+                );
+            Pipeline::parse(&text, "p.toml").map_err(|e| e.to_string())
+        };
+        let p = with(
+            "columns = [\"country\"]\ntrack_history_columns = [\"country\"]\nignore_null_updates = true",
+            "columns = [\"device_type\"]",
+        )
+        .unwrap();
+        let g = p.tables[0].gold.as_ref().unwrap();
+        assert!(g.ignore_null_updates && g.keeps("country") && !g.keeps("user_name"));
+        assert!(g.tracks("country") && !g.tracks("user_name"));
+        let err = with(
+            "columns = [\"country\"]\nexcept_columns = [\"user_name\"]",
+            "",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("tables[0] (DimUser).gold.columns") && err.contains("not both"),
+            "{err}"
+        );
+        let err = with(
+            "track_history_columns = []\ntrack_history_except = [\"country\"]",
+            "",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("gold.track_history_columns") && err.contains("not both"),
+            "{err}"
+        );
+        let err = with("", "ignore_null_updates = true").unwrap_err();
+        assert!(
+            err.contains("(FactStream).gold.ignore_null_updates")
+                && err.contains("dimensions only"),
+            "{err}"
+        );
+        let err = with("columns = [\"bad name\"]", "").unwrap_err();
+        assert!(err.contains("gold.columns[0]"), "{err}");
+    }
 }

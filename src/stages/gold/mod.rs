@@ -472,6 +472,31 @@ pub async fn covers(lake: &Lake, pipeline: &Pipeline, silver: &str, version: u64
     Ok(true)
 }
 
+/// Every column `gold`'s lists name must be in the silver table (`names`): an error names the
+/// pipeline key (`gold.columns[1]`), the table and the columns there, before gold writes.
+fn check_named_columns(
+    table: &TableSpec,
+    gold: &crate::config::GoldSpec,
+    names: &[&str],
+) -> Result<()> {
+    match gold
+        .named_columns()
+        .into_iter()
+        .find(|(_, c)| !names.contains(c))
+    {
+        Some((key, column)) => Err(Error::Gold {
+            table: gold.name.clone(),
+            message: format!(
+                "[tables.gold] of {}: gold.{key} names {column:?}, which silver.{} does not have (it has: {})",
+                table.name,
+                table.silver_name(),
+                names.join(", ")
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn report_for(table: &TableSpec) -> TableReport {
     let (name, kind) = match &table.gold {
         Some(g) if g.kind == GoldKind::Fact => (g.name.as_str(), "fact"),

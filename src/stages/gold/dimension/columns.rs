@@ -35,19 +35,16 @@ pub(in crate::stages::gold) struct DimColumns {
     /// The SQL condition over silver columns that makes a row a delete (see
     /// [`super::super::delete_condition`]), if any row can be one.
     pub delete: Option<String>,
+    /// DLT's `ignore_null_updates`: a NULL attribute in a change keeps the key's value.
+    pub ignore_null_updates: bool,
 }
 
 impl DimColumns {
     pub(super) fn new(table: &TableSpec, gold: &GoldSpec, silver: &Schema) -> Result<Self> {
         let names: Vec<&str> = silver.fields().iter().map(|f| f.name().as_str()).collect();
         let seq = table.sequence_by().to_string();
-        let wanted = table
-            .keys
-            .iter()
-            .chain(std::iter::once(&seq))
-            .chain(&gold.track_history_except)
-            .chain(&gold.except_columns);
-        for column in wanted {
+        super::super::check_named_columns(table, gold, &names)?;
+        for column in table.keys.iter().chain(std::iter::once(&seq)) {
             if !names.contains(&column.as_str()) {
                 return Err(Error::UnknownColumn {
                     table: format!("{} (for gold.{})", table.silver_name(), gold.name),
@@ -62,12 +59,12 @@ impl DimColumns {
             .filter(|n| !is_lineage(n))
             .filter(|n| !table.keys.iter().any(|k| k == *n))
             .filter(|n| !(scd2 && **n == seq))
-            .filter(|n| !gold.except_columns.iter().any(|c| c == *n))
+            .filter(|n| **n == seq || gold.keeps(n))
             .map(|n| n.to_string())
             .collect();
         let tracked = attrs
             .iter()
-            .filter(|a| **a != seq && !gold.track_history_except.contains(a))
+            .filter(|a| **a != seq && gold.tracks(a))
             .cloned()
             .collect();
         let copied: Vec<String> = gold
@@ -102,6 +99,7 @@ impl DimColumns {
             copied,
             scd2,
             delete: super::super::deletes::condition(table, silver),
+            ignore_null_updates: gold.ignore_null_updates,
         })
     }
 
@@ -196,6 +194,31 @@ mod tests {
         let c1 = DimColumns::new(&table, &gold1, &schema).unwrap();
         assert_eq!(c1.attrs, ["user_name", "country", "updated_at"]);
         assert_eq!(c1.tracked, ["user_name"]);
+    }
+
+    #[test]
+    fn include_lists_take_only_their_columns() {
+        let (table, schema) = users();
+        let mut gold = table.gold.clone().unwrap();
+        gold.columns = Some(vec!["country".into()]);
+        gold.track_history_columns = Some(vec![]);
+        let c = DimColumns::new(&table, &gold, &schema).unwrap();
+        assert_eq!(c.attrs, ["country"]);
+        assert!(c.tracked.is_empty());
+        gold.columns = None;
+        gold.track_history_columns = Some(vec!["country".into()]);
+        let c = DimColumns::new(&table, &gold, &schema).unwrap();
+        assert_eq!(c.attrs, ["user_name", "country"]);
+        assert_eq!(c.tracked, ["country"]);
+        // A column the list names and silver lacks: the key is named.
+        gold.columns = Some(vec!["user_name".into(), "tier".into()]);
+        let err = DimColumns::new(&table, &gold, &schema)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gold.columns[1]") && err.contains("tier"),
+            "{err}"
+        );
     }
 
     #[test]

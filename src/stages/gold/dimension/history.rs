@@ -250,6 +250,58 @@ pub(super) fn versions(
 /// in `silver` (`whole`: every silver row is a change). Silver holds each (key, sequence
 /// value) once, so the history is read without the columns that order repeats (the lineage
 /// text cost most of the sort), and again with them only if one repeats after all.
+/// DLT's `ignore_null_updates`: in each key's history (taken in `order`), an attribute's NULL
+/// takes the value the key last had, so a change never overwrites a value with NULL and a
+/// change that only brings NULLs makes no new version. A delete starts the key afresh.
+pub(super) fn fill_nulls(
+    c: &DimColumns,
+    history: &RecordBatch,
+    order: &[u32],
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::{UInt32Array, make_comparator};
+    use arrow::compute::SortOptions;
+    let keys = (c.keys.iter())
+        .map(|k| {
+            let a = history_column(history, k)?;
+            make_comparator(a.as_ref(), a.as_ref(), SortOptions::default())
+        })
+        .collect::<std::result::Result<Vec<_>, arrow::error::ArrowError>>()?;
+    let same_key = |p: u32, i: u32| {
+        keys.iter()
+            .all(|cmp| cmp(p as usize, i as usize) == std::cmp::Ordering::Equal)
+    };
+    let deletes = history
+        .column_by_name("__delete")
+        .and_then(|d| d.as_boolean_opt().cloned());
+    let is_delete = |i: u32| deletes.as_ref().is_some_and(|d| d.value(i as usize));
+    let schema = history.schema();
+    let mut columns = history.columns().to_vec();
+    for attr in &c.attrs {
+        let Ok(at) = schema.index_of(attr) else {
+            continue;
+        };
+        let values = columns[at].clone();
+        if values.null_count() == 0 {
+            continue;
+        }
+        let mut take: Vec<u32> = (0..history.num_rows() as u32).collect();
+        let (mut last, mut previous): (Option<u32>, Option<u32>) = (None, None);
+        for &i in order {
+            if previous.is_none_or(|p| !same_key(p, i) || is_delete(p)) {
+                last = None;
+            }
+            match (values.is_null(i as usize), last) {
+                (true, Some(l)) => take[i as usize] = l,
+                (true, None) => {}
+                (false, _) => last = Some(i),
+            }
+            previous = Some(i);
+        }
+        columns[at] = arrow::compute::take(values.as_ref(), &UInt32Array::from(take), None)?;
+    }
+    RecordBatch::try_new(schema, columns)
+}
+
 pub(super) async fn read_versions(
     ctx: &SessionContext,
     columns: &DimColumns,
@@ -268,6 +320,10 @@ pub(super) async fn read_versions(
             arrow::compute::concat_batches(&schema, &history).map_err(|e| Error::arrow(name, e))?;
         let order =
             history_order(columns, &history, tiebreak).map_err(|e| Error::arrow(name, e))?;
+        let history = match columns.ignore_null_updates {
+            true => fill_nulls(columns, &history, &order).map_err(|e| Error::arrow(name, e))?,
+            false => history,
+        };
         let (versions, repeats) =
             versions(columns, &history, &order).map_err(|e| Error::arrow(name, e))?;
         if repeats && !tiebreak {
@@ -291,6 +347,65 @@ mod tests {
     use arrow::datatypes::{DataType, Schema};
 
     use super::super::testing::users;
+
+    #[test]
+    fn with_ignore_null_updates_a_null_keeps_the_value_and_makes_no_version() {
+        let (table, schema) = users();
+        let mut gold = table.gold.clone().unwrap();
+        // user 1: named, then a change with only NULLs, then a real rename with a NULL
+        // country; user 2: NULL country from the start (nothing to keep).
+        let history = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("user_id", DataType::Int32, true),
+                Field::new("__seq", DataType::Int64, true),
+                Field::new("user_name", DataType::Utf8, true),
+                Field::new("country", DataType::Utf8, true),
+            ])),
+            vec![
+                Arc::new(arrow::array::Int32Array::from(vec![1, 1, 1, 2])),
+                Arc::new(Int64Array::from(vec![10, 20, 30, 10])),
+                Arc::new(StringArray::from(vec![
+                    Some("A"),
+                    None,
+                    Some("B"),
+                    Some("C"),
+                ])),
+                Arc::new(StringArray::from(vec![Some("SE"), None, None, None])),
+            ],
+        )
+        .unwrap();
+        let run = |gold: &crate::config::GoldSpec| {
+            let c = DimColumns::new(&table, gold, &schema).unwrap();
+            let order = history_order(&c, &history, false).unwrap();
+            let h = match c.ignore_null_updates {
+                true => fill_nulls(&c, &history, &order).unwrap(),
+                false => history.clone(),
+            };
+            let (v, _) = versions(&c, &h, &order).unwrap();
+            let text = |name: &str| {
+                let a = v.column_by_name(name).unwrap().as_string::<i32>().clone();
+                (0..a.len())
+                    .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
+                    .collect::<Vec<_>>()
+            };
+            (text("user_name"), text("country"))
+        };
+        // Without the option: every change is a version, NULLs included.
+        let (names, countries) = run(&gold);
+        assert_eq!(
+            names,
+            [Some("A".into()), None, Some("B".into()), Some("C".into())]
+        );
+        assert_eq!(countries, [Some("SE".into()), None, None, None]);
+        // With it: the all-NULL change is no version, the rename keeps the country.
+        gold.ignore_null_updates = true;
+        let (names, countries) = run(&gold);
+        assert_eq!(
+            names,
+            [Some("A".into()), Some("B".into()), Some("C".into())]
+        );
+        assert_eq!(countries, [Some("SE".into()), Some("SE".into()), None]);
+    }
 
     #[test]
     fn a_history_is_ordered_by_key_sequence_and_preferred_row() {

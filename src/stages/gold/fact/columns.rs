@@ -66,7 +66,8 @@ impl FactColumns {
             available: names.join(", "),
         };
         let seq = table.sequence_by().to_string();
-        for column in table.keys.iter().chain([&seq]).chain(&gold.except_columns) {
+        super::super::check_named_columns(table, gold, &names)?;
+        for column in table.keys.iter().chain([&seq]) {
             if !names.contains(&column.as_str()) {
                 return Err(unknown(column));
             }
@@ -113,7 +114,7 @@ impl FactColumns {
         let base = names
             .iter()
             .filter(|n| !is_lineage(n))
-            .filter(|n| !gold.except_columns.iter().any(|c| c == *n))
+            .filter(|n| table.keys.iter().any(|k| k == *n) || **n == seq || gold.keeps(n))
             .filter(|n| !carried.iter().any(|c| c == n))
             .map(|n| n.to_string())
             .collect();
