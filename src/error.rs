@@ -223,6 +223,19 @@ pub enum Error {
         source: datafusion::error::DataFusionError,
     },
 
+    /// A bronze file brings columns silver does not have and the table refuses new ones.
+    #[error(
+        "table {table}, file {file}: new column(s) {columns}, and schema_evolution = \"fail_on_new_columns\": the table stops here until the pipeline file takes them (another schema_evolution, or a schema_hints entry); the file stays in bronze and loads then"
+    )]
+    NewColumns {
+        /// The table it concerns.
+        table: String,
+        /// The bronze file.
+        file: String,
+        /// The new columns, comma-separated.
+        columns: String,
+    },
+
     /// A `fail` expectation is broken; the file was not committed.
     #[error(
         "table {table}, file {file}: expectation {rule} (action fail) is broken by {rows} row(s); nothing of the file was committed"

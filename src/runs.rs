@@ -373,6 +373,7 @@ pub fn written_tables(pipeline: &Pipeline, tables: &[TableSpec]) -> Vec<(String,
     let mut paths: Vec<(String, Option<String>)> = Vec::new();
     for t in tables {
         paths.push((layout::silver_table(&t.silver_name()), None));
+        paths.push((layout::quarantine_table(&t.silver_name()), None));
         if let Some(g) = &t.gold {
             paths.push((layout::gold_table(&g.name), Some(g.name.clone())));
         }

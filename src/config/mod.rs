@@ -6,7 +6,7 @@ pub(crate) mod ident;
 pub mod ingest;
 pub mod maintenance;
 mod settings;
-mod silver;
+pub mod silver;
 pub mod sources;
 pub mod templates;
 
@@ -83,6 +83,14 @@ pub struct SilverSpec {
     /// reference stack's "drop columns" utility); `_rescued_data` is always treated so.
     #[serde(default)]
     pub drop_if_empty: Vec<String>,
+    /// What a bronze column silver does not have yet becomes (Auto Loader's
+    /// `cloudFiles.schemaEvolutionMode`); see [`silver::SchemaEvolution`].
+    #[serde(default)]
+    pub schema_evolution: silver::SchemaEvolution,
+    /// Column types to take for columns silver does not have yet (Auto Loader's
+    /// `cloudFiles.schemaHints`): `{ amount = "DECIMAL(10,2)" }`, Spark SQL type names.
+    #[serde(default)]
+    pub schema_hints: std::collections::BTreeMap<String, String>,
     /// Quality rules, Delta Live Tables style. A rule that every key is non-NULL is added
     /// unless one named `keys_not_null` is given.
     #[serde(default)]

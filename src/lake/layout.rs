@@ -166,6 +166,11 @@ pub fn silver_table(name: &str) -> String {
     format!("{}/{name}", Area::Silver.folder())
 }
 
+/// The Delta table of the rows a silver table's `drop` expectations quarantined.
+pub fn quarantine_table(silver: &str) -> String {
+    silver_table(&format!("{silver}_quarantine"))
+}
+
 /// A gold table or view.
 pub fn gold_table(name: &str) -> String {
     format!("{}/{name}", Area::Gold.folder())

@@ -62,6 +62,10 @@ pub async fn table(lake: &Lake, path: &str, m: &Maintenance, due: Due) -> Result
         table: path.to_string(),
         ..Maintained::default()
     };
+    // A table no run has created yet (a quarantine table with nothing in it) stays absent.
+    if !lake.has_table(path).await? {
+        return Ok(done);
+    }
     let mut delta = lake.delta_table(path).await?;
     if delta.version().is_none() {
         return Ok(done);

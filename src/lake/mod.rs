@@ -414,6 +414,18 @@ impl Lake {
         }
     }
 
+    /// Whether a Delta table has been created at `path` (its log holds an entry), without
+    /// creating anything.
+    pub async fn has_table(&self, path: &str) -> Result<bool> {
+        let log = Path::from(format!("{}/_delta_log", path.trim_end_matches('/')));
+        let mut entries = self.store.list(Some(&log));
+        match entries.try_next().await {
+            Ok(first) => Ok(first.is_some()),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::lake(path, e)),
+        }
+    }
+
     /// Opens the Delta table at a lake path, or a handle to create it there (version `None`).
     pub async fn delta_table(&self, path: &str) -> Result<deltalake::DeltaTable> {
         // delta-rs refuses a local table location that does not exist yet.

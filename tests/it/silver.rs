@@ -520,6 +520,33 @@ async fn rows_with_null_keys_are_quarantined_and_the_file_is_recorded() {
         file_status(&fx, "DimArtist", &path).await,
         FileStatus::AlreadyLoaded
     );
+    // The same rows, queryable by name as a Delta table, with their rule, file and run.
+    let lake = Lake::open(fx.lake.to_str().unwrap()).unwrap();
+    let sql = "SELECT count(*) AS n, min(_source_file) AS f, min(_run_id) AS r, \
+               min(CAST(_failed_rules AS VARCHAR)) AS rules, min(artist_name) AS a \
+               FROM silver.artists_quarantine";
+    let text = tunelake::query::render(
+        &tunelake::query::run(&lake, sql).await.unwrap(),
+        tunelake::query::Format::Csv,
+    )
+    .unwrap();
+    let line = text.lines().nth(1).unwrap();
+    assert!(
+        line.starts_with(&format!("3,{path},test,"))
+            && line.contains("keys_not_null")
+            && line.ends_with(",a"),
+        "{text}"
+    );
+    // Loading the lake's files again quarantines nothing twice.
+    let again = silver(&fx, &[spec("DimArtist")]).await;
+    assert!(!again.failed());
+    let n = tunelake::query::run(&lake, "SELECT count(*) AS n FROM silver.artists_quarantine")
+        .await
+        .unwrap();
+    assert_eq!(
+        tunelake::query::render(&n, tunelake::query::Format::Csv).unwrap(),
+        "n\n3\n"
+    );
 }
 
 #[tokio::test]
@@ -633,4 +660,79 @@ async fn an_empty_bronze_file_is_recorded_without_rows() {
         file_status(&fx, "DimDate", &path).await,
         FileStatus::AlreadyLoaded
     );
+}
+
+#[tokio::test]
+async fn a_table_refusing_new_columns_fails_on_them_and_loads_the_file_once_the_pipeline_takes_them()
+ {
+    use tunelake::config::silver::SchemaEvolution;
+    let (fx, _) = loaded("DimArtist").await;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("artist_id", DataType::Int32, true),
+        Field::new("artist_name", DataType::Utf8, true),
+        Field::new("updated_at", utc(), true),
+        Field::new("label", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int32Array::from(vec![90_001, 90_002])),
+            Arc::new(StringArray::from(vec!["a", "b"])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![4_000_000_000_000_000, 4_000_000_000_000_001])
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from(vec![Some("indie"), None])),
+        ],
+    )
+    .unwrap();
+    let path = write_bronze(&fx, "DimArtist", "DimArtist_8_8_00000.parquet", &batch);
+    let mut table = spec("DimArtist");
+    table.silver.schema_evolution = SchemaEvolution::FailOnNewColumns;
+    let report = silver(&fx, std::slice::from_ref(&table)).await;
+    assert!(report.failed());
+    let error = report.tables[0].error.clone().unwrap_or_default();
+    assert!(
+        error.contains("label") && error.contains(&path) && error.contains("fail_on_new_columns"),
+        "{error}"
+    );
+    assert!(fx.lake.join(&path).is_file(), "the file stays in bronze");
+    assert_eq!(
+        query(
+            &fx,
+            "artists",
+            "SELECT count(*) FROM t WHERE artist_id > 90000"
+        )
+        .await,
+        "0"
+    );
+    // The pipeline file now rescues new columns: the file loads, the schema stays.
+    table.silver.schema_evolution = SchemaEvolution::Rescue;
+    let report = silver(&fx, std::slice::from_ref(&table)).await;
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!(report.tables[0].files, 1);
+    assert_eq!(
+        query(
+            &fx,
+            "artists",
+            "SELECT count(*) FROM t WHERE artist_id > 90000"
+        )
+        .await,
+        "2"
+    );
+    assert_eq!(
+        query(
+            &fx,
+            "artists",
+            "SELECT _rescued_data FROM t WHERE artist_id = 90001"
+        )
+        .await,
+        r#"{"label":"indie"}"#
+    );
+    let url = url::Url::from_directory_path(fx.lake.join("silver/artists")).unwrap();
+    let delta = deltalake::DeltaTable::try_from_url(url).await.unwrap();
+    let columns: Vec<String> = (delta.snapshot().unwrap().schema().fields())
+        .map(|f| f.name().to_string())
+        .collect();
+    assert!(!columns.iter().any(|c| c == "label"), "{columns:?}");
 }

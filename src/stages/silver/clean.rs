@@ -1,14 +1,11 @@
-//! A bronze file read and cleaned before it meets the table: values fitted to the table's
-//! types (misfits rescued), the pipeline file's columns, renames and drops, and the
-//! expectations checked.
+//! A bronze file read and cleaned before it meets the table: columns fitted to it (`fit`),
+//! the pipeline file's columns, renames and drops, and the expectations checked.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, new_null_array};
-use arrow::compute::kernels::cast::{CastOptions, cast_with_options};
+use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
 use arrow::compute::{and, filter_record_batch, not, prep_null_mask_filter};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::Bytes;
 use datafusion::common::Column;
 use datafusion::prelude::{DataFrame, Expr, SessionConfig, SessionContext, lit};
@@ -22,9 +19,7 @@ use super::session_with;
 use crate::config::{Action, TableSpec};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
-use crate::lake::layout::silver_columns::{
-    CHANGE_TYPE, FAILED_RULES, INGESTED_AT, RESCUED, SOURCE_FILE,
-};
+use crate::lake::layout::silver_columns::{CHANGE_TYPE, FAILED_RULES};
 
 /// A bronze file read and cleaned, before it meets the table: what can be done for the next
 /// file while the one before it is written.
@@ -95,7 +90,8 @@ pub(super) async fn prepare(
     }
     // Rename targets come from another bronze column, not from bronze under their name.
     let computed: Vec<&str> = table.silver.rename.iter().map(|r| r.to.as_str()).collect();
-    let (batches, rescued) = rescue(batches, existing.as_ref(), &computed, &table.name, path)?;
+    let policy = super::fit::Policy::of(table);
+    let (batches, rescued) = super::fit::fit(batches, existing.as_ref(), &computed, &policy, path)?;
     counts.rows_rescued = rescued;
     // The file's rows stay one batch through the silver columns (the session would cut them
     // into 8k-row slices): expectations, first rows and a dimension's key order (one `take`,
@@ -146,108 +142,6 @@ pub(super) fn read_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, String> {
     reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())
-}
-
-pub(super) fn same_type(a: &DataType, b: &DataType) -> bool {
-    match (a, b) {
-        (
-            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8,
-            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8,
-        ) => true,
-        (DataType::Timestamp(u1, _), DataType::Timestamp(u2, _)) => u1 == u2,
-        _ => a == b,
-    }
-}
-
-/// Fits each column to the silver table's type of the same name. Values the cast cannot
-/// carry become NULL there and are kept, as text, in `_rescued_data` (a JSON object per row).
-/// Returns the batches (always with a `_rescued_data` column) and the rows rescued.
-pub(super) fn rescue(
-    batches: Vec<RecordBatch>,
-    target: Option<&SchemaRef>,
-    computed: &[&str],
-    table: &str,
-    file: &str,
-) -> Result<(Vec<RecordBatch>, u64)> {
-    let mut rescued_rows = 0;
-    let mut out = Vec::with_capacity(batches.len());
-    let options = CastOptions {
-        safe: true,
-        format_options: FormatOptions::default(),
-    };
-    for batch in batches {
-        let rows = batch.num_rows();
-        // Made at the first column that needs a cast: most files need none.
-        let mut rescued: Option<Vec<serde_json::Map<String, serde_json::Value>>> = None;
-        let mut fields = Vec::new();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-            if field.name() == RESCUED {
-                continue;
-            }
-            let wanted = target
-                .and_then(|t| t.field_with_name(field.name()).ok())
-                .map(|f| f.data_type().clone())
-                .filter(|t| !same_type(t, field.data_type()));
-            let Some(wanted) = wanted else {
-                fields.push(Field::new(field.name(), field.data_type().clone(), true));
-                columns.push(column.clone());
-                continue;
-            };
-            let cast = cast_with_options(column, &wanted, &options)
-                .unwrap_or_else(|_| new_null_array(&wanted, rows));
-            let formatter = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
-                .map_err(|e| Error::arrow(format!("table {table}, file {file}"), e))?;
-            let rescued = rescued.get_or_insert_with(|| vec![serde_json::Map::new(); rows]);
-            for (row, map) in rescued.iter_mut().enumerate() {
-                if column.is_valid(row) && cast.is_null(row) {
-                    map.insert(
-                        field.name().clone(),
-                        serde_json::Value::String(formatter.value(row).to_string()),
-                    );
-                }
-            }
-            fields.push(Field::new(field.name(), wanted, true));
-            columns.push(cast);
-        }
-        // Columns silver has but this file lacks (dropped at the source, or an older file):
-        // NULL, so the transforms see the table's full shape.
-        for field in target
-            .map(|t| t.fields().iter().collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
-            let name = field.name();
-            if [RESCUED, SOURCE_FILE, INGESTED_AT].contains(&name.as_str())
-                || computed.contains(&name.as_str())
-                || fields.iter().any(|f| f.name() == name)
-            {
-                continue;
-            }
-            fields.push(Field::new(name, field.data_type().clone(), true));
-            columns.push(new_null_array(field.data_type(), rows));
-        }
-        let texts: ArrayRef = match rescued {
-            Some(rescued) => Arc::new(
-                rescued
-                    .into_iter()
-                    .map(|m| {
-                        (!m.is_empty()).then(|| {
-                            rescued_rows += 1;
-                            serde_json::Value::Object(m).to_string()
-                        })
-                    })
-                    .collect::<StringArray>(),
-            ),
-            None => new_null_array(&DataType::Utf8, rows),
-        };
-        fields.push(Field::new(RESCUED, DataType::Utf8, true));
-        columns.push(texts);
-        out.push(
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-                .map_err(|e| Error::arrow(format!("table {table}, file {file}"), e))?,
-        );
-    }
-    Ok((out, rescued_rows))
 }
 
 pub(super) fn column(name: &str) -> Expr {
@@ -423,51 +317,4 @@ pub(super) fn check_expectations(
         passed: passed_rows,
         dropped,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::testing::batch;
-    use super::*;
-    use arrow::array::{Int32Array, Int64Array};
-
-    #[test]
-    pub(super) fn misfits_are_rescued_missing_columns_filled_and_computed_ones_left_alone() {
-        let target = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int32, true),
-            Field::new("amount", DataType::Int32, true),
-            Field::new("note", DataType::Utf8, true),
-            Field::new("renamed", DataType::Utf8, true),
-        ]));
-        let input = batch(vec![
-            (
-                "id",
-                Arc::new(Int64Array::from(vec![1, 5_000_000_000])) as ArrayRef,
-            ),
-            (
-                "amount",
-                Arc::new(StringArray::from(vec![Some("12"), Some("lots")])),
-            ),
-        ]);
-        let (out, rescued) = rescue(vec![input], Some(&target), &["renamed"], "T", "f").unwrap();
-        assert_eq!(rescued, 1, "rows, not values");
-        let b = &out[0];
-        let names: Vec<_> = b
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        assert_eq!(
-            names,
-            ["id", "amount", "note", RESCUED],
-            "renamed is computed, not filled"
-        );
-        let id = b.column(0).as_any().downcast_ref::<Int32Array>().unwrap();
-        assert_eq!((id.value(0), id.is_null(1)), (1, true));
-        let texts = b.column(3).as_any().downcast_ref::<StringArray>().unwrap();
-        assert!(texts.is_null(0), "row 0 fits: nothing rescued");
-        assert_eq!(texts.value(1), r#"{"amount":"lots","id":"5000000000"}"#);
-        assert_eq!(b.column(2).null_count(), 2);
-    }
 }

@@ -16,6 +16,7 @@
 mod ahead;
 mod clean;
 mod dedup;
+mod fit;
 mod quarantine;
 mod report;
 mod retention;
@@ -255,7 +256,16 @@ impl Silver {
             Body::Empty(counts) => (write::record_empty(delta, table, txn).await?, counts),
             Body::Rows(mut cleaned) => {
                 if let Some(dropped) = cleaned.dropped.take() {
-                    quarantine::rows(&self.lake, table, path, dropped).await?;
+                    quarantine::rows(&self.lake, table, path, dropped.clone()).await?;
+                    quarantine::rows_to_table(
+                        &self.lake,
+                        table,
+                        path,
+                        file_version,
+                        &self.run_id,
+                        dropped,
+                    )
+                    .await?;
                 }
                 write::append(delta, existing, table, path, cleaned, txn).await?
             }

@@ -1,9 +1,18 @@
 //! What silver cannot load goes to `bronze/_quarantine/<Table>/`, with the reason: a file
 //! that is not parquet is moved there whole, rows that broke `drop` expectations are written
-//! there as a parquet file of their own, with the names of the rules they broke.
+//! there as a parquet file of their own, with the names of the rules they broke. Those rows
+//! also go to the Delta table `silver/<name>_quarantine` (with their file, run and time), so
+//! `tunelake sql` and the query function can look at them, as DLT users query expectations.
 
-use arrow::array::RecordBatch;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{Field, Schema};
 use bytes::Bytes;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use tracing::{info, warn};
@@ -55,4 +64,64 @@ pub(super) async fn rows(
     writer.close().map_err(parquet_err)?;
     info!(rows = batch.num_rows(), to = %path, "Rows broke drop expectations; quarantined.");
     lake.put(&path, Bytes::from(buffer)).await
+}
+
+/// Appends the rows of `file` (at `version`, its last-modified time) that broke `drop` rules
+/// to `silver/<name>_quarantine`, with `_source_file`, `_run_id` and `_quarantined_at`. The
+/// commit records the file as silver's does, so a retry of the file adds nothing twice.
+pub(super) async fn rows_to_table(
+    lake: &Lake,
+    table: &TableSpec,
+    file: &str,
+    version: i64,
+    run_id: &str,
+    batch: RecordBatch,
+) -> Result<()> {
+    let path = layout::quarantine_table(&table.silver_name());
+    let delta = lake.delta_table(&path).await?;
+    if delta.version().is_some() && super::loaded(&delta, table, file, version).await? {
+        return Ok(());
+    }
+    let rows = batch.num_rows();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    let at = chrono::Utc::now().timestamp_micros();
+    for (name, column) in [
+        (
+            "_source_file",
+            Arc::new(StringArray::from(vec![file; rows])) as ArrayRef,
+        ),
+        ("_run_id", Arc::new(StringArray::from(vec![run_id; rows]))),
+        (
+            "_quarantined_at",
+            Arc::new(TimestampMicrosecondArray::from(vec![at; rows]).with_timezone("UTC")),
+        ),
+    ] {
+        if let Some(i) = fields.iter().position(|f| f.name() == name) {
+            fields.remove(i);
+            columns.remove(i);
+        }
+        fields.push(Field::new(name, column.data_type().clone(), true));
+        columns.push(column);
+    }
+    // Every column nullable: a later file may lack one.
+    let fields: Vec<Field> = fields.into_iter().map(|f| f.with_nullable(true)).collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| Error::arrow(&path, e))?;
+    let txn = Transaction::new(layout::app_id::silver_file(file), version);
+    delta
+        .write(vec![batch])
+        .with_save_mode(SaveMode::Append)
+        .with_schema_mode(SchemaMode::Merge)
+        .with_configuration(crate::lake::CREATED_WITH)
+        .with_commit_properties(CommitProperties::default().with_application_transaction(txn))
+        .await
+        .map_err(crate::error::delta_err(path.clone()))?;
+    info!(rows, table = %path, "Quarantined rows are queryable.");
+    Ok(())
 }
