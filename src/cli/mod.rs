@@ -164,6 +164,17 @@ pub enum Command {
     },
     /// Show watermarks and bronze files per table, and the latest runs.
     Status,
+    /// The pipeline file: `--check` validates it against its sources without moving data
+    /// (every problem at once); `--reference` prints every key with its type, default and
+    /// meaning.
+    Config {
+        /// Check the pipeline file against the sources it reads.
+        #[arg(long)]
+        check: bool,
+        /// Print every key of the pipeline file.
+        #[arg(long, conflicts_with = "check")]
+        reference: bool,
+    },
     /// Serve the Azure Functions custom handler (what host.json starts) on 127.0.0.1.
     Serve {
         /// The port; the Functions host sets FUNCTIONS_CUSTOMHANDLER_PORT.
@@ -341,6 +352,7 @@ pub async fn run(cli: Cli) -> Result<bool> {
         Command::Refresh { ref table, yes } => refresh(&cli, table, yes).await,
         Command::Maintain { ref tables } => maintain(&cli, tables).await,
         Command::Status => status(&cli).await,
+        Command::Config { check, reference } => config(&cli, check, reference).await,
         Command::Package {
             ref out,
             ref max_glibc,
@@ -451,6 +463,37 @@ async fn maintain(cli: &Cli, tables: &[String]) -> Result<bool> {
         }
     }
     Ok(done.len() == wanted)
+}
+
+/// `tunelake config`: the reference, or the pipeline file checked (by itself, and with
+/// `--check` against its sources).
+async fn config(cli: &Cli, check: bool, reference: bool) -> Result<bool> {
+    if reference {
+        out!("{}", crate::config::reference::text().trim_start());
+        return Ok(true);
+    }
+    let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+    let file = Pipeline::file_in_use(cli.config.as_deref())
+        .map_or("the built-in pipeline".to_string(), |p| {
+            p.display().to_string()
+        });
+    if !check {
+        out!(
+            "{file}: valid ({} tables, {} views); --check also reads the sources",
+            pipeline.tables.len(),
+            pipeline.views.len()
+        );
+        return Ok(true);
+    }
+    let problems = crate::stages::check::check(&pipeline, &cli.source).await;
+    if problems.is_empty() {
+        out!(
+            "{file}: valid against its sources ({} tables)",
+            pipeline.tables.len()
+        );
+        return Ok(true);
+    }
+    Err(Error::Config { file, problems })
 }
 
 /// `tunelake refresh`: what would go, and with `--yes` the refresh and a run of the tables.

@@ -7,7 +7,9 @@ use super::TableSpec;
 use super::ident;
 
 /// What a gold table is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum GoldKind {
     /// A dimension with surrogate keys, kept as SCD type 1 or 2.
@@ -19,7 +21,7 @@ pub enum GoldKind {
 
 /// How a silver table becomes a gold table (`[tables.gold]`), after Delta Live Tables'
 /// `create_auto_cdc_flow(keys, sequence_by, stored_as_scd_type, track_history_except_column_list)`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GoldSpec {
     /// The gold table, `gold/<name>/`.
@@ -72,7 +74,7 @@ fn default_scd_type() -> u8 {
 }
 
 /// A fact's reference to a dimension: the version valid at the fact's sequence value.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupSpec {
     /// The gold dimension, by name.
@@ -87,7 +89,7 @@ pub struct LookupSpec {
 
 /// A business view: a template in `templates/` rendered with `params`, run as one query and
 /// materialized as `gold/<name>/`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ViewSpec {
     /// The view, materialized as `gold/<name>/`.
@@ -96,6 +98,7 @@ pub struct ViewSpec {
     pub template: String,
     /// Parameters handed to the template as they are written.
     #[serde(default)]
+    #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     pub params: toml::Table,
     /// How the view refreshes (dbt's `incremental_strategy`); without one it is rebuilt whole.
     #[serde(default)]
@@ -110,7 +113,9 @@ pub struct ViewSpec {
 
 /// An incremental refresh: only the view's rows that the inputs' changes can reach are
 /// computed again and replaced, by row key (`merge`) or by partition (`insert_overwrite`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Incremental {
     /// Replace the rows whose `unique_key` the changes reach.

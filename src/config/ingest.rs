@@ -8,7 +8,9 @@ use super::TableSpec;
 use crate::window::Lookback;
 
 /// How deletes in the source reach the lake (`[[tables]] deletes`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Deletes {
     /// Not detected: a row deleted in the source stays in the lake (or is deleted by an
@@ -21,7 +23,9 @@ pub enum Deletes {
 }
 
 /// How a table's changes are found (`[[tables]] cdc_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CdcMode {
     /// Rows whose watermark column is past the stored watermark.
@@ -36,7 +40,7 @@ pub enum CdcMode {
 pub const CHANGE_VERSION: &str = "SYS_CHANGE_VERSION";
 
 /// `lookback` as written: a duration text (`"2h"`) or an integer (for integer watermarks).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum LookbackSetting {
     /// A duration (`"90s"`, `"30m"`, `"2h"`, `"1d"`).

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 /// Table maintenance (`[maintenance]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Maintenance {
     /// Compact a table after a run's commits once it holds `compact_min_files` small files
@@ -41,7 +41,9 @@ pub struct Maintenance {
 }
 
 /// Auto Loader's `cloudFiles.cleanSource` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CleanSource {
     /// Bronze keeps every file.

@@ -5,6 +5,7 @@ pub mod gold;
 pub(crate) mod ident;
 pub mod ingest;
 pub mod maintenance;
+pub mod reference;
 mod settings;
 pub mod silver;
 pub mod sources;
@@ -25,7 +26,7 @@ use crate::error::{ConfigProblem, Error, Result};
 pub const DEFAULT_PIPELINE: &str = include_str!("../../pipeline.toml");
 
 /// One source table (`[[tables]]`).
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
     /// The table's name in the source, e.g. `DimUser`; also its bronze folder.
@@ -64,7 +65,7 @@ pub struct TableSpec {
 }
 
 /// Silver rules for one table: transforms as SQL expressions, then expectations.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SilverSpec {
     /// The silver table's name, `silver/<name>/` (default: the source name in snake_case).
@@ -98,7 +99,7 @@ pub struct SilverSpec {
 }
 
 /// A derived or replaced column.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     /// The column, new or replaced.
@@ -108,7 +109,7 @@ pub struct ColumnSpec {
 }
 
 /// A column rename.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameSpec {
     /// The bronze column.
@@ -118,7 +119,9 @@ pub struct RenameSpec {
 }
 
 /// What happens to rows that break a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Count them and keep them.
@@ -130,7 +133,7 @@ pub enum Action {
 }
 
 /// A quality rule: a SQL boolean over the transformed row; NULL counts as broken.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expectation {
     /// The rule's name, in counts, quarantine and the report.

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 /// Run-wide settings (`[settings]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// How many tables a stage works on at once.

@@ -9,7 +9,9 @@ use super::{TableSpec, expression_problem, ident};
 /// What a bronze column that silver does not have yet becomes, after Auto Loader's
 /// `cloudFiles.schemaEvolutionMode`. Columns the pipeline names (renamed, dropped, hinted) are
 /// never new; the first file of a table defines its columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SchemaEvolution {
     /// The column is added to silver (`addNewColumns`).

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 /// One named source as the file writes it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawSource {
+pub(super) struct RawSource {
     /// `sqlite:PATH`, `files:DIR`, `files:https://...`, or an ADO connection string.
     url: String,
 }

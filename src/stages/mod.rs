@@ -1,6 +1,7 @@
 //! The pipeline's stages. Each takes validated specs, a source or lake, and a run id, and
 //! returns a per-table report; a table's failure is in its report, never a panic of the run.
 
+pub mod check;
 pub mod gold;
 pub mod ingest;
 pub mod refresh;

@@ -414,3 +414,88 @@ fn the_whole_pipeline_as_one_run_equals_the_stages_run_one_by_one() {
         }
     }
 }
+
+#[test]
+fn config_check_names_every_problem_against_the_sources_and_moves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, _, err) = tunelake_with(
+        d,
+        &["seed", "--source", "sqlite:src.db", "--scale", "0.002"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) =
+        tunelake_with(d, &["--source", "sqlite:src.db", "config", "--check"], &[]);
+    assert_eq!(code, 0, "the shipped pipeline fits its sources: {out}{err}");
+    assert!(out.contains("valid against its sources"), "{out}");
+    let pipeline = r#"
+[sources.gone]
+url = "files:/no/such/folder"
+
+[[tables]]
+name = "DimUser"
+cdc_column = "modified_at"
+keys = ["user_id", "account_id"]
+[tables.silver]
+columns = [{ name = "tier", expr = "upper(loyalty_tier)" }]
+
+[[tables]]
+name = "DimArtist"
+cdc_column = "updated_at"
+keys = ["artist_id"]
+[tables.gold]
+name = "dim_artist"
+columns = ["artist_name", "label"]
+
+[[tables]]
+name = "Podcasts"
+cdc_column = "updated_at"
+keys = ["podcast_id"]
+
+[[tables]]
+name = "Country"
+source = "gone"
+cdc_column = "updated_at"
+keys = ["country_code"]
+"#;
+    std::fs::write(d.join("bad.toml"), pipeline).unwrap();
+    let (code, out, err) = tunelake_with(
+        d,
+        &[
+            "--config",
+            "bad.toml",
+            "--source",
+            "sqlite:src.db",
+            "--lake",
+            "lake",
+            "config",
+            "--check",
+        ],
+        &[],
+    );
+    assert_ne!(code, 0, "{out}");
+    for expected in [
+        "sources.gone",
+        "tables[0] (DimUser).cdc_column: \"modified_at\"",
+        "tables[0] (DimUser).keys[1]: \"account_id\"",
+        "tables[0] (DimUser).silver",
+        "loyalty_tier",
+        "tables[1] (DimArtist).gold.columns[1]: \"label\"",
+        "tables[2] (Podcasts)",
+    ] {
+        assert!(err.contains(expected), "{expected} missing:\n{err}");
+    }
+    assert!(!d.join("lake").exists(), "a check moves no data");
+    // The reference covers what the loader reads.
+    let (code, out, _) = tunelake_with(d, &["config", "--reference"], &[]);
+    assert_eq!(code, 0);
+    for key in [
+        "[sources.<name>]",
+        "schema_hints",
+        "track_history_columns",
+        "query_memory_mb",
+    ] {
+        assert!(out.contains(key), "{key} missing from the reference");
+    }
+}

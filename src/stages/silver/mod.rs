@@ -305,6 +305,26 @@ impl Silver {
     }
 }
 
+/// The columns silver makes of a bronze table with columns `bronze`, as its first file would
+/// (types fitted, the pipeline file's columns, renames and drops), without lineage: for
+/// `tunelake config --check`, which moves no data.
+pub async fn silver_schema(
+    table: &TableSpec,
+    bronze: arrow::datatypes::SchemaRef,
+) -> Result<arrow::datatypes::SchemaRef> {
+    let empty = arrow::array::RecordBatch::new_empty(bronze);
+    let computed: Vec<&str> = table.silver.rename.iter().map(|r| r.to.as_str()).collect();
+    let policy = fit::Policy::of(table);
+    let (batches, _) = fit::fit(vec![empty], None, &computed, &policy, "(check)")?;
+    let df = clean::transform(&session(), table, batches).map_err(|e| Error::DataFusion {
+        table: table.name.clone(),
+        file: "(config --check)".to_string(),
+        context: "applying the silver columns".to_string(),
+        source: e,
+    })?;
+    Ok(Arc::new(df.schema().as_arrow().clone()))
+}
+
 /// Whether the table records this version of the bronze file (or a later one) as loaded.
 async fn loaded(delta: &DeltaTable, table: &TableSpec, path: &str, version: i64) -> Result<bool> {
     let delta_err = crate::error::delta_err(layout::silver_table(&table.silver_name()));
