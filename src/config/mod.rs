@@ -8,6 +8,7 @@ pub mod maintenance;
 pub mod reference;
 mod settings;
 pub mod silver;
+mod snapshot;
 pub mod sources;
 pub mod templates;
 
@@ -21,6 +22,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{ConfigProblem, Error, Result};
+use crate::lake::layout::silver_columns::SNAPSHOT_AT;
 
 /// The pipeline file shipped at the repository root, built in so that `demo` runs anywhere.
 pub const DEFAULT_PIPELINE: &str = include_str!("../../pipeline.toml");
@@ -35,6 +37,10 @@ pub struct TableSpec {
     #[serde(default = "default_schema")]
     pub schema: String,
     /// The watermark column: integer, date or timestamp, rising with every insert or update.
+    /// None: a snapshot table, read whole each run and loaded when its content changed; the
+    /// difference from the previous snapshot is its change (inserts, updates, and deletes for
+    /// keys that vanished), in sequence by `_snapshot_at` (DLT's AUTO CDC FROM SNAPSHOT).
+    #[serde(default)]
     pub cdc_column: String,
     /// The business key columns.
     pub keys: Vec<String>,
@@ -240,7 +246,11 @@ fn parse_tables(
             .unwrap_or_default();
         let at = format!("tables[{i}]{name}");
         match raw.try_into::<TableSpec>() {
-            Ok(t) => {
+            Ok(mut t) => {
+                if t.cdc_column.is_empty() {
+                    t.cdc_column = SNAPSHOT_AT.to_string();
+                    snapshot::validate(&t, &at, problem);
+                }
                 validate_table(&t, &at, problem);
                 tables.push(t);
             }
@@ -272,7 +282,7 @@ fn validate_table(t: &TableSpec, at: &str, problem: &mut impl FnMut(String, Stri
             problem(format!("{at}.{field}"), p);
         }
     }
-    if t.keys.is_empty() {
+    if t.keys.is_empty() && !t.is_snapshot() {
         problem(
             format!("{at}.keys"),
             "at least one key column is needed".into(),

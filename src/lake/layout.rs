@@ -6,7 +6,9 @@
 //! ```text
 //! bronze/<Table>/<Table>_<from>_<to>_<part>.parquet   a window's extract (window::Window::file_name)
 //! bronze/<Table>/<Table>_deletes_<time>.parquet       delete markers (deletes = "detect")
+//! bronze/<Table>/<Table>_snapshot_<time>_00000.parquet a snapshot table's full snapshot
 //! bronze/_watermarks/<Table>.json                     the last value extracted
+//! bronze/_snapshots/<Table>.json                      a snapshot table's last content hash
 //! bronze/_keys/<Table>.parquet                        the source's keys, for delete detection
 //! bronze/_quarantine/<Table>/<file>                   unreadable files, with <file>.reason.txt
 //! bronze/_quarantine/<Table>/rows/<file>              rows dropped by expectations
@@ -104,6 +106,17 @@ pub fn in_bronze(name: &str) -> String {
         Some(_) => name.to_string(),
         None => format!("{BRONZE}/{name}"),
     }
+}
+
+/// A snapshot table's full snapshot taken at `at` (microseconds since the epoch): names sort
+/// by time.
+pub fn snapshot_file(table: &str, at: i64) -> String {
+    format!("{BRONZE}/{table}/{table}_snapshot_{at:020}_00000.parquet")
+}
+
+/// Where a snapshot table's last snapshot is described (its content hash, time, rows).
+pub fn snapshot_state(table: &str) -> String {
+    format!("{BRONZE}/_snapshots/{table}.json")
 }
 
 /// The folder of the watermark files.
@@ -241,6 +254,9 @@ pub mod silver_columns {
     pub const CHANGE_TYPE: &str = "_change_type";
     /// Names of the broken rules, on quarantined rows.
     pub const FAILED_RULES: &str = "_failed_rules";
+    /// A snapshot table's sequence: when ingest took the snapshot a row came from (UTC); the
+    /// watermark column of a table without `cdc_column`.
+    pub const SNAPSHOT_AT: &str = "_snapshot_at";
 }
 
 /// Columns gold adds to a dimension's.

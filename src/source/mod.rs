@@ -53,6 +53,24 @@ pub trait Source: Send + Sync {
         batch_rows: usize,
     ) -> Result<BatchStream>;
 
+    /// Streams every row of a snapshot table (no change column), in key order where the
+    /// source can sort, so the same content always reads the same.
+    async fn snapshot(
+        &self,
+        table: &TableSpec,
+        schema: SchemaRef,
+        batch_rows: usize,
+    ) -> Result<BatchStream> {
+        let _ = (schema, batch_rows);
+        Err(Error::SourceQuery {
+            table: table.name.clone(),
+            message: format!(
+                "a snapshot table (no cdc_column) needs a SQLite or files source; {} cannot be read whole yet",
+                self.describe()
+            ),
+        })
+    }
+
     /// Streams every key of the table (`schema`: the key columns), in ascending binary
     /// order, for `deletes = "detect"`. Sources that cannot list keys say so.
     async fn keys(

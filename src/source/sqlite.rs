@@ -109,6 +109,40 @@ impl Source for SqliteSource {
         }))
     }
 
+    async fn snapshot(
+        &self,
+        table: &TableSpec,
+        schema: SchemaRef,
+        batch_rows: usize,
+    ) -> Result<BatchStream> {
+        let conn = self.connect()?;
+        let name = table.name.clone();
+        let table = table.clone();
+        Ok(super::spawn_blocking_reader(&name, move |tx| {
+            let columns = (schema.fields().iter())
+                .map(|f| quote_ansi(f.name()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let keys = (table.keys.iter())
+                .map(|k| quote_ansi(k))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {columns} FROM {} ORDER BY {keys}",
+                quote_ansi(&table.name)
+            );
+            read_rows(
+                &conn,
+                &table,
+                schema,
+                (&sql, Vec::new()),
+                "the snapshot",
+                batch_rows,
+                tx,
+            )
+        }))
+    }
+
     async fn keys(
         &self,
         table: &TableSpec,

@@ -18,4 +18,5 @@ mod operations;
 mod query;
 mod report;
 mod silver;
+mod snapshots;
 mod views;

@@ -335,6 +335,15 @@ impl Source for FilesSource {
         Ok(best.and_then(|v| bound_from_ordinal(kind, v)))
     }
 
+    async fn snapshot(
+        &self,
+        table: &TableSpec,
+        schema: SchemaRef,
+        batch_rows: usize,
+    ) -> Result<BatchStream> {
+        self.read_all(table, schema, batch_rows).await
+    }
+
     async fn extract(
         &self,
         table: &TableSpec,
@@ -381,6 +390,28 @@ impl Source for FilesSource {
                     Ok(sender.blocking_send(Ok(kept)).is_ok())
                 },
             )
+            .await
+        }))
+    }
+}
+
+impl FilesSource {
+    /// Every row of the table's files, in file order (a snapshot table).
+    async fn read_all(
+        &self,
+        table: &TableSpec,
+        schema: SchemaRef,
+        batch_rows: usize,
+    ) -> Result<BatchStream> {
+        let this = self.clone();
+        let name = table.name.clone();
+        let table = table.clone();
+        Ok(super::spawn_reader(&name, move |sender| async move {
+            let files = this.files(&table).await?;
+            this.scan(&table, files, batch_rows, None, move |file, batch| {
+                let batch = batch_with_schema(file, batch, &schema)?;
+                Ok(sender.blocking_send(Ok(batch)).is_ok())
+            })
             .await
         }))
     }

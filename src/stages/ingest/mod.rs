@@ -26,6 +26,7 @@ use crate::source::{self, Source};
 use crate::window::{self, Bound, BoundKind, Window};
 
 pub mod deletes;
+mod snapshot;
 
 /// What one table's ingest did.
 #[derive(Debug, Clone, Serialize)]
@@ -214,6 +215,17 @@ impl Ingest {
                     self.source.describe()
                 ),
             });
+        }
+        if table.is_snapshot() {
+            return snapshot::ingest(
+                self.source.as_ref(),
+                &self.lake,
+                table,
+                self.settings.batch_rows,
+                &self.run_id,
+                start,
+            )
+            .await;
         }
         let schema = self.source.schema(table).await?;
         let kind = source::check_columns(table, &schema)?;

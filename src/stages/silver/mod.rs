@@ -21,6 +21,7 @@ mod quarantine;
 mod report;
 mod retention;
 mod rows;
+mod snapshot;
 #[cfg(test)]
 mod testing;
 mod write;
@@ -255,6 +256,10 @@ impl Silver {
             }
             Body::Empty(counts) => (write::record_empty(delta, table, txn).await?, counts),
             Body::Rows(mut cleaned) => {
+                if table.is_snapshot() {
+                    cleaned =
+                        snapshot::changes(&delta, existing.as_ref(), table, cleaned, path).await?;
+                }
                 if let Some(dropped) = cleaned.dropped.take() {
                     quarantine::rows(&self.lake, table, path, dropped.clone()).await?;
                     quarantine::rows_to_table(
