@@ -7,6 +7,7 @@
 use crate::config::ingest::CdcMode;
 use crate::config::{GoldKind, Pipeline, TableSpec};
 use crate::error::ConfigProblem;
+use crate::lake::layout::silver_columns::SNAPSHOT_AT;
 use crate::source::Source;
 
 /// Every problem of `pipeline` against its sources (`default_url` for tables without one).
@@ -101,6 +102,23 @@ async fn columns_of(
             problem(at.to_string(), e.to_string());
             return None;
         }
+    };
+    // A snapshot table's sequence is added by ingest.
+    let schema = match table.is_snapshot() {
+        true => {
+            let mut fields: Vec<arrow::datatypes::Field> =
+                schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(arrow::datatypes::Field::new(
+                SNAPSHOT_AT,
+                arrow::datatypes::DataType::Timestamp(
+                    arrow::datatypes::TimeUnit::Microsecond,
+                    Some("UTC".into()),
+                ),
+                false,
+            ));
+            std::sync::Arc::new(arrow::datatypes::Schema::new(fields))
+        }
+        false => schema,
     };
     let bronze: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let lacks = |c: &str| !bronze.iter().any(|b| b == c);

@@ -337,7 +337,6 @@ name = "dim_user"
 [[tables]]
 name = "Country"
 source = "web"
-cdc_column = "updated_at"
 keys = ["country_code"]
 [tables.gold]
 name = "dim_country"

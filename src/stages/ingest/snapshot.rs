@@ -17,9 +17,10 @@ use super::TableReport;
 use crate::config::TableSpec;
 use crate::error::{Error, Result};
 use crate::lake::layout::silver_columns::SNAPSHOT_AT;
-use crate::lake::{Lake, layout};
+use crate::lake::{Lake, layout, watermark};
 use crate::source::Source;
 use crate::stages::Status;
+use crate::window::BoundKind;
 
 /// The last snapshot written for a table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,6 +123,16 @@ pub(super) async fn ingest(
     };
     let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::Task(e.to_string()))?;
     lake.put(&state_path, Bytes::from(json)).await?;
+    // The snapshot's time as the table's watermark, for `status` and the run report.
+    let mark = watermark::Watermark {
+        column: SNAPSHOT_AT.to_string(),
+        kind: BoundKind::Timestamp,
+        value: at_text(at),
+        run_id: run_id.to_string(),
+        rows,
+        at: chrono::Utc::now(),
+    };
+    watermark::write(lake, &table.name, &mark).await?;
     info!(rows, file, "Wrote a changed snapshot.");
     report.status = Status::Ok;
     report.rows = rows;
