@@ -131,8 +131,8 @@ fn write_zip(
     for (name, bytes, mode) in entries {
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated)
-            // The binary is nearly all of it: level 1 deflates it 3× faster than the default
-            // level for a zip 5% larger (measured on 60 MB of the binary).
+            // The binary is nearly all of it, and the fastest level costs little size
+            // (docs/decisions/007, "Packaging").
             .compression_level(Some(1))
             .unix_permissions(*mode)
             .large_file(bytes.len() as u64 >= u64::from(u32::MAX));
