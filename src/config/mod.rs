@@ -816,4 +816,30 @@ expect = [{ name = "positive", rule = "x >", action = "drop" }]
         let err = with("columns = [\"bad name\"]", "").unwrap_err();
         assert!(err.contains("gold.columns[0]"), "{err}");
     }
+
+    #[test]
+    fn schema_options_are_checked_at_load_naming_the_key() {
+        let text = DEFAULT_PIPELINE.replacen(
+            "name = \"users\"\n",
+            "name = \"users\"\nschema_evolution = \"rescue\"\nschema_hints = { user_id = \"BIGINT\", tier = \"VARCHAR2\" }\n",
+            1,
+        );
+        let err = Pipeline::parse(&text, "p.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("tables[0] (DimUser).silver.schema_hints.tier")
+                && err.contains("VARCHAR2"),
+            "{err}"
+        );
+        assert!(!err.contains("schema_hints.user_id"), "{err}");
+        let bad = DEFAULT_PIPELINE.replacen(
+            "name = \"users\"\n",
+            "name = \"users\"\nschema_evolution = \"merge\"\n",
+            1,
+        );
+        let err = Pipeline::parse(&bad, "p.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("tables[0] (DimUser)") && err.contains("merge"),
+            "{err}"
+        );
+    }
 }
