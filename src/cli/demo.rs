@@ -92,7 +92,18 @@ pub(super) async fn demo(cli: &Cli, dir: &Path, scale: f64, seed_value: u64) -> 
     let source = format!("sqlite:{}", db.display());
     let lake_path = dir.join("lake").display().to_string();
     let lake = Lake::open(&lake_path)?;
-    let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+    let mut pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+    // The shipped reference files are seeded beside the demo's database: a relative
+    // `files:` source that is not here reads them there.
+    for url in pipeline.sources.values_mut() {
+        if let Some(folder) = url.strip_prefix("files:")
+            && Path::new(folder).is_relative()
+            && !folder.contains("://")
+            && !Path::new(folder).exists()
+        {
+            *url = format!("files:{}", dir.join(folder).display());
+        }
+    }
 
     out!("== 1. Seed a sample source (scale {scale})");
     print_seed(&seed::create(&db, scale, seed_value)?, &source, false);

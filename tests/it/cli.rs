@@ -499,3 +499,21 @@ keys = ["country_code"]
         assert!(out.contains(key), "{key} missing from the reference");
     }
 }
+
+#[test]
+fn the_demo_runs_anywhere_with_both_sources_and_writes_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, out, err) = tunelake_with(d, &["demo", "--scale", "0.002"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(d.join("tunelake-demo/report.html").is_file());
+    assert!(d.join("tunelake-demo/reference/Country.csv").is_file());
+    let country = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("dim_country"))
+        .unwrap_or_else(|| panic!("no dim_country line:\n{out}"));
+    assert!(
+        country.contains(" ok ") && country.contains(" 20 "),
+        "{country}"
+    );
+}
