@@ -83,15 +83,34 @@ pub struct Response {
     pub content_type: &'static str,
     /// The body.
     pub body: Bytes,
+    /// More headers, names in lower case.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
+    /// A response of any media type.
+    pub fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
+        Response {
+            status,
+            content_type,
+            body: Bytes::from(body),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The response with one more header.
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
     /// A JSON response.
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
         Response {
             status,
             content_type: "application/json; charset=utf-8",
             body: Bytes::from(value.to_string()),
+            headers: Vec::new(),
         }
     }
 
@@ -101,6 +120,7 @@ impl Response {
             status,
             content_type: "text/plain; charset=utf-8",
             body: Bytes::from(text.into()),
+            headers: Vec::new(),
         }
     }
 
@@ -113,6 +133,11 @@ impl Response {
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static(self.content_type),
         );
+        for (name, value) in self.headers {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
         response
     }
 }

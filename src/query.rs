@@ -171,10 +171,31 @@ pub async fn run_within(
     limit: Option<usize>,
     bounds: Bounds,
 ) -> Result<Vec<RecordBatch>> {
+    run_rows(lake, sql, 0, limit, bounds).await
+}
+
+/// [`run_within`] from row `offset` on, at most `limit` rows (one page of the answer).
+pub async fn run_page(
+    lake: &Lake,
+    sql: &str,
+    offset: usize,
+    limit: usize,
+    bounds: Bounds,
+) -> Result<Vec<RecordBatch>> {
+    run_rows(lake, sql, offset, Some(limit), bounds).await
+}
+
+async fn run_rows(
+    lake: &Lake,
+    sql: &str,
+    offset: usize,
+    limit: Option<usize>,
+    bounds: Bounds,
+) -> Result<Vec<RecordBatch>> {
     let query = async {
         let named = named_tables(sql);
         let ctx = session_with(lake, named.as_ref(), bounds.memory).await?;
-        execute(&ctx, sql, limit).await
+        execute(&ctx, sql, offset, limit).await
     };
     let result = match bounds.time {
         // Dropping the query's future cancels its streams.
@@ -208,6 +229,7 @@ pub async fn run_within(
 async fn execute(
     ctx: &SessionContext,
     sql: &str,
+    offset: usize,
     limit: Option<usize>,
 ) -> Result<Vec<RecordBatch>> {
     let options = SQLOptions::new()
@@ -223,9 +245,9 @@ async fn execute(
                 "{e} (tunelake sql runs read-only queries over silver.*, gold.* and system.*)"
             ),
         })?;
-    let df = match limit {
-        Some(n) => df.limit(0, Some(n)).map_err(df_error(sql))?,
-        None => df,
+    let df = match (offset, limit) {
+        (0, None) => df,
+        (skip, fetch) => df.limit(skip, fetch).map_err(df_error(sql))?,
     };
     df.collect().await.map_err(df_error(sql))
 }

@@ -7,6 +7,7 @@
 pub mod glibc;
 pub mod package;
 mod payload;
+mod query;
 mod silver;
 
 use std::sync::Arc;
@@ -28,12 +29,6 @@ use crate::stages::silver::GoldWorkItem;
 pub const FUNCTIONS: [&str; 8] = [
     "ingest", "silver", "catchup", "gold", "alert", "query", "refresh", "maintain",
 ];
-
-/// Rows a query answers at most unless `limit` asks for fewer.
-const DEFAULT_ROWS: usize = 1000;
-const MAX_ROWS: usize = 100_000;
-/// How long a query waits for a place among the running ones before it is answered 429.
-const QUERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the handler works with: the pipeline, the lake, the source, the mail channel.
 pub struct App {
@@ -381,93 +376,6 @@ impl App {
             Err(e) => Response::json(500, &json!({ "error": e.to_string(), "run_id": run_id })),
         }
     }
-
-    async fn query(&self, request: &Request) -> Response {
-        let sql = match query_text(request) {
-            Ok(sql) => sql,
-            Err(message) => return Response::json(400, &json!({ "error": message })),
-        };
-        let limit = match request.param("limit").map(str::parse::<usize>).transpose() {
-            Ok(l) => l.unwrap_or(DEFAULT_ROWS).min(MAX_ROWS),
-            Err(_) => return Response::json(400, &json!({ "error": "limit must be a number" })),
-        };
-        // A query waits briefly for a place, then the caller is told to come back.
-        let place = tokio::time::timeout(QUERY_WAIT, self.queries.acquire()).await;
-        let Ok(Ok(_place)) = place else {
-            return Response::json(
-                429,
-                &json!({ "error": format!(
-                    "{} queries are running (settings.query_concurrency); retry shortly",
-                    self.pipeline.settings.query_concurrency
-                ) }),
-            );
-        };
-        let settings = &self.pipeline.settings;
-        let bounds = crate::query::Bounds {
-            memory: Some(settings.query_memory_mb as usize * 1_048_576),
-            time: Some(std::time::Duration::from_secs(
-                settings.query_timeout_seconds,
-            )),
-        };
-        match crate::query::run_within(&self.lake, &sql, Some(limit + 1), bounds).await {
-            Ok(batches) => match rows_json(&batches, limit) {
-                Ok(value) => Response::json(200, &value),
-                Err(e) => Response::json(500, &json!({ "error": e.to_string() })),
-            },
-            Err(e @ Error::BadArgument { .. }) => {
-                Response::json(400, &json!({ "error": e.to_string() }))
-            }
-            Err(e) => Response::json(500, &json!({ "error": e.to_string() })),
-        }
-    }
-}
-
-/// The statement of a query request: the `q` parameter, a JSON body `{"sql": ...}` or
-/// `{"q": ...}`, or the body as text.
-fn query_text(request: &Request) -> std::result::Result<String, String> {
-    if let Some(q) = request.param("q") {
-        return Ok(q.to_string());
-    }
-    let body = String::from_utf8_lossy(&request.body).trim().to_string();
-    if body.is_empty() {
-        return Err("no query: send it as the q parameter or as the body".to_string());
-    }
-    if body.starts_with('{') {
-        let value: Value = serde_json::from_str(&body)
-            .map_err(|e| format!("the JSON body does not parse: {e}"))?;
-        return value
-            .get("sql")
-            .or_else(|| value.get("q"))
-            .and_then(Value::as_str)
-            .map(String::from)
-            .ok_or_else(|| "the JSON body has no \"sql\" string".to_string());
-    }
-    Ok(body)
-}
-
-/// Query results as `{columns, rows, row_count, truncated}`.
-fn rows_json(batches: &[arrow::array::RecordBatch], limit: usize) -> Result<Value> {
-    let text = crate::query::render(batches, crate::query::Format::Json)?;
-    let mut rows: Vec<Value> =
-        serde_json::from_str(&text).map_err(|e| Error::Task(format!("query result: {e}")))?;
-    let truncated = rows.len() > limit;
-    rows.truncate(limit);
-    let columns: Vec<String> = batches
-        .first()
-        .map(|b| {
-            b.schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(json!({
-        "columns": columns,
-        "row_count": rows.len(),
-        "truncated": truncated,
-        "rows": rows,
-    }))
 }
 
 /// What a trigger function did.
@@ -632,5 +540,72 @@ mod tests {
         let (status, body) = runaway.await.unwrap();
         assert_eq!(status, 400, "{body}");
         assert!(body.contains("settings.query_timeout_seconds"), "{body}");
+    }
+
+    async fn call_with(
+        router: &axum::Router,
+        uri: &str,
+        accept: &str,
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let request = axum::http::Request::builder()
+            .method("GET")
+            .uri(uri)
+            .header("accept", accept)
+            .body(Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = (response.headers().iter())
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, headers, bytes.to_vec())
+    }
+
+    #[tokio::test]
+    async fn query_answers_come_as_json_csv_or_arrow_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = router(dir.path(), "[settings]");
+        let q = "/api/query?q=SELECT%20value%20FROM%20range(5)%20ORDER%20BY%20value";
+        let header = |h: &[(String, String)], name: &str| {
+            h.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        };
+        // JSON, first page of 2: the answer says where the next one starts.
+        let (status, h, body) = call_with(&router, &format!("{q}&limit=2"), "").await;
+        assert_eq!(status, 200);
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(page["rows"], json!([{ "value": 0 }, { "value": 1 }]));
+        assert_eq!(
+            (page["truncated"].clone(), page["next_offset"].clone()),
+            (json!(true), json!(2))
+        );
+        assert_eq!(header(&h, "x-next-offset").as_deref(), Some("2"));
+        // The last page: no next.
+        let (_, h, body) = call_with(&router, &format!("{q}&limit=2&offset=4"), "").await;
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(page["rows"], json!([{ "value": 4 }]));
+        assert_eq!(page["next_offset"], Value::Null);
+        assert_eq!(header(&h, "x-next-offset"), None);
+        // CSV by parameter.
+        let (status, h, body) =
+            call_with(&router, &format!("{q}&format=csv&limit=3&offset=1"), "").await;
+        assert_eq!(status, 200);
+        assert_eq!(String::from_utf8(body).unwrap(), "value\n1\n2\n3\n");
+        assert!(header(&h, "content-type").unwrap().starts_with("text/csv"));
+        // Arrow IPC by Accept header, read back with Arrow's reader.
+        let (status, h, body) = call_with(&router, q, "application/vnd.apache.arrow.stream").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&h, "content-type").as_deref(),
+            Some("application/vnd.apache.arrow.stream")
+        );
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).unwrap();
+        let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 5);
+        let (status, _, _) = call_with(&router, &format!("{q}&format=xml"), "").await;
+        assert_eq!(status, 400);
     }
 }
