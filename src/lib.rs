@@ -5,8 +5,9 @@
 //! `lake` (all lake I/O, with the layout in `lake::layout`), `stages` (ingest, silver, gold,
 //! refresh), `runs` (a run with its events and alert), `query` (read-only SQL over the lake),
 //! `alert` (Graph mail or the outbox), `seed` (sample data), `progress` (rows per table while a
-//! command runs); inside the crate, `functions` (the Azure Functions custom handler over the
-//! small `http` server) and `report` (the HTML run report).
+//! command runs), `wire` (the PostgreSQL wire endpoint over `query`'s sessions); inside the
+//! crate, `functions` (the Azure Functions custom handler over the `http` server) and `report`
+//! (the HTML run report).
 //!
 //! What a program calls: [`config::Pipeline`] to load a pipeline file, [`lake::Lake`] to open a
 //! lake, the stage entry points [`stages::ingest::Ingest`], [`stages::silver::Silver`] and
@@ -29,5 +30,6 @@ pub mod seed;
 pub mod source;
 pub mod stages;
 pub mod window;
+pub mod wire;
 
 pub use error::{Error, Result};

@@ -43,6 +43,34 @@ pub async fn session(lake: &Lake) -> Result<SessionContext> {
     session_with(lake, None, None).await
 }
 
+/// A session with every Delta table of the lake registered, its operators within `memory`
+/// bytes (the SQL endpoint's session).
+pub async fn session_within(lake: &Lake, memory: Option<usize>) -> Result<SessionContext> {
+    session_with(lake, None, memory).await
+}
+
+/// Registers every Delta table of the lake in `ctx` again, at its latest version (a table
+/// created since is added).
+pub async fn refresh(lake: &Lake, ctx: &SessionContext) -> Result<()> {
+    let fresh = session_with(lake, None, None).await?;
+    let (Some(into), Some(from)) = (ctx.catalog("datafusion"), fresh.catalog("datafusion")) else {
+        return Err(Error::Task("DataFusion has no default catalog".to_string()));
+    };
+    for (_, schema) in AREAS {
+        let (Some(into), Some(from)) = (into.schema(schema), from.schema(schema)) else {
+            continue;
+        };
+        for name in from.table_names() {
+            let Ok(Some(table)) = from.table(&name).await else {
+                continue;
+            };
+            into.deregister_table(&name).map_err(df_error(schema))?;
+            into.register_table(name, table).map_err(df_error(schema))?;
+        }
+    }
+    Ok(())
+}
+
 /// A session with the Delta tables that `sql` names registered (every table when the query
 /// cannot be read, or asks the information schema): opening a table reads its log, so a
 /// query pays for the tables it reads, not for the whole lake.

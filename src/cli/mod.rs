@@ -164,6 +164,17 @@ pub enum Command {
     },
     /// Show watermarks and bronze files per table, and the latest runs.
     Status,
+    /// Serve the lake's tables over the PostgreSQL wire protocol (psql, DBeaver, Power BI),
+    /// read-only. A password comes from TUNELAKE_SQL_PASSWORD; without one it listens on
+    /// loopback only and accepts any user. TLS with TUNELAKE_SQL_TLS_CERT and _KEY (PEM).
+    ServeSql {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:5432")]
+        listen: String,
+        /// Connections at once (0: no limit).
+        #[arg(long, default_value_t = 64)]
+        max_connections: usize,
+    },
     /// The pipeline file: `--check` validates it against its sources without moving data
     /// (every problem at once); `--reference` prints every key with its type, default and
     /// meaning.
@@ -352,6 +363,22 @@ pub async fn run(cli: Cli) -> Result<bool> {
         Command::Refresh { ref table, yes } => refresh(&cli, table, yes).await,
         Command::Maintain { ref tables } => maintain(&cli, tables).await,
         Command::Status => status(&cli).await,
+        Command::ServeSql {
+            ref listen,
+            max_connections,
+        } => {
+            let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let options = crate::wire::Options {
+                listen: listen.clone(),
+                password: env("TUNELAKE_SQL_PASSWORD"),
+                tls: env("TUNELAKE_SQL_TLS_CERT").zip(env("TUNELAKE_SQL_TLS_KEY")),
+                memory: pipeline.settings.query_memory_mb as usize * 1_048_576,
+                max_connections,
+            };
+            crate::wire::serve(Lake::connect(&cli.lake).await?, options).await?;
+            Ok(true)
+        }
         Command::Config { check, reference } => config(&cli, check, reference).await,
         Command::Package {
             ref out,

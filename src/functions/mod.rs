@@ -423,18 +423,12 @@ impl Outcome {
     }
 }
 
-/// Serves the functions on `127.0.0.1:port` until SIGTERM or Ctrl-C.
-pub async fn serve(app: App, port: u16) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|e| Error::io(format!("127.0.0.1:{port}"), e))?;
-    info!(port, "tunelake serve is listening.");
-    let shutdown = async {
-        #[cfg(unix)]
-        {
-            let mut term = match tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::terminate(),
-            ) {
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "SIGTERM cannot be watched; only Ctrl-C stops the server.");
@@ -442,15 +436,25 @@ pub async fn serve(app: App, port: u16) -> Result<()> {
                     return;
                 }
             };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Serves the functions on `127.0.0.1:port` until SIGTERM or Ctrl-C.
+pub async fn serve(app: App, port: u16) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| Error::io(format!("127.0.0.1:{port}"), e))?;
+    info!(port, "tunelake serve is listening.");
+    let shutdown = async {
+        shutdown_signal().await;
         info!("Stopping: finishing the requests in flight.");
     };
     crate::http::serve(

@@ -20,3 +20,4 @@ mod report;
 mod silver;
 mod snapshots;
 mod views;
+mod wire;
