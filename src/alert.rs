@@ -81,35 +81,6 @@ impl Alert {
     }
 }
 
-/// Where the Graph channel gets its token.
-#[derive(Clone)]
-enum Credential {
-    ClientSecret {
-        tenant: String,
-        client_id: String,
-        secret: String,
-    },
-    ManagedIdentity {
-        endpoint: String,
-        header: String,
-        client_id: Option<String>,
-    },
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the secret or the identity header.
-        match self {
-            Credential::ClientSecret {
-                tenant, client_id, ..
-            } => write!(f, "ClientSecret({tenant}, {client_id})"),
-            Credential::ManagedIdentity { endpoint, .. } => {
-                write!(f, "ManagedIdentity({endpoint})")
-            }
-        }
-    }
-}
-
 /// A configured Graph channel.
 #[derive(Debug, Clone)]
 pub struct Graph {
@@ -117,7 +88,7 @@ pub struct Graph {
     login_url: String,
     sender: String,
     to: Vec<String>,
-    credential: Credential,
+    credential: crate::entra::Credential,
     /// Delay before the first retry; doubles each time (tests make it short).
     backoff: Duration,
 }
@@ -148,16 +119,20 @@ impl Graph {
             var("IDENTITY_ENDPOINT"),
             var("IDENTITY_HEADER"),
         ) {
-            (Some(tenant), Some(client_id), Some(secret), _, _) => Credential::ClientSecret {
-                tenant,
-                client_id,
-                secret,
-            },
-            (None, None, None, Some(endpoint), Some(header)) => Credential::ManagedIdentity {
-                endpoint,
-                header,
-                client_id: var("AZURE_CLIENT_ID"),
-            },
+            (Some(tenant), Some(client_id), Some(secret), _, _) => {
+                crate::entra::Credential::ClientSecret {
+                    tenant,
+                    client_id,
+                    secret,
+                }
+            }
+            (None, None, None, Some(endpoint), Some(header)) => {
+                crate::entra::Credential::ManagedIdentity {
+                    endpoint,
+                    header,
+                    client_id: var("AZURE_CLIENT_ID"),
+                }
+            }
             _ => {
                 return Err(Error::BadArgument {
                     what: "alert settings".to_string(),
@@ -197,61 +172,9 @@ impl Graph {
     }
 
     async fn token(&self, client: &reqwest::Client) -> std::result::Result<String, String> {
-        let response = match &self.credential {
-            Credential::ClientSecret {
-                tenant,
-                client_id,
-                secret,
-            } => {
-                let form = form_urlencoded::Serializer::new(String::new())
-                    .append_pair("client_id", client_id)
-                    .append_pair("client_secret", secret)
-                    .append_pair("scope", "https://graph.microsoft.com/.default")
-                    .append_pair("grant_type", "client_credentials")
-                    .finish();
-                client
-                    .post(format!("{}/{tenant}/oauth2/v2.0/token", self.login_url))
-                    .header("Content-Type", "application/x-www-form-urlencoded")
-                    .body(form)
-                    .send()
-                    .await
-            }
-            Credential::ManagedIdentity {
-                endpoint,
-                header,
-                client_id,
-            } => {
-                let mut query = vec![
-                    ("resource", "https://graph.microsoft.com"),
-                    ("api-version", "2019-08-01"),
-                ];
-                if let Some(id) = client_id {
-                    query.push(("client_id", id));
-                }
-                client
-                    .get(endpoint)
-                    .query(&query)
-                    .header("X-IDENTITY-HEADER", header)
-                    .send()
-                    .await
-            }
-        }
-        .map_err(|e| format!("token request failed: {}", e.without_url()))?;
-        let status = response.status();
-        let body = response
-            .bytes()
+        self.credential
+            .token(client, &self.login_url, crate::entra::GRAPH)
             .await
-            .map_err(|e| format!("token response unreadable: {}", e.without_url()))?;
-        if !status.is_success() {
-            return Err(format!("token endpoint answered {status}"));
-        }
-        #[derive(Deserialize)]
-        struct Token {
-            access_token: String,
-        }
-        serde_json::from_slice::<Token>(&body)
-            .map(|t| t.access_token)
-            .map_err(|e| format!("token response is not a token: {e}"))
     }
 
     /// Sends the alert, retrying 429 and 5xx answers (honouring `Retry-After`).
@@ -428,7 +351,10 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(
-            matches!(graph.credential, Credential::ManagedIdentity { .. }),
+            matches!(
+                graph.credential,
+                crate::entra::Credential::ManagedIdentity { .. }
+            ),
             "{graph:?}"
         );
         // A half-set client credential is an error, not a silent fall-back.

@@ -16,8 +16,10 @@
 #![warn(missing_docs)]
 
 pub mod alert;
+pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod entra;
 pub mod error;
 pub(crate) mod functions;
 pub mod http;

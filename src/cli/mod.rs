@@ -70,6 +70,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// What `tunelake catalog` does.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum CatalogAction {
+    /// Register the tables (and the catalog, schemas, grants and locations they need).
+    Publish,
+}
+
 /// How logs are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -164,6 +171,13 @@ pub enum Command {
     },
     /// Show watermarks and bronze files per table, and the latest runs.
     Status,
+    /// Unity Catalog: `publish` registers every silver and gold table and view of the lake
+    /// ([catalog] in the pipeline file) as an external Delta table, idempotently.
+    Catalog {
+        #[command(subcommand)]
+        /// What to do.
+        action: CatalogAction,
+    },
     /// Serve the lake's tables over the PostgreSQL wire protocol (psql, DBeaver, Power BI),
     /// read-only. A password comes from TUNELAKE_SQL_PASSWORD; without one it listens on
     /// loopback only and accepts any user. TLS with TUNELAKE_SQL_TLS_CERT and _KEY (PEM).
@@ -363,6 +377,26 @@ pub async fn run(cli: Cli) -> Result<bool> {
         Command::Refresh { ref table, yes } => refresh(&cli, table, yes).await,
         Command::Maintain { ref tables } => maintain(&cli, tables).await,
         Command::Status => status(&cli).await,
+        Command::Catalog {
+            action: CatalogAction::Publish,
+        } => {
+            let pipeline = Pipeline::load_or_default(cli.config.as_deref())?;
+            let lake = Lake::connect(&cli.lake).await?;
+            let done =
+                crate::catalog::publish(&lake, &pipeline, &crate::catalog::token_source()?).await?;
+            for created in &done.created {
+                out!("created {created}");
+            }
+            for table in &done.registered {
+                out!("registered {table}");
+            }
+            out!(
+                "{} registered, {} unchanged",
+                done.registered.len(),
+                done.unchanged.len()
+            );
+            Ok(true)
+        }
         Command::ServeSql {
             ref listen,
             max_connections,

@@ -1,6 +1,7 @@
 //! The pipeline file (`pipeline.toml`): parsed, validated with every problem reported at once,
 //! and turned into typed specs that the stages read.
 
+pub mod catalog;
 pub mod gold;
 pub(crate) mod ident;
 pub mod ingest;
@@ -216,6 +217,8 @@ pub struct Pipeline {
     pub templates: Templates,
     /// Named sources (`[sources.<name>]`): name → URL, variables expanded.
     pub sources: std::collections::BTreeMap<String, String>,
+    /// Where `tunelake catalog publish` registers the tables (`[catalog]`).
+    pub catalog: Option<catalog::CatalogSpec>,
 }
 
 /// `[[tables]]`, each checked on its own and then for names listed twice.
@@ -347,11 +350,20 @@ impl Pipeline {
             |location: String, message: String| problems.push(ConfigProblem { location, message });
 
         for key in doc.keys() {
-            if !["settings", "maintenance", "sources", "tables", "views"].contains(&key.as_str()) {
+            if ![
+                "settings",
+                "maintenance",
+                "sources",
+                "tables",
+                "views",
+                "catalog",
+            ]
+            .contains(&key.as_str())
+            {
                 problem(
                     key.clone(),
                     "unknown section (expected [settings], [maintenance], [sources.<name>], \
-                     [[tables]] or [[views]])"
+                     [[tables]], [[views]] or [catalog])"
                         .to_string(),
                 );
             }
@@ -368,6 +380,7 @@ impl Pipeline {
         maintenance::validate(&maintenance, &mut problem);
         let env = |name: &str| std::env::var(name).ok();
         let sources = sources::parse_sources(doc.get("sources"), &env, &mut problem);
+        let catalog = catalog::parse_catalog(doc.get("catalog"), &env, &mut problem);
         let tables = parse_tables(doc.get("tables"), &mut problem);
         for (i, t) in tables.iter().enumerate() {
             if let Some(name) = &t.source
@@ -424,6 +437,7 @@ impl Pipeline {
                 views,
                 templates,
                 sources,
+                catalog,
             })
         } else {
             Err(fail(problems))

@@ -24,6 +24,8 @@ struct PipelineFile {
     tables: Vec<TableSpec>,
     /// Business views, materialized in gold after the tables.
     views: Vec<ViewSpec>,
+    /// Where `tunelake catalog publish` registers the tables.
+    catalog: Option<super::catalog::CatalogSpec>,
 }
 
 /// The reference as text: a section per table of the file, a line per key.
@@ -50,8 +52,17 @@ pub fn text() -> String {
     out
 }
 
-/// Follows a `$ref` to its definition.
+/// Follows a `$ref` to its definition (through an `Option`'s `anyOf: [T, null]`).
 fn resolve<'a>(value: &'a Value, defs: &'a Value) -> &'a Value {
+    if let Some(any) = value.get("anyOf").and_then(Value::as_array)
+        && any.len() == 2
+        && let Some(some) = any
+            .iter()
+            .find(|v| v.get("type") != Some(&Value::from("null")))
+        && some.get("$ref").is_some()
+    {
+        return resolve(some, defs);
+    }
     match value.get("$ref").and_then(Value::as_str) {
         Some(r) => defs.get(r.trim_start_matches("#/$defs/")).unwrap_or(value),
         None => value,
@@ -198,6 +209,8 @@ mod tests {
             "[[tables.silver.expect]]",
             "[[tables.gold.lookups]]",
             "[[views]]",
+            "[catalog]",
+            "[[catalog.grants]]",
         ] {
             assert!(
                 text.contains(&format!("\n{section}\n")),

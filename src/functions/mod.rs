@@ -224,7 +224,7 @@ impl App {
         .await
         {
             Ok(report) => {
-                let logs = report
+                let mut logs: Vec<String> = report
                     .tables
                     .iter()
                     .map(|t| {
@@ -234,6 +234,27 @@ impl App {
                         )
                     })
                     .collect();
+                // With a [catalog], what gold wrote is registered right away; a catalog that
+                // cannot be reached does not fail the build (the next one publishes again).
+                if self.pipeline.catalog.is_some() {
+                    let published = match crate::catalog::token_source() {
+                        Ok(tokens) => {
+                            crate::catalog::publish(&self.lake, &self.pipeline, &tokens).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match published {
+                        Ok(p) => logs.push(format!(
+                            "catalog: {} registered, {} unchanged",
+                            p.registered.len(),
+                            p.unchanged.len()
+                        )),
+                        Err(e) => {
+                            warn!(error = %e, "The tables could not be published to Unity Catalog.");
+                            logs.push(format!("catalog: not published: {e}"));
+                        }
+                    }
+                }
                 Outcome::done(logs, json!({})).failed_if(report.failed(), "a gold table failed")
             }
             Err(e) => Outcome::error(e.to_string()),

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod alert;
+mod catalog;
 mod cli;
 mod common;
 mod deletes;
