@@ -34,25 +34,46 @@ pub struct Published {
 }
 
 /// Where the API token comes from: `TUNELAKE_CATALOG_TOKEN` (a personal access token, or an
-/// open-source server's), else an Entra token for Azure Databricks from the managed identity.
+/// open-source server's); else an Entra token for Azure Databricks from client credentials of
+/// its own (`TUNELAKE_CATALOG_TENANT_ID`, `_CLIENT_ID`, `_CLIENT_SECRET`) or from the managed
+/// identity. `TUNELAKE_LOGIN_URL` moves the Entra ID endpoint, as for alerts.
 pub fn token_source() -> Result<TokenSource> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     if let Some(token) = env("TUNELAKE_CATALOG_TOKEN") {
         return Ok(TokenSource::Fixed(token));
     }
-    match (env("IDENTITY_ENDPOINT"), env("IDENTITY_HEADER")) {
-        (Some(endpoint), Some(header)) => Ok(TokenSource::Entra(Credential::ManagedIdentity {
+    let login = env("TUNELAKE_LOGIN_URL")
+        .unwrap_or_else(|| "https://login.microsoftonline.com".to_string())
+        .trim_end_matches('/')
+        .to_string();
+    let credential = match (
+        env("TUNELAKE_CATALOG_TENANT_ID"),
+        env("TUNELAKE_CATALOG_CLIENT_ID"),
+        env("TUNELAKE_CATALOG_CLIENT_SECRET"),
+        env("IDENTITY_ENDPOINT"),
+        env("IDENTITY_HEADER"),
+    ) {
+        (Some(tenant), Some(client_id), Some(secret), _, _) => Credential::ClientSecret {
+            tenant,
+            client_id,
+            secret,
+        },
+        (None, None, None, Some(endpoint), Some(header)) => Credential::ManagedIdentity {
             endpoint,
             header,
             client_id: env("AZURE_CLIENT_ID"),
-        })),
-        _ => Err(Error::BadArgument {
-            what: "catalog publish".to_string(),
-            message: "no token: set TUNELAKE_CATALOG_TOKEN, or run with a managed identity \
-                      (IDENTITY_ENDPOINT, IDENTITY_HEADER) that the workspace admits"
-                .to_string(),
-        }),
-    }
+        },
+        _ => {
+            return Err(Error::BadArgument {
+                what: "catalog publish".to_string(),
+                message: "no token: set TUNELAKE_CATALOG_TOKEN, or all three of \
+                          TUNELAKE_CATALOG_TENANT_ID, _CLIENT_ID and _CLIENT_SECRET, or run with a \
+                          managed identity (IDENTITY_ENDPOINT, IDENTITY_HEADER) the workspace admits"
+                    .to_string(),
+            });
+        }
+    };
+    Ok(TokenSource::Entra { credential, login })
 }
 
 /// A token, or how to get one.
@@ -61,7 +82,12 @@ pub enum TokenSource {
     /// A token as given.
     Fixed(String),
     /// An Entra token for Azure Databricks.
-    Entra(Credential),
+    Entra {
+        /// How to get it.
+        credential: Credential,
+        /// The Entra ID endpoint (client credentials).
+        login: String,
+    },
 }
 
 /// Publishes the pipeline's tables that exist in the lake.
@@ -78,12 +104,8 @@ pub async fn publish(lake: &Lake, pipeline: &Pipeline, tokens: &TokenSource) -> 
         .map_err(|e| api_error("building the HTTP client", e.to_string()))?;
     let token = match tokens {
         TokenSource::Fixed(t) => t.clone(),
-        TokenSource::Entra(c) => c
-            .token(
-                &http,
-                "https://login.microsoftonline.com",
-                crate::entra::DATABRICKS,
-            )
+        TokenSource::Entra { credential, login } => credential
+            .token(&http, login, crate::entra::DATABRICKS)
             .await
             .map_err(|e| api_error("getting a token", e))?,
     };

@@ -17,15 +17,39 @@ struct State {
     objects: BTreeMap<String, Value>,
     grants: Vec<Value>,
     seen: Vec<String>,
+    /// Table registrations to let through before answering one with 503 (a publish that
+    /// fails half way).
+    tables_until_failure: Option<usize>,
 }
 
 fn handle(state: &Mutex<State>, r: Request) -> Response {
     let mut s = state.lock().unwrap();
+    // The managed identity's token endpoint: a token for Azure Databricks only.
+    if r.path == "/msi/token" {
+        let resource = r.param("resource").unwrap_or("").to_string();
+        s.seen.push(format!("TOKEN {resource}"));
+        return match resource.as_str() {
+            "2ff814a6-3304-4ab8-85cb-cd0e6f879c1d" => {
+                Response::json(200, &json!({ "access_token": "uc-token" }))
+            }
+            _ => Response::json(400, &json!({ "error": "wrong resource" })),
+        };
+    }
     let path = r
         .path
         .trim_start_matches("/api/2.1/unity-catalog/")
         .to_string();
     s.seen.push(format!("{} {path}", r.method));
+    if r.method == "POST" && path == "tables" {
+        match s.tables_until_failure {
+            Some(0) => {
+                s.tables_until_failure = None;
+                return Response::json(503, &json!({ "message": "try later" }));
+            }
+            Some(n) => s.tables_until_failure = Some(n - 1),
+            None => {}
+        }
+    }
     if r.header("authorization") != Some("Bearer uc-token") {
         return Response::json(401, &json!({ "message": "no token" }));
     }
@@ -123,6 +147,13 @@ fn publishing_registers_once_changes_nothing_twice_and_follows_a_schema_change()
     };
     cli(&["seed", "--scale", "0.002"]);
     cli(&["run"]);
+    // The server gives out after three tables: the publish fails, and the next one registers
+    // only what is missing.
+    state.lock().unwrap().tables_until_failure = Some(3);
+    let all = ["--config", "p.toml", "--lake", "lake", "catalog", "publish"];
+    let (code, _, err) = tunelake_with(d, &all, &env);
+    assert_ne!(code, 0);
+    assert!(err.contains("503"), "{err}");
     let out = cli(&["catalog", "publish"]);
     let pipeline =
         tunelake::config::Pipeline::parse(&pipeline.replace("${UC_URL}", &url), "p.toml").unwrap();
@@ -131,7 +162,7 @@ fn publishing_registers_once_changes_nothing_twice_and_follows_a_schema_change()
         + pipeline.tables.iter().filter(|t| t.gold.is_some()).count()
         + pipeline.views.len();
     assert!(
-        out.contains(&format!("{tables} registered, 0 unchanged")),
+        out.contains(&format!("{} registered, 3 unchanged", tables - 3)),
         "{out}"
     );
     {
@@ -139,7 +170,8 @@ fn publishing_registers_once_changes_nothing_twice_and_follows_a_schema_change()
         let posts: Vec<&String> = s.seen.iter().filter(|l| l.starts_with("POST")).collect();
         assert_eq!(posts[0], "POST catalogs");
         assert_eq!(posts[1..3], ["POST schemas", "POST schemas"]);
-        assert_eq!(posts.len(), 3 + tables);
+        // Catalog, schemas, three tables, the refused one, then the rest.
+        assert_eq!(posts.len(), 3 + tables + 1);
         let users = &s.objects["tables/music.silver.users"];
         assert_eq!(users["table_type"], "EXTERNAL");
         assert_eq!(users["data_source_format"], "DELTA");
@@ -163,23 +195,25 @@ fn publishing_registers_once_changes_nothing_twice_and_follows_a_schema_change()
         );
     }
 
-    // Again: only reads.
+    // Again, with an Entra token from the managed identity: only reads.
     state.lock().unwrap().seen.clear();
-    let out = cli(&["catalog", "publish"]);
+    let identity = [
+        ("UC_URL", url.clone()),
+        ("IDENTITY_ENDPOINT", format!("{url}/msi/token")),
+        ("IDENTITY_HEADER", "h".to_string()),
+    ];
+    let (code, out, err) = tunelake_with(d, &all, &identity);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        state.lock().unwrap().seen[0],
+        "TOKEN 2ff814a6-3304-4ab8-85cb-cd0e6f879c1d"
+    );
     assert!(
         out.contains(&format!("0 registered, {tables} unchanged")),
         "{out}"
     );
-    assert!(
-        state
-            .lock()
-            .unwrap()
-            .seen
-            .iter()
-            .all(|l| l.starts_with("GET")),
-        "{:?}",
-        state.lock().unwrap().seen
-    );
+    let seen = state.lock().unwrap().seen.clone();
+    assert!(seen[1..].iter().all(|l| l.starts_with("GET")), "{seen:?}");
 
     // A new silver column (a derived one, for the files loaded from now on): that table alone
     // is registered again.
