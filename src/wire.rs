@@ -3,8 +3,8 @@
 //! protocol and the `pg_catalog` that clients read on connect are datafusion-postgres's (on
 //! pgwire); tunelake adds what a warehouse endpoint needs: read-only statements (a write is
 //! refused with SQLSTATE 25006, never run), a password from `TUNELAKE_SQL_PASSWORD` (without one,
-//! loopback only), TLS when a certificate is given, the query memory bound of `[settings]`, and
-//! tables kept at their latest versions.
+//! loopback only), TLS when a certificate is given, the query memory and time bounds of
+//! `[settings]`, and tables kept at their latest versions.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,10 +25,15 @@ use datafusion_postgres::pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
 use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use datafusion_postgres::pgwire::api::portal::Portal;
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::Response;
-use datafusion_postgres::pgwire::api::{ClientInfo, ConnectionManager, PgWireServerHandlers};
+use datafusion_postgres::pgwire::api::store::PortalStore;
+use datafusion_postgres::pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers,
+};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::{DfSessionService, QueryHook, ServerOptions};
 use tracing::{info, warn};
 
@@ -48,6 +53,8 @@ pub struct Options {
     pub tls: Option<(String, String)>,
     /// Bytes a query's operators may hold.
     pub memory: usize,
+    /// How long a statement may run, its rows sent included.
+    pub time: Duration,
     /// Connections at once (0: no limit).
     pub max_connections: usize,
 }
@@ -87,7 +94,10 @@ pub async fn serve(lake: Lake, options: Options) -> Result<()> {
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),
     ];
-    let session = Arc::new(DfSessionService::new_with_hooks(ctx.clone(), hooks));
+    let session = Arc::new(Bounded {
+        inner: Arc::new(DfSessionService::new_with_hooks(ctx.clone(), hooks)),
+        time: options.time,
+    });
     let connections = Arc::new(ConnectionManager::new());
     let server = ServerOptions::new()
         .with_host(address.ip().to_string())
@@ -137,24 +147,124 @@ async fn keep_current(lake: Lake, ctx: Arc<SessionContext>) {
     }
 }
 
-/// The handlers of one server: datafusion-postgres's query handling, our startup.
+/// The handlers of one server: datafusion-postgres's query handling within the time bound,
+/// our startup.
 struct Handlers<S> {
-    session: Arc<DfSessionService>,
+    session: Arc<Bounded>,
     startup: Arc<S>,
     cancel: Arc<DefaultCancelHandler>,
 }
 
 impl<S> Handlers<S> {
-    fn new(
-        session: Arc<DfSessionService>,
-        startup: S,
-        connections: Arc<ConnectionManager>,
-    ) -> Self {
+    fn new(session: Arc<Bounded>, startup: S, connections: Arc<ConnectionManager>) -> Self {
         Handlers {
             session,
             startup: Arc::new(startup),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
         }
+    }
+}
+
+/// datafusion-postgres's query handling, each statement stopped once it has run for `time`
+/// (planning and every row sent), with SQLSTATE 57014 as Postgres's `statement_timeout` does.
+struct Bounded {
+    inner: Arc<DfSessionService>,
+    time: Duration,
+}
+
+fn timed_out(time: Duration) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        "57014".to_string(),
+        format!(
+            "canceling statement after {} s (settings.query_timeout_seconds)",
+            time.as_secs()
+        ),
+    )))
+}
+
+impl Bounded {
+    /// The response with its rows cut off at `deadline`.
+    fn until(&self, response: Response, deadline: tokio::time::Instant) -> Response {
+        use futures::StreamExt;
+        let Response::Query(mut query) = response else {
+            return response;
+        };
+        let time = self.time;
+        let rows = std::mem::replace(query.data_rows(), Box::pin(futures::stream::empty()));
+        let bounded = futures::stream::unfold((rows, false), move |(mut rows, over)| async move {
+            if over {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, rows.next()).await {
+                Ok(Some(row)) => Some((row, (rows, false))),
+                Ok(None) => None,
+                Err(_) => Some((Err(timed_out(time)), (rows, true))),
+            }
+        });
+        *query.data_rows() = Box::pin(bounded);
+        Response::Query(query)
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Bounded {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo
+            + ClientPortalStore
+            + futures::Sink<PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        let deadline = tokio::time::Instant::now() + self.time;
+        let planned = SimpleQueryHandler::do_query(self.inner.as_ref(), client, query);
+        let responses = tokio::time::timeout_at(deadline, planned)
+            .await
+            .map_err(|_| timed_out(self.time))??;
+        Ok(responses
+            .into_iter()
+            .map(|r| self.until(r, deadline))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Bounded {
+    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+    type QueryParser = <DfSessionService as ExtendedQueryHandler>::QueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.inner.query_parser()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo
+            + ClientPortalStore
+            + futures::Sink<PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        let deadline = tokio::time::Instant::now() + self.time;
+        let planned = ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows);
+        let response = tokio::time::timeout_at(deadline, planned)
+            .await
+            .map_err(|_| timed_out(self.time))??;
+        Ok(self.until(response, deadline))
     }
 }
 

@@ -408,6 +408,7 @@ pub async fn run(cli: Cli) -> Result<bool> {
                 password: env("TUNELAKE_SQL_PASSWORD"),
                 tls: env("TUNELAKE_SQL_TLS_CERT").zip(env("TUNELAKE_SQL_TLS_KEY")),
                 memory: pipeline.settings.query_memory_mb as usize * 1_048_576,
+                time: std::time::Duration::from_secs(pipeline.settings.query_timeout_seconds),
                 max_connections,
             };
             crate::wire::serve(Lake::connect(&cli.lake).await?, options).await?;

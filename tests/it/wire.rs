@@ -36,6 +36,10 @@ impl Drop for Endpoint {
 }
 
 fn start(dir: &Path, env: &[(&str, &str)]) -> Endpoint {
+    start_with(dir, env, &[])
+}
+
+fn start_with(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Endpoint {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -45,6 +49,7 @@ fn start(dir: &Path, env: &[(&str, &str)]) -> Endpoint {
         .current_dir(dir)
         .env_remove("TUNELAKE_SQL_PASSWORD")
         .envs(env.iter().copied())
+        .args(args)
         .args([
             "--lake",
             "lake",
@@ -192,4 +197,30 @@ fn a_password_is_required_once_set_and_without_one_only_loopback_is_served() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("loopback only"), "{err}");
+}
+
+#[test]
+fn a_runaway_query_is_cancelled_at_the_time_bound_and_the_endpoint_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pipeline = tunelake::config::DEFAULT_PIPELINE
+        .replace("[settings]", "[settings]\nquery_timeout_seconds = 1");
+    std::fs::write(d.join("p.toml"), pipeline).unwrap();
+    let endpoint = start_with(d, &[], &["--config", "p.toml"]);
+    let started = Instant::now();
+    let runaway = psql(
+        endpoint.1,
+        None,
+        "SELECT count(*) FROM range(1000000000000)",
+    );
+    assert!(!runaway.status.success(), "{}", text(&runaway));
+    assert!(text(&runaway).contains("57014"), "{}", text(&runaway));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let next = psql(endpoint.1, None, "SELECT 2 AS two");
+    assert!(next.status.success(), "{}", text(&next));
+    assert_eq!(String::from_utf8_lossy(&next.stdout).trim(), "2");
 }
