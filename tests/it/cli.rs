@@ -180,6 +180,17 @@ pub fn gold_tables_with(
     .collect()
 }
 
+/// The rows of a query over `lake` as CSV lines, in the query's order, without the header.
+pub fn query_rows(dir: &std::path::Path, lake: &str, sql: &str) -> Vec<String> {
+    let (code, out, err) =
+        tunelake_with(dir, &["--lake", lake, "sql", "--format", "csv", sql], &[]);
+    assert_eq!(code, 0, "{sql}: {err}");
+    (out.lines().skip(1))
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// The rows of a query over `lake` as CSV lines, sorted.
 pub fn sorted_rows(
     dir: &std::path::Path,

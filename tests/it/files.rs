@@ -405,15 +405,7 @@ fn one_run_reads_every_source_and_a_failing_source_fails_only_its_tables() {
         all.contains("Region") && all.contains("/no/such/folder"),
         "{all}"
     );
-    let rows = |sql: &str| {
-        let (code, out, err) =
-            crate::cli::tunelake_with(d, &["--lake", "lake", "sql", "--format", "csv", sql], &[]);
-        assert_eq!(code, 0, "{err}");
-        (out.lines().skip(1))
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect::<Vec<_>>()
-    };
+    let rows = |sql: &str| crate::cli::query_rows(d, "lake", sql);
     // Every user whose country the reference names has that name in the view.
     let users = crate::common::Fixture::count_in(&d.join("src.db"), "SELECT COUNT(*) FROM DimUser");
     assert_eq!(

@@ -75,17 +75,7 @@ fn write(dir: &Path, table: &str, key: &str, snapshot: &Snapshot) {
 }
 
 fn sql(dir: &Path, query: &str) -> Vec<String> {
-    let (code, out, err) = tunelake_with(
-        dir,
-        &["--lake", "lake", "sql", "--format", "csv", query],
-        &[],
-    );
-    assert_eq!(code, 0, "{err}");
-    out.lines()
-        .skip(1)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
+    crate::cli::query_rows(dir, "lake", query)
 }
 
 fn run(dir: &Path) -> (i32, String) {

@@ -64,19 +64,29 @@ impl crate::progress::Outcome for TableReport {
 }
 
 impl TableReport {
-    /// A table that failed before or while it was read (`error` says why).
-    pub fn failed(table: &str, error: String, start: Instant) -> Self {
+    /// A table with nothing written (yet), its watermark as stored.
+    fn empty(table: &str, watermark: Option<String>) -> Self {
         TableReport {
             table: table.to_string(),
-            status: Status::Failed,
+            status: Status::Empty,
             window: None,
             rows: 0,
             files: Vec::new(),
             bytes: 0,
-            watermark: None,
+            watermark,
             deleted: 0,
+            seconds: 0.0,
+            error: None,
+        }
+    }
+
+    /// A table that failed before or while it was read (`error` says why).
+    pub fn failed(table: &str, error: String, start: Instant) -> Self {
+        TableReport {
+            status: Status::Failed,
             seconds: start.elapsed().as_secs_f64(),
             error: Some(error),
+            ..TableReport::empty(table, None)
         }
     }
 }
@@ -275,18 +285,7 @@ impl Ingest {
             _ => None,
         };
         let plan = window::plan(stored_bound, high, from, lookback);
-        let mut report = TableReport {
-            table: table.name.clone(),
-            status: Status::Empty,
-            window: None,
-            rows: 0,
-            files: Vec::new(),
-            bytes: 0,
-            watermark: stored_bound.map(|b| b.to_string()),
-            deleted: 0,
-            seconds: 0.0,
-            error: None,
-        };
+        let mut report = TableReport::empty(&table.name, stored_bound.map(|b| b.to_string()));
         let Some(window) = plan.window else {
             info!("No rows past the watermark; nothing written.");
             report.seconds = start.elapsed().as_secs_f64();

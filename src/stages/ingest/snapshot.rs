@@ -81,18 +81,7 @@ pub(super) async fn ingest(
         Some(bytes) => serde_json::from_slice(&bytes).ok(),
         None => None,
     };
-    let mut report = TableReport {
-        table: table.name.clone(),
-        status: Status::Empty,
-        window: None,
-        rows: 0,
-        files: Vec::new(),
-        bytes: 0,
-        watermark: previous.as_ref().map(|p| at_text(p.at)),
-        deleted: 0,
-        seconds: 0.0,
-        error: None,
-    };
+    let mut report = TableReport::empty(&table.name, previous.as_ref().map(|p| at_text(p.at)));
     if previous.as_ref().is_some_and(|p| p.hash == hash) {
         info!("The snapshot is unchanged; nothing written.");
         report.seconds = start.elapsed().as_secs_f64();
