@@ -463,7 +463,7 @@ impl Pipeline {
     }
 
     /// The table a bronze object belongs to, from its lake path `bronze/<Table>/<file>` (what
-    /// a blob trigger receives); `None` for quarantine, watermark or unknown paths.
+    /// a storage event names); `None` for quarantine, watermark or unknown paths.
     pub fn table_for_bronze_path(&self, path: &str) -> Option<&TableSpec> {
         let mut parts = path.trim_start_matches('/').split('/');
         let (Some("bronze"), Some(table), Some(file), None) =
