@@ -170,8 +170,8 @@ impl Silver {
             .await
     }
 
-    /// Processes one bronze file (what the queue-triggered function calls for each event), retrying when another
-    /// writer commits to the same table first.
+    /// Processes one bronze file (what the `silver` function does for each event), retrying
+    /// when another writer commits to the same table first.
     pub async fn process_file(&self, table: &TableSpec, path: &str) -> Result<FileOutcome> {
         self.load_file(table, path, &mut None, None).await
     }
