@@ -115,32 +115,14 @@ impl Source for SqliteSource {
         schema: SchemaRef,
         batch_rows: usize,
     ) -> Result<BatchStream> {
-        let conn = self.connect()?;
-        let name = table.name.clone();
-        let table = table.clone();
-        Ok(super::spawn_blocking_reader(&name, move |tx| {
-            let columns = (schema.fields().iter())
-                .map(|f| quote_ansi(f.name()))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let keys = (table.keys.iter())
-                .map(|k| quote_ansi(k))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "SELECT {columns} FROM {} ORDER BY {keys}",
-                quote_ansi(&table.name)
-            );
-            read_rows(
-                &conn,
-                &table,
-                schema,
-                (&sql, Vec::new()),
-                "the snapshot",
-                batch_rows,
-                tx,
-            )
-        }))
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {}",
+            column_list(&columns),
+            quote_ansi(&table.name),
+            column_list(&table.keys)
+        );
+        self.stream(table, schema, sql, "the snapshot", batch_rows)
     }
 
     async fn keys(
@@ -149,22 +131,46 @@ impl Source for SqliteSource {
         schema: SchemaRef,
         batch_rows: usize,
     ) -> Result<BatchStream> {
-        let conn = self.connect()?;
-        let name = table.name.clone();
-        let table = table.clone();
-        Ok(super::spawn_blocking_reader(&name, move |tx| {
-            let sql = keys_sql(&table);
-            read_rows(
-                &conn,
-                &table,
-                schema,
-                (&sql, Vec::new()),
-                "the key list",
-                batch_rows,
-                tx,
-            )
-        }))
+        self.stream(table, schema, keys_sql(table), "the key list", batch_rows)
     }
+}
+
+impl SqliteSource {
+    /// The rows of one parameterless query, streamed; `label` names them in errors.
+    fn stream(
+        &self,
+        table: &TableSpec,
+        schema: SchemaRef,
+        sql: String,
+        label: &'static str,
+        batch_rows: usize,
+    ) -> Result<BatchStream> {
+        let conn = self.connect()?;
+        let table = table.clone();
+        Ok(super::spawn_blocking_reader(
+            &table.name.clone(),
+            move |tx| {
+                read_rows(
+                    &conn,
+                    &table,
+                    schema,
+                    (&sql, Vec::new()),
+                    label,
+                    batch_rows,
+                    tx,
+                )
+            },
+        ))
+    }
+}
+
+/// Quoted column names, comma-separated.
+fn column_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| quote_ansi(n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -437,12 +443,7 @@ fn extract_blocking(
 /// The keys query of `deletes = "detect"`: every key, in ascending binary order (SQLite's
 /// default collation compares text bytewise, and integers by value).
 pub fn keys_sql(table: &TableSpec) -> String {
-    let keys = table
-        .keys
-        .iter()
-        .map(|k| quote_ansi(k))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let keys = column_list(&table.keys);
     format!(
         "SELECT {keys} FROM {} ORDER BY {keys}",
         quote_ansi(&table.name)

@@ -188,3 +188,54 @@ fn a_snapshot_table_without_keys_or_with_watermark_options_is_refused() {
         assert!(err.contains(expected), "{expected}:\n{err}");
     }
 }
+
+#[test]
+fn a_sqlite_table_without_a_change_column_is_a_snapshot_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, _, err) = tunelake_with(
+        d,
+        &["seed", "--source", "sqlite:src.db", "--scale", "0.002"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let pipeline = "[[tables]]\nname = \"DimDate\"\nkeys = [\"date_key\"]\n[tables.gold]\nname = \"dim_date\"\nscd_type = 1\n";
+    std::fs::write(d.join("p.toml"), pipeline).unwrap();
+    let run = || {
+        let (code, out, err) = tunelake_with(
+            d,
+            &[
+                "--config",
+                "p.toml",
+                "--source",
+                "sqlite:src.db",
+                "--lake",
+                "lake",
+                "run",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+    };
+    run();
+    let dates = crate::common::Fixture::count_in(&d.join("src.db"), "SELECT COUNT(*) FROM DimDate");
+    let count = || sql(d, "SELECT count(*) FROM gold.dim_date WHERE date_sk > 0");
+    assert_eq!(count(), [dates.to_string()]);
+    // A day removed from the source leaves gold at the next run.
+    rusqlite::Connection::open(d.join("src.db"))
+        .unwrap()
+        .execute(
+            "DELETE FROM DimDate WHERE date_key = (SELECT min(date_key) FROM DimDate)",
+            [],
+        )
+        .unwrap();
+    run();
+    assert_eq!(count(), [(dates - 1).to_string()]);
+    assert_eq!(
+        sql(
+            d,
+            "SELECT count(*) FROM silver.dim_date WHERE _change_type = 'delete'"
+        ),
+        ["1"]
+    );
+}
