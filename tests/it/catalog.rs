@@ -101,6 +101,7 @@ const CATALOG: &str = r#"
 url = "${UC_URL}"
 name = "music"
 grants = [{ principal = "analysts", privileges = ["USE_CATALOG", "USE_SCHEMA", "SELECT"] }]
+access_connector_id = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Databricks/accessConnectors/dbac"
 "#;
 
 #[test]
@@ -169,9 +170,32 @@ fn publishing_registers_once_changes_nothing_twice_and_follows_a_schema_change()
         let s = state.lock().unwrap();
         let posts: Vec<&String> = s.seen.iter().filter(|l| l.starts_with("POST")).collect();
         assert_eq!(posts[0], "POST catalogs");
-        assert_eq!(posts[1..3], ["POST schemas", "POST schemas"]);
-        // Catalog, schemas, three tables, the refused one, then the rest.
-        assert_eq!(posts.len(), 3 + tables + 1);
+        // The access connector's credential and a read-only location per area it reads.
+        assert_eq!(
+            posts[1..4],
+            [
+                "POST storage-credentials",
+                "POST external-locations",
+                "POST external-locations"
+            ]
+        );
+        assert_eq!(posts[4..6], ["POST schemas", "POST schemas"]);
+        let credential = &s.objects["storage-credentials/music_lake"];
+        assert!(
+            credential["azure_managed_identity"]["access_connector_id"]
+                .as_str()
+                .unwrap()
+                .ends_with("/accessConnectors/dbac")
+        );
+        let gold = &s.objects["external-locations/music_gold"];
+        assert_eq!(gold["read_only"], true);
+        assert_eq!(gold["credential_name"], "music_lake");
+        assert!(
+            gold["url"].as_str().unwrap().ends_with("/lake/gold/"),
+            "{gold}"
+        );
+        // Catalog, credential, locations, schemas, three tables, the refused one, the rest.
+        assert_eq!(posts.len(), 6 + tables + 1);
         let users = &s.objects["tables/music.silver.users"];
         assert_eq!(users["table_type"], "EXTERNAL");
         assert_eq!(users["data_source_format"], "DELTA");
