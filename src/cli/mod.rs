@@ -206,8 +206,9 @@ pub enum Command {
         #[arg(long, env = "FUNCTIONS_CUSTOMHANDLER_PORT", default_value_t = 8080)]
         port: u16,
     },
-    /// Assemble the deployable Function App (host.json, function folders, this binary) as a
-    /// folder and a zip; run it from the release build for Linux.
+    /// Assemble the deployable Function App (host.json, function folders, the pipeline file,
+    /// its templates and local `files:` folders, this binary) as a folder and a zip; run it
+    /// from a release build for glibc 2.28 (docs/azure.md).
     Package {
         /// Where `app/` and `tunelake-functions.zip` go.
         #[arg(long, default_value = "dist")]
