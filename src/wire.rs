@@ -74,10 +74,17 @@ pub async fn serve(lake: Lake, options: Options) -> Result<()> {
             "--listen {address}: without TUNELAKE_SQL_PASSWORD the endpoint listens on loopback only"
         )));
     }
+    // datafusion-postgres serves in clear when it cannot read the certificate: refuse to
+    // start instead.
     if let Some((cert, key)) = &options.tls {
-        for file in [cert, key] {
-            if !std::path::Path::new(file).is_file() {
-                return Err(bad(format!("TLS file {file} does not exist")));
+        for (file, marker) in [
+            (cert, "-----BEGIN CERTIFICATE-----"),
+            (key, "PRIVATE KEY-----"),
+        ] {
+            let text =
+                std::fs::read_to_string(file).map_err(|e| bad(format!("TLS file {file}: {e}")))?;
+            if !text.contains(marker) {
+                return Err(bad(format!("TLS file {file} is not PEM (no {marker})")));
             }
         }
     }

@@ -189,6 +189,26 @@ fn a_password_is_required_once_set_and_without_one_only_loopback_is_served() {
     let right = psql(endpoint.1, Some("s3cret"), "SELECT 1 AS one");
     assert!(right.status.success(), "{}", text(&right));
     assert_eq!(String::from_utf8_lossy(&right.stdout).trim(), "1");
+    // A certificate that is not one: refused, never served in clear.
+    std::fs::write(d.join("cert.pem"), "not a certificate").unwrap();
+    std::fs::write(d.join("key.pem"), "not a key").unwrap();
+    let tls = [
+        (
+            "TUNELAKE_SQL_TLS_CERT",
+            d.join("cert.pem").display().to_string(),
+        ),
+        (
+            "TUNELAKE_SQL_TLS_KEY",
+            d.join("key.pem").display().to_string(),
+        ),
+    ];
+    let (code, _, err) = tunelake_with(
+        d,
+        &["--lake", "lake", "serve-sql", "--listen", "127.0.0.1:0"],
+        &tls,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("is not PEM"), "{err}");
     // Open to every network without a password: refused before listening.
     let (code, _, err) = tunelake_with(
         d,
