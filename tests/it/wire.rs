@@ -142,6 +142,20 @@ fn psql_lists_the_tables_runs_the_star_join_and_cannot_write() {
         );
     }
 
+    // A table's columns, as `\d` asks the pg_catalog for them; an unknown table is named.
+    let described = psql(port, None, "\\d gold.dim_user");
+    assert!(described.status.success(), "{}", text(&described));
+    for column in ["user_sk", "user_id", "valid_from", "is_current"] {
+        assert!(
+            text(&described).contains(column),
+            "{column}:\n{}",
+            text(&described)
+        );
+    }
+    let unknown = psql(port, None, "SELECT * FROM gold.podcasts");
+    assert!(!unknown.status.success());
+    assert!(text(&unknown).contains("podcasts"), "{}", text(&unknown));
+
     let over_wire = psql(port, None, STAR_JOIN);
     assert!(over_wire.status.success(), "{}", text(&over_wire));
     let (code, csv, err) = tunelake_with(
