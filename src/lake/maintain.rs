@@ -62,8 +62,10 @@ pub async fn table(lake: &Lake, path: &str, m: &Maintenance, due: Due) -> Result
         table: path.to_string(),
         ..Maintained::default()
     };
-    // A table no run has created yet (a quarantine table with nothing in it) stays absent.
-    if !lake.has_table(path).await? {
+    // A table no run has created yet (a quarantine table with nothing in it) stays absent:
+    // opening it would leave an empty folder in a local lake. In the cloud the open itself
+    // answers, without the extra listing.
+    if lake.local_path(path).is_some() && !lake.has_table(path).await? {
         return Ok(done);
     }
     let mut delta = lake.delta_table(path).await?;
