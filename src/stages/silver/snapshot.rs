@@ -57,7 +57,7 @@ pub(super) async fn changes(
     let schema: SchemaRef = Arc::new(Schema::new(fields));
     let snapshot: Vec<RecordBatch> = snapshot
         .into_iter()
-        .map(|b| conform(&b, &schema))
+        .map(|b| crate::lake::writers::fit(&b, &schema))
         .collect::<std::result::Result<_, _>>()
         .map_err(arrow)?;
     let Some(at) = snapshot_time(&snapshot) else {
@@ -151,7 +151,7 @@ pub(super) async fn changes(
         .map_err(df_err)?;
     let mut batches: Vec<RecordBatch> = changed
         .into_iter()
-        .map(|b| conform(&b, &schema))
+        .map(|b| crate::lake::writers::fit(&b, &schema))
         .collect::<std::result::Result<_, _>>()
         .map_err(arrow)?;
     for keys in vanished.iter().filter(|b| b.num_rows() > 0) {
@@ -170,23 +170,6 @@ pub(super) async fn changes(
 fn snapshot_time(batches: &[RecordBatch]) -> Option<ArrayRef> {
     let batch = batches.iter().find(|b| b.num_rows() > 0)?;
     Some(batch.column_by_name(SNAPSHOT_AT)?.slice(0, 1))
-}
-
-/// A batch with `schema`'s columns, taken by name (NULL where it has none).
-fn conform(
-    batch: &RecordBatch,
-    schema: &SchemaRef,
-) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => cast(c, f.data_type()),
-            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.clone(), columns)
 }
 
 /// Delete markers for `keys` (a batch of key columns) at time `at`.
