@@ -14,7 +14,7 @@ use tunelake::lake::Lake;
 use tunelake::stages::Status;
 use tunelake::stages::gold::{Built, Gold, GoldReport, Progress, Staged};
 
-const PIPELINE: &str = r#"
+pub(crate) const PIPELINE: &str = r#"
 [[tables]]
 name = "DimUser"
 cdc_column = "updated_at"
@@ -109,7 +109,7 @@ impl Lakehouse {
     }
 
     /// Appends user changes: (user_id, country, note, time of day on 2024-01-01).
-    async fn users(&self, rows: &[(i32, &str, &str, &str)]) {
+    pub(crate) async fn users(&self, rows: &[(i32, &str, &str, &str)]) {
         self.append(
             "users",
             vec![
@@ -135,7 +135,7 @@ impl Lakehouse {
     }
 
     /// Appends streams: (stream_id, user_id, time of day on 2024-01-01).
-    async fn streams(&self, rows: &[(i64, i32, &str)]) {
+    pub(crate) async fn streams(&self, rows: &[(i64, i32, &str)]) {
         self.append(
             "streams",
             vec![

@@ -18,6 +18,7 @@ mod mssql;
 mod operations;
 mod query;
 mod report;
+mod reresolve;
 mod silver;
 mod snapshots;
 mod views;

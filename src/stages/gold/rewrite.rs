@@ -211,22 +211,35 @@ impl Rewrite {
                 .filter(|f| touched.contains_key(file_name(&f.path())))
                 .map(|f| Action::Remove(f.remove_action(true))),
         );
-        let commit = CommitBuilder::from(commit_properties(txns))
-            .with_actions(actions)
-            .build(
-                Some(snapshot),
-                target.log_store(),
-                DeltaOperation::Update { predicate: None },
-            )
-            .await
-            .map_err(delta_err(layout::gold_table(&name)))?;
-        let mut target = target;
-        target
-            .update_incremental(Some(commit.version()))
-            .await
-            .map_err(delta_err(layout::gold_table(&name)))?;
-        Ok(target)
+        commit_rewrite(target, &name, actions, txns).await
     }
+}
+
+/// Commits the `actions` of a copy-on-write change to the gold table `name` (files added and
+/// removed) with `txns`, in one commit.
+pub(super) async fn commit_rewrite(
+    mut target: DeltaTable,
+    name: &str,
+    actions: Vec<Action>,
+    txns: Vec<Transaction>,
+) -> Result<DeltaTable> {
+    let snapshot = target
+        .snapshot()
+        .map_err(delta_err(layout::gold_table(name)))?;
+    let commit = CommitBuilder::from(commit_properties(txns))
+        .with_actions(actions)
+        .build(
+            Some(snapshot),
+            target.log_store(),
+            DeltaOperation::Update { predicate: None },
+        )
+        .await
+        .map_err(delta_err(layout::gold_table(name)))?;
+    target
+        .update_incremental(Some(commit.version()))
+        .await
+        .map_err(delta_err(layout::gold_table(name)))?;
+    Ok(target)
 }
 
 /// The names of the files of `target` that hold one of `replaced` or `ends` in column `sk`

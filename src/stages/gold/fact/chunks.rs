@@ -169,10 +169,26 @@ pub(super) fn chunk_files(
     silver: &str,
     first_key: &str,
 ) -> Result<Vec<Vec<String>>> {
-    let snapshot = changes
-        .table
-        .snapshot()
-        .map_err(delta_err(layout::silver_table(silver)))?;
+    let path = layout::silver_table(silver);
+    group_files(
+        &changes.table,
+        changes.files.clone(),
+        limit,
+        &path,
+        first_key,
+    )
+}
+
+/// `files` of `table` (at `path`) in groups of at most `limit` rows, a bigger file alone, in
+/// the order of their smallest `first_key` (see [`chunk_files`]).
+pub(super) fn group_files(
+    table: &DeltaTable,
+    mut files: Vec<String>,
+    limit: usize,
+    path: &str,
+    first_key: &str,
+) -> Result<Vec<Vec<String>>> {
+    let snapshot = table.snapshot().map_err(delta_err(path))?;
     // Keyed by file name (delta-rs names data files uniquely), so each lookup is one probe;
     // a file not found counts as a full chunk, which only makes chunks smaller.
     let logged: std::collections::HashMap<String, (usize, Option<serde_json::Value>)> = snapshot
@@ -191,7 +207,6 @@ pub(super) fn chunk_files(
         .collect();
     let rows_of = |uri: &str| logged.get(file_name(uri)).map_or(limit, |l| l.0);
     let min_of = |uri: &str| logged.get(file_name(uri)).and_then(|l| l.1.as_ref());
-    let mut files = changes.files.clone();
     let mins: Vec<Option<&serde_json::Value>> = files.iter().map(|f| min_of(f)).collect();
     if mins
         .iter()

@@ -12,6 +12,7 @@ mod chunks;
 mod columns;
 mod handover;
 mod lookups;
+mod reresolve;
 mod write;
 
 use chunks::{ChunkKeys, chunk_files};
@@ -28,7 +29,7 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use tracing::debug;
 
-use super::{SilverChanges, TableReport, recorded, register, schema_of, silver_changes};
+use super::{SilverChanges, TableReport, df_err, recorded, register, schema_of, silver_changes};
 use crate::config::TableSpec;
 use crate::config::ident::quote_ansi as q;
 use crate::error::{Error, Result};
@@ -264,15 +265,39 @@ impl Build<'_> {
             .map(|k| q(k))
             .collect::<Vec<_>>()
             .join(", ");
+        // Each changed key's earliest change, held once: re-resolution asks for it once per
+        // group of fact files.
+        let since = format!("since{i}");
+        let sql = format!(
+            "SELECT {dim_keys}, MIN({seq}) AS __since FROM {dchg} GROUP BY {dim_keys}",
+            seq = q(&l.dim_seq)
+        );
+        let context = "reading the dimension's changed keys";
+        let df = (self.ctx.sql(&sql).await).map_err(df_err(self.name, context))?;
+        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(df_err(self.name, context))?;
+        let held = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+            .map_err(df_err(self.name, context))?;
+        let _ = self.ctx.deregister_table(since.as_str());
+        (self
+            .ctx
+            .register_table(since.as_str(), std::sync::Arc::new(held)))
+        .map_err(df_err(self.name, context))?;
         let on = (l.on_columns.iter().zip(&l.dim_keys))
             .map(|(f, k)| format!("f.{} = c.{}", q(f), q(k)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        reresolve.queries.push(format!(
-            "SELECT {pick} FROM fact AS f JOIN (SELECT {dim_keys}, MIN({seq}) AS __since FROM {dchg} GROUP BY {dim_keys}) AS c \
-             ON {on} WHERE {bound}f.{s} >= c.__since",
-            seq = q(&l.dim_seq),
+        let from = format!(
+            "JOIN {since} AS c ON {on} WHERE {bound}f.{s} >= c.__since",
             s = q(&self.columns.seq),
+        );
+        reresolve
+            .queries
+            .push(format!("SELECT {pick} FROM fact AS f {from}"));
+        reresolve.files.push(format!(
+            "SELECT DISTINCT f.{file} FROM {fact_files} AS f {from}",
+            file = q(reresolve::FILE_COLUMN),
+            fact_files = reresolve::FACT_FILES,
         ));
         Ok(())
     }
@@ -283,6 +308,9 @@ impl Build<'_> {
 #[derive(Default)]
 struct Reresolve {
     queries: Vec<String>,
+    /// The same, naming the files that hold the facts (`reresolve::FILE_COLUMN` of
+    /// `reresolve::FACT_FILES`).
+    files: Vec<String>,
     params: Vec<ScalarValue>,
 }
 

@@ -11,15 +11,14 @@ use deltalake::kernel::Transaction;
 use tracing::info;
 
 use super::super::{
-    TableReport, append, col, count_op, df_err, insert_from_source, merge_rows, op_is, project,
-    record_only, register, update_from_source,
+    TableReport, append, col, count_op, df_err, insert_from_source, merge_rows, op_is, record_only,
+    register, update_from_source,
 };
 use super::chunks::overlaps;
-use super::columns::{FactColumns, key_match, resolve_sql};
+use super::columns::{FactColumns, key_match};
 use super::handover::HandOver;
 use super::lookups::dimensions_built_once;
-use super::{Build, Commits, Reresolve, Writes};
-use crate::config::ident::quote_ansi as q;
+use super::{Build, Commits, Writes};
 use crate::error::Result;
 use crate::lake::Lake;
 use crate::lake::layout;
@@ -105,138 +104,6 @@ impl Build<'_> {
             "Built the fact."
         );
         Ok(())
-    }
-
-    /// Merges the stored facts whose surrogate keys or carried columns moved, in ranges of
-    /// the fact's key of about `chunk_rows` facts each, so that a dimension correction that
-    /// moves millions of facts holds one range at a time; the last commit carries `txns`.
-    async fn reresolved(
-        &self,
-        mut target: DeltaTable,
-        reresolve: Reresolve,
-        indexed: &[bool],
-        txns: Vec<Transaction>,
-        report: &mut TableReport,
-    ) -> Result<DeltaTable> {
-        let ranges = self.reresolve_ranges(&reresolve).await?;
-        let last = ranges.len().saturating_sub(1);
-        let mut txns = Some(txns);
-        for (i, range) in ranges.into_iter().enumerate() {
-            let part_txns = match i == last {
-                true => txns.take().unwrap_or_default(),
-                false => Vec::new(),
-            };
-            target = self
-                .reresolved_part(target, &reresolve, indexed, range, part_txns, report)
-                .await?;
-        }
-        Ok(target)
-    }
-
-    /// The key ranges re-resolution works in: `[None]` (all at once) when the moved facts
-    /// fit one chunk or the fact's key is not a single integer column.
-    async fn reresolve_ranges(&self, reresolve: &Reresolve) -> Result<Vec<Option<(i64, i64)>>> {
-        let [key] = self.columns.keys.as_slice() else {
-            return Ok(vec![None]);
-        };
-        let integer =
-            (self.silver_schema.field_with_name(key)).is_ok_and(|f| f.data_type().is_integer());
-        if !integer {
-            return Ok(vec![None]);
-        }
-        let sql = format!(
-            "SELECT CAST(MIN(a.{k}) AS BIGINT), CAST(MAX(a.{k}) AS BIGINT), COUNT(*) FROM ({}) AS a",
-            reresolve.queries.join(" UNION "),
-            k = q(key)
-        );
-        let context = "counting the facts to re-resolve";
-        let rows = (self.ctx.sql(&sql).await)
-            .and_then(|df| df.with_param_values(reresolve.params.clone()))
-            .map_err(df_err(self.name, context))?
-            .collect()
-            .await
-            .map_err(df_err(self.name, context))?;
-        let Some(row) = rows.iter().find(|b| b.num_rows() > 0) else {
-            return Ok(vec![None]);
-        };
-        let int = |c: usize| {
-            let column = row.column(c);
-            let values = column.as_primitive_opt::<Int64Type>()?;
-            values.is_valid(0).then(|| values.value(0))
-        };
-        let (Some(lo), Some(hi), Some(count)) = (int(0), int(1), int(2)) else {
-            return Ok(vec![None]);
-        };
-        Ok(split(
-            lo,
-            hi,
-            (count as u64).div_ceil(self.chunk_rows.max(1) as u64),
-        ))
-    }
-
-    /// Merges the re-resolved facts whose key is in `range` (all when `None`).
-    async fn reresolved_part(
-        &self,
-        target: DeltaTable,
-        reresolve: &Reresolve,
-        indexed: &[bool],
-        range: Option<(i64, i64)>,
-        txns: Vec<Transaction>,
-        report: &mut TableReport,
-    ) -> Result<DeltaTable> {
-        let (name, columns) = (self.name, &self.columns);
-        let within = match (range, columns.keys.first()) {
-            (Some((lo, hi)), Some(key)) => {
-                format!("WHERE a.{} BETWEEN {lo} AND {hi}", q(key))
-            }
-            _ => String::new(),
-        };
-        let sql = format!(
-            "WITH aff AS (SELECT * FROM ({}) AS a {within}), src_r AS (SELECT * FROM aff) {}",
-            reresolve.queries.join(" UNION "),
-            resolve_sql(columns, "src_r", "R", true, indexed)
-        );
-        let df = self
-            .ctx
-            .sql(&sql)
-            .await
-            .and_then(|df| df.with_param_values(reresolve.params.clone()))
-            .map_err(df_err(name, "re-resolving dimension keys"))?;
-        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-        let rows = df
-            .collect()
-            .await
-            .map_err(df_err(name, "re-resolving dimension keys"))?;
-        // Only keys and resolved columns are written (the others were not read).
-        let written: Vec<String> = (columns.keys.iter())
-            .chain(&columns.resolved())
-            .cloned()
-            .chain(["__op".to_string()])
-            .collect();
-        let (_, rows) = project(&rows, &schema, &written, name)?;
-        let updated = count_op(&rows, "R", |_, _| true);
-        report.updated += updated;
-        if updated > 0 || !txns.is_empty() {
-            self.hand_over.confirm(self.lake, self.built, name).await?;
-        }
-        if updated == 0 {
-            if txns.is_empty() {
-                return Ok(target);
-            }
-            // Nothing moved, but this is the run's last commit: it records progress.
-            return record_only(target, name, txns).await;
-        }
-        let resolved = columns.resolved();
-        merge_rows(
-            &self.ctx,
-            target,
-            name,
-            rows,
-            key_match(columns),
-            txns,
-            |m| m.when_matched_update(|u| update_from_source(u, op_is("R"), &resolved)),
-        )
-        .await
     }
 
     /// Writes chunk `i` of new rows: streamed into new files when none of its keys is
@@ -408,46 +275,4 @@ fn unknown_slots<'a>(
         report.unknown = columns.lookups.iter().map(|l| (l.sk.clone(), 0)).collect();
     }
     report.unknown.iter_mut()
-}
-
-/// `[lo, hi]` cut into `parts` ranges of equal width (`[None]`, the whole, for one part).
-fn split(lo: i64, hi: i64, parts: u64) -> Vec<Option<(i64, i64)>> {
-    if parts <= 1 || hi <= lo {
-        return vec![None];
-    }
-    let width = (i128::from(hi) - i128::from(lo) + 1)
-        .div_euclid(i128::from(parts))
-        .max(1);
-    let mut ranges = Vec::new();
-    let mut start = i128::from(lo);
-    while start <= i128::from(hi) {
-        let end = (start + width - 1).min(i128::from(hi));
-        // Both ends lie within [lo, hi], so they fit in an i64.
-        ranges.push(Some((start as i64, end as i64)));
-        start = end + 1;
-    }
-    ranges
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split;
-
-    #[test]
-    fn key_ranges_cover_every_key_once() {
-        assert_eq!(split(1, 100, 1), [None]);
-        assert_eq!(split(5, 5, 3), [None]);
-        assert_eq!(
-            split(1, 10, 3),
-            [Some((1, 3)), Some((4, 6)), Some((7, 9)), Some((10, 10))]
-        );
-        let ranges: Vec<(i64, i64)> = split(i64::MIN, i64::MAX, 7).into_iter().flatten().collect();
-        assert_eq!(ranges.first().map(|r| r.0), Some(i64::MIN));
-        assert_eq!(ranges.last().map(|r| r.1), Some(i64::MAX));
-        assert!(
-            ranges
-                .windows(2)
-                .all(|w| w[0].1.checked_add(1) == Some(w[1].0))
-        );
-    }
 }
