@@ -287,17 +287,21 @@ impl Build<'_> {
             .map(|(f, k)| format!("f.{} = c.{}", q(f), q(k)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let from = format!(
-            "JOIN {since} AS c ON {on} WHERE {bound}f.{s} >= c.__since",
-            s = q(&self.columns.seq),
-        );
+        // The changed keys are the join's build side (the queries run in
+        // `lookups::dimensions_built_once`): the facts stream past them.
+        let join = |fact: &str| {
+            format!(
+                "{since} AS c JOIN {fact} AS f ON {on} WHERE {bound}f.{s} >= c.__since",
+                s = q(&self.columns.seq),
+            )
+        };
         reresolve
             .queries
-            .push(format!("SELECT {pick} FROM fact AS f {from}"));
+            .push(format!("SELECT {pick} FROM {}", join("fact")));
         reresolve.files.push(format!(
-            "SELECT DISTINCT f.{file} FROM {fact_files} AS f {from}",
+            "SELECT DISTINCT f.{file} FROM {}",
+            join(reresolve::FACT_FILES),
             file = q(reresolve::FILE_COLUMN),
-            fact_files = reresolve::FACT_FILES,
         ));
         Ok(())
     }

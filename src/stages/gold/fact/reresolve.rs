@@ -27,6 +27,7 @@ use super::super::{
 };
 use super::chunks::group_files;
 use super::columns::{key_match, resolve_sql};
+use super::lookups::dimensions_built_once;
 use super::write::FACT_FILE_BYTES;
 use super::{Build, Reresolve};
 use crate::error::{Error, Result};
@@ -126,7 +127,8 @@ impl Build<'_> {
             .map_err(df_err(name, context))?;
         let _ = self.ctx.deregister_table(FACT_FILES);
         (self.ctx.register_table(FACT_FILES, provider)).map_err(df_err(name, context))?;
-        let batches = (self.ctx.sql(&reresolve.files.join(" UNION ")).await)
+        let batches = (dimensions_built_once(&self.ctx).sql(&reresolve.files.join(" UNION ")))
+            .await
             .and_then(|df| df.with_param_values(reresolve.params.clone()))
             .map_err(df_err(name, context))?
             .collect()
@@ -194,7 +196,7 @@ impl Build<'_> {
             resolve_sql(columns, "src_r", "R", true, indexed)
         );
         let context = "re-resolving dimension keys";
-        let df = (self.ctx.sql(&sql).await)
+        let df = (dimensions_built_once(&self.ctx).sql(&sql).await)
             .and_then(|df| df.with_param_values(reresolve.params.clone()))
             .map_err(df_err(name, context))?;
         let schema = Arc::new(df.schema().as_arrow().clone());
