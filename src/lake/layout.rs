@@ -241,6 +241,11 @@ pub mod app_id {
     pub const VIEW_DEFINITION: &str = "tunelake.view.definition";
 }
 
+/// A commit that only changed some columns of the rows it rewrote (a fact's re-resolution)
+/// names them in its `commitInfo` under this key, so that a view reading none of them takes
+/// the commit for a move of rows, as a compaction.
+pub const CHANGED_COLUMNS: &str = "tunelake.changedColumns";
+
 /// Columns silver adds to the source's.
 pub mod silver_columns {
     /// Lineage: the bronze file a silver row came from.

@@ -616,6 +616,9 @@ struct Commit {
     adds: Vec<String>,
     removes: Vec<String>,
     data_change: bool,
+    /// The only columns the commit changed in the rows it rewrote, when it names them
+    /// ([`layout::CHANGED_COLUMNS`]).
+    changed_columns: Option<Vec<String>>,
 }
 
 /// The commits of `table` after version `after` up to `upto`; `None` when one is no longer in
@@ -628,9 +631,16 @@ async fn commits(table: &DeltaTable, after: u64, upto: u64) -> Option<Vec<Commit
             adds: Vec::new(),
             removes: Vec::new(),
             data_change: false,
+            changed_columns: None,
         };
         for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let action: serde_json::Value = serde_json::from_slice(line).ok()?;
+            if let Some(columns) = action
+                .get("commitInfo")
+                .and_then(|info| info.get(layout::CHANGED_COLUMNS))
+            {
+                commit.changed_columns = serde_json::from_value(columns.clone()).ok();
+            }
             for kind in ["add", "remove"] {
                 let Some(file) = action.get(kind) else {
                     continue;

@@ -223,10 +223,21 @@ pub(super) async fn commit_rewrite(
     actions: Vec<Action>,
     txns: Vec<Transaction>,
 ) -> Result<DeltaTable> {
+    commit_rewrite_with(&mut target, name, actions, commit_properties(txns)).await?;
+    Ok(target)
+}
+
+/// [`commit_rewrite`] with the commit's properties given.
+pub(super) async fn commit_rewrite_with(
+    target: &mut DeltaTable,
+    name: &str,
+    actions: Vec<Action>,
+    properties: deltalake::kernel::transaction::CommitProperties,
+) -> Result<()> {
     let snapshot = target
         .snapshot()
         .map_err(delta_err(layout::gold_table(name)))?;
-    let commit = CommitBuilder::from(commit_properties(txns))
+    let commit = CommitBuilder::from(properties)
         .with_actions(actions)
         .build(
             Some(snapshot),
@@ -238,8 +249,7 @@ pub(super) async fn commit_rewrite(
     target
         .update_incremental(Some(commit.version()))
         .await
-        .map_err(delta_err(layout::gold_table(name)))?;
-    Ok(target)
+        .map_err(delta_err(layout::gold_table(name)))
 }
 
 /// The names of the files of `target` that hold one of `replaced` or `ends` in column `sk`

@@ -280,15 +280,24 @@ pub(super) fn resolve_sql(
             )
         })
         .collect();
-    let filter = if only_changed && !moved.is_empty() {
-        format!(" WHERE {}", moved.join(" OR "))
+    let (filter, flags) = if only_changed && !moved.is_empty() {
+        let flags: String = (moved.iter().zip(c.resolved()))
+            .map(|(m, col)| format!(", {m} AS {}", q(&moved_flag(&col))))
+            .collect();
+        (format!(" WHERE {}", moved.join(" OR ")), flags)
     } else {
-        String::new()
+        (String::new(), String::new())
     };
     format!(
-        "SELECT {}, '{op}' AS __op FROM {rows}{filter}",
+        "SELECT {}{flags}, '{op}' AS __op FROM {rows}{filter}",
         select.join(", ")
     )
+}
+
+/// The column of [`resolve_sql`]'s rows (`only_changed`) that says whether resolved column
+/// `column` moved in the row.
+pub(super) fn moved_flag(column: &str) -> String {
+    format!("__moved_{column}")
 }
 
 /// `t.key = s.key` for every key column.

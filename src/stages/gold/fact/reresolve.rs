@@ -20,13 +20,13 @@ use deltalake::kernel::{Action, Transaction};
 use futures::StreamExt;
 use tracing::debug;
 
-use super::super::rewrite::{commit_rewrite, file_name};
+use super::super::rewrite::{commit_rewrite_with, file_name};
 use super::super::{
-    TableReport, delta_err, df_err, merge_rows, op_is, project, record_only, register, scan,
-    schema_of, update_from_source,
+    TableReport, commit_properties, delta_err, df_err, merge_rows, op_is, project, record_only,
+    register, scan, schema_of, update_from_source,
 };
 use super::chunks::group_files;
-use super::columns::{key_match, resolve_sql};
+use super::columns::{key_match, moved_flag, resolve_sql};
 use super::lookups::dimensions_built_once;
 use super::write::FACT_FILE_BYTES;
 use super::{Build, Reresolve};
@@ -158,7 +158,7 @@ impl Build<'_> {
         let name = self.name;
         let _ = self.ctx.deregister_table("fact");
         register(&self.ctx, "fact", &target, Some(group)).await?;
-        let moved = self.moved(reresolve, indexed).await?;
+        let (moved, changed) = self.moved(reresolve, indexed).await?;
         let count = moved.num_rows() as u64;
         if count > 0 || !txns.is_empty() {
             self.hand_over.confirm(self.lake, self.built, name).await?;
@@ -182,13 +182,26 @@ impl Build<'_> {
         debug!(
             files = group.len(),
             moved = count,
+            ?changed,
             "Re-resolved a group of fact files."
         );
-        Ok((commit_rewrite(target, name, actions, txns).await?, count))
+        let changed = (
+            layout::CHANGED_COLUMNS.to_string(),
+            serde_json::json!(changed),
+        );
+        let properties = commit_properties(txns).with_metadata([changed]);
+        let mut target = target;
+        commit_rewrite_with(&mut target, name, actions, properties).await?;
+        Ok((target, count))
     }
 
-    /// The facts of the registered `fact` that moved: their key and resolved columns.
-    async fn moved(&self, reresolve: &Reresolve, indexed: &[bool]) -> Result<RecordBatch> {
+    /// The facts of the registered `fact` that moved (their key and resolved columns), and
+    /// the resolved columns that moved in one of them.
+    async fn moved(
+        &self,
+        reresolve: &Reresolve,
+        indexed: &[bool],
+    ) -> Result<(RecordBatch, Vec<String>)> {
         let (name, columns) = (self.name, &self.columns);
         let sql = format!(
             "WITH src_r AS (SELECT * FROM ({}) AS a) {}",
@@ -201,12 +214,22 @@ impl Build<'_> {
             .map_err(df_err(name, context))?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let rows = df.collect().await.map_err(df_err(name, context))?;
-        let written: Vec<String> = (columns.keys.iter())
-            .chain(&columns.resolved())
+        let resolved = columns.resolved();
+        // Which resolved columns some row moved in (a correction of users moves user_sk alone).
+        let changed: Vec<String> = (resolved.iter())
+            .filter(|c| {
+                rows.iter().any(|b| {
+                    b.column_by_name(&moved_flag(c))
+                        .and_then(|f| f.as_boolean_opt().map(|f| f.true_count() > 0))
+                        .unwrap_or(true)
+                })
+            })
             .cloned()
             .collect();
+        let written: Vec<String> = columns.keys.iter().chain(&resolved).cloned().collect();
         let (schema, rows) = project(&rows, &schema, &written, name)?;
-        arrow::compute::concat_batches(&schema, &rows).map_err(|e| Error::arrow(name, e))
+        let moved = arrow::compute::concat_batches(&schema, &rows);
+        Ok((moved.map_err(|e| Error::arrow(name, e))?, changed))
     }
 
     /// Merges every moved fact at once with delta-rs's MERGE (a key re-resolution cannot copy
@@ -220,7 +243,7 @@ impl Build<'_> {
         report: &mut TableReport,
     ) -> Result<DeltaTable> {
         let name = self.name;
-        let moved = self.moved(reresolve, indexed).await?;
+        let (moved, _) = self.moved(reresolve, indexed).await?;
         let updated = moved.num_rows() as u64;
         report.updated += updated;
         if updated > 0 || !txns.is_empty() {

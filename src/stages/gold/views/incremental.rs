@@ -248,6 +248,19 @@ fn data_sides(
     Some((locate(&sides.added, now)?, locate(&sides.removed, then)?))
 }
 
+/// Marks the commits that changed only columns outside `columns` (what a view reads of the
+/// table) as moves of rows, as a compaction's: a correction that moved every fact's `user_sk`
+/// changes nothing a view of tracks per day reads.
+fn as_read_by(commits: &mut [Commit], columns: &[String]) {
+    for commit in commits {
+        if let Some(changed) = &commit.changed_columns
+            && changed.iter().all(|c| !columns.contains(c))
+        {
+            commit.data_change = false;
+        }
+    }
+}
+
 /// File names while the commits are walked: added by data changes, removed from the build's
 /// version, and the build's files each untouched compaction output holds the rows of.
 #[derive(Default)]
@@ -295,7 +308,10 @@ async fn changed_rows(
     };
     let (now, then) = (uris(&input.table)?, uris(&before)?);
     let by_log = match crate::stages::gold::commits(&input.table, built, input.version).await {
-        Some(commits) => data_sides(&commits, &now, &then),
+        Some(mut commits) => {
+            as_read_by(&mut commits, columns);
+            data_sides(&commits, &now, &then)
+        }
         None => None,
     };
     // Without the commits (a log cleaned past the build), every file that differs is read.
@@ -583,7 +599,36 @@ mod tests {
             adds: names(adds),
             removes: names(removes),
             data_change,
+            changed_columns: None,
         }
+    }
+
+    #[test]
+    fn a_commit_that_changed_only_columns_a_view_does_not_read_moved_its_rows() {
+        // A re-resolution rewrote the view's file `a`, then new rows came in `n`.
+        let history = || {
+            let mut reresolved = commit(true, &["a"], &["a2"]);
+            reresolved.changed_columns = Some(vec!["user_sk".to_string()]);
+            vec![reresolved, commit(true, &[], &["n"])]
+        };
+        let (now, then) = (uris(&["a2", "n"]), uris(&["a"]));
+        let names = |v: Vec<String>| -> Vec<String> {
+            v.iter().map(|u| file_name(u).to_string()).collect()
+        };
+        let read = |columns: &[&str]| {
+            let mut commits = history();
+            let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+            as_read_by(&mut commits, &columns);
+            let (added, removed) = data_sides(&commits, &now, &then).unwrap();
+            (names(added), names(removed))
+        };
+        // Tracks per day: the rows of `a` only moved; `n` is new.
+        assert_eq!(read(&["track_sk", "date_key"]), (vec!["n".into()], vec![]));
+        // A view of users reads what moved: both sides of the rewrite count.
+        assert_eq!(
+            read(&["user_sk", "date_key"]),
+            (vec!["a2".into(), "n".into()], vec!["a".into()])
+        );
     }
 
     fn uris(names: &[&str]) -> BTreeSet<String> {
