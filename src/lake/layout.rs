@@ -246,6 +246,10 @@ pub mod app_id {
 /// the commit for a move of rows, as a compaction.
 pub const CHANGED_COLUMNS: &str = "tunelake.changedColumns";
 
+/// Beside [`CHANGED_COLUMNS`], the files of the commit that hold new rows (an SCD2 build's
+/// new versions); its other added files are copies of the files it removed.
+pub const NEW_FILES: &str = "tunelake.newFiles";
+
 /// Columns silver adds to the source's.
 pub mod silver_columns {
     /// Lineage: the bronze file a silver row came from.

@@ -619,6 +619,8 @@ struct Commit {
     /// The only columns the commit changed in the rows it rewrote, when it names them
     /// ([`layout::CHANGED_COLUMNS`]).
     changed_columns: Option<Vec<String>>,
+    /// With `changed_columns`, the added files that hold new rows ([`layout::NEW_FILES`]).
+    new_files: Vec<String>,
 }
 
 /// The commits of `table` after version `after` up to `upto`; `None` when one is no longer in
@@ -632,14 +634,18 @@ async fn commits(table: &DeltaTable, after: u64, upto: u64) -> Option<Vec<Commit
             removes: Vec::new(),
             data_change: false,
             changed_columns: None,
+            new_files: Vec::new(),
         };
         for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let action: serde_json::Value = serde_json::from_slice(line).ok()?;
-            if let Some(columns) = action
-                .get("commitInfo")
-                .and_then(|info| info.get(layout::CHANGED_COLUMNS))
-            {
-                commit.changed_columns = serde_json::from_value(columns.clone()).ok();
+            if let Some(info) = action.get("commitInfo") {
+                let listed = |key: &str| -> Option<Vec<String>> {
+                    serde_json::from_value(info.get(key)?.clone()).ok()
+                };
+                commit.changed_columns = listed(layout::CHANGED_COLUMNS);
+                commit.new_files = (listed(layout::NEW_FILES).unwrap_or_default().iter())
+                    .map(|path| rewrite::file_name(path).to_string())
+                    .collect();
             }
             for kind in ["add", "remove"] {
                 let Some(file) = action.get(kind) else {

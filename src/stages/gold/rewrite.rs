@@ -196,14 +196,12 @@ impl Rewrite {
         if !uris.is_empty() {
             self.copy_kept_rows(ctx, &target, &uris).await?;
         }
-        actions.extend(
-            self.writer
-                .close()
-                .await
-                .map_err(delta_err(layout::gold_table(&name)))?
-                .into_iter()
-                .map(Action::Add),
-        );
+        let written = (self.writer.close().await).map_err(delta_err(layout::gold_table(&name)))?;
+        // Every stored row kept its values but for the ends: the written files hold only new
+        // rows, and the commit says so (see `layout::CHANGED_COLUMNS`).
+        let ended_only = uris.is_empty() && self.replaced.is_empty();
+        let new_files: Vec<String> = written.iter().map(|a| a.path.clone()).collect();
+        actions.extend(written.into_iter().map(Action::Add));
         actions.extend(
             snapshot
                 .log_data()
@@ -211,24 +209,25 @@ impl Rewrite {
                 .filter(|f| touched.contains_key(file_name(&f.path())))
                 .map(|f| Action::Remove(f.remove_action(true))),
         );
-        commit_rewrite(target, &name, actions, txns).await
+        let mut properties = commit_properties(txns);
+        if ended_only {
+            properties = properties.with_metadata([
+                (
+                    layout::CHANGED_COLUMNS.to_string(),
+                    serde_json::json!([VALID_TO, IS_CURRENT]),
+                ),
+                (layout::NEW_FILES.to_string(), serde_json::json!(new_files)),
+            ]);
+        }
+        let mut target = target;
+        commit_rewrite(&mut target, &name, actions, properties).await?;
+        Ok(target)
     }
 }
 
 /// Commits the `actions` of a copy-on-write change to the gold table `name` (files added and
-/// removed) with `txns`, in one commit.
+/// removed) with `properties` (which carry the versions consumed), in one commit.
 pub(super) async fn commit_rewrite(
-    mut target: DeltaTable,
-    name: &str,
-    actions: Vec<Action>,
-    txns: Vec<Transaction>,
-) -> Result<DeltaTable> {
-    commit_rewrite_with(&mut target, name, actions, commit_properties(txns)).await?;
-    Ok(target)
-}
-
-/// [`commit_rewrite`] with the commit's properties given.
-pub(super) async fn commit_rewrite_with(
     target: &mut DeltaTable,
     name: &str,
     actions: Vec<Action>,

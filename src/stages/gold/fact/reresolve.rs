@@ -20,7 +20,7 @@ use deltalake::kernel::{Action, Transaction};
 use futures::StreamExt;
 use tracing::debug;
 
-use super::super::rewrite::{commit_rewrite_with, file_name};
+use super::super::rewrite::{commit_rewrite, file_name};
 use super::super::{
     TableReport, commit_properties, delta_err, df_err, merge_rows, op_is, project, record_only,
     register, scan, schema_of, update_from_source,
@@ -191,7 +191,7 @@ impl Build<'_> {
         );
         let properties = commit_properties(txns).with_metadata([changed]);
         let mut target = target;
-        commit_rewrite_with(&mut target, name, actions, properties).await?;
+        commit_rewrite(&mut target, name, actions, properties).await?;
         Ok((target, count))
     }
 

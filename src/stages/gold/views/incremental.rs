@@ -248,17 +248,34 @@ fn data_sides(
     Some((locate(&sides.added, now)?, locate(&sides.removed, then)?))
 }
 
-/// Marks the commits that changed only columns outside `columns` (what a view reads of the
-/// table) as moves of rows, as a compaction's: a correction that moved every fact's `user_sk`
-/// changes nothing a view of tracks per day reads.
-fn as_read_by(commits: &mut [Commit], columns: &[String]) {
-    for commit in commits {
-        if let Some(changed) = &commit.changed_columns
-            && changed.iter().all(|c| !columns.contains(c))
-        {
-            commit.data_change = false;
+/// The commits as a view reading `columns` of the table sees them: one that changed only
+/// other columns moved its stored rows, as a compaction does (a correction that moved every
+/// fact's `user_sk` changes nothing a view of tracks per day reads), and added its new files
+/// (an SCD2 build's new versions, beside the versions it only ended).
+fn as_read_by(commits: Vec<Commit>, columns: &[String]) -> Vec<Commit> {
+    let mut seen = Vec::with_capacity(commits.len());
+    for mut commit in commits {
+        let unread = (commit.changed_columns.as_ref())
+            .is_some_and(|changed| changed.iter().all(|c| !columns.contains(c)));
+        if !unread {
+            seen.push(commit);
+            continue;
+        }
+        let new_files = std::mem::take(&mut commit.new_files);
+        commit.adds.retain(|a| !new_files.contains(a));
+        commit.data_change = false;
+        seen.push(commit);
+        if !new_files.is_empty() {
+            seen.push(Commit {
+                adds: new_files,
+                removes: Vec::new(),
+                data_change: true,
+                changed_columns: None,
+                new_files: Vec::new(),
+            });
         }
     }
+    seen
 }
 
 /// File names while the commits are walked: added by data changes, removed from the build's
@@ -308,10 +325,7 @@ async fn changed_rows(
     };
     let (now, then) = (uris(&input.table)?, uris(&before)?);
     let by_log = match crate::stages::gold::commits(&input.table, built, input.version).await {
-        Some(mut commits) => {
-            as_read_by(&mut commits, columns);
-            data_sides(&commits, &now, &then)
-        }
+        Some(commits) => data_sides(&as_read_by(commits, columns), &now, &then),
         None => None,
     };
     // Without the commits (a log cleaned past the build), every file that differs is read.
@@ -600,7 +614,34 @@ mod tests {
             removes: names(removes),
             data_change,
             changed_columns: None,
+            new_files: Vec::new(),
         }
+    }
+
+    #[test]
+    fn an_scd2_build_that_only_ended_versions_adds_just_its_new_versions_for_a_view() {
+        // dim_user's build ended versions in `d` (copied as `d2`) and wrote new ones in `v`.
+        let history = || {
+            let mut build = commit(true, &["d"], &["d2", "v"]);
+            build.changed_columns = Some(vec!["valid_to".into(), "is_current".into()]);
+            build.new_files = vec!["v".into()];
+            vec![build]
+        };
+        let (now, then) = (uris(&["d2", "v"]), uris(&["d"]));
+        let read = |columns: &[&str]| {
+            let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+            let (added, removed) =
+                data_sides(&as_read_by(history(), &columns), &now, &then).unwrap();
+            let names = |v: Vec<String>| -> Vec<String> {
+                v.iter().map(|u| file_name(u).to_string()).collect()
+            };
+            (names(added), names(removed))
+        };
+        assert_eq!(read(&["user_sk", "country"]), (vec!["v".into()], vec![]));
+        assert_eq!(
+            read(&["user_id", "is_current"]),
+            (vec!["d2".into(), "v".into()], vec!["d".into()])
+        );
     }
 
     #[test]
@@ -616,9 +657,8 @@ mod tests {
             v.iter().map(|u| file_name(u).to_string()).collect()
         };
         let read = |columns: &[&str]| {
-            let mut commits = history();
             let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
-            as_read_by(&mut commits, &columns);
+            let commits = as_read_by(history(), &columns);
             let (added, removed) = data_sides(&commits, &now, &then).unwrap();
             (names(added), names(removed))
         };
