@@ -152,7 +152,9 @@ pub(super) async fn reached(
             columns.push(key.to_string());
         }
         let alias = format!("__in{n}");
-        let Some(changed) = changed_rows(lake, &ctx, input, &alias, &columns).await? else {
+        let filter = lineage.filters.get(&input.name);
+        let Some(changed) = changed_rows(lake, &ctx, (input, filter), &alias, &columns).await?
+        else {
             continue;
         };
         if is_driving && changed.share > MAX_REWRITTEN_SHARE {
@@ -304,11 +306,12 @@ impl Sides {
 }
 
 /// The rows, over `columns`, that differ between `input` at the version the view was built
-/// from and now; `None` when no file differs.
+/// from and now, among those `filter` keeps (what the view keeps of the table); `None` when no
+/// file differs.
 async fn changed_rows(
     lake: &Lake,
     ctx: &SessionContext,
-    input: &Input,
+    (input, filter): (&Input, Option<&datafusion::prelude::Expr>),
     alias: &str,
     columns: &[String],
 ) -> Result<Option<Changed>> {
@@ -349,6 +352,15 @@ async fn changed_rows(
         if !files.is_empty() {
             let name = format!("{alias}_{side}");
             register(ctx, &name, table, Some(&files)).await?;
+            if let Some(filter) = filter {
+                let fail = df_err(&input.name, "filtering the changed rows as the view does");
+                let kept = (ctx.table(name.as_str()).await)
+                    .and_then(|t| t.filter(filter.clone()))
+                    .map_err(fail)?;
+                let _ = ctx.deregister_table(name.as_str());
+                let fail = df_err(&input.name, "filtering the changed rows as the view does");
+                (ctx.register_table(name.as_str(), kept.into_view())).map_err(fail)?;
+            }
             sides.push(name);
         }
     }

@@ -25,6 +25,10 @@ pub(super) struct Lineage {
     pub lookups: BTreeMap<String, JoinPairs>,
     /// The view's own columns.
     pub output: BTreeSet<String>,
+    /// What every scan of a table keeps of its rows, by table, where each scan filters (a
+    /// filter pushed into the scan, or a join condition on the table alone): rows outside it
+    /// never reach the view. Several scans keep what any of them keeps.
+    pub filters: BTreeMap<String, Expr>,
 }
 
 /// The lineage of an optimized plan: after projection push-down, each scan lists exactly the
@@ -40,6 +44,10 @@ pub(super) fn of(plan: &LogicalPlan) -> Lineage {
         ..Lineage::default()
     };
     let mut scans: BTreeMap<String, usize> = BTreeMap::new();
+    // Per table, each scan's filter (`None`: a scan that keeps every row).
+    let mut kept: BTreeMap<String, Vec<Option<Expr>>> = BTreeMap::new();
+    // Filters right above a scan, by the scan's node (the walk meets the filter first).
+    let mut above: std::collections::HashMap<*const LogicalPlan, Expr> = Default::default();
     let names = |e: &Expr| -> Vec<String> {
         e.column_refs()
             .into_iter()
@@ -55,7 +63,7 @@ pub(super) fn of(plan: &LogicalPlan) -> Lineage {
                     None => scan.table_name.table().to_string(),
                 };
                 *scans.entry(table.clone()).or_default() += 1;
-                let columns = lineage.tables.entry(table).or_default();
+                let columns = lineage.tables.entry(table.clone()).or_default();
                 columns.extend(
                     scan.projected_schema
                         .fields()
@@ -65,6 +73,15 @@ pub(super) fn of(plan: &LogicalPlan) -> Lineage {
                 for filter in &scan.filters {
                     columns.extend(names(filter));
                 }
+                let over = above.remove(&std::ptr::from_ref(node));
+                let filter = (scan.filters.iter().cloned().chain(over))
+                    .filter(is_plain)
+                    .map(unqualified)
+                    .reduce(Expr::and);
+                kept.entry(table).or_default().push(filter);
+            }
+            LogicalPlan::Filter(f) if matches!(*f.input, LogicalPlan::TableScan(_)) => {
+                above.insert(std::sync::Arc::as_ptr(&f.input), f.predicate.clone());
             }
             LogicalPlan::Join(join) => {
                 for (left, right) in &join.on {
@@ -81,6 +98,13 @@ pub(super) fn of(plan: &LogicalPlan) -> Lineage {
     });
     let mut found: BTreeMap<String, (usize, JoinPairs)> = BTreeMap::new();
     lookups(plan, &mut found);
+    lineage.filters = kept
+        .into_iter()
+        .filter_map(|(table, filters)| {
+            let any: Option<Vec<Expr>> = filters.into_iter().collect();
+            Some((table, any?.into_iter().reduce(Expr::or)?))
+        })
+        .collect();
     lineage.lookups = found
         .into_iter()
         .filter(|(table, (n, _))| scans.get(table) == Some(n))
@@ -122,6 +146,36 @@ fn single_scan(plan: &LogicalPlan) -> Option<String> {
         }),
         _ => None,
     }
+}
+
+/// Whether `e` is decided by the row alone, the same on every evaluation (no subquery, no
+/// volatile function): a conjunct that is not is left out, which only keeps more rows.
+fn is_plain(e: &Expr) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    let subquery = e
+        .exists(|e| {
+            Ok(matches!(
+                e,
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_)
+            ))
+        })
+        .unwrap_or(true);
+    !subquery && !e.is_volatile()
+}
+
+/// `e` with its columns named without their table, as a scan of the table alone names them.
+fn unqualified(e: Expr) -> Expr {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    e.transform(|e| {
+        Ok(match e {
+            Expr::Column(c) => Transformed::yes(Expr::Column(
+                datafusion::common::Column::new_unqualified(c.name),
+            )),
+            other => Transformed::no(other),
+        })
+    })
+    // The closure never fails; were it to, a filter that keeps every row is the safe one.
+    .map_or_else(|_| datafusion::prelude::lit(true), |t| t.data)
 }
 
 /// The column an expression names, through casts.
@@ -219,5 +273,28 @@ mod tests {
         assert!(l.tables["gold.dim_user"].is_superset(&set(&["user_id", "name", "is_current"])));
         assert!(l.joins.contains("user_id"), "{:?}", l.joins);
         assert!(!l.joins.contains("user_sk"));
+        // Only current versions reach the view: the others' changes cannot.
+        let kept = l.filters["gold.dim_user"].to_string();
+        assert!(kept.contains("is_current") && !kept.contains('.'), "{kept}");
+        assert!(!l.filters.contains_key("gold.fact"));
+    }
+
+    #[tokio::test]
+    async fn a_table_scanned_once_without_a_filter_keeps_every_row() {
+        let l = lineage(
+            "SELECT f.id, u.name FROM gold.fact AS f \
+             LEFT JOIN gold.dim_user AS u ON f.user_sk = u.user_sk AND u.is_current = 1 \
+             WHERE f.user_id IN (SELECT user_id FROM gold.dim_user)",
+        )
+        .await;
+        assert!(l.filters.is_empty(), "{:?}", l.filters);
+        let both = lineage(
+            "SELECT f.id, u.name FROM gold.fact AS f \
+             LEFT JOIN gold.dim_user AS u ON f.user_sk = u.user_sk AND u.is_current = 1 \
+             WHERE f.user_id IN (SELECT user_id FROM gold.dim_user WHERE name = 7)",
+        )
+        .await;
+        let kept = both.filters["gold.dim_user"].to_string();
+        assert!(kept.contains(" OR "), "{kept}");
     }
 }
