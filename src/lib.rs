@@ -24,6 +24,7 @@ pub mod error;
 pub(crate) mod functions;
 pub mod http;
 pub mod lake;
+pub mod memory;
 pub mod progress;
 pub mod query;
 pub(crate) mod report;

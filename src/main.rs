@@ -16,6 +16,24 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8; 46] = b"narenas:1,dirty_decay_ms:250,muzzy_decay_ms:0\0";
 
+/// Purges every jemalloc arena's freed pages now (`arena.<MALLCTL_ARENAS_ALL>.purge`).
+#[cfg(not(target_env = "msvc"))]
+#[allow(unsafe_code)]
+fn purge() {
+    // SAFETY: a NUL-terminated control name, with no value read or written.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    #[cfg(not(target_env = "msvc"))]
+    tunelake::memory::on_release(purge);
     tunelake::cli::main()
 }

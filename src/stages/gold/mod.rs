@@ -263,6 +263,8 @@ impl Gold {
     pub async fn views(&self, pipeline: &Pipeline) -> Vec<TableReport> {
         let mut tables = Vec::new();
         for view in &pipeline.views {
+            // A view's joins hold whole dimensions: free pages of what ran before go back first.
+            crate::memory::release();
             let start = Instant::now();
             let tracker = crate::progress::Tracker::start(Stage::Gold.as_str(), &view.name);
             let mut report = TableReport::new(&view.name, "view", None);
