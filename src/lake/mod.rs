@@ -7,6 +7,7 @@ pub(crate) mod conflict;
 pub mod events;
 pub mod layout;
 pub(crate) mod lease;
+pub mod local;
 pub mod maintain;
 pub(crate) mod transactions;
 pub mod watermark;
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
@@ -375,7 +375,8 @@ impl Lake {
         let root = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
         std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
         let root = root.canonicalize().map_err(|e| Error::io(&root, e))?;
-        let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| bad(e.to_string()))?;
+        let store = local::LogListing::new_with_prefix(&root).map_err(|e| bad(e.to_string()))?;
+        local::register();
         Ok(Lake {
             store: Arc::new(store),
             url: url.to_string(),
@@ -417,6 +418,15 @@ impl Lake {
     /// Whether a Delta table has been created at `path` (its log holds an entry), without
     /// creating anything.
     pub async fn has_table(&self, path: &str) -> Result<bool> {
+        // Locally, one name of the log's folder answers; a listing would stat every entry.
+        if let Some(dir) = self.local_path(path) {
+            let log = dir.join("_delta_log");
+            return match std::fs::read_dir(&log) {
+                Ok(mut entries) => Ok(entries.next().is_some()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(Error::io(&log, e)),
+            };
+        }
         let log = Path::from(format!("{}/_delta_log", path.trim_end_matches('/')));
         let mut entries = self.store.list(Some(&log));
         match entries.try_next().await {
