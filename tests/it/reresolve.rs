@@ -88,3 +88,82 @@ async fn a_late_change_rewrites_only_the_fact_files_holding_a_moved_fact() {
         ["2,FR", "5,ES", "8,ES"]
     );
 }
+
+/// A correction that moves most facts (every user's country changed as of a past day),
+/// killed (SIGKILL) while gold re-resolves them in many groups, then rerun: the same gold
+/// tables as the uninterrupted run.
+#[test]
+fn a_correction_killed_while_facts_are_re_resolved_gives_the_uninterrupted_tables_on_rerun() {
+    use crate::cli::{copy_dir, gold_tables, tunelake_with};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Groups of few facts: many commits to be killed between.
+    let small =
+        tunelake::config::DEFAULT_PIPELINE.replace("chunk_rows = 400000", "chunk_rows = 1000");
+    assert_ne!(small, tunelake::config::DEFAULT_PIPELINE);
+    std::fs::write(d.join("small.toml"), small).unwrap();
+    let tl = |lake: &str, args: &[&str]| {
+        let mut all = vec![
+            "--config",
+            "small.toml",
+            "--source",
+            "sqlite:src.db",
+            "--lake",
+            lake,
+        ];
+        all.extend(args);
+        let (code, out, err) = tunelake_with(d, &all, &[]);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    };
+    tl("lake", &["seed", "--scale", "0.01"]);
+    tl("lake", &["-q", "run"]);
+    // A second batch: more fact files, so more groups (one commit each) to be killed between.
+    tl("lake", &["seed", "--incremental"]);
+    tl("lake", &["-q", "run"]);
+    let db = rusqlite::Connection::open(d.join("src.db")).unwrap();
+    db.execute(
+        "UPDATE DimUser SET country = 'X' || country, updated_at = '2024-09-01 00:00:00.000000'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    tl(
+        "lake",
+        &["-q", "ingest", "--table", "DimUser", "--from", "2024-08-31"],
+    );
+    tl("lake", &["-q", "run", "--stage", "silver"]);
+    copy_dir(&d.join("lake"), &d.join("reference"));
+    tl("reference", &["-q", "run", "--stage", "gold"]);
+    let expected = gold_tables(d, "reference");
+    for delay_ms in [400, 1200, 2500] {
+        let lake = format!("killed{delay_ms}");
+        copy_dir(&d.join("lake"), &d.join(&lake));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tunelake"))
+            .current_dir(d)
+            .env_remove("TUNELAKE_SOURCE")
+            .args([
+                "--config",
+                "small.toml",
+                "--lake",
+                &lake,
+                "-q",
+                "run",
+                "--stage",
+                "gold",
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        tl(&lake, &["-q", "run", "--stage", "gold"]);
+        for ((table, want), (_, got)) in expected.iter().zip(gold_tables(d, &lake)) {
+            assert!(
+                got == *want,
+                "{table} after a kill at {delay_ms} ms: {} rows, {} expected",
+                got.len(),
+                want.len()
+            );
+        }
+    }
+}
