@@ -55,13 +55,11 @@ impl Build<'_> {
         let Some(key) = self.rewritable_key(&target)? else {
             return self.merged(target, &reresolve, indexed, txns, report).await;
         };
+        let path = layout::gold_table(self.name);
         let holding = self.files_holding(&target, &reresolve).await?;
-        let uris: Vec<String> = target
-            .get_file_uris()
-            .map_err(delta_err(layout::gold_table(self.name)))?
+        let uris: Vec<String> = (target.get_file_uris().map_err(delta_err(&path))?)
             .filter(|uri| holding.contains(file_name(uri)))
             .collect();
-        let path = layout::gold_table(self.name);
         let groups = group_files(&target, uris, self.chunk_rows, &path, &key)?;
         debug!(
             files = holding.len(),
@@ -76,12 +74,10 @@ impl Build<'_> {
                 false => Vec::new(),
             };
             let part = (group.as_slice(), key.as_str());
-            target = (self.reresolved_group(target, &reresolve, indexed, part, part_txns))
-                .await
-                .map(|(table, moved)| {
-                    report.updated += moved;
-                    table
-                })?;
+            let (table, moved) =
+                (self.reresolved_group(target, &reresolve, indexed, part, part_txns)).await?;
+            report.updated += moved;
+            target = table;
         }
         match txns.filter(|t| !t.is_empty()) {
             // No file holds a fact to re-resolve: the run's last commit only records progress.
