@@ -256,9 +256,10 @@ async fn replace(
     // Keys in groups of about chunk_rows, one commit each (the last records the inputs): a
     // refresh after a large batch holds one group's rows at a time in its joins.
     let groups = incremental::groups(keys, chunk_rows);
+    let occupied = incremental::occupied(&target, key);
     let mut predicates = Vec::with_capacity(groups.len());
     for group in &groups {
-        match incremental::predicate(key, group) {
+        match incremental::predicate(key, group, &occupied) {
             Some(predicate) => predicates.push(predicate),
             None => return Ok(None),
         }
