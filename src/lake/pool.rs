@@ -106,12 +106,12 @@ mod tests {
     #[test]
     fn repartition_buffers_are_counted_never_refused_and_the_rest_is_bounded() {
         let pool: Arc<dyn MemoryPool> = Arc::new(FairExceptRepartition::new(1000));
-        let buffers = MemoryConsumer::new("RepartitionExec[0]")
+        let mut buffers = MemoryConsumer::new("RepartitionExec[0]")
             .with_can_spill(true)
             .register(&pool);
         buffers.try_grow(5000).unwrap();
         assert_eq!(pool.reserved(), 5000);
-        let sort = MemoryConsumer::new("ExternalSorter[0]")
+        let mut sort = MemoryConsumer::new("ExternalSorter[0]")
             .with_can_spill(true)
             .register(&pool);
         sort.try_grow(800).unwrap();
