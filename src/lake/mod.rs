@@ -9,7 +9,6 @@ pub mod layout;
 pub(crate) mod lease;
 pub mod local;
 pub mod maintain;
-pub(crate) mod pool;
 pub(crate) mod transactions;
 pub mod watermark;
 pub(crate) mod writers;
@@ -144,7 +143,7 @@ pub fn delta_session_within(
         .with_config(config)
         .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new());
     if let Some(bytes) = memory {
-        let pool = pool::FairExceptRepartition::new(bytes);
+        let pool = datafusion::execution::memory_pool::FairSpillPool::new(bytes);
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(pool))
             .build_arc();
