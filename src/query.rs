@@ -110,6 +110,14 @@ fn config() -> SessionConfig {
         .with_information_schema(true)
 }
 
+/// A view's session: one partition. Under its memory bound a `RepartitionExec` spills, and in
+/// DataFusion 55 its spill pool can deadlock when two inputs spill at once
+/// (apache/datafusion#24883, fixed after 55.2): a view's build has no timeout to end it, where
+/// the query endpoints' sessions do (`query_timeout_seconds`).
+pub(crate) fn view_config() -> SessionConfig {
+    config().with_target_partitions(1)
+}
+
 async fn session_with(
     lake: &Lake,
     only: Option<&std::collections::BTreeSet<(String, String)>>,
@@ -137,16 +145,18 @@ async fn session_with(
             tables.push((schema.to_string(), name, table));
         }
     }
-    session_over(&tables, memory).await
+    session_over(&tables, config(), memory).await
 }
 
 /// A session with exactly these tables registered, as `schema.name`, at the versions they
-/// were loaded at (a table not created yet is left out), its operators within `memory` bytes.
+/// were loaded at (a table not created yet is left out), its operators within `memory` bytes;
+/// `config` is [`view_config`] or the endpoints' own.
 pub(crate) async fn session_over(
     tables: &[(String, String, deltalake::DeltaTable)],
+    config: SessionConfig,
     memory: Option<usize>,
 ) -> Result<SessionContext> {
-    let ctx = crate::lake::delta_session_within(config(), memory);
+    let ctx = crate::lake::delta_session_within(config, memory);
     let Some(catalog) = ctx.catalog("datafusion") else {
         return Err(Error::Task("DataFusion has no default catalog".to_string()));
     };

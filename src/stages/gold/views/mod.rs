@@ -61,7 +61,8 @@ pub(super) async fn refresh(
         .collect();
     // The query reads the inputs exactly as loaded, so the versions recorded are the ones read.
     let memory = pipeline.settings.view_memory_mb as usize * 1024 * 1024;
-    let ctx = crate::query::session_over(&tables, Some(memory)).await?;
+    let config = crate::query::view_config();
+    let ctx = crate::query::session_over(&tables, config, Some(memory)).await?;
     let df = plan(&ctx, name, &sql).await?;
     let lineage = lineage::of(
         &df.clone()
