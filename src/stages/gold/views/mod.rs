@@ -10,6 +10,7 @@
 //! key (an edited definition, a log cleaned past the last build), rebuilds it whole.
 
 mod incremental;
+mod keys;
 mod lineage;
 
 use datafusion::dataframe::DataFrame;
@@ -25,7 +26,8 @@ use crate::config::{GoldKind, Pipeline, ViewSpec};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::layout;
-use incremental::{Input, Keys};
+use incremental::Input;
+use keys::Keys;
 
 /// What one refresh wrote.
 pub(super) struct Refreshed {
@@ -256,11 +258,11 @@ async fn replace(
     }
     // Keys in groups of about chunk_rows, one commit each (the last records the inputs): a
     // refresh after a large batch holds one group's rows at a time in its joins.
-    let groups = incremental::groups(keys, chunk_rows);
-    let occupied = incremental::occupied(&target, key);
+    let groups = keys::groups(keys, chunk_rows);
+    let occupied = keys::occupied(&target, key);
     let mut predicates = Vec::with_capacity(groups.len());
     for group in &groups {
-        match incremental::predicate(key, group, &occupied) {
+        match keys::predicate(key, group, &occupied) {
             Some(predicate) => predicates.push(predicate),
             None => return Ok(None),
         }
