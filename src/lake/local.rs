@@ -4,9 +4,8 @@
 //! `stat` of every entry (it follows links) before it compares the name with the offset, so
 //! each table open cost a `stat` per log entry the table keeps (30 days of them, by default;
 //! decision 005 has the measurement). This one reads the folder's names and stats only those
-//! past the offset; and its full
-//! listing (silver's discovery of a bronze folder) stats each entry once, not three times.
-//! The lake's own store for a local lake is this one too.
+//! past the offset, and its full listing (silver's discovery of a bronze folder) stats each
+//! entry once, not three times. The lake's own store for a local lake is this one too.
 
 use std::fmt;
 use std::path::PathBuf;
