@@ -89,10 +89,17 @@ fn files_after(dir: PathBuf, prefix: &Path, offset: Option<&Path>) -> Option<Vec
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(found),
         Err(_) => return None,
     };
+    // An offset within the folder compares by name alone (a location is the prefix, `/` and
+    // the name), so the entries before it are passed over without making a path of each.
+    let within = format!("{prefix}/");
+    let after = offset.and_then(|o| o.as_ref().strip_prefix(within.as_str()));
     for entry in entries {
         let entry = entry.ok()?;
         let name = entry.file_name().into_string().ok()?;
-        let location = Path::parse(format!("{prefix}/{name}")).ok()?;
+        if after.is_some_and(|after| name.as_str() <= after) {
+            continue;
+        }
+        let location = Path::parse(format!("{within}{name}")).ok()?;
         if offset.is_some_and(|offset| location <= *offset) {
             continue;
         }

@@ -327,10 +327,9 @@ async fn changed_rows(
                 let fail = df_err(&input.name, "filtering the changed rows as the view does");
                 let kept = (ctx.table(name.as_str()).await)
                     .and_then(|t| t.filter(filter.clone()))
-                    .map_err(fail)?;
+                    .map_err(&fail)?;
                 let _ = ctx.deregister_table(name.as_str());
-                let fail = df_err(&input.name, "filtering the changed rows as the view does");
-                (ctx.register_table(name.as_str(), kept.into_view())).map_err(fail)?;
+                (ctx.register_table(name.as_str(), kept.into_view())).map_err(&fail)?;
             }
             sides.push(name);
         }
