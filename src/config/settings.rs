@@ -29,6 +29,11 @@ pub struct Settings {
     /// its memory does not grow with the size of the dimension.
     #[serde(default = "default_dimension_chunk_keys")]
     pub dimension_chunk_keys: u64,
+    /// Silver lists a bronze folder from where its last run stopped; every this many hours
+    /// it lists the folder in full instead, to find a file written behind its cursor by a run
+    /// racing it (Auto Loader's `backfillInterval`). 0 lists in full every run.
+    #[serde(default = "default_backfill_interval_hours")]
+    pub backfill_interval_hours: u64,
     /// How long a run waits for another run of the same table and stage to finish (one
     /// writer per table at a time) before it fails the table.
     #[serde(default = "default_lease_wait_seconds")]
@@ -72,6 +77,9 @@ fn default_chunk_rows() -> u64 {
 fn default_dimension_chunk_keys() -> u64 {
     125_000
 }
+fn default_backfill_interval_hours() -> u64 {
+    24
+}
 fn default_lease_wait_seconds() -> u64 {
     600
 }
@@ -97,6 +105,7 @@ impl Default for Settings {
             max_file_rows: default_max_file_rows(),
             chunk_rows: default_chunk_rows(),
             dimension_chunk_keys: default_dimension_chunk_keys(),
+            backfill_interval_hours: default_backfill_interval_hours(),
             lease_wait_seconds: default_lease_wait_seconds(),
             view_memory_mb: default_view_memory_mb(),
             query_memory_mb: default_query_memory_mb(),

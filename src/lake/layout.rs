@@ -127,6 +127,11 @@ pub fn watermark(table: &str) -> String {
     format!("{WATERMARKS}/{table}.json")
 }
 
+/// Where silver's discovery of a table's bronze files stands (`lake::discovery`).
+pub fn discovery_cursor(table: &str) -> String {
+    format!("bronze/_discovery/{table}.json")
+}
+
 /// A table's key list, which delete detection compares the source's keys with.
 pub fn keys(table: &str) -> String {
     format!("bronze/_keys/{table}.parquet")

@@ -4,6 +4,7 @@
 pub(crate) mod areas;
 pub(crate) mod azurite;
 pub(crate) mod conflict;
+pub mod discovery;
 pub mod events;
 pub mod layout;
 pub(crate) mod lease;
@@ -498,6 +499,26 @@ impl Lake {
             .try_collect()
             .await
             .map_err(|e| Error::lake(prefix, e))
+    }
+
+    /// Lists the objects of the folder `dir` whose names sort after `name` (a name within
+    /// it), in no set order: a local lake stats only those, a cloud store lists from there.
+    pub async fn list_after(&self, dir: &str, name: &str) -> Result<Vec<ObjectMeta>> {
+        let dir_path = Path::from(dir);
+        let offset = dir_path.clone().join(name);
+        self.store
+            .list_with_offset(Some(&dir_path), &offset)
+            .try_collect()
+            .await
+            .map_err(|e| Error::lake(dir, e))
+    }
+
+    /// The objects of the folder `dir` whose names start with `prefix`: those past the prefix
+    /// in name order, without listing the folder's earlier names.
+    pub async fn list_prefixed(&self, dir: &str, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let mut found = self.list_after(dir, prefix).await?;
+        found.retain(|m| m.location.filename().is_some_and(|n| n.starts_with(prefix)));
+        Ok(found)
     }
 
     /// Deletes an object; a missing object is not an error.

@@ -139,6 +139,8 @@ async fn reset_leased(
             .map_err(|e| Error::lake(&file, e))?;
     }
     lake.delete(&layout::watermark(&table.name)).await?;
+    // Silver lists the new extract in full.
+    crate::lake::discovery::forget(lake, &table.name).await?;
     // A snapshot table is taken again even if its content did not change.
     lake.delete(&layout::snapshot_state(&table.name)).await?;
     // Deletes are detected afresh from the new extract on.

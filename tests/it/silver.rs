@@ -178,7 +178,8 @@ async fn reruns_reprocessed_files_and_overlapping_backfills_add_nothing() {
 
     let again = silver(&fx, &tables).await;
     assert_eq!(again.tables[0].status, Status::Empty);
-    assert_eq!(again.tables[0].skipped, 1);
+    // The discovery cursor passes the loaded file over without checking it again.
+    assert_eq!(again.tables[0].skipped, 0);
     assert_eq!(again.tables[0].version, version, "a rerun made a commit");
 
     // The library entry point (the blob trigger's) on a loaded file is a no-op.
@@ -225,6 +226,69 @@ async fn reruns_reprocessed_files_and_overlapping_backfills_add_nothing() {
         .await
         .unwrap();
     assert_eq!(gone.status, FileStatus::Vanished);
+}
+
+/// Adds `n` streams after every stream the source holds.
+fn add_streams(fx: &Fixture, n: u32) {
+    fx.sql()
+        .execute(
+            "INSERT INTO FactStream SELECT stream_id + (SELECT max(stream_id) FROM FactStream), \
+             user_id, track_id, date_key, listen_duration, device_type, \
+             (SELECT strftime('%Y-%m-%d %H:%M:%f000', max(stream_timestamp), '+1 minute') \
+              FROM FactStream) \
+             FROM FactStream ORDER BY stream_id LIMIT ?1",
+            [n],
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn silver_lists_past_its_cursor_and_in_full_every_backfill_interval() {
+    let fx = Fixture::seeded(0.005);
+    let tables = [spec("FactStream")];
+    assert!(!fx.ingest(&["FactStream"], None).await.failed());
+    assert!(!silver(&fx, &tables).await.failed());
+    let cursor = fx.lake.join("bronze/_discovery/FactStream.json");
+    assert!(cursor.exists(), "no discovery cursor after a load");
+
+    // A new window sorts past the cursor: found and loaded.
+    add_streams(&fx, 5);
+    assert!(!fx.ingest(&["FactStream"], None).await.failed());
+    let next = silver(&fx, &tables).await;
+    assert_eq!(
+        (next.tables[0].files, next.tables[0].counts.rows_out),
+        (1, 5)
+    );
+
+    // A file that lands behind the cursor without ingest (a racing writer) is passed over by
+    // the listing from the cursor, and found by the next full one.
+    add_streams(&fx, 3);
+    assert!(!fx.ingest(&["FactStream"], None).await.failed());
+    let newest = fx.bronze_files("FactStream").into_iter().max().unwrap();
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    let behind = newest.with_file_name(name.replacen("FactStream_", "FactStream_0", 1));
+    std::fs::rename(&newest, &behind).unwrap();
+    let passed = silver(&fx, &tables).await;
+    assert_eq!(passed.tables[0].files, 0);
+    let lake = Lake::open(fx.lake.to_str().unwrap()).unwrap();
+    let full = Settings {
+        backfill_interval_hours: 0,
+        ..Settings::default()
+    };
+    let found = Silver::new(lake, full, "t").run(&tables).await;
+    assert_eq!(
+        (found.tables[0].files, found.tables[0].counts.rows_out),
+        (1, 3)
+    );
+
+    // Ingest writing behind the cursor (a backfill) removes it: the next listing is full.
+    let backfill = fx.ingest(&["FactStream"], Some("2025-03-01")).await;
+    assert!(backfill.tables[0].rows > 0);
+    assert!(!cursor.exists(), "a backfill left the cursor in place");
+    let after = silver(&fx, &tables).await;
+    assert_eq!(after.tables[0].files, 1);
+    assert_eq!(after.tables[0].counts.rows_out, 0);
+    assert!(cursor.exists());
 }
 
 #[tokio::test]

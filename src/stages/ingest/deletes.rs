@@ -84,6 +84,8 @@ pub(super) async fn detect(
         detected.deleted += gone.len() as u64;
         let rows = marker_rows(table, schema, batch, &UInt32Array::from(gone), &at)?;
         if markers.is_none() {
+            let name = marker_file.rsplit('/').next().unwrap_or(&marker_file);
+            crate::lake::discovery::before_write(lake, &table.name, name).await?;
             markers = Some(writer(lake, &marker_file, &rows.schema())?);
         }
         if let Some(w) = markers.as_mut() {

@@ -19,6 +19,7 @@ use super::Status;
 use crate::config::ingest::{CdcMode, Deletes};
 use crate::config::{Settings, TableSpec};
 use crate::error::{Error, Result};
+use crate::lake::discovery;
 use crate::lake::layout::Stage;
 use crate::lake::lease::Lease;
 use crate::lake::{Lake, layout, watermark};
@@ -303,6 +304,7 @@ impl Ingest {
                 "Removed partial uploads of a run that was killed."
             );
         }
+        discovery::before_write(&self.lake, &table.name, &window.file_name(&table.name, 0)).await?;
         self.remove_uncommitted(table, kind, &window, stored_bound)
             .await?;
         let written = self.write_window(table, schema, window).await?;
@@ -358,7 +360,9 @@ impl Ingest {
         let low = window
             .low
             .map_or_else(|| "0".to_string(), |b| b.file_token());
-        for meta in self.lake.list(&layout::bronze_dir(&table.name)).await? {
+        let dir = layout::bronze_dir(&table.name);
+        let prefix = format!("{}_{low}_", table.name);
+        for meta in self.lake.list_prefixed(&dir, &prefix).await? {
             let Some(name) = meta.location.filename() else {
                 continue;
             };
@@ -389,12 +393,12 @@ impl Ingest {
         parts: usize,
     ) -> Result<()> {
         let stem = window.file_stem(&table.name);
-        for meta in self.lake.list(&layout::bronze_dir(&table.name)).await? {
+        let dir = layout::bronze_dir(&table.name);
+        for meta in self.lake.list_prefixed(&dir, &format!("{stem}_")).await? {
             let Some(name) = meta.location.filename() else {
                 continue;
             };
             if let Some((_, _, part)) = Window::parse_file_name(&table.name, name)
-                && name.starts_with(&format!("{stem}_"))
                 && part >= parts
             {
                 self.lake.delete(meta.location.as_ref()).await?;

@@ -100,6 +100,8 @@ pub(super) async fn ingest(
     let bytes = parquet_with_time(&table.name, &schema, batches, at)?;
     let file = layout::snapshot_file(&table.name, at);
     report.bytes = bytes.len() as u64;
+    let name = file.rsplit('/').next().unwrap_or(&file);
+    crate::lake::discovery::before_write(lake, &table.name, name).await?;
     lake.put(&file, bytes).await?;
     // Written after the file: a crash between the two takes the snapshot again next run, and
     // silver finds nothing new in the second copy.

@@ -45,7 +45,7 @@ use super::Status;
 use crate::config::{Settings, TableSpec};
 use crate::error::{Error, Result};
 use crate::lake::layout::Stage;
-use crate::lake::{Lake, conflict, layout};
+use crate::lake::{Lake, conflict, discovery, layout};
 
 /// The silver stage over one lake.
 pub struct Silver {
@@ -107,7 +107,17 @@ impl Silver {
         // not the whole log again.
         let opened = self.open(table).await?;
         let mut latest = opened.version().is_some().then_some(opened);
-        let files = self.unloaded(table, latest.as_ref(), report).await?;
+        // A silver table that does not exist yet (or any more) has loaded nothing, whatever a
+        // cursor says.
+        let backfill_hours = match latest {
+            Some(_) => self.settings.backfill_interval_hours,
+            None => 0,
+        };
+        let (listed, listing) =
+            discovery::candidates(&self.lake, &table.name, backfill_hours).await?;
+        let files = self
+            .unloaded(table, &listed, latest.as_ref(), report)
+            .await?;
         let mut ahead = ReadAhead::new(&self.lake, table);
         for (i, file) in files.iter().enumerate() {
             let prepared = ahead.take().await;
@@ -116,29 +126,23 @@ impl Silver {
             crate::progress::add(outcome.counts.rows_out);
             report.add(table, outcome);
         }
+        discovery::advance(&self.lake, &table.name, listing, &listed).await;
         if report.version.is_none() {
             report.version = self.open(table).await?.version();
         }
         Ok(())
     }
 
-    /// The table's bronze files in name order, without those the table already records
+    /// The `listed` bronze files (in name order) without those the table already records
     /// (counted as skipped): passed over here, before any is read ahead; each file's commit
     /// checks again, against the table as it is then.
     async fn unloaded(
         &self,
         table: &TableSpec,
+        listed: &[object_store::ObjectMeta],
         latest: Option<&DeltaTable>,
         report: &mut TableReport,
     ) -> Result<Vec<String>> {
-        let mut listed: Vec<object_store::ObjectMeta> = self
-            .lake
-            .list(&layout::bronze_dir(&table.name))
-            .await?
-            .into_iter()
-            .filter(|m| m.location.as_ref().ends_with(".parquet"))
-            .collect();
-        listed.sort_by(|a, b| a.location.cmp(&b.location));
         // Every file's record read in one pass over the log; file by file if that fails.
         let recorded = match latest {
             Some(delta) => crate::lake::transactions::all(delta).await,
