@@ -119,6 +119,70 @@ fn files_after(dir: PathBuf, prefix: &Path, offset: Option<&Path>) -> Option<Vec
     Some(found)
 }
 
+/// The most versions a log listing probes one by one before it reads the folder instead.
+const MAX_PROBED_VERSIONS: u64 = 64;
+
+/// A Delta log listed from a version (`_delta_log/<20 digits>`, how delta-rs and its kernel
+/// ask) by asking for each version's commit and checkpoint by name, without reading the
+/// folder, which keeps every entry of the log retention. `None` (read the folder) unless the
+/// answer is the folder's for a reader: the table keeps single-file checkpoints
+/// (`_last_checkpoint` names no parts), a listing from the checkpoint it names finds that
+/// checkpoint, and the versions asked for are there or just past the newest commit.
+fn log_after(dir: &std::path::Path, prefix: &Path, offset: &Path) -> Option<Vec<ObjectMeta>> {
+    if prefix.filename() != Some("_delta_log") {
+        return None;
+    }
+    let start = offset.filename().filter(|n| n.len() == 20)?;
+    let first: u64 = start
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| start.parse().ok())??;
+    let stat = |name: &str| -> Option<Option<ObjectMeta>> {
+        match std::fs::symlink_metadata(dir.join(name)) {
+            Ok(m) if m.is_file() => Some(Some(meta(prefix.clone().join(name), &m))),
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(None),
+            Err(_) => None,
+        }
+    };
+    let hint = stat("_last_checkpoint")?;
+    let hinted = match &hint {
+        Some(_) => {
+            let text = std::fs::read_to_string(dir.join("_last_checkpoint")).ok()?;
+            let last: serde_json::Value = serde_json::from_str(&text).ok()?;
+            if last.get("parts").is_some() || last.get("v2Checkpoint").is_some() {
+                return None;
+            }
+            Some(last.get("version")?.as_u64()?)
+        }
+        None => None,
+    };
+    let mut found = Vec::new();
+    for version in first..first + MAX_PROBED_VERSIONS {
+        let commit = stat(&format!("{version:020}.json"))?;
+        let checkpoint = stat(&format!("{version:020}.checkpoint.parquet"))?;
+        if version == first {
+            // A reader starting at the checkpoint `_last_checkpoint` names needs that file.
+            if hinted == Some(first) && checkpoint.is_none() {
+                return None;
+            }
+            // Nothing at the first version: certain only just past the newest commit.
+            if commit.is_none() && checkpoint.is_none() {
+                let newest = first > 0 && stat(&format!("{:020}.json", first - 1))?.is_some();
+                return newest.then(|| hint.into_iter().collect());
+            }
+        }
+        let Some(commit) = commit else {
+            found.extend(checkpoint);
+            found.extend(hint);
+            return Some(found);
+        };
+        found.push(commit);
+        found.extend(checkpoint);
+    }
+    None
+}
+
 /// An object's metadata as the stock store gives it (its e-tag from inode, time and size).
 fn meta(location: Path, metadata: &std::fs::Metadata) -> ObjectMeta {
     let modified = metadata
@@ -202,6 +266,9 @@ impl ObjectStore for LogListing {
             return self.inner.list_with_offset(prefix, offset);
         };
         let (prefix_path, offset_path) = (prefix.cloned().unwrap_or_default(), offset.clone());
+        if let Some(files) = log_after(&dir, &prefix_path, &offset_path) {
+            return futures::stream::iter(files.into_iter().map(Ok)).boxed();
+        }
         match files_after(dir, &prefix_path, Some(&offset_path)) {
             Some(files) => futures::stream::iter(files.into_iter().map(Ok)).boxed(),
             None => self
@@ -238,6 +305,75 @@ mod tests {
     use super::*;
     use futures::TryStreamExt;
     use object_store::ObjectStoreExt;
+
+    #[tokio::test]
+    async fn a_log_listed_by_version_gives_what_the_folder_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let stock = LocalFileSystem::new();
+        let ours = LogListing {
+            inner: LocalFileSystem::new(),
+        };
+        std::fs::create_dir(dir.path().join("_delta_log")).unwrap();
+        let log = Path::from_filesystem_path(dir.path().join("_delta_log")).unwrap();
+        let put = |name: String, body: &'static str| {
+            let at = log.clone().join(name.as_str());
+            let store = &ours;
+            async move { store.put(&at, body.into()).await.unwrap() }
+        };
+        for v in 0..25u32 {
+            put(format!("{v:020}.json"), "{}").await;
+        }
+        for v in [10u32, 20] {
+            put(format!("{v:020}.checkpoint.parquet"), "c").await;
+        }
+        put("_last_checkpoint".into(), r#"{"version":20,"size":3}"#).await;
+        let listed = |store: &dyn ObjectStore, from: u32| {
+            let offset = log.clone().join(format!("{from:020}").as_str());
+            let stream = store.list_with_offset(Some(&log), &offset);
+            async move {
+                let mut found: Vec<(String, u64, Option<String>)> = stream
+                    .map_ok(|m| (m.location.to_string(), m.size, m.e_tag))
+                    .try_collect()
+                    .await
+                    .unwrap();
+                found.sort();
+                found
+            }
+        };
+        let probed = |from: u32| {
+            let offset = log.clone().join(format!("{from:020}").as_str());
+            let fs = dir.path().join("_delta_log");
+            log_after(&fs, &log, &offset).map(|f| f.len())
+        };
+        // From the checkpoint, from a commit after it, just past the newest, from 0: probed.
+        for (from, count) in [(20, 7), (22, 4), (25, 1), (0, 28)] {
+            assert_eq!(probed(from), Some(count), "from {from}");
+            assert_eq!(
+                listed(&stock, from).await,
+                listed(&ours, from).await,
+                "from {from}"
+            );
+        }
+        // Further past the newest commit: the folder is read (and gives the same).
+        assert_eq!(probed(30), None);
+        assert_eq!(listed(&stock, 30).await, listed(&ours, 30).await);
+        // The checkpoint `_last_checkpoint` names is gone: the folder is read.
+        std::fs::remove_file(
+            dir.path()
+                .join("_delta_log/00000000000000000020.checkpoint.parquet"),
+        )
+        .unwrap();
+        assert_eq!(probed(20), None);
+        assert_eq!(listed(&stock, 20).await, listed(&ours, 20).await);
+        // A multi-part checkpoint: the folder is read.
+        put(
+            "_last_checkpoint".into(),
+            r#"{"version":10,"size":3,"parts":2}"#,
+        )
+        .await;
+        assert_eq!(probed(10), None);
+        assert_eq!(listed(&stock, 10).await, listed(&ours, 10).await);
+    }
 
     #[tokio::test]
     async fn a_listing_from_an_offset_gives_what_the_stock_store_gives() {
