@@ -172,12 +172,12 @@ fn log_after(dir: &std::path::Path, prefix: &Path, offset: &Path) -> Option<Vec<
                 return newest.then(|| hint.into_iter().collect());
             }
         }
-        let Some(commit) = commit else {
-            found.extend(checkpoint);
+        // A checkpoint without its commit (a log cleaned up to it) still holds the version.
+        if commit.is_none() && checkpoint.is_none() {
             found.extend(hint);
             return Some(found);
-        };
-        found.push(commit);
+        }
+        found.extend(commit);
         found.extend(checkpoint);
     }
     None
@@ -354,6 +354,10 @@ mod tests {
                 "from {from}"
             );
         }
+        // A checkpoint whose commit was cleaned up: the versions after it are found too.
+        std::fs::remove_file(dir.path().join("_delta_log/00000000000000000010.json")).unwrap();
+        assert_eq!(probed(10), Some(17));
+        assert_eq!(listed(&stock, 10).await, listed(&ours, 10).await);
         // Further past the newest commit: the folder is read (and gives the same).
         assert_eq!(probed(30), None);
         assert_eq!(listed(&stock, 30).await, listed(&ours, 30).await);
