@@ -306,15 +306,37 @@ mod tests {
     use futures::TryStreamExt;
     use object_store::ObjectStoreExt;
 
-    #[tokio::test]
-    async fn a_log_listed_by_version_gives_what_the_folder_gives() {
+    /// An empty table log in a temporary folder: the folder, the log's path, the stock store
+    /// and ours.
+    fn log_folder() -> (tempfile::TempDir, Path, LocalFileSystem, LogListing) {
         let dir = tempfile::tempdir().unwrap();
-        let stock = LocalFileSystem::new();
+        std::fs::create_dir(dir.path().join("_delta_log")).unwrap();
+        let log = Path::from_filesystem_path(dir.path().join("_delta_log")).unwrap();
         let ours = LogListing {
             inner: LocalFileSystem::new(),
         };
-        std::fs::create_dir(dir.path().join("_delta_log")).unwrap();
-        let log = Path::from_filesystem_path(dir.path().join("_delta_log")).unwrap();
+        (dir, log, LocalFileSystem::new(), ours)
+    }
+
+    /// What a listing of `log` from the name `offset` gives a reader, sorted.
+    async fn sorted_from(
+        store: &dyn ObjectStore,
+        log: &Path,
+        offset: &str,
+    ) -> Vec<(String, u64, Option<String>)> {
+        let mut found: Vec<(String, u64, Option<String>)> = store
+            .list_with_offset(Some(log), &log.clone().join(offset))
+            .map_ok(|m| (m.location.to_string(), m.size, m.e_tag))
+            .try_collect()
+            .await
+            .unwrap();
+        found.sort();
+        found
+    }
+
+    #[tokio::test]
+    async fn a_log_listed_by_version_gives_what_the_folder_gives() {
+        let (dir, log, stock, ours) = log_folder();
         let put = |name: String, body: &'static str| {
             let at = log.clone().join(name.as_str());
             let store = &ours;
@@ -327,19 +349,6 @@ mod tests {
             put(format!("{v:020}.checkpoint.parquet"), "c").await;
         }
         put("_last_checkpoint".into(), r#"{"version":20,"size":3}"#).await;
-        let listed = |store: &dyn ObjectStore, from: u32| {
-            let offset = log.clone().join(format!("{from:020}").as_str());
-            let stream = store.list_with_offset(Some(&log), &offset);
-            async move {
-                let mut found: Vec<(String, u64, Option<String>)> = stream
-                    .map_ok(|m| (m.location.to_string(), m.size, m.e_tag))
-                    .try_collect()
-                    .await
-                    .unwrap();
-                found.sort();
-                found
-            }
-        };
         let probed = |from: u32| {
             let offset = log.clone().join(format!("{from:020}").as_str());
             let fs = dir.path().join("_delta_log");
@@ -349,18 +358,24 @@ mod tests {
         for (from, count) in [(20, 7), (22, 4), (25, 1), (0, 28)] {
             assert_eq!(probed(from), Some(count), "from {from}");
             assert_eq!(
-                listed(&stock, from).await,
-                listed(&ours, from).await,
+                sorted_from(&stock, &log, &format!("{:020}", from)).await,
+                sorted_from(&ours, &log, &format!("{:020}", from)).await,
                 "from {from}"
             );
         }
         // A checkpoint whose commit was cleaned up: the versions after it are found too.
         std::fs::remove_file(dir.path().join("_delta_log/00000000000000000010.json")).unwrap();
         assert_eq!(probed(10), Some(17));
-        assert_eq!(listed(&stock, 10).await, listed(&ours, 10).await);
+        assert_eq!(
+            sorted_from(&stock, &log, &format!("{:020}", 10)).await,
+            sorted_from(&ours, &log, &format!("{:020}", 10)).await
+        );
         // Further past the newest commit: the folder is read (and gives the same).
         assert_eq!(probed(30), None);
-        assert_eq!(listed(&stock, 30).await, listed(&ours, 30).await);
+        assert_eq!(
+            sorted_from(&stock, &log, &format!("{:020}", 30)).await,
+            sorted_from(&ours, &log, &format!("{:020}", 30)).await
+        );
         // The checkpoint `_last_checkpoint` names is gone: the folder is read.
         std::fs::remove_file(
             dir.path()
@@ -368,7 +383,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(probed(20), None);
-        assert_eq!(listed(&stock, 20).await, listed(&ours, 20).await);
+        assert_eq!(
+            sorted_from(&stock, &log, &format!("{:020}", 20)).await,
+            sorted_from(&ours, &log, &format!("{:020}", 20)).await
+        );
         // A multi-part checkpoint: the folder is read.
         put(
             "_last_checkpoint".into(),
@@ -376,18 +394,15 @@ mod tests {
         )
         .await;
         assert_eq!(probed(10), None);
-        assert_eq!(listed(&stock, 10).await, listed(&ours, 10).await);
+        assert_eq!(
+            sorted_from(&stock, &log, &format!("{:020}", 10)).await,
+            sorted_from(&ours, &log, &format!("{:020}", 10)).await
+        );
     }
 
     #[tokio::test]
     async fn a_listing_from_an_offset_gives_what_the_stock_store_gives() {
-        let dir = tempfile::tempdir().unwrap();
-        let stock = LocalFileSystem::new();
-        let ours = LogListing {
-            inner: LocalFileSystem::new(),
-        };
-        std::fs::create_dir(dir.path().join("_delta_log")).unwrap();
-        let log = Path::from_filesystem_path(dir.path().join("_delta_log")).unwrap();
+        let (dir, log, stock, ours) = log_folder();
         for v in 0..25u32 {
             let name = format!("{v:020}.json");
             ours.put(
@@ -406,25 +421,18 @@ mod tests {
         ours.put(&log.clone().join("_last_checkpoint"), "{}".into())
             .await
             .unwrap();
-        let listed = |store: &dyn ObjectStore, offset: &str| {
-            let offset = log.clone().join(offset);
-            let stream = store.list_with_offset(Some(&log), &offset);
-            async move {
-                let mut found: Vec<(String, u64, Option<String>)> = stream
-                    .map_ok(|m| (m.location.to_string(), m.size, m.e_tag))
-                    .try_collect()
-                    .await
-                    .unwrap();
-                found.sort();
-                found
-            }
-        };
         for offset in ["00000000000000000020", "00000000000000000000", "zzz", "0"] {
-            let (a, b) = (listed(&stock, offset).await, listed(&ours, offset).await);
+            let (a, b) = (
+                sorted_from(&stock, &log, offset).await,
+                sorted_from(&ours, &log, offset).await,
+            );
             assert_eq!(a, b, "from {offset}");
         }
         // Version 20's commit and checkpoint, 21 to 24, and `_last_checkpoint`.
-        assert_eq!(listed(&ours, "00000000000000000020").await.len(), 7);
+        assert_eq!(
+            sorted_from(&ours, &log, "00000000000000000020").await.len(),
+            7
+        );
         let all = |store: &dyn ObjectStore| {
             let stream = store.list(Some(&log));
             async move {
