@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use object_store::ObjectMeta;
+use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
@@ -158,8 +158,14 @@ pub async fn advance(lake: &Lake, table: &str, listing: Listing, consumed: &[Obj
         return;
     }
     let path = layout::discovery_cursor(table);
+    // Not made durable: a cursor lost in a crash leaves the one before it (the put replaces it
+    // whole), which covers less, or none, and either costs only a longer listing.
     let written = match serde_json::to_vec(&next) {
-        Ok(bytes) => lake.put(&path, bytes.into()).await,
+        Ok(bytes) => (lake.store())
+            .put(&path.as_str().into(), bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| crate::error::Error::lake(&path, e)),
         Err(e) => Err(crate::error::Error::Task(e.to_string())),
     };
     if let Err(e) = written {
