@@ -10,6 +10,14 @@ use deltalake::DeltaTable;
 /// (replacing a few rows that did not change) to keep the commit's predicate short.
 const MAX_RANGES: usize = 64;
 
+/// Past this many ranges, integer keys (at most [`MAX_LISTED_INTS`] of them) are listed within
+/// their overall bounds instead: a list costs one hash lookup a row, where each range costs two
+/// comparisons of every row the query scans (decision 006, "Predicates").
+const LIST_PAST_RANGES: usize = 4;
+
+/// The most integer keys a predicate lists.
+const MAX_LISTED_INTS: usize = 1_024;
+
 /// Past this many distinct text keys, a rebuild is simpler than a predicate listing them.
 const MAX_TEXT_KEYS: usize = 10_000;
 
@@ -75,13 +83,25 @@ pub(super) fn occupied(view: &DeltaTable, key: &str) -> Vec<(i64, i64)> {
 }
 
 /// The predicate that selects the rows of `keys`: ranges of integers (runs joined across gaps
-/// that no range of `occupied` meets, then at most [`MAX_RANGES`], nearer ones merged), or a
-/// list of text values; `None` past [`MAX_TEXT_KEYS`] of them.
+/// that no range of `occupied` meets, then at most [`MAX_RANGES`], nearer ones merged), or,
+/// past [`LIST_PAST_RANGES`] of them, a list of the integers within their bounds (which prune
+/// files), or a list of text values; `None` past [`MAX_TEXT_KEYS`] of them.
 pub(super) fn predicate(key: &str, keys: &Keys, occupied: &[(i64, i64)]) -> Option<String> {
     let column = format!("\"{key}\"");
     match keys {
         Keys::Ints(set) => {
-            let terms: Vec<String> = ranges(set, MAX_RANGES, occupied)
+            let ranges = ranges(set, MAX_RANGES, occupied);
+            if ranges.len() > LIST_PAST_RANGES
+                && set.len() <= MAX_LISTED_INTS
+                && let (Some(lo), Some(hi)) = (set.first(), set.last())
+            {
+                let values: Vec<String> = set.iter().map(i64::to_string).collect();
+                return Some(format!(
+                    "{column} BETWEEN {lo} AND {hi} AND {column} IN ({})",
+                    values.join(", ")
+                ));
+            }
+            let terms: Vec<String> = ranges
                 .into_iter()
                 .map(|(lo, hi)| match lo == hi {
                     true => format!("{column} = {lo}"),
@@ -216,6 +236,11 @@ mod tests {
                 ALL
             ),
             Some("\"date_key\" BETWEEN 20240101 AND 20240102 OR \"date_key\" = 20240105".into())
+        );
+        // Scattered keys past a few ranges are listed, within their bounds.
+        assert_eq!(
+            predicate("d", &Keys::Ints(ints(&[1, 3, 5, 7, 9, 11])), ALL),
+            Some("\"d\" BETWEEN 1 AND 11 AND \"d\" IN (1, 3, 5, 7, 9, 11)".into())
         );
         let text = Keys::Text(["a'b".to_string(), "c".to_string()].into());
         assert_eq!(
