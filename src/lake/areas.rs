@@ -166,6 +166,35 @@ impl ObjectStore for AreaStore {
             .boxed()
     }
 
+    /// Within one area, the area's own listing from the offset (Azure's `startFrom`), so that
+    /// a listing past a cursor does not list the folder's earlier names.
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let routed = prefix
+            .filter(|p| p.parts().next().is_some())
+            .and_then(|p| self.route(p).ok())
+            .zip(self.route(offset).ok())
+            .filter(|((area, _), (offset_area, _))| area.name == offset_area.name);
+        match routed {
+            Some(((area, rest), (_, rest_offset))) => {
+                let name = area.name.clone();
+                area.store
+                    .list_with_offset(Some(&rest), &rest_offset)
+                    .map_ok(move |meta| meta_within(&name, meta))
+                    .boxed()
+            }
+            None => {
+                let offset = offset.clone();
+                self.list(prefix)
+                    .try_filter(move |m| futures::future::ready(m.location > offset))
+                    .boxed()
+            }
+        }
+    }
+
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         match prefix {
             Some(p) if p.parts().next().is_some() => {
@@ -254,6 +283,25 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(listed, ["bronze/DimUser/a.parquet"]);
+        store
+            .put(
+                &Path::from("bronze/DimUser/b.parquet"),
+                Bytes::from_static(b"z").into(),
+            )
+            .await
+            .unwrap();
+        let after = |offset: &str| {
+            store
+                .list_with_offset(Some(&Path::from("bronze/DimUser")), &Path::from(offset))
+                .map_ok(|m| m.location.to_string())
+                .try_collect::<Vec<String>>()
+        };
+        assert_eq!(
+            after("bronze/DimUser/a.parquet").await.unwrap(),
+            ["bronze/DimUser/b.parquet"]
+        );
+        assert_eq!(after("bronze/DimUser/a").await.unwrap().len(), 2);
+        assert_eq!(after("_system/x").await.unwrap().len(), 2);
         let top = store.list_with_delimiter(None).await.unwrap();
         assert_eq!(top.common_prefixes.len(), 2);
         let got = store
