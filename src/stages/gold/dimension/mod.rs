@@ -15,6 +15,7 @@
 mod columns;
 mod diff;
 mod history;
+mod in_order;
 mod ranges;
 #[cfg(test)]
 mod testing;
@@ -104,8 +105,15 @@ pub(super) async fn build(
     for l in &gold.lookups {
         outriggers.push(Outrigger::open(lake, l, all, name).await?);
     }
+    let in_order = match &stored {
+        Some(stored) if consumed.is_some() => {
+            in_order::applies(&ctx, &columns, stored, &changes, name).await?
+        }
+        _ => false,
+    };
     let ranges = ranges::key_ranges(&ctx, &columns.keys[0], chunk_keys, name).await?;
     debug!(
+        in_order,
         rows_in = report.rows_in,
         ranges = ranges.len(),
         "Split the changed keys."
@@ -118,6 +126,7 @@ pub(super) async fn build(
         outriggers,
         stored,
         whole: consumed.is_none(),
+        in_order,
         consumed: [Transaction::new(&app_id, changes.version as i64)],
     };
     let target = b.ranges(target, &changes, &ranges, max_sk, report).await?;
@@ -147,6 +156,9 @@ struct Build<'a> {
     stored: Option<HashSet<String>>,
     /// Whether every silver row is a change (nothing consumed yet).
     whole: bool,
+    /// Whether every change comes after what was consumed, so the stored versions stand for
+    /// the silver history (see `in_order`).
+    in_order: bool,
     /// The record of the silver version consumed, for the build's last commit.
     consumed: [Transaction; 1],
 }
@@ -250,8 +262,14 @@ impl Build<'_> {
             name,
         )
         .await?;
-        let new_versions =
-            history::read_versions(&self.ctx, &self.columns, self.whole, name).await?;
+        let stored_versions = match self.in_order {
+            true => in_order::read_versions(&self.ctx, &self.columns, name).await?,
+            false => None,
+        };
+        let new_versions = match stored_versions {
+            Some(versions) => versions,
+            None => history::read_versions(&self.ctx, &self.columns, self.whole, name).await?,
+        };
         debug!(
             range = i,
             versions = new_versions.num_rows(),
