@@ -64,7 +64,6 @@ pub(super) async fn reached(
     lineage: &Lineage,
     inputs: &[Input],
 ) -> Result<Option<Keys>> {
-    let reads = |i: &Input| lineage.tables.get(&i.name);
     let Some(driving) = driving_of(view, key, lineage, inputs) else {
         return Ok(None);
     };
@@ -90,14 +89,69 @@ pub(super) async fn reached(
     };
     register(&ctx, "__driving", &driving.table, None).await?;
     register(&ctx, "__view", held, None).await?;
-    let mut keys = if text {
-        Keys::Text(BTreeSet::new())
-    } else {
-        Keys::Ints(BTreeSet::new())
+    let follow = Follow {
+        lake,
+        ctx: &ctx,
+        view,
+        key,
+        selected: &selected,
+        lineage,
+        driving,
+        driving_columns: &driving_columns,
+        text,
     };
-    for (n, input) in inputs.iter().enumerate().filter(|(_, i)| i.changed) {
-        let Some(read) = reads(input) else { continue };
-        let is_driving = std::ptr::eq(input, driving);
+    // Each input's changes are followed at once: most of a small input's cost is reading
+    // its log and planning, which the other inputs' queries overlap.
+    let followed = futures::future::try_join_all(
+        (inputs.iter().enumerate())
+            .filter(|(_, i)| i.changed)
+            .map(|(n, input)| follow.input(n, input)),
+    )
+    .await?;
+    let mut keys = follow.empty();
+    for reached in followed {
+        match (&mut keys, reached) {
+            (_, None) => return Ok(None),
+            (Keys::Ints(all), Some(Keys::Ints(mut some))) => all.append(&mut some),
+            (Keys::Text(all), Some(Keys::Text(mut some))) => all.append(&mut some),
+            (_, Some(_)) => return Ok(None),
+        }
+    }
+    Ok(Some(keys))
+}
+
+/// What following one input's changes to the view's key needs.
+struct Follow<'a> {
+    lake: &'a Lake,
+    ctx: &'a SessionContext,
+    view: &'a str,
+    key: &'a str,
+    /// The select list of the key's distinct values, cast as the predicate compares them.
+    selected: &'a str,
+    lineage: &'a Lineage,
+    driving: &'a Input,
+    driving_columns: &'a BTreeSet<String>,
+    text: bool,
+}
+
+impl Follow<'_> {
+    fn empty(&self) -> Keys {
+        if self.text {
+            Keys::Text(BTreeSet::new())
+        } else {
+            Keys::Ints(BTreeSet::new())
+        }
+    }
+
+    /// The keys of the view's rows that input `n`'s changes reach; `None` when they cannot be
+    /// followed to the key (the refresh is then a rebuild).
+    async fn input(&self, n: usize, input: &Input) -> Result<Option<Keys>> {
+        let (view, key, lineage, ctx) = (self.view, self.key, self.lineage, self.ctx);
+        let mut keys = self.empty();
+        let Some(read) = lineage.tables.get(&input.name) else {
+            return Ok(Some(keys));
+        };
+        let is_driving = std::ptr::eq(input, self.driving);
         // A lookup whose join key the view shows reaches the view's rows with that key.
         let shown: Vec<&(String, String)> = match (is_driving, lineage.lookups.get(&input.name)) {
             (false, Some(pairs)) => (pairs.iter())
@@ -110,7 +164,7 @@ pub(super) async fn reached(
         } else {
             let links: Vec<&String> = read
                 .iter()
-                .filter(|c| driving_columns.contains(*c) && lineage.joins.contains(*c))
+                .filter(|c| self.driving_columns.contains(*c) && lineage.joins.contains(*c))
                 .collect();
             if links.is_empty() {
                 info!(view, input = %input.name, "No join column links this input to the view's key; rebuilding.");
@@ -124,9 +178,9 @@ pub(super) async fn reached(
         }
         let alias = format!("__in{n}");
         let filter = lineage.filters.get(&input.name);
-        let Some(changed) = changed_rows(lake, &ctx, (input, filter), &alias, &columns).await?
+        let Some(changed) = changed_rows(self.lake, ctx, (input, filter), &alias, &columns).await?
         else {
-            continue;
+            return Ok(Some(keys));
         };
         if is_driving && changed.share > MAX_REWRITTEN_SHARE {
             info!(
@@ -136,24 +190,25 @@ pub(super) async fn reached(
             );
             return Ok(None);
         }
-        let changed_sql = &changed.sql;
+        let (changed_sql, selected) = (&changed.sql, self.selected);
         if is_driving {
             let sql = format!("SELECT {selected} FROM ({changed_sql}) AS c");
-            collect(&ctx, view, &sql, &mut keys).await?;
+            collect(ctx, view, &sql, &mut keys).await?;
         } else if !shown.is_empty() {
             for (column, own) in shown {
                 let sql = format!(
                     "SELECT {selected} FROM __view WHERE \"{column}\" IN \
                      (SELECT \"{own}\" FROM ({changed_sql}) AS c)"
                 );
-                collect(&ctx, view, &sql, &mut keys).await?;
+                collect(ctx, view, &sql, &mut keys).await?;
             }
         } else {
-            through_driving(&ctx, (view, &selected), input, &changed, &links, &mut keys).await?;
+            let linked = (view, selected, alias.as_str());
+            through_driving(ctx, linked, input, &changed, &links, &mut keys).await?;
         }
         tracing::debug!(view, input = %input.name, keys = keys.len(), "Followed an input's changes.");
+        Ok(Some(keys))
     }
-    Ok(Some(keys))
 }
 
 /// An input's changes since the view was built.
@@ -390,7 +445,7 @@ fn is_text(data_type: &deltalake::kernel::DataType) -> Option<bool> {
 /// only older keys are looked for; with none, the driving table is not read at all.
 async fn through_driving(
     ctx: &SessionContext,
-    (view, selected): (&str, &str),
+    (view, selected, alias): (&str, &str, &str),
     input: &Input,
     changed: &Changed,
     links: &[&String],
@@ -417,11 +472,12 @@ async fn through_driving(
         };
         let batch = arrow::compute::concat_batches(&first.schema(), &values)
             .map_err(|e| Error::arrow(view, e))?;
-        let _ = ctx.deregister_table("__link");
-        ctx.register_batch("__link", batch)
+        let linked = format!("{alias}_link");
+        let _ = ctx.deregister_table(linked.as_str());
+        ctx.register_batch(linked.as_str(), batch)
             .map_err(df_err(view, context))?;
         let sql = format!(
-            "SELECT {selected} FROM __driving WHERE \"{link}\" IN (SELECT \"{link}\" FROM __link)"
+            "SELECT {selected} FROM __driving WHERE \"{link}\" IN (SELECT \"{link}\" FROM {linked})"
         );
         collect(ctx, view, &sql, keys).await?;
     }
@@ -437,24 +493,27 @@ async fn collect(ctx: &SessionContext, view: &str, sql: &str, keys: &mut Keys) -
         .collect()
         .await
         .map_err(df_err(view, "finding the rows the changes reach"))?;
+    let (mut ints, mut texts) = (Vec::new(), Vec::new());
     for batch in &batches {
         let column = batch.column(0);
+        let unexpected = || unexpected(view, column.data_type());
         match keys {
-            Keys::Ints(set) => {
-                let values = column
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .ok_or_else(|| unexpected(view, column.data_type()))?;
-                set.extend(values.iter().flatten());
+            Keys::Ints(_) => {
+                let values = column.as_any().downcast_ref::<Int64Array>();
+                ints.extend(values.ok_or_else(unexpected)?.iter().flatten());
             }
-            Keys::Text(set) => {
-                let values = column
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .ok_or_else(|| unexpected(view, column.data_type()))?;
-                set.extend(values.iter().flatten().map(str::to_string));
+            Keys::Text(_) => {
+                let values = column.as_any().downcast_ref::<StringArray>();
+                let values = values.ok_or_else(unexpected)?.iter().flatten();
+                texts.extend(values.map(str::to_string));
             }
         }
+    }
+    // Built from all the values at once (sorted, then in bulk) and merged: a hundred thousand
+    // inserts one by one cost more than the query that found them.
+    match keys {
+        Keys::Ints(set) => set.append(&mut ints.into_iter().collect()),
+        Keys::Text(set) => set.append(&mut texts.into_iter().collect()),
     }
     Ok(())
 }
