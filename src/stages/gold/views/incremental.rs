@@ -100,21 +100,35 @@ pub(super) async fn reached(
         driving_columns: &driving_columns,
         text,
     };
-    // Each input's changes are followed at once: most of a small input's cost is reading
-    // its log and planning, which the other inputs' queries overlap.
-    let followed = futures::future::try_join_all(
-        (inputs.iter().enumerate())
-            .filter(|(_, i)| i.changed)
-            .map(|(n, input)| follow.input(n, input)),
-    )
-    .await?;
+    let changed: Vec<(usize, &Input)> = (inputs.iter().enumerate())
+        .filter(|(_, i)| i.changed)
+        .collect();
+    let is_driving = |i: &Input| std::ptr::eq(i, driving);
+    // The driving table first: when a correction rewrote most of it, the view is rebuilt,
+    // and following the dimensions through it would cost more than the rebuild.
+    let mut followed = Vec::with_capacity(changed.len());
+    if let Some((n, input)) = changed.iter().find(|(_, i)| is_driving(i)) {
+        match follow.input(*n, input).await? {
+            Some(keys) => followed.push(Some(keys)),
+            None => return Ok(None),
+        }
+    }
+    // The other inputs at once: most of a small input's cost is reading its log and
+    // planning, which the other inputs' queries overlap.
+    followed.extend(
+        futures::future::try_join_all(
+            (changed.iter())
+                .filter(|(_, i)| !is_driving(i))
+                .map(|(n, input)| follow.input(*n, input)),
+        )
+        .await?,
+    );
     let mut keys = follow.empty();
     for reached in followed {
         match (&mut keys, reached) {
-            (_, None) => return Ok(None),
             (Keys::Ints(all), Some(Keys::Ints(mut some))) => all.append(&mut some),
             (Keys::Text(all), Some(Keys::Text(mut some))) => all.append(&mut some),
-            (_, Some(_)) => return Ok(None),
+            _ => return Ok(None),
         }
     }
     Ok(Some(keys))
