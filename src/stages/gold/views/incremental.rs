@@ -103,11 +103,10 @@ pub(super) async fn reached(
     let changed: Vec<(usize, &Input)> = (inputs.iter().enumerate())
         .filter(|(_, i)| i.changed)
         .collect();
-    let is_driving = |i: &Input| std::ptr::eq(i, driving);
     // The driving table first: when a correction rewrote most of it, the view is rebuilt,
     // and following the dimensions through it would cost more than the rebuild.
     let mut followed = Vec::with_capacity(changed.len());
-    if let Some((n, input)) = changed.iter().find(|(_, i)| is_driving(i)) {
+    if let Some((n, input)) = changed.iter().find(|(_, i)| follow.is_driving(i)) {
         match follow.input(*n, input).await? {
             Some(keys) => followed.push(Some(keys)),
             None => return Ok(None),
@@ -118,7 +117,7 @@ pub(super) async fn reached(
     followed.extend(
         futures::future::try_join_all(
             (changed.iter())
-                .filter(|(_, i)| !is_driving(i))
+                .filter(|(_, i)| !follow.is_driving(i))
                 .map(|(n, input)| follow.input(*n, input)),
         )
         .await?,
@@ -149,6 +148,10 @@ struct Follow<'a> {
 }
 
 impl Follow<'_> {
+    fn is_driving(&self, input: &Input) -> bool {
+        std::ptr::eq(input, self.driving)
+    }
+
     fn empty(&self) -> Keys {
         if self.text {
             Keys::Text(BTreeSet::new())
@@ -165,7 +168,7 @@ impl Follow<'_> {
         let Some(read) = lineage.tables.get(&input.name) else {
             return Ok(Some(keys));
         };
-        let is_driving = std::ptr::eq(input, self.driving);
+        let is_driving = self.is_driving(input);
         // A lookup whose join key the view shows reaches the view's rows with that key.
         let shown: Vec<&(String, String)> = match (is_driving, lineage.lookups.get(&input.name)) {
             (false, Some(pairs)) => (pairs.iter())
