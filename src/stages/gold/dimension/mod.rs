@@ -6,6 +6,8 @@
 //! keys. So the result is the same whatever order or batches the changes arrived in: a late
 //! change lands where its sequence value puts it, and one that repeats its predecessor's
 //! tracked values makes no version, exactly as applying all changes one by one in sequence order.
+//! When every change comes after all the dimension consumed, the keys' stored versions stand
+//! for their silver history ([`in_order`]): the same versions, without reading it again.
 //!
 //! Surrogate keys are `max ever assigned + row_number() over (keys, valid_from)`; the maximum
 //! is kept in the table's log (`txn` app id `tunelake.gold.sk`) in the same commit, so a key
