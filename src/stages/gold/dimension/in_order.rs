@@ -13,8 +13,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray, RecordBatch};
-use arrow::datatypes::Schema;
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Int64Type, Schema, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
@@ -24,6 +24,7 @@ use super::write::collected;
 use crate::config::ident::quote_ansi as q;
 use crate::error::{Error, Result};
 use crate::lake::layout::gold_columns::{VALID_FROM, VALID_TO};
+use crate::stages::gold::rewrite::file_name;
 use crate::stages::gold::{SilverChanges, df_err, register};
 
 /// Whether the stored versions can stand for the silver history of the changed keys: an
@@ -53,8 +54,29 @@ pub(super) async fn applies(
     if before.is_empty() {
         return Ok(false);
     }
-    register(ctx, "silver_before", &changes.table, Some(&before)).await?;
     let s = q(&c.seq);
+    let (_, earliest) = collected(
+        ctx,
+        &format!("SELECT min({s}) FROM changes_all"),
+        (name, "reading the changes' earliest sequence value"),
+    )
+    .await?;
+    let Some(earliest) = earliest
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map(|b| b.column(0))
+    else {
+        return Ok(false);
+    };
+    if let Some(latest) = consumed_bound(&changes.table, &before, &c.seq, earliest.data_type()) {
+        tracing::debug!(
+            latest,
+            "Bounded the consumed sequence values by the log's statistics."
+        );
+        return Ok(units(earliest).is_some_and(|earliest| earliest > latest));
+    }
+    // Without statistics to go by, the consumed rows' sequence column is read.
+    register(ctx, "silver_before", &changes.table, Some(&before)).await?;
     let (_, rows) = collected(
         ctx,
         &format!(
@@ -71,6 +93,62 @@ pub(super) async fn applies(
             .downcast_ref::<BooleanArray>()
             .is_some_and(|later| later.len() == 1 && later.is_valid(0) && later.value(0))
     }))
+}
+
+/// The first value of a one-row integer, date or timestamp column, in its own units.
+fn units(column: &ArrayRef) -> Option<i64> {
+    let values = arrow::compute::cast(column, &DataType::Int64).ok()?;
+    let values = values.as_primitive_opt::<Int64Type>()?;
+    (values.len() == 1 && values.is_valid(0)).then(|| values.value(0))
+}
+
+/// A bound no sequence value of the rows of `files` (URIs of the silver table's files) is
+/// past, in the units of `seq_type`, from the log's statistics: an integer's or a date's
+/// maximum as it is, a timestamp's one millisecond past it (Delta writes them to the
+/// millisecond). `None` when a file's statistics do not say, or for another type (text
+/// statistics can be cut short); the rows are read then.
+fn consumed_bound(
+    table: &deltalake::DeltaTable,
+    files: &[String],
+    seq: &str,
+    seq_type: &DataType,
+) -> Option<i64> {
+    let names: HashSet<&str> = files.iter().map(|f| file_name(f)).collect();
+    let mut values = Vec::with_capacity(names.len());
+    for file in table.snapshot().ok()?.log_data().iter() {
+        if !names.contains(file_name(&file.path())) {
+            continue;
+        }
+        let stats: serde_json::Value = serde_json::from_str(&file.stats()?).ok()?;
+        values.push(match stats.get("maxValues")?.get(seq)? {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Number(number) => number.to_string(),
+            _ => return None,
+        });
+    }
+    if values.len() != names.len() {
+        return None;
+    }
+    bound(values, seq_type)
+}
+
+/// The largest of `maxima` (statistics' text) in the units of `seq_type`, past it by the
+/// margin of [`consumed_bound`].
+fn bound(maxima: Vec<String>, seq_type: &DataType) -> Option<i64> {
+    use DataType::*;
+    let margin = match seq_type {
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | Date32 => 0,
+        Timestamp(TimeUnit::Second | TimeUnit::Millisecond, _) => 1,
+        Timestamp(TimeUnit::Microsecond, _) => 1_000,
+        Timestamp(TimeUnit::Nanosecond, _) => 1_000_000,
+        _ => return None,
+    };
+    let typed = arrow::compute::cast(&StringArray::from(maxima), seq_type).ok()?;
+    if typed.null_count() > 0 {
+        return None;
+    }
+    let typed = arrow::compute::cast(&typed, &Int64).ok()?;
+    arrow::compute::max(typed.as_primitive_opt::<Int64Type>()?)?.checked_add(margin)
 }
 
 /// Holds the stored versions of the range's changed keys in memory as `gold` (what the
@@ -274,6 +352,30 @@ mod tests {
             let found = read_versions(&ctx, &c, "t").await.unwrap();
             assert_eq!(found, Some(expected), "seed {seed}, deletes {deletes}");
         }
+    }
+
+    #[test]
+    fn statistics_bound_the_consumed_sequence_past_their_precision() {
+        let text = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let micros = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        // 2023-11-17T13:16:40.123Z, plus the millisecond the statistic may have cut.
+        let at = 1_700_227_000_123_000i64;
+        assert_eq!(
+            bound(
+                text(&["2023-11-17T13:16:39Z", "2023-11-17T13:16:40.123Z"]),
+                &micros
+            ),
+            Some(at + 1_000)
+        );
+        assert_eq!(bound(text(&["5", "42", "-7"]), &DataType::Int64), Some(42));
+        assert_eq!(
+            bound(text(&["2024-01-02"]), &DataType::Date32),
+            Some(19_724)
+        );
+        // Text statistics can be cut short; a value that does not parse says nothing.
+        assert_eq!(bound(text(&["b"]), &DataType::Utf8), None);
+        assert_eq!(bound(text(&["5", "x"]), &DataType::Int64), None);
+        assert_eq!(bound(Vec::new(), &DataType::Int64), None);
     }
 
     #[tokio::test]
