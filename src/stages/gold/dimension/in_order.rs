@@ -13,8 +13,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Int64Type, Schema, TimeUnit};
+use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
@@ -77,22 +78,22 @@ pub(super) async fn applies(
     }
     // Without statistics to go by, the consumed rows' sequence column is read.
     register(ctx, "silver_before", &changes.table, Some(&before)).await?;
-    let (_, rows) = collected(
+    let latest = collected(
         ctx,
-        &format!(
-            "SELECT COALESCE((SELECT min({s}) FROM changes_all) > \
-             (SELECT max({s}) FROM silver_before), false) AS later"
-        ),
-        (name, "comparing the changes' sequence with the history's"),
+        &format!("SELECT max({s}) FROM silver_before"),
+        (name, "reading the consumed history's latest sequence value"),
     )
-    .await?;
+    .await;
     let _ = ctx.deregister_table("silver_before");
-    Ok(rows.iter().any(|b| {
-        b.column(0)
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .is_some_and(|later| later.len() == 1 && later.is_valid(0) && later.value(0))
-    }))
+    let (_, latest) = latest?;
+    let first = |column: &ArrayRef| ScalarValue::try_from_array(column, 0).ok();
+    let (Some(earliest), Some(latest)) = (
+        first(earliest),
+        (latest.iter().find(|b| b.num_rows() > 0)).and_then(|b| first(b.column(0))),
+    ) else {
+        return Ok(false);
+    };
+    Ok(!latest.is_null() && earliest.partial_cmp(&latest) == Some(std::cmp::Ordering::Greater))
 }
 
 /// The first value of a one-row integer, date or timestamp column, in its own units.
