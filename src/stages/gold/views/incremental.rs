@@ -55,6 +55,14 @@ pub(super) struct Input {
     pub surrogate_key: Option<String>,
 }
 
+/// The keys of the view's rows that the inputs' changes reach.
+pub(super) struct Reached {
+    /// Every reached key.
+    pub keys: Keys,
+    /// Those only lookups reach (see `relook`).
+    pub relooked: Keys,
+}
+
 /// The keys of the view's rows that the inputs' changes since the view was built can reach,
 /// or `None` when the changes cannot be followed to the key (the refresh is then a rebuild).
 pub(super) async fn reached(
@@ -63,7 +71,7 @@ pub(super) async fn reached(
     key: &str,
     lineage: &Lineage,
     inputs: &[Input],
-) -> Result<Option<Keys>> {
+) -> Result<Option<Reached>> {
     let Some(driving) = driving_of(view, key, lineage, inputs) else {
         return Ok(None);
     };
@@ -122,15 +130,29 @@ pub(super) async fn reached(
         )
         .await?,
     );
-    let mut keys = follow.empty();
+    // Keys reached through the rows below the lookups, and through the lookups.
+    let [mut rows, mut looked_up] = [follow.empty(), follow.empty()];
     for reached in followed {
-        match (&mut keys, reached) {
-            (Keys::Ints(all), Some(Keys::Ints(mut some))) => all.append(&mut some),
-            (Keys::Text(all), Some(Keys::Text(mut some))) => all.append(&mut some),
-            _ => return Ok(None),
+        let Some((some, through_lookup)) = reached else {
+            return Ok(None);
+        };
+        let into = if through_lookup {
+            &mut looked_up
+        } else {
+            &mut rows
+        };
+        if !into.absorb(some) {
+            return Ok(None);
         }
     }
-    Ok(Some(keys))
+    let relooked = looked_up.without(&rows);
+    if !rows.absorb(looked_up) {
+        return Ok(None);
+    }
+    Ok(Some(Reached {
+        keys: rows,
+        relooked,
+    }))
 }
 
 /// What following one input's changes to the view's key needs.
@@ -160,13 +182,14 @@ impl Follow<'_> {
         }
     }
 
-    /// The keys of the view's rows that input `n`'s changes reach; `None` when they cannot be
-    /// followed to the key (the refresh is then a rebuild).
-    async fn input(&self, n: usize, input: &Input) -> Result<Option<Keys>> {
+    /// The keys of the view's rows that input `n`'s changes reach, and whether it reached them
+    /// as a lookup; `None` when they cannot be followed to the key (the refresh is then a
+    /// rebuild).
+    async fn input(&self, n: usize, input: &Input) -> Result<Option<(Keys, bool)>> {
         let (view, key, lineage, ctx) = (self.view, self.key, self.lineage, self.ctx);
         let mut keys = self.empty();
         let Some(read) = lineage.tables.get(&input.name) else {
-            return Ok(Some(keys));
+            return Ok(Some((keys, false)));
         };
         let is_driving = self.is_driving(input);
         // A lookup whose join key the view shows reaches the view's rows with that key.
@@ -176,6 +199,7 @@ impl Follow<'_> {
                 .collect(),
             _ => Vec::new(),
         };
+        let through_lookup = !shown.is_empty();
         let links: Vec<&String> = if is_driving || !shown.is_empty() {
             vec![]
         } else {
@@ -197,7 +221,7 @@ impl Follow<'_> {
         let filter = lineage.filters.get(&input.name);
         let Some(changed) = changed_rows(self.lake, ctx, (input, filter), &alias, &columns).await?
         else {
-            return Ok(Some(keys));
+            return Ok(Some((keys, false)));
         };
         if is_driving && changed.share > MAX_REWRITTEN_SHARE {
             info!(
@@ -224,7 +248,7 @@ impl Follow<'_> {
             through_driving(ctx, linked, input, &changed, &links, &mut keys).await?;
         }
         tracing::debug!(view, input = %input.name, keys = keys.len(), "Followed an input's changes.");
-        Ok(Some(keys))
+        Ok(Some((keys, through_lookup)))
     }
 }
 

@@ -22,7 +22,7 @@ const MAX_LISTED_INTS: usize = 1_024;
 const MAX_TEXT_KEYS: usize = 10_000;
 
 /// Key values of the view's rows that changes reach.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Keys {
     Ints(BTreeSet<i64>),
     Text(BTreeSet<String>),
@@ -40,6 +40,25 @@ impl Keys {
         match self {
             Keys::Ints(k) => k.len(),
             Keys::Text(k) => k.len(),
+        }
+    }
+
+    /// Moves `other`'s keys into these; `false` when they are of another kind.
+    pub(super) fn absorb(&mut self, other: Keys) -> bool {
+        match (self, other) {
+            (Keys::Ints(all), Keys::Ints(mut some)) => all.append(&mut some),
+            (Keys::Text(all), Keys::Text(mut some)) => all.append(&mut some),
+            _ => return false,
+        }
+        true
+    }
+
+    /// These keys without `other`'s.
+    pub(super) fn without(&self, other: &Keys) -> Keys {
+        match (self, other) {
+            (Keys::Ints(a), Keys::Ints(b)) => Keys::Ints(a.difference(b).copied().collect()),
+            (Keys::Text(a), Keys::Text(b)) => Keys::Text(a.difference(b).cloned().collect()),
+            (keys, _) => keys.clone(),
         }
     }
 }

@@ -135,7 +135,7 @@ fn lookups(plan: &LogicalPlan, found: &mut BTreeMap<String, (usize, JoinPairs)>)
 }
 
 /// The one table a plan reads, through projections, filters and aliases only.
-fn single_scan(plan: &LogicalPlan) -> Option<String> {
+pub(super) fn single_scan(plan: &LogicalPlan) -> Option<String> {
     match plan {
         LogicalPlan::Projection(p) => single_scan(&p.input),
         LogicalPlan::Filter(f) => single_scan(&f.input),

@@ -12,6 +12,7 @@
 mod incremental;
 mod keys;
 mod lineage;
+mod relook;
 
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SQLOptions;
@@ -26,7 +27,7 @@ use crate::config::{GoldKind, Pipeline, ViewSpec};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lake::layout;
-use incremental::Input;
+use incremental::{Input, Reached};
 use keys::Keys;
 
 /// What one refresh wrote.
@@ -66,11 +67,11 @@ pub(super) async fn refresh(
     let config = crate::query::view_config();
     let ctx = crate::query::session_over(&tables, config, Some(memory)).await?;
     let df = plan(&ctx, name, &sql).await?;
-    let lineage = lineage::of(
-        &df.clone()
-            .into_optimized_plan()
-            .map_err(df_err(name, "planning the view"))?,
-    );
+    let optimized = df
+        .clone()
+        .into_optimized_plan()
+        .map_err(df_err(name, "planning the view"))?;
+    let lineage = lineage::of(&optimized);
     debug!(
         view = name,
         seconds = start.elapsed().as_secs_f64(),
@@ -92,7 +93,8 @@ pub(super) async fn refresh(
             "Followed the changes to the view's keys."
         );
         match reached {
-            Ok(Some(keys)) => {
+            Ok(Some(reached)) => {
+                let rebase = relook::Rebase::of(&optimized, &lineage, key);
                 match replace(
                     lake,
                     &ctx,
@@ -100,7 +102,7 @@ pub(super) async fn refresh(
                     view,
                     key,
                     &sql,
-                    &keys,
+                    (&reached, rebase.as_ref()),
                     &txns,
                     pipeline.settings.chunk_rows as usize,
                 )
@@ -242,11 +244,12 @@ async fn replace(
     view: &ViewSpec,
     key: &str,
     sql: &str,
-    keys: &Keys,
+    (reached, rebase): (&Reached, Option<&relook::Rebase>),
     txns: &[Transaction],
     chunk_rows: usize,
 ) -> Result<Option<Refreshed>> {
     let name = view.name.as_str();
+    let keys = &reached.keys;
     if keys.is_empty() {
         info!(view = name, "No row of the view is reached by the changes.");
         let written = record_only(target, name, txns.to_vec()).await?;
@@ -269,12 +272,19 @@ async fn replace(
     }
     let (mut rows, mut version) = (0, target.version());
     let last = predicates.len().saturating_sub(1);
+    let single = predicates.len() == 1;
     for (i, predicate) in predicates.into_iter().enumerate() {
-        let query = format!(
-            "SELECT * FROM (\n{}\n) AS __view WHERE {predicate}",
-            sql.trim_end().trim_end_matches(';')
-        );
-        let df = plan(ctx, name, &query).await?;
+        let relooked = match (single, rebase) {
+            (true, Some(rebase)) if !reached.relooked.is_empty() => {
+                let at = (&target, key, occupied.as_slice());
+                with_relooked(ctx, at, sql, (&reached.relooked, rebase), keys, name).await
+            }
+            _ => None,
+        };
+        let df = match relooked {
+            Some(df) => df,
+            None => plan(ctx, name, &query_of(sql, &predicate)).await?,
+        };
         let group_txns = if i == last { txns.to_vec() } else { Vec::new() };
         let written = write(lake, ctx, name, df, Some(predicate), group_txns).await?;
         rows += added_rows(&written).await;
@@ -292,6 +302,65 @@ async fn replace(
         version,
         incremental: true,
     }))
+}
+
+/// The view's query over the rows `predicate` selects.
+fn query_of(sql: &str, predicate: &str) -> String {
+    format!(
+        "SELECT * FROM (\n{}\n) AS __view WHERE {predicate}",
+        sql.trim_end().trim_end_matches(';')
+    )
+}
+
+/// The view's rows for `keys`: those of the `relooked` keys by joining the lookups again over
+/// the stored rows (see `relook`), the others computed again; `None` (with the reason logged)
+/// when the stored rows cannot stand for the base, and all are computed again.
+async fn with_relooked(
+    ctx: &SessionContext,
+    (target, key, occupied): (&deltalake::DeltaTable, &str, &[(i64, i64)]),
+    sql: &str,
+    (relooked, rebase): (&Keys, &relook::Rebase),
+    keys: &Keys,
+    name: &str,
+) -> Option<DataFrame> {
+    let attempt = async {
+        let Some(predicate) = keys::predicate(key, relooked, occupied) else {
+            return Ok(None);
+        };
+        super::register(ctx, "__stored", target, None).await?;
+        let Some(rows) = rebase.relooked(ctx, "__stored", &predicate, name).await? else {
+            return Ok(None);
+        };
+        let fail = df_err(name, "joining the lookups again");
+        let _ = ctx.deregister_table("__relooked");
+        ctx.register_table("__relooked", rows.into_view())
+            .map_err(&fail)?;
+        let rest = keys.without(relooked);
+        let query = match keys::predicate(key, &rest, occupied) {
+            _ if rest.is_empty() => "SELECT * FROM __relooked".to_string(),
+            Some(others) => format!(
+                "{} UNION ALL SELECT * FROM __relooked",
+                query_of(sql, &others)
+            ),
+            None => return Ok(None),
+        };
+        plan(ctx, name, &query).await.map(Some)
+    };
+    match attempt.await {
+        Ok(Some(df)) => {
+            debug!(
+                view = name,
+                relooked = relooked.len(),
+                "Joining the lookups again over the stored rows of keys only they reach."
+            );
+            Some(df)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!(view = name, error = %e, "Could not join the lookups again over the stored rows; computing those keys again.");
+            None
+        }
+    }
 }
 
 /// Writes the whole view; returns its rows and new version.
