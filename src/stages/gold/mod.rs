@@ -614,6 +614,7 @@ async fn silver_changes(
 
 /// One commit of a table's log, as far as what it changed: the names of the files it added
 /// and removed, and whether it changed data (a compaction's and a vacuum's do not).
+#[derive(Clone)]
 struct Commit {
     adds: Vec<String>,
     removes: Vec<String>,

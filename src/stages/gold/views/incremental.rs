@@ -11,6 +11,8 @@
 //! (a table the view only LEFT JOINs at its top to fill in columns, see [`Lineage`]) whose
 //! join key the view shows reaches just the view's rows with a changed key: renaming a track
 //! replaces the days the track is in the top ten, not every day it was played.
+//! Keys reached only that way are told apart ([`Reached::relooked`]): their rows need only the
+//! lookups joined again (see `relook`).
 
 use std::collections::BTreeSet;
 
@@ -347,6 +349,53 @@ fn as_read_by(commits: Vec<Commit>, columns: &[String]) -> Vec<Commit> {
     seen
 }
 
+/// Holds, as a table named after `side`, the `columns` of its rows that no row of `other` with
+/// the same surrogate key and `compared` values matches: a matched row has the same values in
+/// every column (only `compared` ones can differ), so the difference of the sides is the
+/// difference of these few rows, found by an anti-join on the key instead of a comparison of
+/// every column of every row.
+async fn unmatched(
+    ctx: &SessionContext,
+    (side, other): (&str, &str),
+    (sk, compared): (&str, &[&String]),
+    columns: &str,
+    table: &str,
+) -> Result<String> {
+    let fail = || df_err(table, "finding the rows a change reached");
+    let same: String = (compared.iter())
+        .map(|c| format!(" AND y.\"{c}\" IS NOT DISTINCT FROM x.\"{c}\""))
+        .collect();
+    let rows = ctx
+        .sql(&format!(
+            "SELECT {columns} FROM {side} AS x WHERE NOT EXISTS \
+             (SELECT 1 FROM {other} AS y WHERE y.\"{sk}\" = x.\"{sk}\"{same})"
+        ))
+        .await
+        .map_err(fail())?;
+    let schema = std::sync::Arc::new(rows.schema().as_arrow().clone());
+    let rows = rows.collect().await.map_err(fail())?;
+    let held = datafusion::datasource::MemTable::try_new(schema, vec![rows]).map_err(fail())?;
+    let name = format!("{side}_unmatched");
+    let _ = ctx.deregister_table(name.as_str());
+    ctx.register_table(name.as_str(), std::sync::Arc::new(held))
+        .map_err(fail())?;
+    Ok(name)
+}
+
+/// The columns the data-changing `commits` changed in the rows they kept (each names them,
+/// or only adds rows); `None` when one may have changed any.
+fn changed_only(commits: &[Commit]) -> Option<BTreeSet<String>> {
+    let mut changed = BTreeSet::new();
+    for commit in commits.iter().filter(|c| c.data_change) {
+        match &commit.changed_columns {
+            Some(columns) => changed.extend(columns.iter().cloned()),
+            None if commit.removes.is_empty() => {}
+            None => return None,
+        }
+    }
+    Some(changed)
+}
+
 /// File names while the commits are walked: added by data changes, removed from the build's
 /// version, and the build's files each untouched compaction output holds the rows of.
 #[derive(Default)]
@@ -394,9 +443,17 @@ async fn changed_rows(
         Ok(t.get_file_uris().map_err(delta_err(&input.path))?.collect())
     };
     let (now, then) = (uris(&input.table)?, uris(&before)?);
-    let by_log = match crate::stages::gold::commits(&input.table, built, input.version).await {
-        Some(commits) => data_sides(&as_read_by(commits, columns), &now, &then),
-        None => None,
+    let commits = (crate::stages::gold::commits(&input.table, built, input.version).await)
+        .map(|commits| as_read_by(commits, columns));
+    let by_log = (commits.as_ref()).and_then(|commits| data_sides(commits, &now, &then));
+    // A dimension's row keeps its surrogate key: when the commits say which columns they
+    // changed, a stored row differs from its earlier copy only in those.
+    let identity = match (&input.surrogate_key, &commits) {
+        (Some(sk), Some(commits)) => changed_only(commits).map(|changed| {
+            let compared: Vec<&String> = columns.iter().filter(|c| changed.contains(*c)).collect();
+            (sk, compared)
+        }),
+        _ => None,
     };
     // Without the commits (a log cleaned past the build), every file that differs is read.
     let (added, removed) = by_log.unwrap_or_else(|| {
@@ -430,13 +487,26 @@ async fn changed_rows(
             sides.push(name);
         }
     }
-    let sql = match sides.as_slice() {
-        [] => return Ok(None),
-        [one] => format!("SELECT {columns} FROM {one}"),
-        [a, r, ..] => format!(
-            "(SELECT {columns} FROM {a} EXCEPT SELECT {columns} FROM {r}) UNION ALL \
-             (SELECT {columns} FROM {r} EXCEPT SELECT {columns} FROM {a})"
-        ),
+    let sql = match (sides.as_slice(), identity) {
+        ([], _) => return Ok(None),
+        ([one], _) => format!("SELECT {columns} FROM {one}"),
+        ([a, r, ..], identity) => {
+            let (a, r) = match identity {
+                Some((sk, compared)) => {
+                    let (a, r) = (a.as_str(), r.as_str());
+                    let compared = (sk.as_str(), compared.as_slice());
+                    futures::try_join!(
+                        unmatched(ctx, (a, r), compared, &columns, &input.name),
+                        unmatched(ctx, (r, a), compared, &columns, &input.name),
+                    )?
+                }
+                None => (a.clone(), r.clone()),
+            };
+            format!(
+                "(SELECT {columns} FROM {a} EXCEPT SELECT {columns} FROM {r}) UNION ALL \
+                 (SELECT {columns} FROM {r} EXCEPT SELECT {columns} FROM {a})"
+            )
+        }
     };
     Ok(Some(Changed {
         sql,
@@ -579,6 +649,23 @@ mod tests {
             changed_columns: None,
             new_files: Vec::new(),
         }
+    }
+
+    #[test]
+    fn rows_compare_by_key_only_while_every_change_names_its_columns_or_only_adds() {
+        let ended = Commit {
+            changed_columns: Some(vec!["valid_to".into(), "is_current".into()]),
+            new_files: vec!["new.parquet".into()],
+            ..commit(true, &["a.parquet"], &["b.parquet", "new.parquet"])
+        };
+        let appended = commit(true, &[], &["c.parquet"]);
+        let compacted = commit(false, &["b.parquet", "c.parquet"], &["d.parquet"]);
+        let changed = changed_only(&[ended.clone(), appended, compacted]);
+        let expected: BTreeSet<String> = ["is_current", "valid_to"].map(String::from).into();
+        assert_eq!(changed, Some(expected));
+        // A rewrite that does not say what it changed may have changed any column.
+        let rewritten = commit(true, &["d.parquet"], &["e.parquet"]);
+        assert_eq!(changed_only(&[ended, rewritten]), None);
     }
 
     #[test]

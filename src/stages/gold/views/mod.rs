@@ -6,7 +6,8 @@
 //! the data of one of them has changed since (a compaction changes none), so a run that died
 //! between a table and its views leaves nothing stale behind. A view that declares an
 //! `incremental_strategy` computes again and replaces only the rows the changes reach
-//! ([`incremental`]); any other view, and any change that cannot be followed to the view's
+//! ([`incremental`]), joining only the lookups again for rows that only they reach
+//! ([`relook`]); any other view, and any change that cannot be followed to the view's
 //! key (an edited definition, a log cleaned past the last build), rebuilds it whole.
 
 mod incremental;
