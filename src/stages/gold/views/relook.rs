@@ -15,16 +15,12 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use datafusion::common::Column;
 use datafusion::dataframe::DataFrame;
-use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, cast};
 use datafusion::prelude::SessionContext;
 
 use super::lineage::{Lineage, single_scan};
 use crate::error::Result;
 use crate::stages::gold::df_err;
-
-/// The session's name of the view's stored rows of the relooked keys.
-const BASE_ROWS: &str = "__relook_base";
 
 /// A view's optimized plan, with the view column that holds each column of its base.
 pub(super) struct Rebase {
@@ -86,29 +82,28 @@ impl Rebase {
         let shown: Vec<String> = (self.columns.iter())
             .map(|(_, shown, _)| format!("\"{shown}\""))
             .collect();
-        let read = ctx
+        let shown = shown.join(", ");
+        // Read twice rather than held: a partition of a large view can hold many rows. The
+        // check groups them within the session's memory bound (spilling past it).
+        let select = format!("SELECT {shown} FROM {stored} WHERE {predicate}");
+        let repeated = ctx
             .sql(&format!(
-                "SELECT {} FROM {stored} WHERE {predicate}",
-                shown.join(", ")
+                "SELECT 1 FROM ({select}) AS s GROUP BY {shown} HAVING COUNT(*) > 1 LIMIT 1"
             ))
             .await
+            .map_err(fail())?
+            .count()
+            .await
             .map_err(fail())?;
-        let schema = Arc::new(read.schema().as_arrow().clone());
-        let rows = read.collect().await.map_err(fail())?;
-        let count: usize = rows.iter().map(|b| b.num_rows()).sum();
-        let table = MemTable::try_new(schema.clone(), vec![rows]).map_err(fail())?;
-        let _ = ctx.deregister_table(BASE_ROWS);
-        ctx.register_table(BASE_ROWS, Arc::new(table))
-            .map_err(fail())?;
-        let base = ctx.table(BASE_ROWS).await.map_err(fail())?;
-        let distinct = base.clone().distinct().map_err(fail())?;
-        if distinct.count().await.map_err(fail())? != count {
+        if repeated > 0 {
             tracing::debug!(
                 view,
                 "Stored rows share their base columns; computing their keys again."
             );
             return Ok(None);
         }
+        let base = ctx.sql(&select).await.map_err(fail())?;
+        let schema = Arc::new(base.schema().as_arrow().clone());
         let exprs =
             self.columns
                 .iter()
@@ -187,6 +182,7 @@ fn passes(e: &Expr, column: &Column) -> bool {
 mod tests {
     use arrow::array::{BooleanArray, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{Field, Schema};
+    use datafusion::datasource::MemTable;
 
     use super::*;
     use crate::stages::gold::views::lineage;
