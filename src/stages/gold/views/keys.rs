@@ -43,6 +43,16 @@ impl Keys {
         }
     }
 
+    /// Whether [`predicate`] names only these keys (and values no file of the view holds),
+    /// for any subset of them too: ranges are merged over other keys only past
+    /// [`MAX_LISTED_INTS`] integers.
+    pub(super) fn named_exactly(&self) -> bool {
+        match self {
+            Keys::Ints(k) => k.len() <= MAX_LISTED_INTS,
+            Keys::Text(_) => true,
+        }
+    }
+
     /// Moves `other`'s keys into these; `false` when they are of another kind.
     pub(super) fn absorb(&mut self, other: Keys) -> bool {
         match (self, other) {
@@ -244,6 +254,24 @@ mod tests {
             ]
         );
         assert_eq!(groups(&keys, 10), [Keys::Ints(ints(&[1, 3, 5, 7, 9]))]);
+    }
+
+    #[test]
+    fn past_the_listed_ints_a_predicate_can_name_keys_it_was_not_given() {
+        let spread: BTreeSet<i64> = (0..=MAX_LISTED_INTS as i64).map(|i| i * 3).collect();
+        let within = Keys::Ints(spread.iter().copied().skip(1).collect());
+        assert!(within.named_exactly());
+        let listed = predicate("k", &within, ALL).unwrap();
+        assert!(listed.contains(" IN ("), "{listed}");
+        let past = Keys::Ints(spread);
+        assert!(!past.named_exactly());
+        let merged = predicate("k", &past, ALL).unwrap();
+        // At most 64 ranges of keys three apart: one covers values that are no keys.
+        let terms = merged.split(" OR ").count();
+        assert!(
+            terms <= MAX_RANGES && merged.contains(" BETWEEN "),
+            "{merged}"
+        );
     }
 
     #[test]

@@ -275,8 +275,10 @@ async fn replace(
     let last = predicates.len().saturating_sub(1);
     let single = predicates.len() == 1;
     for (i, predicate) in predicates.into_iter().enumerate() {
+        // Each key's rows come from one side of the union only if neither side's predicate
+        // names keys it was not given.
         let relooked = match (single, rebase) {
-            (true, Some(rebase)) if !reached.relooked.is_empty() => {
+            (true, Some(rebase)) if !reached.relooked.is_empty() && keys.named_exactly() => {
                 let at = (&target, key, occupied.as_slice());
                 with_relooked(ctx, at, sql, (&reached.relooked, rebase), keys, name).await
             }
