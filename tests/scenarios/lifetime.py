@@ -106,4 +106,12 @@ miss = sql("""SELECT count(*) AS n FROM gold.fact_stream f WHERE f.user_sk = -1 
              AND u.valid_from <= f.stream_timestamp AND (u.valid_to IS NULL OR f.stream_timestamp < u.valid_to))""")[0]["n"]
 check("no fact unknown while a version was valid", miss, 0)
 check("late stream in gold", len(sql(f"SELECT 1 FROM gold.fact_stream WHERE stream_id = {late_id}")), 1)
+# The refreshed ranking (its days reached by new facts, deleted artists and renamed tracks) is
+# what its query gives now.
+import re
+top = open(os.path.join(ROOT, "templates", "top_tracks_per_day.sql.j2")).read()
+top = re.sub(r"\{#.*?#\}", "", top, flags=re.S).replace("{{ top_n }}", "10")
+differ = sql(f"SELECT count(*) AS n FROM ((SELECT * FROM gold.top_tracks_per_day EXCEPT ({top})) "
+             f"UNION ALL (({top}) EXCEPT SELECT * FROM gold.top_tracks_per_day)) d")[0]["n"]
+check("top_tracks_per_day = its query", differ, 0)
 print("problems:" if problems else "all checks hold", *problems, sep="\n  ")
