@@ -202,7 +202,7 @@ impl Follow<'_> {
             _ => Vec::new(),
         };
         let through_lookup = !shown.is_empty();
-        let links: Vec<&String> = if is_driving || !shown.is_empty() {
+        let links: Vec<&String> = if is_driving || through_lookup {
             vec![]
         } else {
             let links: Vec<&String> = read
@@ -237,7 +237,7 @@ impl Follow<'_> {
         if is_driving {
             let sql = format!("SELECT {selected} FROM ({changed_sql}) AS c");
             collect(ctx, view, &sql, &mut keys).await?;
-        } else if !shown.is_empty() {
+        } else if through_lookup {
             for (column, own) in shown {
                 let sql = format!(
                     "SELECT {selected} FROM __view WHERE \"{column}\" IN \

@@ -17,6 +17,7 @@ mod relook;
 
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::Transaction;
 use deltalake::operations::write::SchemaMode;
@@ -95,7 +96,6 @@ pub(super) async fn refresh(
         );
         match reached {
             Ok(Some(reached)) => {
-                let rebase = relook::Rebase::of(&optimized, &lineage, key);
                 match replace(
                     lake,
                     &ctx,
@@ -103,7 +103,7 @@ pub(super) async fn refresh(
                     view,
                     key,
                     &sql,
-                    (&reached, rebase.as_ref()),
+                    (&reached, &optimized, &lineage),
                     &txns,
                     pipeline.settings.chunk_rows as usize,
                 )
@@ -245,7 +245,7 @@ async fn replace(
     view: &ViewSpec,
     key: &str,
     sql: &str,
-    (reached, rebase): (&Reached, Option<&relook::Rebase>),
+    (reached, optimized, lineage): (&Reached, &LogicalPlan, &lineage::Lineage),
     txns: &[Transaction],
     chunk_rows: usize,
 ) -> Result<Option<Refreshed>> {
@@ -277,12 +277,15 @@ async fn replace(
     for (i, predicate) in predicates.into_iter().enumerate() {
         // Each key's rows come from one side of the union only if neither side's predicate
         // names keys it was not given.
-        let relooked = match (single, rebase) {
-            (true, Some(rebase)) if !reached.relooked.is_empty() && keys.named_exactly() => {
-                let at = (&target, key, occupied.as_slice());
-                with_relooked(ctx, at, sql, (&reached.relooked, rebase), keys, name).await
-            }
-            _ => None,
+        let relooked = match single && !reached.relooked.is_empty() && keys.named_exactly() {
+            true => match relook::Rebase::of(optimized, lineage, key) {
+                Some(rebase) => {
+                    let at = (&target, key, occupied.as_slice());
+                    with_relooked(ctx, at, sql, (&reached.relooked, &rebase), keys, name).await
+                }
+                None => None,
+            },
+            false => None,
         };
         let df = match relooked {
             Some(df) => df,

@@ -10,7 +10,6 @@
 //! lookup, and no base row repeats); otherwise the keys are computed again as any other.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use arrow::datatypes::DataType;
 use datafusion::common::Column;
@@ -103,19 +102,21 @@ impl Rebase {
             return Ok(None);
         }
         let base = ctx.sql(&select).await.map_err(fail())?;
-        let schema = Arc::new(base.schema().as_arrow().clone());
-        let exprs =
-            self.columns
-                .iter()
-                .zip(schema.fields())
-                .map(|((column, shown, data_type), stored)| {
-                    let value = Expr::Column(Column::new_unqualified(shown));
-                    let value = match stored.data_type() == data_type {
-                        true => value,
-                        false => cast(value, data_type.clone()),
-                    };
-                    value.alias_qualified(column.relation.clone(), column.name.clone())
-                });
+        let stored: Vec<DataType> = (base.schema().fields().iter())
+            .map(|f| f.data_type().clone())
+            .collect();
+        let exprs = self
+            .columns
+            .iter()
+            .zip(&stored)
+            .map(|((column, shown, data_type), stored)| {
+                let value = Expr::Column(Column::new_unqualified(shown));
+                let value = match stored == data_type {
+                    true => value,
+                    false => cast(value, data_type.clone()),
+                };
+                value.alias_qualified(column.relation.clone(), column.name.clone())
+            });
         let mut plan = base.select(exprs).map_err(fail())?.into_unoptimized_plan();
         let spine = spine(&self.plan, &self.lookups);
         let above = &spine[..spine.len().saturating_sub(1)];
@@ -183,6 +184,7 @@ mod tests {
     use arrow::array::{BooleanArray, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{Field, Schema};
     use datafusion::datasource::MemTable;
+    use std::sync::Arc;
 
     use super::*;
     use crate::stages::gold::views::lineage;
