@@ -18,6 +18,7 @@ mod columns;
 mod diff;
 mod history;
 mod in_order;
+mod keyset;
 mod ranges;
 #[cfg(test)]
 mod testing;
@@ -265,7 +266,10 @@ impl Build<'_> {
         )
         .await?;
         let stored_versions = match self.in_order {
-            true => in_order::read_versions(&self.ctx, &self.columns, name).await?,
+            true => {
+                let keys = range.keys.as_ref().filter(|_| self.columns.keys.len() == 1);
+                in_order::read_versions(&self.ctx, &self.columns, keys, name).await?
+            }
             false => None,
         };
         let new_versions = match stored_versions {

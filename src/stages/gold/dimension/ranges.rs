@@ -1,16 +1,26 @@
 //! The changed keys in ranges of about `dimension_chunk_keys` distinct first-key values, so a
 //! dimension's memory follows the range, not the table.
 
+use std::sync::Arc;
+
 use arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{Expr, SessionContext, lit};
 
 use super::super::df_err;
+use super::keyset::KeySet;
 use crate::config::ident::quote_ansi as q;
 use crate::error::{Error, Result};
 
 /// A range of the first key column, `[low, high)`; `None` is unbounded.
-pub(super) type KeyRange = (Option<ScalarValue>, Option<ScalarValue>);
+pub(super) type Bounds = (Option<ScalarValue>, Option<ScalarValue>);
+
+/// A range of changed keys: its bounds, and its changed first-key values when they are
+/// integers.
+pub(super) struct KeyRange {
+    pub bounds: Bounds,
+    pub keys: Option<Arc<KeySet>>,
+}
 
 /// Splits the changed keys into ranges of about `per_range` distinct values of the first key
 /// column (one unbounded range when there are fewer), so a dimension's memory follows the
@@ -32,6 +42,7 @@ pub(super) async fn key_ranges(
         .await
         .map_err(fail())?;
     let key_type = df.schema().field(0).data_type().clone();
+    let mut sets = None;
     let bounds: Vec<ScalarValue> = if matches!(
         key_type,
         Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32
@@ -47,9 +58,16 @@ pub(super) async fn key_ranges(
             })?;
             values.extend(column.iter().flatten());
         }
-        let distinct = distinct_ascending(values);
-        starts(distinct.len(), per_range)
-            .map(|i| ScalarValue::Int64(Some(distinct[i])).cast_to(&key_type))
+        let distinct = KeySet::of(values).ascending();
+        let at: Vec<usize> = starts(distinct.len(), per_range).collect();
+        let cuts = std::iter::once(0).chain(at.iter().copied());
+        let ends = at.iter().copied().chain(std::iter::once(distinct.len()));
+        let parts = cuts
+            .zip(ends)
+            .map(|(a, b)| KeySet::of(distinct[a..b].to_vec()));
+        sets = Some(parts.map(Arc::new).collect::<Vec<_>>());
+        at.iter()
+            .map(|&i| ScalarValue::Int64(Some(distinct[i])).cast_to(&key_type))
             .collect::<datafusion::error::Result<_>>()
             .map_err(fail())?
     } else {
@@ -77,7 +95,14 @@ pub(super) async fn key_ranges(
         low = Some(bound);
     }
     ranges.push((low, None));
-    Ok(ranges)
+    let mut sets = sets.map(Vec::into_iter);
+    Ok(ranges
+        .into_iter()
+        .map(|bounds| KeyRange {
+            bounds,
+            keys: sets.as_mut().and_then(Iterator::next),
+        })
+        .collect())
 }
 
 /// Where each range after the first starts among `total` ordered distinct keys, `per_range`
@@ -88,36 +113,8 @@ pub(super) fn starts(total: usize, per_range: usize) -> impl Iterator<Item = usi
         .take_while(move |&p| total > per_range && p < total)
 }
 
-/// The distinct values of `values`, ascending: by a bitmap over their range when it is dense
-/// (a dimension's keys mostly are), else by sorting.
-pub(super) fn distinct_ascending(mut values: Vec<i64>) -> Vec<i64> {
-    let (Some(&lo), Some(&hi)) = (values.iter().min(), values.iter().max()) else {
-        return values;
-    };
-    let width = (i128::from(hi) - i128::from(lo) + 1) as u128;
-    if width > 64 * values.len() as u128 {
-        values.sort_unstable();
-        values.dedup();
-        return values;
-    }
-    let mut seen = vec![0u64; (width as usize).div_ceil(64)];
-    for &v in &values {
-        let at = (v - lo) as usize;
-        seen[at / 64] |= 1 << (at % 64);
-    }
-    let mut out = Vec::with_capacity(values.len());
-    for (w, &word) in seen.iter().enumerate() {
-        let mut bits = word;
-        while bits != 0 {
-            out.push(lo + (w * 64 + bits.trailing_zeros() as usize) as i64);
-            bits &= bits - 1;
-        }
-    }
-    out
-}
-
 /// The filter of one key range; NULL keys fall in the first.
-fn range_filter(first_key: &str, range: &KeyRange) -> Option<Expr> {
+fn range_filter(first_key: &str, range: &Bounds) -> Option<Expr> {
     let key = datafusion::prelude::col(datafusion::common::Column::from_name(first_key));
     match range {
         (None, None) => None,
@@ -147,7 +144,7 @@ pub(super) async fn focus(
     for (view, base) in views {
         let _ = ctx.deregister_table(view);
         let df = (ctx.table(base).await).map_err(df_err(name, "reading a key range"))?;
-        let df = match range_filter(first_key, range) {
+        let df = match range_filter(first_key, &range.bounds) {
             Some(filter) => df
                 .filter(filter)
                 .map_err(df_err(name, "reading a key range"))?,
@@ -163,20 +160,41 @@ pub(super) async fn focus(
 mod tests {
     use super::*;
 
-    #[test]
-    fn key_ranges_split_distinct_keys_as_sorting_them_does() {
-        // Dense (bitmap) and spread-out (sort) keys, repeated, negative and unordered.
-        let mut next = crate::stages::gold::scrambled(11u64);
-        for spread in [1i64, 1_000_003] {
-            let values: Vec<i64> = (0..5_000)
-                .map(|_| (next(3_000) as i64 - 1_000) * spread)
-                .collect();
-            let mut expected = values.clone();
+    #[tokio::test]
+    async fn each_range_holds_the_changed_keys_within_its_bounds() {
+        use arrow::array::{Int32Array, RecordBatch};
+        use arrow::datatypes::{Field, Schema};
+        let mut next = crate::stages::gold::scrambled(3u64);
+        let ids: Vec<Option<i32>> = (0..300)
+            .map(|i| (i % 17 != 0).then(|| next(120) as i32 - 20))
+            .collect();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(ids.clone()))]).unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_batch("changes_all", batch).unwrap();
+        let ranges = key_ranges(&ctx, "id", 25, "t").await.unwrap();
+        assert!(ranges.len() > 3);
+        let within = |v: i64, bounds: &Bounds| {
+            let v = ScalarValue::Int32(Some(v as i32));
+            bounds.0.as_ref().is_none_or(|low| &v >= low)
+                && bounds.1.as_ref().is_none_or(|high| &v < high)
+        };
+        let mut all = Vec::new();
+        for range in &ranges {
+            let mut expected: Vec<i64> = ids.iter().flatten().map(|&v| i64::from(v)).collect();
+            expected.retain(|&v| within(v, &range.bounds));
             expected.sort_unstable();
             expected.dedup();
-            assert_eq!(distinct_ascending(values), expected, "spread {spread}");
+            let keys = range.keys.as_ref().unwrap().ascending();
+            assert_eq!(keys, expected);
+            all.extend(keys);
         }
-        assert!(distinct_ascending(Vec::new()).is_empty());
+        assert_eq!(all.len(), KeySet::of(all.clone()).ascending().len());
+    }
+
+    #[test]
+    fn ranges_start_per_range_keys_apart() {
         assert_eq!(starts(10, 10).count(), 0);
         assert_eq!(starts(11, 10).collect::<Vec<_>>(), [10]);
         assert_eq!(starts(25, 10).collect::<Vec<_>>(), [10, 20]);
