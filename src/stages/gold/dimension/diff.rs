@@ -21,11 +21,13 @@ use crate::lake::layout::gold_columns::{self, IS_CURRENT, VALID_FROM, VALID_TO};
 /// `__period_only`, and surrogate keys numbered on from `max_sk` for the inserted ones.
 /// `stored`: the table's columns, `None` before its first commit. The table is compared
 /// by [`diff_sql`]; a first build, with nothing stored, takes [`first_rows`] instead.
+/// `held`: `gold` holds exactly the stored rows of the changed keys (see `in_order`), so
+/// they are not joined with the changes' keys again.
 pub(super) async fn changes(
     ctx: &SessionContext,
     c: &DimColumns,
     n: RecordBatch,
-    stored: Option<&HashSet<String>>,
+    (stored, held): (Option<&HashSet<String>>, bool),
     max_sk: i64,
     name: &str,
 ) -> Result<RecordBatch> {
@@ -37,7 +39,7 @@ pub(super) async fn changes(
         .map_err(df_err(name, "staging the versions"))?;
     let (schema, rows) = collected(
         ctx,
-        &diff_sql(c, Some(stored)),
+        &diff_sql(c, Some(stored), held),
         (name, "computing versions"),
     )
     .await?;
@@ -50,10 +52,13 @@ pub(super) async fn changes(
 /// `changes` with `gold` (when `gold_columns` is given): the rows to write, with `__op` I
 /// (insert), U (update) or D (delete), `__closed` (a current version got a `valid_to`),
 /// `__period_only` (an update that changes only `valid_to`) and the stored surrogate keys
-/// (NULL for an insert: [`numbered`] gives those).
-fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -> String {
+/// (NULL for an insert: [`numbered`] gives those). `held`: as [`changes`] takes it.
+fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>, held: bool) -> String {
     let k = list("", &c.keys);
-    let touched = format!("touched AS (SELECT DISTINCT {k} FROM changes)");
+    let touched = match held {
+        false => format!("touched AS (SELECT DISTINCT {k} FROM changes), "),
+        true => String::new(),
+    };
     let attrs = |prefix: &str| {
         if c.attrs.is_empty() {
             String::new()
@@ -83,11 +88,11 @@ fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -> String {
             if c.scd2 {
                 picked.extend(gold_columns::PERIOD.map(|p| format!("g.{p}")));
             }
-            format!(
-                "o AS (SELECT {} FROM gold AS g JOIN touched AS c ON {})",
-                picked.join(", "),
-                join_on("g", "c", &c.keys)
-            )
+            let joined = match held {
+                false => format!(" JOIN touched AS c ON {}", join_on("g", "c", &c.keys)),
+                true => String::new(),
+            };
+            format!("o AS (SELECT {} FROM gold AS g{joined})", picked.join(", "))
         }
         None => format!(
             "o AS (SELECT CAST(NULL AS BIGINT) AS {sk}, {k}{a}{copied}{period} FROM n WHERE false)",
@@ -156,7 +161,7 @@ fn diff_sql(c: &DimColumns, gold_columns: Option<&HashSet<String>>) -> String {
         .collect();
     let copied: String = c.copied.iter().map(|a| format!(", {}", q(a))).collect();
     format!(
-        "WITH {touched}, {old}, \
+        "WITH {touched}{old}, \
          d AS (SELECT o.{sk} AS __old_sk, \
             CASE WHEN n.{first_key} IS NULL THEN 'D' WHEN o.{sk} IS NULL THEN 'I' \
                  WHEN {differs} THEN 'U' ELSE 'S' END AS __op, \
@@ -367,7 +372,7 @@ mod tests {
             ctx.register_batch("n", n.clone()).unwrap();
             ctx.register_batch("changes", n.project(&[0]).unwrap())
                 .unwrap();
-            let by_sql = ctx.sql(&diff_sql(&c, None)).await.unwrap();
+            let by_sql = ctx.sql(&diff_sql(&c, None, false)).await.unwrap();
             let schema: SchemaRef = Arc::new(by_sql.schema().as_arrow().clone());
             let by_sql = by_sql.collect().await.unwrap();
             let by_sql = numbered(&c, &schema, &by_sql, 40).unwrap();

@@ -285,7 +285,8 @@ impl Build<'_> {
             &self.ctx,
             &self.columns,
             new_versions,
-            self.stored.as_ref(),
+            // In order, `gold` now holds the stored rows of the range's changed keys.
+            (self.stored.as_ref(), self.in_order),
             sk_base,
             name,
         )
