@@ -3,8 +3,8 @@
 //! column only for the rows of a changed key.
 //!
 //! Why: changed keys spread over a dimension's whole key space, so the files of a range hold
-//! about ten stored rows for each one read, and joining them with the keys decoded every
-//! column of all of them (decision 002, "Gold dimensions").
+//! many stored rows for each one read, and joining them with the keys decoded every column of
+//! all of them (decision 002, "Gold dimensions").
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use datafusion::prelude::{Expr, col};
 
 /// A set of integer keys: a bitmap over their span when dense (a dimension's keys mostly
 /// are), else the keys sorted.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub(super) enum KeySet {
     Bits { low: i64, words: Vec<u64> },
     Sorted(Vec<i64>),
