@@ -114,7 +114,9 @@ pub(super) async fn build(
         }
         _ => false,
     };
-    let ranges = ranges::key_ranges(&ctx, &columns.keys[0], chunk_keys, name).await?;
+    // Only the in-order read filters by a range's keys, and only by a single key column's.
+    let sets = in_order && columns.keys.len() == 1;
+    let ranges = ranges::key_ranges(&ctx, &columns.keys[0], (chunk_keys, sets), name).await?;
     debug!(
         in_order,
         rows_in = report.rows_in,
@@ -267,7 +269,7 @@ impl Build<'_> {
         .await?;
         let stored_versions = match self.in_order {
             true => {
-                let keys = range.keys.as_ref().filter(|_| self.columns.keys.len() == 1);
+                let keys = range.keys.as_ref();
                 in_order::read_versions(&self.ctx, &self.columns, keys, name).await?
             }
             false => None,

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 pub(super) type Bounds = (Option<ScalarValue>, Option<ScalarValue>);
 
 /// A range of changed keys: its bounds, and its changed first-key values when they are
-/// integers.
+/// integers and were asked for.
 pub(super) struct KeyRange {
     pub bounds: Bounds,
     pub keys: Option<Arc<KeySet>>,
@@ -24,11 +24,11 @@ pub(super) struct KeyRange {
 
 /// Splits the changed keys into ranges of about `per_range` distinct values of the first key
 /// column (one unbounded range when there are fewer), so a dimension's memory follows the
-/// range, not the table.
+/// range, not the table; `with_sets`, each range also holds its changed keys.
 pub(super) async fn key_ranges(
     ctx: &SessionContext,
     first_key: &str,
-    per_range: usize,
+    (per_range, with_sets): (usize, bool),
     name: &str,
 ) -> Result<Vec<KeyRange>> {
     use DataType::*;
@@ -62,10 +62,12 @@ pub(super) async fn key_ranges(
         let at: Vec<usize> = starts(distinct.len(), per_range).collect();
         let cuts = std::iter::once(0).chain(at.iter().copied());
         let ends = at.iter().copied().chain(std::iter::once(distinct.len()));
-        let parts = cuts
-            .zip(ends)
-            .map(|(a, b)| KeySet::of(distinct[a..b].to_vec()));
-        sets = Some(parts.map(Arc::new).collect::<Vec<_>>());
+        if with_sets {
+            let parts = cuts
+                .zip(ends)
+                .map(|(a, b)| KeySet::of(distinct[a..b].to_vec()));
+            sets = Some(parts.map(Arc::new).collect::<Vec<_>>());
+        }
         at.iter()
             .map(|&i| ScalarValue::Int64(Some(distinct[i])).cast_to(&key_type))
             .collect::<datafusion::error::Result<_>>()
@@ -173,7 +175,10 @@ mod tests {
             RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(ids.clone()))]).unwrap();
         let ctx = SessionContext::new();
         ctx.register_batch("changes_all", batch).unwrap();
-        let ranges = key_ranges(&ctx, "id", 25, "t").await.unwrap();
+        let bare = key_ranges(&ctx, "id", (25, false), "t").await.unwrap();
+        assert!(bare.iter().all(|r| r.keys.is_none()));
+        let ranges = key_ranges(&ctx, "id", (25, true), "t").await.unwrap();
+        assert_eq!(ranges.len(), bare.len());
         assert!(ranges.len() > 3);
         let within = |v: i64, bounds: &Bounds| {
             let v = ScalarValue::Int32(Some(v as i32));
