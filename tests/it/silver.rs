@@ -614,6 +614,61 @@ async fn rows_with_null_keys_are_quarantined_and_the_file_is_recorded() {
 }
 
 #[tokio::test]
+async fn each_file_of_a_run_quarantines_its_rows_once_into_the_kept_table() {
+    let (fx, _) = loaded("DimArtist").await;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("artist_id", DataType::Int32, true),
+        Field::new("artist_name", DataType::Utf8, true),
+        Field::new("updated_at", utc(), true),
+    ]));
+    // Three files in one run, each with rows of NULL keys beside good ones: the quarantine
+    // table, kept open from one file to the next, takes each file's rows once.
+    let mut paths = Vec::new();
+    for (i, bad) in [(1, 2), (2, 1), (3, 3)] {
+        let ids: Vec<Option<i32>> = (0..4)
+            .map(|r| (r >= bad).then_some(90_000 + i * 10 + r))
+            .collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int32Array::from(ids)),
+                Arc::new(StringArray::from(vec!["n"; 4])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![i64::from(i) * 1_000_000; 4])
+                        .with_timezone("UTC"),
+                ),
+            ],
+        )
+        .unwrap();
+        let name = format!("DimArtist_9{i}_9{i}_00000.parquet");
+        paths.push((write_bronze(&fx, "DimArtist", &name, &batch), bad));
+    }
+    let report = silver(&fx, &[spec("DimArtist")]).await;
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!(report.tables[0].counts.rows_dropped, 6);
+    let lake = Lake::open(fx.lake.to_str().unwrap()).unwrap();
+    let sql = "SELECT _source_file AS f, count(*) AS n FROM silver.artists_quarantine \
+               GROUP BY _source_file ORDER BY _source_file";
+    let by_file =
+        |text: String| -> Vec<String> { text.lines().skip(1).map(String::from).collect() };
+    let expected: Vec<String> = paths.iter().map(|(p, bad)| format!("{p},{bad}")).collect();
+    let found = tunelake::query::render(
+        &tunelake::query::run(&lake, sql).await.unwrap(),
+        tunelake::query::Format::Csv,
+    )
+    .unwrap();
+    assert_eq!(by_file(found), expected);
+    // A second run over the same files adds nothing to it.
+    assert!(!silver(&fx, &[spec("DimArtist")]).await.failed());
+    let again = tunelake::query::render(
+        &tunelake::query::run(&lake, sql).await.unwrap(),
+        tunelake::query::Format::Csv,
+    )
+    .unwrap();
+    assert_eq!(by_file(again), expected);
+}
+
+#[tokio::test]
 async fn a_fail_expectation_stops_the_table_and_commits_nothing() {
     let fx = Fixture::seeded(0.005);
     assert!(!fx.ingest(&["FactStream"], None).await.failed());

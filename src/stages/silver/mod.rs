@@ -52,6 +52,9 @@ pub struct Silver {
     lake: Lake,
     settings: Settings,
     run_id: String,
+    /// Quarantine tables as the last file left them, by path: the next file brings one up to
+    /// date instead of reading its log again from the checkpoint.
+    quarantines: quarantine::Opened,
 }
 
 impl Silver {
@@ -61,6 +64,7 @@ impl Silver {
             lake,
             settings,
             run_id: run_id.into(),
+            quarantines: Default::default(),
         }
     }
 
@@ -267,7 +271,7 @@ impl Silver {
                 if let Some(dropped) = cleaned.dropped.take() {
                     quarantine::rows(&self.lake, table, path, dropped.clone()).await?;
                     quarantine::rows_to_table(
-                        &self.lake,
+                        (&self.lake, &self.quarantines),
                         table,
                         path,
                         file_version,
@@ -336,14 +340,17 @@ pub async fn silver_schema(
 
 /// Whether the table records this version of the bronze file (or a later one) as loaded.
 async fn loaded(delta: &DeltaTable, table: &TableSpec, path: &str, version: i64) -> Result<bool> {
+    let app_id = layout::app_id::silver_file(path);
+    // One pass over the log per table version, remembered: asking delta-rs replays the log
+    // for each question.
+    if let Some(all) = crate::lake::transactions::cached(delta).await {
+        return Ok(all.get(&app_id).is_some_and(|&v| v >= version));
+    }
     let delta_err = crate::error::delta_err(layout::silver_table(&table.silver_name()));
     let recorded = delta
         .snapshot()
         .map_err(&delta_err)?
-        .transaction_version(
-            delta.log_store().as_ref(),
-            &layout::app_id::silver_file(path),
-        )
+        .transaction_version(delta.log_store().as_ref(), &app_id)
         .await
         .map_err(&delta_err)?;
     Ok(recorded.is_some_and(|v| v >= version))
