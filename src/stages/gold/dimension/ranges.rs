@@ -60,9 +60,9 @@ pub(super) async fn key_ranges(
         }
         let distinct = KeySet::of(values).ascending();
         let at: Vec<usize> = starts(distinct.len(), per_range).collect();
-        let cuts = std::iter::once(0).chain(at.iter().copied());
-        let ends = at.iter().copied().chain(std::iter::once(distinct.len()));
         if with_sets {
+            let cuts = std::iter::once(0).chain(at.iter().copied());
+            let ends = at.iter().copied().chain(std::iter::once(distinct.len()));
             let parts = cuts
                 .zip(ends)
                 .map(|(a, b)| KeySet::of(distinct[a..b].to_vec()));
