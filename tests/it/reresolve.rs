@@ -167,3 +167,45 @@ fn a_correction_killed_while_facts_are_re_resolved_gives_the_uninterrupted_table
         }
     }
 }
+
+/// A run with no new facts and no dimension change has nothing to resolve, and reads no
+/// dimension rows: it still succeeds with dim_user's data files gone from disk.
+#[tokio::test]
+async fn a_quiet_run_reads_no_dimension_rows() {
+    let h = Lakehouse::new(PIPELINE);
+    h.users(&[(1, "US", "a", "09:00"), (2, "FR", "x", "09:00")])
+        .await;
+    h.streams(&[(1, 1, "10:00"), (2, 2, "10:00")]).await;
+    h.gold().await;
+    let version = h
+        .lake
+        .delta_table("gold/fact_stream")
+        .await
+        .unwrap()
+        .version();
+
+    let folder = h.dir.path().join("lake/gold/dim_user");
+    let aside = h.dir.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    let data: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert!(!data.is_empty());
+    for path in &data {
+        std::fs::rename(path, aside.join(path.file_name().unwrap())).unwrap();
+    }
+    let quiet = h.gold().await;
+    let fact = report(&quiet, "fact_stream");
+    assert_eq!((fact.rows_in, fact.inserted, fact.updated), (0, 0, 0));
+    let table = h.lake.delta_table("gold/fact_stream").await.unwrap();
+    assert_eq!(table.version(), version);
+
+    // With the files back, a dimension change alone still moves the facts it concerns.
+    for path in &data {
+        std::fs::rename(aside.join(path.file_name().unwrap()), path).unwrap();
+    }
+    h.users(&[(2, "ES", "e", "09:30")]).await;
+    assert_eq!(report(&h.gold().await, "fact_stream").updated, 1);
+}

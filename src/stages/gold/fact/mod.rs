@@ -80,6 +80,10 @@ pub(super) async fn build(
         fact_seq,
         chunk_rows,
     };
+    if changes.files.is_empty() && b.lookups_unchanged(&target).await? {
+        debug!("Nothing new in silver or in the lookups' dimensions.");
+        return Ok(());
+    }
     let mut txns = vec![Transaction::new(&app_id, changes.version as i64)];
     let chunks = chunk_files(&changes, chunk_rows, &silver_name, &b.columns.keys[0])?;
     let stored = b.stored_columns(&target).await?;
@@ -172,6 +176,31 @@ impl Build<'_> {
         Ok(Some(
             schema.fields().iter().map(|f| f.name().clone()).collect(),
         ))
+    }
+
+    /// Whether no lookup's dimension can have changed since the fact last resolved against
+    /// it: the fact has seen each dimension's silver table at its latest version, and a
+    /// dimension consumes no further than its silver table. Then a run with no new facts has
+    /// nothing to do, and the dimensions' rows are not read (most timer runs of a quiet
+    /// source).
+    async fn lookups_unchanged(&self, target: &DeltaTable) -> Result<bool> {
+        if target.version().is_none() {
+            return Ok(false);
+        }
+        for l in &self.columns.lookups {
+            let lookup_id = layout::app_id::fact_lookup(&l.dimension);
+            let Some(seen) = recorded(target, &lookup_id, self.name).await? else {
+                return Ok(false);
+            };
+            let silver = self
+                .lake
+                .delta_table(&layout::silver_table(&l.silver))
+                .await?;
+            if silver.version().is_none_or(|latest| latest as i64 > seen) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The type a lookup's key value has on the fact's side (`carried`: the carried columns
