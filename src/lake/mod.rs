@@ -10,6 +10,7 @@ pub mod layout;
 pub(crate) mod lease;
 pub mod local;
 pub mod maintain;
+mod opened;
 pub(crate) mod transactions;
 pub mod watermark;
 pub(crate) mod writers;
@@ -319,6 +320,8 @@ pub struct Lake {
     local_root: Option<PathBuf>,
     /// The containers of an Azure lake.
     containers: Vec<String>,
+    /// The Delta tables opened, to open again from where they were (see `opened`).
+    opened: opened::Opened,
 }
 
 impl std::fmt::Debug for Lake {
@@ -357,6 +360,7 @@ impl Lake {
                     url: url.to_string(),
                     local_root: None,
                     containers,
+                    opened: Default::default(),
                 });
             }
             let (store, container) = azure_store(url).map_err(bad)?;
@@ -365,6 +369,7 @@ impl Lake {
                 url: url.to_string(),
                 local_root: None,
                 containers: container.into_iter().collect(),
+                opened: Default::default(),
             });
         }
         if url.contains("://") && !url.starts_with("file://") {
@@ -383,6 +388,7 @@ impl Lake {
             url: url.to_string(),
             local_root: Some(root),
             containers: Vec::new(),
+            opened: Default::default(),
         })
     }
 
@@ -438,17 +444,24 @@ impl Lake {
     }
 
     /// Opens the Delta table at a lake path, or a handle to create it there (version `None`).
+    /// A table this lake opened before is brought up to date from where it was (see
+    /// `opened`).
     pub async fn delta_table(&self, path: &str) -> Result<deltalake::DeltaTable> {
+        if let Some(table) = self.opened.reopen(path).await {
+            return Ok(table);
+        }
         // delta-rs refuses a local table location that does not exist yet.
         if let Some(dir) = self.local_path(path) {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        deltalake::DeltaTable::try_from_url(self.table_url(path)?)
+        let table = deltalake::DeltaTable::try_from_url(self.table_url(path)?)
             .await
             .map_err(|e| Error::Delta {
                 table: path.to_string(),
                 source: e,
-            })
+            })?;
+        self.opened.keep(path, &table);
+        Ok(table)
     }
 
     /// Opens a lake and makes it usable: on the storage emulator, its container is created
