@@ -178,11 +178,12 @@ impl Build<'_> {
         ))
     }
 
-    /// Whether no lookup's dimension can have changed since the fact last resolved against
-    /// it: the fact has seen each dimension's silver table at its latest version, and a
-    /// dimension consumes no further than its silver table. Then a run with no new facts has
-    /// nothing to do, and the dimensions' rows are not read (most timer runs of a quiet
-    /// source).
+    /// Whether no lookup's dimension has changed since the fact last resolved against it:
+    /// each dimension has consumed no silver version past the one the fact recorded. Then a
+    /// run with no new facts has nothing to do, and the dimensions' rows are not read (most
+    /// timer runs of a quiet source). A dimension built in this run is asked once it has
+    /// staged versions (it changed) or finished, as a lookup waits for it: in a whole-pipeline
+    /// run its silver changes may not even be committed when the fact starts.
     async fn lookups_unchanged(&self, target: &DeltaTable) -> Result<bool> {
         if target.version().is_none() {
             return Ok(false);
@@ -192,11 +193,16 @@ impl Build<'_> {
             let Some(seen) = recorded(target, &lookup_id, self.name).await? else {
                 return Ok(false);
             };
-            let silver = self
-                .lake
-                .delta_table(&layout::silver_table(&l.silver))
+            if self.built.staged(&l.dimension).await.is_some() {
+                return Ok(false);
+            }
+            self.built.wait(&l.dimension).await;
+            let dim = (self.lake)
+                .delta_table(&layout::gold_table(&l.dimension))
                 .await?;
-            if silver.version().is_none_or(|latest| latest as i64 > seen) {
+            let consumed_id = layout::app_id::gold_consumed(&l.silver);
+            let consumed = recorded(&dim, &consumed_id, &l.dimension).await?;
+            if consumed.is_none_or(|consumed| consumed > seen) {
                 return Ok(false);
             }
         }
