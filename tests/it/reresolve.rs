@@ -120,17 +120,9 @@ fn a_correction_killed_while_facts_are_re_resolved_gives_the_uninterrupted_table
     // A second batch: more fact files, so more groups (one commit each) to be killed between.
     tl("lake", &["seed", "--incremental"]);
     tl("lake", &["-q", "run"]);
-    let db = rusqlite::Connection::open(d.join("src.db")).unwrap();
-    db.execute(
-        "UPDATE DimUser SET country = 'X' || country, updated_at = '2024-09-01 00:00:00.000000'",
-        [],
-    )
-    .unwrap();
-    drop(db);
-    tl(
-        "lake",
-        &["-q", "ingest", "--table", "DimUser", "--from", "2024-08-31"],
-    );
+    back_fill_a_correction(d, |args| {
+        tl("lake", args);
+    });
     tl("lake", &["-q", "run", "--stage", "silver"]);
     copy_dir(&d.join("lake"), &d.join("reference"));
     tl("reference", &["-q", "run", "--stage", "gold"]);
@@ -228,17 +220,9 @@ fn a_run_that_changes_only_a_dimension_moves_its_facts() {
     };
     tl("lake", &["seed", "--scale", "0.01"]);
     tl("lake", &["-q", "run"]);
-    let db = rusqlite::Connection::open(d.join("src.db")).unwrap();
-    db.execute(
-        "UPDATE DimUser SET country = 'X' || country, updated_at = '2024-09-01 00:00:00.000000'",
-        [],
-    )
-    .unwrap();
-    drop(db);
-    tl(
-        "lake",
-        &["-q", "ingest", "--table", "DimUser", "--from", "2024-08-31"],
-    );
+    back_fill_a_correction(d, |args| {
+        tl("lake", args);
+    });
     copy_dir(&d.join("lake"), &d.join("apart"));
     tl("apart", &["-q", "run", "--stage", "silver"]);
     tl("apart", &["-q", "run", "--stage", "gold"]);
@@ -253,4 +237,17 @@ fn a_run_that_changes_only_a_dimension_moves_its_facts() {
     );
     assert_eq!(count("lake"), count("apart"));
     assert_eq!(gold_tables(d, "lake"), gold_tables(d, "apart"));
+}
+
+/// Every user's country changed in the source as of 2024-09-01, and back-filled into bronze
+/// by `ingest` (given the arguments): a correction that moves every later fact.
+fn back_fill_a_correction(d: &std::path::Path, ingest: impl Fn(&[&str])) {
+    let db = rusqlite::Connection::open(d.join("src.db")).unwrap();
+    db.execute(
+        "UPDATE DimUser SET country = 'X' || country, updated_at = '2024-09-01 00:00:00.000000'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    ingest(&["-q", "ingest", "--table", "DimUser", "--from", "2024-08-31"]);
 }
