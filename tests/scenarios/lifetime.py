@@ -1,5 +1,6 @@
 # A source's lifetime end to end (issue 29): deletes (detect and apply_as_deletes), a late row with
-# lookback, a backfill past the watermark, a refresh, then gold checked against the source.
+# lookback, a backfill past the watermark, a refresh, a dimension corrected alone, then gold
+# checked against the source.
 # Not part of CI. Usage: python3 tests/scenarios/lifetime.py DIR  (env TL=binary, KILL=1 to
 # kill -9 every run at a random moment first, SEED=n for that moment).
 import json, os, shutil, sqlite3, subprocess, sys, random
@@ -65,6 +66,12 @@ else:
   tl("ingest", "--table", "FactStream", "--from", inside)
   tl("run"); step("run")
   tl("refresh", "--table", "DimTrack", "--yes")
+  tl("run"); step("run")
+  # A correction of users alone, back-filled as of a past day: its run has no new streams.
+  with src() as c:
+      day, before = c.execute("SELECT date(MIN(stream_timestamp), '+20 days'), date(MIN(stream_timestamp), '+19 days') FROM FactStream").fetchone()
+      c.execute("UPDATE DimUser SET country = 'X' || country, updated_at = ? || ' 00:00:00.000000'", [day])
+  tl("ingest", "--table", "DimUser", "--from", before)
   tl("run"); step("run")
 
   json.dump([gone_users, soft, late_id], open(D + '/deleted.json', 'w'))
