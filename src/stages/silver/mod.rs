@@ -52,9 +52,6 @@ pub struct Silver {
     lake: Lake,
     settings: Settings,
     run_id: String,
-    /// Quarantine tables as the last file left them, by path: the next file brings one up to
-    /// date instead of reading its log again from the checkpoint.
-    quarantines: quarantine::Opened,
 }
 
 impl Silver {
@@ -64,7 +61,6 @@ impl Silver {
             lake,
             settings,
             run_id: run_id.into(),
-            quarantines: Default::default(),
         }
     }
 
@@ -271,7 +267,7 @@ impl Silver {
                 if let Some(dropped) = cleaned.dropped.take() {
                     quarantine::rows(&self.lake, table, path, dropped.clone()).await?;
                     quarantine::rows_to_table(
-                        (&self.lake, &self.quarantines),
+                        &self.lake,
                         table,
                         path,
                         file_version,

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{Field, Schema};
 use bytes::Bytes;
-use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
@@ -21,9 +20,6 @@ use tracing::{info, warn};
 use crate::config::TableSpec;
 use crate::error::{Error, Result};
 use crate::lake::{Lake, layout};
-
-/// Quarantine tables kept open between the files of a stage's run, by path.
-pub(super) type Opened = std::sync::Mutex<std::collections::HashMap<String, DeltaTable>>;
 
 /// Moves an unreadable bronze file to the quarantine, with a reason file beside it.
 pub(super) async fn file(
@@ -74,7 +70,7 @@ pub(super) async fn rows(
 /// to `silver/<name>_quarantine`, with `_source_file`, `_run_id` and `_quarantined_at`. The
 /// commit records the file as silver's does, so a retry of the file adds nothing twice.
 pub(super) async fn rows_to_table(
-    (lake, opened): (&Lake, &Opened),
+    lake: &Lake,
     table: &TableSpec,
     file: &str,
     version: i64,
@@ -82,29 +78,9 @@ pub(super) async fn rows_to_table(
     batch: RecordBatch,
 ) -> Result<()> {
     let path = layout::quarantine_table(&table.silver_name());
-    // Taken out while in use: after a failure the next file opens the table afresh.
-    let kept = opened.lock().ok().and_then(|mut o| o.remove(&path));
-    // A kept table that cannot be brought up to date (say, the table was refreshed since) is
-    // opened afresh.
-    let updated = match kept {
-        Some(mut delta) => delta
-            .update_incremental(None)
-            .await
-            .is_ok()
-            .then_some(delta),
-        None => None,
-    };
-    let delta = match updated {
-        Some(delta) => delta,
-        None => lake.delta_table(&path).await?,
-    };
-    let keep = |delta: DeltaTable| {
-        if let (Some(_), Ok(mut o)) = (delta.version(), opened.lock()) {
-            o.insert(path.clone(), delta);
-        }
-    };
+    // The lake keeps the table between the files of a run (`lake/opened.rs`).
+    let delta = lake.delta_table(&path).await?;
     if delta.version().is_some() && super::loaded(&delta, table, file, version).await? {
-        keep(delta);
         return Ok(());
     }
     let rows = batch.num_rows();
@@ -139,7 +115,7 @@ pub(super) async fn rows_to_table(
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
         .map_err(|e| Error::arrow(&path, e))?;
     let txn = Transaction::new(layout::app_id::silver_file(file), version);
-    let written = delta
+    delta
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
         .with_schema_mode(SchemaMode::Merge)
@@ -147,7 +123,6 @@ pub(super) async fn rows_to_table(
         .with_commit_properties(CommitProperties::default().with_application_transaction(txn))
         .await
         .map_err(crate::error::delta_err(path.clone()))?;
-    keep(written);
     info!(rows, table = %path, "Quarantined rows are queryable.");
     Ok(())
 }
