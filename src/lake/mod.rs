@@ -11,6 +11,7 @@ pub(crate) mod lease;
 pub mod local;
 pub mod maintain;
 mod opened;
+pub mod stats;
 pub(crate) mod transactions;
 pub mod watermark;
 pub(crate) mod writers;

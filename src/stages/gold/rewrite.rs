@@ -152,6 +152,8 @@ impl Rewrite {
         let name = self.name.clone();
         let touched = if self.replaced.is_empty() && self.ends.is_empty() {
             HashMap::new()
+        } else if let Some(found) = files_by_ranges(&target, &self.sk, &self.replaced, &self.ends) {
+            found
         } else {
             files_holding(ctx, &target, &name, &self.sk, &self.replaced, &self.ends).await?
         };
@@ -249,6 +251,41 @@ pub(super) async fn commit_rewrite(
         .update_incremental(Some(commit.version()))
         .await
         .map_err(delta_err(layout::gold_table(name)))
+}
+
+/// What [`files_holding`] finds, from the log's statistics alone, when no two files' ranges
+/// of `sk` overlap: each key then lies in the range of the one file that can hold it. A
+/// dimension's surrogate keys are handed out in ascending order run after run, so its files
+/// hold disjoint ranges, and the scan of every stored key goes (decision 002, "Gold
+/// dimensions"). `None` when ranges overlap or a file's statistics do not say.
+fn files_by_ranges(
+    target: &DeltaTable,
+    sk: &str,
+    replaced: &SurrogateKeys,
+    ends: &Ends,
+) -> Option<HashMap<String, bool>> {
+    let mut ranges = crate::lake::stats::int_ranges(target, sk)?;
+    ranges.sort_unstable_by_key(|&(_, lo, _)| lo);
+    if ranges.windows(2).any(|w| w[0].2 >= w[1].1) {
+        return None;
+    }
+    let sorted = |mut keys: Vec<i64>| {
+        keys.sort_unstable();
+        keys
+    };
+    let replaced = sorted(replaced.iter().copied().collect());
+    let ended = sorted(ends.keys().copied().collect());
+    let any_in = |keys: &[i64], lo: i64, hi: i64| {
+        (keys.get(keys.partition_point(|&k| k < lo))).is_some_and(|&k| k <= hi)
+    };
+    let mut files = HashMap::new();
+    for (path, lo, hi) in ranges {
+        let goes = any_in(&replaced, lo, hi);
+        if goes || any_in(&ended, lo, hi) {
+            files.insert(file_name(&path).to_string(), goes);
+        }
+    }
+    Some(files)
 }
 
 /// The names of the files of `target` that hold one of `replaced` or `ends` in column `sk`
@@ -592,6 +629,47 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn files_chosen_by_their_key_ranges_are_those_a_scan_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = crate::lake::Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let mut table = lake.delta_table("gold/r").await.unwrap();
+        for (range, label) in [
+            (1..=10, "a"),
+            (11..=20, "b"),
+            (21..=30, "c"),
+            (41..=45, "d"),
+        ] {
+            table = table.write(vec![rows(range, label)]).await.unwrap();
+        }
+        let ctx = super::super::session();
+        let replaced: SurrogateKeys = [15, 35].into_iter().collect();
+        let ends: Ends = [(3, Some(1)), (16, None), (44, Some(2))]
+            .into_iter()
+            .collect();
+        let scanned = files_holding(&ctx, &table, "r", "sk", &replaced, &ends)
+            .await
+            .unwrap();
+        let by_ranges = files_by_ranges(&table, "sk", &replaced, &ends).expect("disjoint");
+        assert_eq!(by_ranges, scanned);
+        // 1-10 ends a row, 11-20 loses one, 41-45 ends one; nothing of 21-30.
+        let mut flags: Vec<bool> = by_ranges.values().copied().collect();
+        flags.sort();
+        assert_eq!(flags, vec![false, false, true]);
+
+        // A file whose range overlaps another's: only the scan can tell which holds 16.
+        table = table.write(vec![rows(16..=16, "e")]).await.unwrap();
+        assert_eq!(files_by_ranges(&table, "sk", &replaced, &ends), None);
+        let mut change = Rewrite::new(&table, "r", "sk").unwrap();
+        change.replace([15]);
+        let table = change.commit(&ctx, table, Vec::new()).await.unwrap();
+        let sks: Vec<i64> = contents(&ctx, &table).await.iter().map(|r| r.0).collect();
+        let mut expected: Vec<i64> = (1..=30).chain([16]).chain(41..=45).collect();
+        expected.retain(|k| *k != 15);
+        expected.sort();
+        assert_eq!(sks, expected);
     }
 
     #[tokio::test]

@@ -13,8 +13,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Int64Type, Schema, TimeUnit};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int64Type, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
@@ -26,7 +26,6 @@ use super::write::collected;
 use crate::config::ident::quote_ansi as q;
 use crate::error::{Error, Result};
 use crate::lake::layout::gold_columns::{VALID_FROM, VALID_TO};
-use crate::stages::gold::rewrite::file_name;
 use crate::stages::gold::{SilverChanges, df_err, register};
 
 /// Whether the stored versions can stand for the silver history of the changed keys: an
@@ -70,7 +69,9 @@ pub(super) async fn applies(
     else {
         return Ok(false);
     };
-    if let Some(latest) = consumed_bound(&changes.table, &before, &c.seq, earliest.data_type()) {
+    let latest =
+        crate::lake::stats::latest(&changes.table, Some(&before), &c.seq, earliest.data_type());
+    if let Some(latest) = latest {
         tracing::debug!(
             latest,
             "Bounded the consumed sequence values by the log's statistics."
@@ -102,55 +103,6 @@ fn units(column: &ArrayRef) -> Option<i64> {
     let values = arrow::compute::cast(column, &DataType::Int64).ok()?;
     let values = values.as_primitive_opt::<Int64Type>()?;
     (values.len() == 1 && values.is_valid(0)).then(|| values.value(0))
-}
-
-/// A bound no sequence value of the rows of `files` (URIs of the silver table's files) is
-/// past, in the units of `seq_type`, from the log's statistics: an integer's or a date's
-/// maximum as it is, a timestamp's one millisecond past it (Delta writes them to the
-/// millisecond). `None` when a file's statistics do not say, or for another type (text
-/// statistics can be cut short); the rows are read then.
-fn consumed_bound(
-    table: &deltalake::DeltaTable,
-    files: &[String],
-    seq: &str,
-    seq_type: &DataType,
-) -> Option<i64> {
-    let names: HashSet<&str> = files.iter().map(|f| file_name(f)).collect();
-    let mut values = Vec::with_capacity(names.len());
-    for file in table.snapshot().ok()?.log_data().iter() {
-        if !names.contains(file_name(&file.path())) {
-            continue;
-        }
-        let stats: serde_json::Value = serde_json::from_str(&file.stats()?).ok()?;
-        values.push(match stats.get("maxValues")?.get(seq)? {
-            serde_json::Value::String(text) => text.clone(),
-            serde_json::Value::Number(number) => number.to_string(),
-            _ => return None,
-        });
-    }
-    if values.len() != names.len() {
-        return None;
-    }
-    bound(values, seq_type)
-}
-
-/// The largest of `maxima` (statistics' text) in the units of `seq_type`, past it by the
-/// margin of [`consumed_bound`].
-fn bound(maxima: Vec<String>, seq_type: &DataType) -> Option<i64> {
-    use DataType::*;
-    let margin = match seq_type {
-        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | Date32 => 0,
-        Timestamp(TimeUnit::Second | TimeUnit::Millisecond, _) => 1,
-        Timestamp(TimeUnit::Microsecond, _) => 1_000,
-        Timestamp(TimeUnit::Nanosecond, _) => 1_000_000,
-        _ => return None,
-    };
-    let typed = arrow::compute::cast(&StringArray::from(maxima), seq_type).ok()?;
-    if typed.null_count() > 0 {
-        return None;
-    }
-    let typed = arrow::compute::cast(&typed, &Int64).ok()?;
-    arrow::compute::max(typed.as_primitive_opt::<Int64Type>()?)?.checked_add(margin)
 }
 
 /// Holds the stored versions of the range's changed keys in memory as `gold` (what the
@@ -384,30 +336,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn statistics_bound_the_consumed_sequence_past_their_precision() {
-        let text = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let micros = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-        // 2023-11-17T13:16:40.123Z, plus the millisecond the statistic may have cut.
-        let at = 1_700_227_000_123_000i64;
-        assert_eq!(
-            bound(
-                text(&["2023-11-17T13:16:39Z", "2023-11-17T13:16:40.123Z"]),
-                &micros
-            ),
-            Some(at + 1_000)
-        );
-        assert_eq!(bound(text(&["5", "42", "-7"]), &DataType::Int64), Some(42));
-        assert_eq!(
-            bound(text(&["2024-01-02"]), &DataType::Date32),
-            Some(19_724)
-        );
-        // Text statistics can be cut short; a value that does not parse says nothing.
-        assert_eq!(bound(text(&["b"]), &DataType::Utf8), None);
-        assert_eq!(bound(text(&["5", "x"]), &DataType::Int64), None);
-        assert_eq!(bound(Vec::new(), &DataType::Int64), None);
     }
 
     #[tokio::test]

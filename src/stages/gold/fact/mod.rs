@@ -119,7 +119,8 @@ pub(super) async fn build(
         if let Some(stored) = &stored {
             let seen = recorded(&target, &lookup_id, name).await?;
             if seen.is_none_or(|v| v < dim_consumed) {
-                b.moved_by(&mut reresolve, (l, i), (seen, dim_consumed), stored)
+                let fact = (&target, stored);
+                b.moved_by(&mut reresolve, (l, i), (seen, dim_consumed), fact)
                     .await?;
             }
         }
@@ -258,7 +259,7 @@ impl Build<'_> {
         reresolve: &mut Reresolve,
         (l, i): (&Lookup, usize),
         (seen, consumed): (Option<i64>, i64),
-        stored: &HashSet<String>,
+        (target, stored): (&DeltaTable, &HashSet<String>),
     ) -> Result<()> {
         let Some(dim_changes) =
             silver_changes(self.lake, &l.silver, seen, Some(consumed as u64)).await?
@@ -281,6 +282,16 @@ impl Build<'_> {
         let Some(earliest) = earliest_change(&self.ctx, &dchg, &l.dim_seq, self.name).await? else {
             return Ok(());
         };
+        // Changes that all come after every stored fact move none (a timer's run, changes
+        // in order): the log's statistics say so without the changed keys being grouped.
+        let latest = crate::lake::stats::latest(target, None, &self.columns.seq, &self.fact_seq);
+        let first = crate::lake::stats::units(&earliest, &self.fact_seq);
+        if let (Some(latest), Some(first)) = (latest, first)
+            && first > latest
+        {
+            debug!(dimension = %l.dimension, "The dimension's changes postdate every stored fact.");
+            return Ok(());
+        }
         // In the fact's type, so the bound binds; a value that does not convert only loses
         // the pruning (a date from a timestamp rounds down, which keeps it a lower bound).
         let bound = match earliest.cast_to(&self.fact_seq) {
