@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Int64Array, Int64Builder};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanBufferBuilder, Int64Array};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use bytes::Bytes;
 use parquet::arrow::ProjectionMask;
@@ -168,15 +168,12 @@ pub(super) fn ended_columns(
     is_current: &ArrayRef,
     ends: &Ends,
 ) -> Result<Option<(ArrayRef, ArrayRef)>, arrow::error::ArrowError> {
-    let rows = sks.len();
-    let at: Vec<Option<Option<i64>>> = (0..rows)
-        .map(|i| {
-            sks.is_valid(i)
-                .then(|| ends.get(&sks.value(i)).copied())
-                .flatten()
-        })
+    // Few rows of a file end: the stored columns are copied whole and only those rows set.
+    let hits: Vec<(usize, Option<i64>)> = (0..sks.len())
+        .filter(|&i| sks.is_valid(i))
+        .filter_map(|i| ends.get(&sks.value(i)).map(|&end| (i, end)))
         .collect();
-    if at.iter().all(Option::is_none) {
+    if hits.is_empty() {
         return Ok(None);
     }
     let raw = arrow::compute::cast(valid_to, &DataType::Int64)?;
@@ -184,24 +181,33 @@ pub(super) fn ended_columns(
     let current = is_current.as_boolean_opt().ok_or_else(|| {
         arrow::error::ArrowError::SchemaError(format!("{IS_CURRENT} is not boolean"))
     })?;
-    let mut to = Int64Builder::with_capacity(rows);
-    let mut now = BooleanBuilder::with_capacity(rows);
-    for (i, end) in at.into_iter().enumerate() {
-        match end {
-            Some(end) => {
-                to.append_option(end);
-                now.append_value(end.is_none());
-            }
-            None => {
-                to.append_option(raw.is_valid(i).then(|| raw.value(i)));
-                now.append_option(current.is_valid(i).then(|| current.value(i)));
-            }
+    let validity = |nulls: Option<&arrow::buffer::NullBuffer>| {
+        let mut valid = BooleanBufferBuilder::new(sks.len());
+        match nulls {
+            Some(nulls) => valid.append_buffer(nulls.inner()),
+            None => valid.append_n(sks.len(), true),
         }
+        valid
+    };
+    let mut to = raw.values().to_vec();
+    let mut to_valid = validity(raw.nulls());
+    let mut now = BooleanBufferBuilder::new(sks.len());
+    now.append_buffer(current.values());
+    let mut now_valid = validity(current.nulls());
+    for (i, end) in hits {
+        to[i] = end.unwrap_or_default();
+        to_valid.set_bit(i, end.is_some());
+        now.set_bit(i, end.is_none());
+        now_valid.set_bit(i, true);
     }
-    let to: ArrayRef = Arc::new(to.finish());
+    let nulls = |mut valid: BooleanBufferBuilder| {
+        Some(arrow::buffer::NullBuffer::new(valid.finish())).filter(|n| n.null_count() > 0)
+    };
+    let to: ArrayRef = Arc::new(Int64Array::new(to.into(), nulls(to_valid)));
+    let now = arrow::array::BooleanArray::new(now.finish(), nulls(now_valid));
     Ok(Some((
         arrow::compute::cast(&to, valid_to.data_type())?,
-        Arc::new(now.finish()),
+        Arc::new(now),
     )))
 }
 
@@ -214,28 +220,29 @@ struct Bounds {
 }
 
 impl Bounds {
-    fn add(&mut self, value: Option<i64>) {
-        match value {
-            Some(x) => {
-                self.min = Some(self.min.map_or(x, |m| m.min(x)));
-                self.max = Some(self.max.map_or(x, |m| m.max(x)));
-            }
-            None => self.nulls += 1,
-        }
-    }
-
     fn add_raw(&mut self, values: &ArrayRef) {
         let values = values.as_primitive::<Int64Type>();
-        for i in 0..values.len() {
-            self.add(values.is_valid(i).then(|| values.value(i)));
+        self.nulls += values.null_count() as u64;
+        for bound in [arrow::compute::min(values), arrow::compute::max(values)] {
+            self.extend(bound);
         }
     }
 
     fn add_bools(&mut self, values: &ArrayRef) {
         if let Some(values) = values.as_boolean_opt() {
-            for i in 0..values.len() {
-                self.add(values.is_valid(i).then(|| i64::from(values.value(i))));
+            self.nulls += values.null_count() as u64;
+            let (min, max) = (arrow::compute::min_boolean, arrow::compute::max_boolean);
+            for bound in [min(values), max(values)] {
+                self.extend(bound.map(i64::from));
             }
+        }
+    }
+
+    /// Widens the bounds to `value` (a column's minimum or maximum); `None` adds nothing.
+    fn extend(&mut self, value: Option<i64>) {
+        if let Some(x) = value {
+            self.min = Some(self.min.map_or(x, |m| m.min(x)));
+            self.max = Some(self.max.map_or(x, |m| m.max(x)));
         }
     }
 
@@ -312,5 +319,69 @@ fn summarize(stats: &mut serde_json::Value, column: &str, summary: &Summary) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{BooleanArray, TimestampMillisecondArray};
+
+    #[test]
+    fn only_the_named_versions_end_and_the_rest_keep_their_values_and_nulls() {
+        let sks = Int64Array::from(vec![Some(1), None, Some(3), Some(4), Some(5)]);
+        let to: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![
+            Some(10),
+            Some(20),
+            None,
+            Some(40),
+            None,
+        ]));
+        let current: ArrayRef = Arc::new(BooleanArray::from(vec![
+            Some(false),
+            None,
+            Some(true),
+            Some(false),
+            Some(true),
+        ]));
+        // 3 ends at 99, 4 opens again; 2 is named but no row holds it.
+        let ends: Ends = [(3, Some(99)), (4, None), (2, Some(7))]
+            .into_iter()
+            .collect();
+        let (to, current) = ended_columns(&sks, &to, &current, &ends).unwrap().unwrap();
+        assert_eq!(
+            to.data_type(),
+            &DataType::Timestamp(TimeUnit::Millisecond, None)
+        );
+        let to = arrow::compute::cast(&to, &DataType::Int64).unwrap();
+        let to: Vec<Option<i64>> = to.as_primitive::<Int64Type>().iter().collect();
+        assert_eq!(to, vec![Some(10), Some(20), Some(99), None, None]);
+        let current: Vec<Option<bool>> = current.as_boolean().iter().collect();
+        assert_eq!(
+            current,
+            vec![Some(false), None, Some(false), Some(true), Some(true)]
+        );
+        let none: Ends = [(2, Some(7))].into_iter().collect();
+        let stored_to: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![None; 5]));
+        let stored_now: ArrayRef = Arc::new(BooleanArray::from(vec![true; 5]));
+        assert!(
+            ended_columns(&sks, &stored_to, &stored_now, &none)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bounds_count_nulls_and_span_every_batch() {
+        let mut b = Bounds::default();
+        b.add_raw(&(Arc::new(Int64Array::from(vec![Some(5), None, Some(-2)])) as ArrayRef));
+        b.add_raw(&(Arc::new(Int64Array::from(vec![Some(9)])) as ArrayRef));
+        b.add_raw(&(Arc::new(Int64Array::from(vec![None, None])) as ArrayRef));
+        assert_eq!((b.min, b.max, b.nulls), (Some(-2), Some(9), 3));
+        let mut c = Bounds::default();
+        c.add_bools(&(Arc::new(BooleanArray::from(vec![Some(true), None])) as ArrayRef));
+        assert_eq!((c.min, c.max, c.nulls), (Some(1), Some(1), 1));
+        c.add_bools(&(Arc::new(BooleanArray::from(vec![false])) as ArrayRef));
+        assert_eq!((c.min, c.max, c.nulls), (Some(0), Some(1), 1));
     }
 }
