@@ -670,6 +670,44 @@ async fn each_file_of_a_run_quarantines_its_rows_once_into_the_kept_table() {
 }
 
 #[tokio::test]
+async fn a_file_is_recorded_only_once_its_dropped_rows_are_kept() {
+    let (fx, _) = loaded("DimArtist").await;
+    // Enough rows for silver's two writers, which write while the dropped rows are kept.
+    let n = 140_000;
+    let batch = RecordBatch::try_new(
+        artist_rows_schema(),
+        vec![
+            Arc::new(Int32Array::from_iter(
+                (0..n).map(|r| (r >= 2).then_some(200_000 + r)),
+            )),
+            Arc::new(StringArray::from(vec!["n"; n as usize])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![5_000_000; n as usize]).with_timezone("UTC"),
+            ),
+        ],
+    )
+    .unwrap();
+    write_bronze(&fx, "DimArtist", "DimArtist_95_95_00000.parquet", &batch);
+    let new_rows = "SELECT count(*) FROM t WHERE artist_id >= 200000";
+    // A plain file where the quarantine table goes: its rows cannot be kept.
+    let blocker = fx.lake.join("silver/artists_quarantine");
+    std::fs::write(&blocker, b"not a table").unwrap();
+    let report = silver(&fx, &[spec("DimArtist")]).await;
+    assert!(report.failed(), "{report:?}");
+    assert_eq!(query(&fx, "artists", new_rows).await, "0");
+    // Once they can be, the file loads: its rows once, the two dropped ones kept.
+    std::fs::remove_file(&blocker).unwrap();
+    let report = silver(&fx, &[spec("DimArtist")]).await;
+    assert!(!report.failed(), "{report:?}");
+    assert_eq!(report.tables[0].counts.rows_dropped, 2);
+    assert_eq!(query(&fx, "artists", new_rows).await, (n - 2).to_string());
+    let lake = Lake::open(fx.lake.to_str().unwrap()).unwrap();
+    let kept = tunelake::query::run(&lake, "SELECT count(*) AS n FROM silver.artists_quarantine");
+    let kept = tunelake::query::render(&kept.await.unwrap(), tunelake::query::Format::Csv);
+    assert_eq!(kept.unwrap(), "n\n2\n");
+}
+
+#[tokio::test]
 async fn a_fail_expectation_stops_the_table_and_commits_nothing() {
     let fx = Fixture::seeded(0.005);
     assert!(!fx.ingest(&["FactStream"], None).await.failed());

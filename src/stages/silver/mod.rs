@@ -264,19 +264,15 @@ impl Silver {
                     cleaned =
                         snapshot::changes(&delta, existing.as_ref(), table, cleaned, path).await?;
                 }
-                if let Some(dropped) = cleaned.dropped.take() {
-                    quarantine::rows(&self.lake, table, path, dropped.clone()).await?;
-                    quarantine::rows_to_table(
-                        &self.lake,
-                        table,
-                        path,
-                        file_version,
-                        &self.run_id,
-                        dropped,
-                    )
-                    .await?;
-                }
-                write::append(delta, existing, table, path, cleaned, txn).await?
+                let quarantined = match cleaned.dropped.take() {
+                    Some(dropped) => {
+                        let file = (path, file_version);
+                        quarantine::spawn(&self.lake, table, file, &self.run_id, dropped)
+                    }
+                    None => quarantine::Pending::default(),
+                };
+                let rows = (cleaned, quarantined);
+                write::append(delta, existing, table, path, rows, txn).await?
             }
         };
         let version = written.version();

@@ -15,7 +15,7 @@ use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::config::TableSpec;
 use crate::error::{Error, Result};
@@ -64,6 +64,48 @@ pub(super) async fn rows(
     writer.close().map_err(parquet_err)?;
     info!(rows = batch.num_rows(), to = %path, "Rows broke drop expectations; quarantined.");
     lake.put(&path, Bytes::from(buffer)).await
+}
+
+/// The rows of `file` (at `version`) that broke `drop` rules, quarantined on a task of their
+/// own: as a parquet file under `bronze/_quarantine` and in `silver/<name>_quarantine`. Their
+/// writes take the time silver's write of the kept rows takes; the file's silver commit
+/// waits for them ([`Pending::settle`]), so a file is never recorded as loaded before its
+/// dropped rows are durably kept.
+pub(super) fn spawn(
+    lake: &Lake,
+    table: &TableSpec,
+    (file, version): (&str, i64),
+    run_id: &str,
+    dropped: RecordBatch,
+) -> Pending {
+    let (lake, table, file, run_id) = (
+        lake.clone(),
+        table.clone(),
+        file.to_string(),
+        run_id.to_string(),
+    );
+    let task = async move {
+        rows(&lake, &table, &file, dropped.clone()).await?;
+        rows_to_table(&lake, &table, &file, version, &run_id, dropped).await
+    };
+    Pending(Some(tokio::spawn(task.in_current_span())))
+}
+
+/// A file's dropped rows being quarantined (see [`spawn`]); `Pending::default()` when it has
+/// none.
+#[derive(Default)]
+pub(super) struct Pending(Option<tokio::task::JoinHandle<Result<()>>>);
+
+impl Pending {
+    /// Waits until the rows are kept, or says why they could not be.
+    pub(super) async fn settle(self) -> Result<()> {
+        match self.0 {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Task(format!("quarantining rows: {e}")))?,
+            None => Ok(()),
+        }
+    }
 }
 
 /// Appends the rows of `file` (at `version`, its last-modified time) that broke `drop` rules

@@ -15,6 +15,7 @@ use deltalake::protocol::SaveMode;
 
 use super::clean::Cleaned;
 use super::dedup::without_loaded;
+use super::quarantine::Pending;
 use super::report::Counts;
 use super::rows::{Rows, with_lineage};
 use super::session;
@@ -47,13 +48,14 @@ pub(super) async fn record_empty(
 }
 
 /// Appends a file's cleaned rows that silver does not hold yet, recording the file in the
-/// same commit (`txn`). Returns the table after the commit and the file's counts.
+/// same commit (`txn`), once its dropped rows are `quarantined`. Returns the table after the
+/// commit and the file's counts.
 pub(super) async fn append(
     delta: DeltaTable,
     existing: Option<SchemaRef>,
     table: &TableSpec,
     path: &str,
-    cleaned: Cleaned,
+    (cleaned, quarantined): (Cleaned, Pending),
     txn: Transaction,
 ) -> Result<(DeltaTable, Counts)> {
     let Cleaned {
@@ -93,8 +95,10 @@ pub(super) async fn append(
         .filter(|stored| counts.rows_out >= TWO_WRITERS_ROWS && same_columns(&schema, stored))
         .is_some();
     let written = if two_writers {
-        write_halves(&ctx, delta, table, path, rows, txn).await?
+        write_halves(&ctx, delta, table, path, rows, (txn, quarantined)).await?
     } else {
+        // delta-rs's write commits as it ends: the quarantine is waited for first.
+        quarantined.settle().await?;
         write_one(&ctx, delta, table, path, rows, txn).await?
     };
     Ok((written, counts))
@@ -108,7 +112,7 @@ async fn write_halves(
     table: &TableSpec,
     path: &str,
     rows: Rows,
-    txn: Transaction,
+    (txn, quarantined): (Transaction, Pending),
 ) -> Result<DeltaTable> {
     let rows =
         with_lineage(ctx, halves(rows), path).map_err(df_err(table, path, "adding lineage"))?;
@@ -120,6 +124,7 @@ async fn write_halves(
     let written =
         crate::lake::writers::write_streams(&delta, &name, path, streams, None, |_| Vec::new())
             .await?;
+    quarantined.settle().await?;
     crate::lake::writers::commit_append(delta, &name, written.adds, vec![txn]).await
 }
 

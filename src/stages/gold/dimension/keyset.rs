@@ -134,9 +134,10 @@ impl ScalarUDFImpl for InKeys {
                 key.data_type()
             );
         };
-        let found: BooleanArray = (0..values.len())
-            .map(|i| Some(values.is_valid(i) && self.set.contains(values.value(i))))
-            .collect();
+        let found = BooleanArray::from(arrow::buffer::BooleanBuffer::collect_bool(
+            values.len(),
+            |i| values.is_valid(i) && self.set.contains(values.value(i)),
+        ));
         Ok(ColumnarValue::Array(Arc::new(found)))
     }
 }
