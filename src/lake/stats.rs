@@ -18,6 +18,31 @@ pub fn latest(
     column: &str,
     column_type: &DataType,
 ) -> Option<i64> {
+    let maxima = extremes(table, files, column, "maxValues")?;
+    bound(maxima, column_type, true)
+}
+
+/// A bound no value of `column` in the files of `table` is before, as [`latest`] is one no
+/// value is past (a timestamp's one millisecond before its statistic, whichever way the
+/// writer cut it).
+pub fn earliest(
+    table: &deltalake::DeltaTable,
+    files: Option<&[String]>,
+    column: &str,
+    column_type: &DataType,
+) -> Option<i64> {
+    let minima = extremes(table, files, column, "minValues")?;
+    bound(minima, column_type, false)
+}
+
+/// The statistic `side` (`minValues` or `maxValues`) of `column` in each file of `files`
+/// that has a value, as text; see [`latest`] for `None`.
+fn extremes(
+    table: &deltalake::DeltaTable,
+    files: Option<&[String]>,
+    column: &str,
+    side: &str,
+) -> Option<Vec<String>> {
     let names: Option<HashSet<&str>> = files.map(|f| f.iter().map(|f| file_name(f)).collect());
     let (mut values, mut matched) = (Vec::new(), 0);
     for file in table.snapshot().ok()?.log_data().iter() {
@@ -29,13 +54,13 @@ pub fn latest(
         }
         matched += 1;
         let stats: serde_json::Value = serde_json::from_str(&file.stats()?).ok()?;
-        // A file whose column is all NULL has no maximum, and holds no value past any bound.
+        // A file whose column is all NULL has no extremes, and holds no value to bound.
         let rows = stats.get("numRecords").and_then(serde_json::Value::as_u64);
         let nulls = stats.get("nullCount").and_then(|n| n.get(column)?.as_u64());
         if rows.is_some() && rows == nulls {
             continue;
         }
-        values.push(match stats.get("maxValues")?.get(column)? {
+        values.push(match stats.get(side)?.get(column)? {
             serde_json::Value::String(text) => text.clone(),
             serde_json::Value::Number(number) => number.to_string(),
             _ => return None,
@@ -45,7 +70,7 @@ pub fn latest(
         // A file named is not in this version of the table: read the rows to be sure.
         return None;
     }
-    bound(values, column_type)
+    Some(values)
 }
 
 /// Each file of `table` (by path, as the log names it) with the smallest and largest value
@@ -70,9 +95,10 @@ pub fn int_ranges(table: &deltalake::DeltaTable, column: &str) -> Option<Vec<(St
     Some(ranges)
 }
 
-/// The largest of `maxima` (statistics' text) in the units of `column_type`, past it by the
-/// margin of [`latest`]. `None` without a value.
-pub(crate) fn bound(maxima: Vec<String>, column_type: &DataType) -> Option<i64> {
+/// The largest of `values` (statistics' text) in the units of `column_type`, past it by the
+/// margin of [`latest`], or with `!upper` the smallest, before it by the margin. `None`
+/// without a value.
+fn bound(values: Vec<String>, column_type: &DataType, upper: bool) -> Option<i64> {
     use DataType::*;
     let margin = match column_type {
         Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | Date32 => 0,
@@ -81,12 +107,16 @@ pub(crate) fn bound(maxima: Vec<String>, column_type: &DataType) -> Option<i64> 
         Timestamp(TimeUnit::Nanosecond, _) => 1_000_000,
         _ => return None,
     };
-    let typed = arrow::compute::cast(&StringArray::from(maxima), column_type).ok()?;
+    let typed = arrow::compute::cast(&StringArray::from(values), column_type).ok()?;
     if typed.null_count() > 0 {
         return None;
     }
     let typed = arrow::compute::cast(&typed, &Int64).ok()?;
-    arrow::compute::max(typed.as_primitive_opt::<Int64Type>()?)?.checked_add(margin)
+    let typed = typed.as_primitive_opt::<Int64Type>()?;
+    match upper {
+        true => arrow::compute::max(typed)?.checked_add(margin),
+        false => arrow::compute::min(typed)?.checked_sub(margin),
+    }
 }
 
 /// `value` in the raw units of `column_type` (an integer, date or timestamp type), as a
@@ -117,19 +147,35 @@ mod tests {
         assert_eq!(
             bound(
                 text(&["2023-11-17T13:16:39Z", "2023-11-17T13:16:40.123Z"]),
-                &micros
+                &micros,
+                true
             ),
             Some(at + 1_000)
         );
-        assert_eq!(bound(text(&["5", "42", "-7"]), &DataType::Int64), Some(42));
         assert_eq!(
-            bound(text(&["2024-01-02"]), &DataType::Date32),
+            bound(
+                text(&["2023-11-17T13:16:41Z", "2023-11-17T13:16:40.123Z"]),
+                &micros,
+                false
+            ),
+            Some(at - 1_000)
+        );
+        assert_eq!(
+            bound(text(&["5", "42", "-7"]), &DataType::Int64, true),
+            Some(42)
+        );
+        assert_eq!(
+            bound(text(&["5", "42", "-7"]), &DataType::Int64, false),
+            Some(-7)
+        );
+        assert_eq!(
+            bound(text(&["2024-01-02"]), &DataType::Date32, true),
             Some(19_724)
         );
         // Text statistics can be cut short; a value that does not parse says nothing.
-        assert_eq!(bound(text(&["b"]), &DataType::Utf8), None);
-        assert_eq!(bound(text(&["5", "x"]), &DataType::Int64), None);
-        assert_eq!(bound(Vec::new(), &DataType::Int64), None);
+        assert_eq!(bound(text(&["b"]), &DataType::Utf8, true), None);
+        assert_eq!(bound(text(&["5", "x"]), &DataType::Int64, false), None);
+        assert_eq!(bound(Vec::new(), &DataType::Int64, true), None);
     }
 
     #[test]
@@ -162,6 +208,7 @@ mod tests {
             table = table.write(vec![batch]).await.unwrap();
         }
         assert_eq!(latest(&table, None, "v", &DataType::Int64), Some(40));
+        assert_eq!(earliest(&table, None, "v", &DataType::Int64), Some(3));
         let mut uris: Vec<String> = table.get_file_uris().unwrap().collect();
         let first = table.snapshot().unwrap().log_data().iter().find_map(|f| {
             let stats: serde_json::Value = serde_json::from_str(&f.stats()?).ok()?;

@@ -251,6 +251,13 @@ impl Build<'_> {
         Ok(opened)
     }
 
+    /// Whether `first`, a bound no change is before (in the units of the fact's sequence
+    /// column), is past every stored fact by the fact table's statistics.
+    fn after_every_fact(&self, target: &DeltaTable, first: Option<i64>) -> bool {
+        let latest = crate::lake::stats::latest(target, None, &self.columns.seq, &self.fact_seq);
+        matches!((latest, first), (Some(latest), Some(first)) if first > latest)
+    }
+
     /// Adds to `reresolve` the stored facts that the changes of lookup `i`'s dimension
     /// between silver versions `seen` and `consumed` can move: the facts of each changed key
     /// at or after the key's earliest change.
@@ -269,6 +276,19 @@ impl Build<'_> {
         if dim_changes.files.is_empty() {
             return Ok(());
         }
+        // Changes that all come after every stored fact move none (a timer's run, changes in
+        // order): the log's statistics say so without a row read.
+        let dim_seq = schema_of(&dim_changes.table, &l.silver)?;
+        let first = (dim_seq.field_with_name(&l.dim_seq).ok())
+            .filter(|f| f.data_type() == &self.fact_seq)
+            .and_then(|_| {
+                let files = Some(dim_changes.files.as_slice());
+                crate::lake::stats::earliest(&dim_changes.table, files, &l.dim_seq, &self.fact_seq)
+            });
+        if self.after_every_fact(target, first) {
+            debug!(dimension = %l.dimension, "The dimension's changes postdate every stored fact.");
+            return Ok(());
+        }
         let dchg = format!("dchg{i}");
         register(
             &self.ctx,
@@ -282,13 +302,9 @@ impl Build<'_> {
         let Some(earliest) = earliest_change(&self.ctx, &dchg, &l.dim_seq, self.name).await? else {
             return Ok(());
         };
-        // Changes that all come after every stored fact move none (a timer's run, changes
-        // in order): the log's statistics say so without the changed keys being grouped.
-        let latest = crate::lake::stats::latest(target, None, &self.columns.seq, &self.fact_seq);
+        // The same, when only the rows could say when the changes start.
         let first = crate::lake::stats::units(&earliest, &self.fact_seq);
-        if let (Some(latest), Some(first)) = (latest, first)
-            && first > latest
-        {
+        if self.after_every_fact(target, first) {
             debug!(dimension = %l.dimension, "The dimension's changes postdate every stored fact.");
             return Ok(());
         }
