@@ -55,6 +55,25 @@ pub(super) async fn applies(
     if before.is_empty() {
         return Ok(false);
     }
+    // The log's statistics of the changed files and of those before, when they tell the two
+    // apart (a timer's runs, changes in order), read no row.
+    let schema = crate::stages::gold::schema_of(&changes.table, name)?;
+    if let Ok(seq) = schema.field_with_name(&c.seq) {
+        use crate::lake::stats::{earliest, latest};
+        let (table, t) = (&changes.table, seq.data_type());
+        let first = earliest(table, Some(&changes.files), &c.seq, t);
+        let latest = latest(table, Some(&before), &c.seq, t);
+        if let (Some(first), Some(latest)) = (first, latest)
+            && first > latest
+        {
+            tracing::debug!(
+                first,
+                latest,
+                "The changes come after what was consumed, by the log's statistics."
+            );
+            return Ok(true);
+        }
+    }
     let s = q(&c.seq);
     let (_, earliest) = collected(
         ctx,
