@@ -278,8 +278,8 @@ impl Build<'_> {
         }
         // Changes that all come after every stored fact move none (a timer's run, changes in
         // order): the log's statistics say so without a row read.
-        let dim_seq = schema_of(&dim_changes.table, &l.silver)?;
-        let first = (dim_seq.field_with_name(&l.dim_seq).ok())
+        let dim_schema = schema_of(&dim_changes.table, &l.silver)?;
+        let first = (dim_schema.field_with_name(&l.dim_seq).ok())
             .filter(|f| f.data_type() == &self.fact_seq)
             .and_then(|_| {
                 let files = Some(dim_changes.files.as_slice());
