@@ -129,9 +129,9 @@ fn units(column: &ArrayRef) -> Option<i64> {
 /// from them and the changes (see the module). `None` when silver's history must be read:
 /// a change repeats a stored (key, sequence value), or the two disagree on a column's type.
 ///
-/// `keys`, the range's changed keys of a single-column key, filter the stored rows as the
-/// parquet reader decodes them (see `keyset`); without them, the rows are joined with the
-/// changes' keys.
+/// `keys`, the range's changed keys of a single-column key, filter the stored rows batch by
+/// batch as they are read (see `keyset`); without them, the rows are joined with the changes'
+/// keys.
 pub(super) async fn read_versions(
     ctx: &SessionContext,
     c: &DimColumns,
@@ -141,11 +141,22 @@ pub(super) async fn read_versions(
     let context = (name, "reading the stored versions of the changed keys");
     let (schema, stored) = match keys {
         Some(keys) => {
-            let df = (ctx.table("gold").await)
-                .and_then(|gold| gold.filter(keys.filter(&c.keys[0])))
-                .map_err(df_err(name, context.1))?;
+            use futures::StreamExt;
+            let df = ctx.table("gold").await.map_err(df_err(name, context.1))?;
             let schema = Arc::new(df.schema().as_arrow().clone());
-            (schema, df.collect().await.map_err(df_err(name, context.1))?)
+            let mut stream = df.execute_stream().await.map_err(df_err(name, context.1))?;
+            let mut kept = Vec::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(df_err(name, context.1))?;
+                let column = batch.column_by_name(&c.keys[0]).cloned();
+                let Some(mask) = column.and_then(|k| keys.mask(&k)) else {
+                    return Ok(None);
+                };
+                let batch = arrow::compute::filter_record_batch(&batch, &mask)
+                    .map_err(|e| Error::arrow(name, e))?;
+                kept.push(batch);
+            }
+            (schema, kept)
         }
         None => {
             let k = list("", &c.keys);

@@ -1,21 +1,13 @@
-//! The changed keys of a range as a filter the parquet reader applies row by row: reading the
-//! stored versions of those keys decodes the key column of the range's files, and every other
-//! column only for the rows of a changed key.
+//! The changed keys of a range as a set the stored rows are filtered by, batch by batch, as
+//! they are read: holding the stored versions of those keys holds only their rows.
 //!
-//! Why: changed keys spread over a dimension's whole key space, so the files of a range hold
-//! many stored rows for each one read, and joining them with the keys decoded every column of
-//! all of them (decision 002, "Gold dimensions").
-
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+//! Why not a join, or the filter pushed into the parquet reader: changed keys spread over a
+//! dimension's whole key space, so the files of a range hold many stored rows for each one
+//! kept. Joining them with the keys hashed every row; the pushed-down filter's selection of
+//! rows scattered over every page cost more to compute and to skip by than decoding the pages
+//! whole (decision 002, "Gold dimensions").
 
 use arrow::array::{Array, BooleanArray};
-use arrow::datatypes::DataType;
-use datafusion::common::exec_err;
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
-use datafusion::prelude::{Expr, col};
 
 /// A set of integer keys: a bitmap over their span when dense (a dimension's keys mostly
 /// are), else the keys sorted.
@@ -76,69 +68,15 @@ impl KeySet {
         }
     }
 
-    /// `key IN (this set)` as an expression the Delta scan hands to the parquet reader.
-    pub fn filter(self: &Arc<Self>, key: &str) -> Expr {
-        let udf = ScalarUDF::new_from_impl(InKeys {
-            set: self.clone(),
-            signature: Signature::any(1, Volatility::Immutable),
-        });
-        udf.call(vec![col(datafusion::common::Column::from_name(key))])
-    }
-}
-
-/// `__in_changed_keys(key)`: whether an integer key is in the set (NULL is not).
-#[derive(Debug)]
-struct InKeys {
-    set: Arc<KeySet>,
-    signature: Signature,
-}
-
-impl PartialEq for InKeys {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.set, &other.set)
-    }
-}
-
-impl Eq for InKeys {}
-
-impl Hash for InKeys {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.set).hash(state);
-    }
-}
-
-impl ScalarUDFImpl for InKeys {
-    fn name(&self) -> &str {
-        "__in_changed_keys"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Boolean)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        let Some(key) = args.args.first() else {
-            return exec_err!("__in_changed_keys needs the key");
-        };
-        let key = key.to_array(args.number_rows)?;
-        let Some(values) = crate::lake::int_column(&key) else {
-            return exec_err!(
-                "__in_changed_keys needs an integer key, not {}",
-                key.data_type()
-            );
-        };
-        let found = BooleanArray::from(arrow::buffer::BooleanBuffer::collect_bool(
-            values.len(),
-            |i| values.is_valid(i) && self.set.contains(values.value(i)),
-        ));
-        Ok(ColumnarValue::Array(Arc::new(found)))
+    /// Which rows of the integer column `key` hold a key of the set (a NULL none); `None`
+    /// for a column that is not integers.
+    pub fn mask(&self, key: &arrow::array::ArrayRef) -> Option<BooleanArray> {
+        let values = crate::lake::int_column(key)?;
+        Some(BooleanArray::from(
+            arrow::buffer::BooleanBuffer::collect_bool(values.len(), |i| {
+                values.is_valid(i) && self.contains(values.value(i))
+            }),
+        ))
     }
 }
 
@@ -171,30 +109,20 @@ mod tests {
         assert!(!KeySet::of(Vec::new()).contains(0));
     }
 
-    #[tokio::test]
-    async fn the_filter_keeps_the_rows_of_the_set_and_not_null_keys() {
-        use arrow::array::{Int32Array, RecordBatch};
-        use arrow::datatypes::{Field, Schema};
-        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)]));
-        let ids = Int32Array::from(vec![Some(1), None, Some(7), Some(8), Some(-3)]);
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(ids)]).unwrap();
-        let ctx = datafusion::prelude::SessionContext::new();
-        let set = Arc::new(KeySet::of(vec![9, -3, 7]));
-        let rows = ctx
-            .read_batch(batch)
-            .unwrap()
-            .filter(set.filter("id"))
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let kept: Vec<i32> = rows
-            .iter()
-            .flat_map(|b| {
-                let c = b.column(0).as_any().downcast_ref::<Int32Array>().unwrap();
-                c.iter().flatten().collect::<Vec<_>>()
-            })
-            .collect();
-        assert_eq!(kept, [7, -3]);
+    #[test]
+    fn the_mask_keeps_the_rows_of_the_set_and_not_null_keys() {
+        use arrow::array::{ArrayRef, Int32Array};
+        use std::sync::Arc;
+        let ids: ArrayRef = Arc::new(Int32Array::from(vec![
+            Some(1),
+            None,
+            Some(7),
+            Some(8),
+            Some(-3),
+        ]));
+        let set = KeySet::of(vec![9, -3, 7]);
+        let mask = set.mask(&ids).unwrap();
+        let kept: Vec<bool> = mask.iter().map(|m| m.unwrap()).collect();
+        assert_eq!(kept, [false, false, true, false, true]);
     }
 }
