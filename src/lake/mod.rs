@@ -251,6 +251,12 @@ pub async fn bounds(
     Ok((!lo.is_null()).then_some((lo, hi)))
 }
 
+/// The last segment of a file path or URI: delta-rs names data files uniquely, so it names
+/// a table's file in its log, in a scan's file column and in a URI alike.
+pub fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 /// The first row's value of `column` in a query's result, if it has a row and it is not NULL.
 pub fn first_int(batches: &[arrow::array::RecordBatch], column: usize) -> Option<i64> {
     use arrow::array::Array;

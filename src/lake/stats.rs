@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 
+use super::file_name;
+
 use arrow::array::{Array, AsArray, StringArray};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit};
 
@@ -126,11 +128,6 @@ pub fn units(value: &datafusion::common::ScalarValue, column_type: &DataType) ->
     let raw = arrow::compute::cast(&typed, &DataType::Int64).ok()?;
     let raw = raw.as_primitive_opt::<Int64Type>()?;
     (raw.len() == 1 && raw.is_valid(0)).then(|| raw.value(0))
-}
-
-/// The last segment of a file path or URI: delta-rs names data files uniquely.
-fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
 
 #[cfg(test)]

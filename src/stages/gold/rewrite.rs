@@ -23,6 +23,7 @@ use object_store::ObjectStoreExt;
 use super::patch::{self, Ends};
 use super::{commit_properties, delta_err, df_err, schema_of};
 use crate::error::{Error, Result};
+pub(super) use crate::lake::file_name;
 use crate::lake::layout;
 use crate::lake::layout::gold_columns::{IS_CURRENT, VALID_TO};
 
@@ -486,11 +487,6 @@ pub(super) fn without_replaced(
         !(sks.is_valid(i) && replaced.contains(&sks.value(i)))
     }));
     arrow::compute::filter_record_batch(batch, &keep).map_err(|e| Error::arrow(name, e))
-}
-
-/// The last segment of a file path or URI: delta-rs names data files uniquely.
-pub(super) fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// A surrogate-key column as 64-bit integers.

@@ -251,13 +251,6 @@ impl Build<'_> {
         Ok(opened)
     }
 
-    /// Whether `first`, a bound no change is before (in the units of the fact's sequence
-    /// column), is past every stored fact by the fact table's statistics.
-    fn after_every_fact(&self, target: &DeltaTable, first: Option<i64>) -> bool {
-        let latest = crate::lake::stats::latest(target, None, &self.columns.seq, &self.fact_seq);
-        matches!((latest, first), (Some(latest), Some(first)) if first > latest)
-    }
-
     /// Adds to `reresolve` the stored facts that the changes of lookup `i`'s dimension
     /// between silver versions `seen` and `consumed` can move: the facts of each changed key
     /// at or after the key's earliest change.
@@ -277,7 +270,11 @@ impl Build<'_> {
             return Ok(());
         }
         // Changes that all come after every stored fact move none (a timer's run, changes in
-        // order): the log's statistics say so without a row read.
+        // order): the log's statistics say so without a row read. `first` is a bound no
+        // change is before, in the units of the fact's sequence column.
+        let latest = crate::lake::stats::latest(target, None, &self.columns.seq, &self.fact_seq);
+        let after_every_fact =
+            |first: Option<i64>| matches!((latest, first), (Some(l), Some(f)) if f > l);
         let dim_schema = schema_of(&dim_changes.table, &l.silver)?;
         let first = (dim_schema.field_with_name(&l.dim_seq).ok())
             .filter(|f| f.data_type() == &self.fact_seq)
@@ -285,7 +282,7 @@ impl Build<'_> {
                 let files = Some(dim_changes.files.as_slice());
                 crate::lake::stats::earliest(&dim_changes.table, files, &l.dim_seq, &self.fact_seq)
             });
-        if self.after_every_fact(target, first) {
+        if after_every_fact(first) {
             debug!(dimension = %l.dimension, "The dimension's changes postdate every stored fact.");
             return Ok(());
         }
@@ -304,7 +301,7 @@ impl Build<'_> {
         };
         // The same, when only the rows could say when the changes start.
         let first = crate::lake::stats::units(&earliest, &self.fact_seq);
-        if self.after_every_fact(target, first) {
+        if after_every_fact(first) {
             debug!(dimension = %l.dimension, "The dimension's changes postdate every stored fact.");
             return Ok(());
         }
